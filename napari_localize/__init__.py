@@ -1,0 +1,32 @@
+"""napari-localize: single-molecule localization microscopy in napari.
+
+Find blinking spots, fit them to nanometre precision and write Picasso-compatible ``_locs.hdf5`` files.
+"""
+
+__version__ = "0.1.0"
+
+from .core.parameters import LocalizeParameters, ParameterError  # noqa: E402
+from .core.pipeline import CancelToken, LocalizeCancelled, localize  # noqa: E402
+
+
+def __getattr__(name):
+    # the file-level API imports h5py/tifffile; load it on first use only
+    if name in ("localize_file", "localize_movie"):
+        from . import api
+
+        return getattr(api, name)
+    if name in ("load_locs", "save_locs"):
+        from .io import locs
+
+        return getattr(locs, name)
+    if name == "open_movie":
+        from .io.movies import open_movie
+
+        return open_movie
+    raise AttributeError(name)
+
+
+__all__ = [
+    "CancelToken", "LocalizeCancelled", "LocalizeParameters", "ParameterError", "__version__", "load_locs",
+    "localize", "localize_file", "localize_movie", "open_movie", "save_locs",
+]

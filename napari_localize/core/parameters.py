@@ -1,0 +1,157 @@
+"""One parameter object for the Python API, the CLI and the napari widgets.
+
+Every field carries its unit in its name or its docstring. The same object is written into ``_locs.yaml``
+with Picasso's key spelling (see :func:`identify_document` and :func:`fit_document`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+FIT_METHODS = ("mle", "lq", "avg")
+#: Picasso's API names of the fit methods, written as ``Fit method`` into ``_locs.yaml``.
+PICASSO_FIT_METHOD = {"mle": "gaussmle", "lq": "gausslq", "avg": "avg"}
+
+
+class ParameterError(ValueError):
+    """A parameter that cannot work; the message says which one and what to do."""
+
+
+@dataclass
+class LocalizeParameters:
+    """Everything that decides what a localization run produces.
+
+    Attributes
+    ----------
+    box_size : int
+        Side length of the square box (pixels) used for the local-maximum test, the net gradient and the fit.
+        Must be odd. Picasso's rule of thumb: ``round(6 * sigma_psf + 1)``.
+    min_net_gradient : float
+        Keep a candidate only if its net gradient (camera counts, ADU) is strictly greater than this.
+        Same definition as Picasso, so thresholds carry over.
+    roi : tuple of 4 ints or None
+        ``(y0, x0, y1, x1)`` in pixels, half-open: a spot is kept if its centre pixel lies in
+        ``y0 <= y < y1`` and ``x0 <= x < x1``. ``None`` is the whole frame.
+    frame_range : tuple of 2 ints or None
+        ``(first, last)``, 0-based and inclusive, as Picasso's frame bounds. ``None`` is the whole movie.
+    fit_method : str
+        ``"mle"`` (Poisson maximum likelihood, integrated Gaussian), ``"lq"`` (least squares, integrated
+        Gaussian) or ``"avg"`` (background-corrected sum of the box).
+    baseline : float
+        Camera offset in ADU, subtracted before photon conversion.
+    sensitivity : float
+        Electrons per ADU (e-/ADU), also called conversion factor.
+    em_gain : float
+        Electron-multiplying gain (1 for sCMOS and conventional CCD).
+    qe : float
+        Quantum efficiency; recorded in ``_locs.yaml`` but not used, as in Picasso since 0.6.
+    pixelsize : float
+        Camera pixel size in the sample plane, nm. Recorded for downstream tools.
+    convergence : float
+        MLE and LQ stop when every position step is below this (pixels) and the relative change of
+        photons, background and widths is below it too.
+    max_iterations : int
+        Iteration limit of the MLE and LQ fits; a fit that reaches it is reported as not converged.
+    camera : str or None
+        Name of the camera the photon parameters came from (recorded only).
+    """
+
+    box_size: int = 7
+    min_net_gradient: float = 5000.0
+    roi: tuple[int, int, int, int] | None = None
+    frame_range: tuple[int, int] | None = None
+    fit_method: str = "mle"
+    baseline: float = 0.0
+    sensitivity: float = 1.0
+    em_gain: float = 1.0
+    qe: float = 1.0
+    pixelsize: float = 130.0
+    convergence: float = 0.001
+    max_iterations: int = 100
+    camera: str | None = None
+
+    def replace(self, **changes) -> LocalizeParameters:
+        return dataclasses.replace(self, **changes)
+
+    def validate(self, n_frames: int | None = None, height: int | None = None, width: int | None = None):
+        """Raise :class:`ParameterError` with an actionable message if a value cannot work."""
+        b = self.box_size
+        if int(b) != b or b < 3:
+            raise ParameterError(f"box size must be an odd integer >= 3, got {b}")
+        if b % 2 == 0:
+            raise ParameterError(
+                f"box size must be odd so that the box has a centre pixel, got {b}; use {b - 1} or {b + 1}"
+            )
+        if self.fit_method not in FIT_METHODS:
+            raise ParameterError(f"fit method must be one of {', '.join(FIT_METHODS)}, got {self.fit_method!r}")
+        if not self.sensitivity > 0:
+            raise ParameterError(f"sensitivity (electrons per ADU) must be > 0, got {self.sensitivity}")
+        if not self.em_gain >= 1:
+            raise ParameterError(f"EM gain must be >= 1 (1 for sCMOS/CCD), got {self.em_gain}")
+        if not self.pixelsize > 0:
+            raise ParameterError(f"pixel size (nm) must be > 0, got {self.pixelsize}")
+        if not self.convergence > 0 or self.max_iterations < 1:
+            raise ParameterError("convergence must be > 0 and max iterations >= 1")
+        if height is not None and width is not None:
+            if height < b or width < b:
+                raise ParameterError(f"frames of {height}x{width} px are smaller than the box size {b}")
+            if self.roi is not None:
+                y0, x0, y1, x1 = self.roi
+                if not (0 <= y0 < y1 <= height and 0 <= x0 < x1 <= width):
+                    raise ParameterError(
+                        f"ROI (y0 x0 y1 x1) = {y0} {x0} {y1} {x1} is not inside the {height}x{width} px frame; "
+                        f"use 0 <= y0 < y1 <= {height} and 0 <= x0 < x1 <= {width}"
+                    )
+        if n_frames is not None:
+            if n_frames < 1:
+                raise ParameterError("the movie has no frames")
+            if self.frame_range is not None:
+                first, last = self.frame_range
+                if not (0 <= first <= last):
+                    raise ParameterError(f"frame range {first} {last} must satisfy 0 <= first <= last")
+                if first >= n_frames:
+                    raise ParameterError(
+                        f"frame range starts at {first} but the movie has only {n_frames} frames (0-based)"
+                    )
+
+    def frame_span(self, n_frames: int) -> tuple[int, int]:
+        """The half-open frame interval ``[start, stop)`` to process."""
+        if self.frame_range is None:
+            return 0, n_frames
+        first, last = self.frame_range
+        return first, min(last + 1, n_frames)
+
+
+def identify_document(p: LocalizeParameters, generated_by: str) -> dict:
+    """The identification document of ``_locs.yaml``, with Picasso's keys."""
+    roi = None if p.roi is None else [[int(p.roi[0]), int(p.roi[1])], [int(p.roi[2]), int(p.roi[3])]]
+    frames = None if p.frame_range is None else [int(p.frame_range[0]), int(p.frame_range[1])]
+    return {
+        "Generated by": f"{generated_by} Identify",
+        "Box Size": int(p.box_size),
+        "Min. Net Gradient": float(p.min_net_gradient),
+        "ROI": roi,
+        "Frame Bounds": frames,
+    }
+
+
+def fit_document(p: LocalizeParameters, generated_by: str) -> dict:
+    """The fit document of ``_locs.yaml``, with Picasso's keys plus ours."""
+    doc = {
+        "Generated by": f"{generated_by} Fit 2D",
+        "Fit method": PICASSO_FIT_METHOD[p.fit_method],
+        "Baseline": float(p.baseline),
+        "Sensitivity": float(p.sensitivity),
+        "Gain": float(p.em_gain),
+        "Qe": float(p.qe),
+        "Pixelsize": float(p.pixelsize),
+        "Camera": p.camera if p.camera else "None",
+    }
+    if p.fit_method in ("mle", "lq"):
+        doc["Convergence criterion"] = float(p.convergence)
+        doc["Max iterations"] = int(p.max_iterations)
+        doc["PSF model"] = "pixel-integrated Gaussian, free sx and sy"
+    if p.fit_method == "avg":
+        doc["PSF model"] = "none: box sum minus border background"
+    return doc

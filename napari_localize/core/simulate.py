@@ -1,0 +1,177 @@
+"""Ground-truth SMLM movies: pixel-integrated Gaussian spots, Poisson photons, a camera model.
+
+Each frame is drawn from its own random stream (seeded by ``(seed, frame)``), so any frame range can be
+generated on its own, in any order, and always comes out the same: long benchmark movies are written chunk by
+chunk without ever being held in memory.
+
+Camera model, inverse of the photon conversion used for fitting::
+
+    electrons = Poisson(mu)                       (mu: expected photoelectrons per pixel)
+    electrons = Gamma(electrons, em_gain)         if em_gain > 1 (EM register, excess noise factor 2)
+    electrons += Normal(0, read_noise)            (read noise, electrons)
+    ADU = round(electrons / sensitivity + baseline), clipped to the dtype
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from numba import njit
+
+TRUTH_DTYPE = np.dtype(
+    [("frame", "<u4"), ("x", "<f4"), ("y", "<f4"), ("photons", "<f4"), ("sx", "<f4"), ("sy", "<f4"),
+     ("bg", "<f4")]
+)
+
+
+@dataclass
+class SimulationParameters:
+    """What to simulate. Positions and widths in pixels, photons and bg in photoelectrons."""
+
+    n_frames: int = 1000
+    height: int = 128
+    width: int = 128
+    spots_per_frame: float = 20.0
+    photons: float = 2000.0
+    #: relative standard deviation of the photons per spot (log-normal); 0 for all equal
+    photon_spread: float = 0.0
+    bg: float = 20.0
+    sigma: float = 1.0
+    baseline: float = 100.0
+    sensitivity: float = 1.0
+    em_gain: float = 1.0
+    read_noise: float = 0.0
+    #: spots of one frame are at least this far apart (pixels); 0 allows overlaps
+    min_separation: float = 8.0
+    #: spots keep this far from the frame edge (pixels)
+    margin: float = 4.0
+    #: if > 0, spots blink on this many fixed binding sites (DNA-PAINT-like) instead of anywhere
+    n_sites: int = 0
+    #: Poisson-distributed number of spots per frame instead of exactly ``spots_per_frame``
+    poisson_count: bool = False
+    dtype: str = "uint16"
+    seed: int = 0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@njit(cache=True, nogil=True)
+def _render(image, xs, ys, photons, sx, sy):
+    h, w = image.shape
+    for n in range(xs.shape[0]):
+        half = int(math.ceil(5.0 * max(sx[n], sy[n]))) + 1
+        x0 = max(int(xs[n]) - half, 0)
+        x1 = min(int(xs[n]) + half + 1, w)
+        y0 = max(int(ys[n]) - half, 0)
+        y1 = min(int(ys[n]) + half + 1, h)
+        ex = np.empty(x1 - x0)
+        ey = np.empty(y1 - y0)
+        kx = 1.0 / (math.sqrt(2.0) * sx[n])
+        ky = 1.0 / (math.sqrt(2.0) * sy[n])
+        for m in range(x0, x1):
+            ex[m - x0] = 0.5 * (math.erf((m + 0.5 - xs[n]) * kx) - math.erf((m - 0.5 - xs[n]) * kx))
+        for k in range(y0, y1):
+            ey[k - y0] = 0.5 * (math.erf((k + 0.5 - ys[n]) * ky) - math.erf((k - 0.5 - ys[n]) * ky))
+        for k in range(y0, y1):
+            for m in range(x0, x1):
+                image[k, m] += photons[n] * ey[k - y0] * ex[m - x0]
+
+
+def expected_image(height, width, x, y, photons, sx, sy, bg):
+    """Expected photoelectrons per pixel of one frame (float64), pixel centres at integers."""
+    image = np.full((height, width), float(bg))
+    _render(image, np.asarray(x, float), np.asarray(y, float), np.asarray(photons, float),
+            np.broadcast_to(np.asarray(sx, float), np.shape(x)).copy(),
+            np.broadcast_to(np.asarray(sy, float), np.shape(x)).copy())
+    return image
+
+
+def _sites(p: SimulationParameters):
+    rng = np.random.default_rng([p.seed, 2**31 - 1])
+    ys = rng.uniform(p.margin, p.height - 1 - p.margin, p.n_sites)
+    xs = rng.uniform(p.margin, p.width - 1 - p.margin, p.n_sites)
+    return xs, ys
+
+
+def _positions(p: SimulationParameters, rng, count, sites):
+    xs, ys = [], []
+    for _ in range(count):
+        for _attempt in range(200):
+            if sites is not None:
+                i = rng.integers(len(sites[0]))
+                x, y = sites[0][i], sites[1][i]
+            else:
+                x = rng.uniform(p.margin, p.width - 1 - p.margin)
+                y = rng.uniform(p.margin, p.height - 1 - p.margin)
+            if all((x - a) ** 2 + (y - b) ** 2 >= p.min_separation**2 for a, b in zip(xs, ys)):
+                xs.append(x)
+                ys.append(y)
+                break
+    return np.array(xs, float), np.array(ys, float)
+
+
+def simulate_frames(p: SimulationParameters, start: int = 0, stop: int | None = None):
+    """Frames ``start .. stop-1`` in camera counts and their ground truth (structured :data:`TRUTH_DTYPE`)."""
+    stop = p.n_frames if stop is None else min(stop, p.n_frames)
+    sites = _sites(p) if p.n_sites > 0 else None
+    dtype = np.dtype(p.dtype)
+    info = np.iinfo(dtype) if dtype.kind in "ui" else None
+    frames = np.empty((max(stop - start, 0), p.height, p.width), dtype)
+    truths = []
+    for f in range(start, stop):
+        rng = np.random.default_rng([p.seed, f])
+        count = rng.poisson(p.spots_per_frame) if p.poisson_count else int(round(p.spots_per_frame))
+        x, y = _positions(p, rng, count, sites)
+        n = len(x)
+        if p.photon_spread > 0:
+            s2 = math.log(1 + p.photon_spread**2)
+            photons = p.photons * rng.lognormal(-s2 / 2, math.sqrt(s2), n)
+        else:
+            photons = np.full(n, float(p.photons))
+        mu = expected_image(p.height, p.width, x, y, photons, p.sigma, p.sigma, p.bg)
+        electrons = rng.poisson(mu).astype(float)
+        if p.em_gain > 1:
+            positive = electrons > 0
+            electrons[positive] = rng.gamma(electrons[positive], p.em_gain)
+            electrons /= 1.0  # amplified electrons, converted by sensitivity below
+        if p.read_noise > 0:
+            electrons += rng.normal(0.0, p.read_noise, electrons.shape)
+        adu = electrons / p.sensitivity + p.baseline
+        if info is not None:
+            adu = np.clip(np.rint(adu), info.min, info.max)
+        frames[f - start] = adu.astype(dtype)
+        t = np.zeros(n, TRUTH_DTYPE)
+        t["frame"] = f
+        t["x"] = x
+        t["y"] = y
+        t["photons"] = photons
+        t["sx"] = p.sigma
+        t["sy"] = p.sigma
+        t["bg"] = p.bg
+        truths.append(t)
+    truth = np.concatenate(truths) if truths else np.zeros(0, TRUTH_DTYPE)
+    return frames, truth
+
+
+def simulate_movie(p: SimulationParameters):
+    """The whole movie in memory: ``(frames, truth)``. Use :func:`simulate_frames` for long movies."""
+    return simulate_frames(p, 0, p.n_frames)
+
+
+def simulate_spots(n, photons, bg, sigma, box_size=7, offset_range=0.5, seed=0):
+    """Isolated spots (photons, no camera) centred within ``offset_range`` px of the box centre.
+
+    Returns ``(spots (n, box, box) float32, true dx (n), true dy (n))`` relative to the centre pixel.
+    """
+    rng = np.random.default_rng(seed)
+    r = box_size // 2
+    dx = rng.uniform(-offset_range, offset_range, n)
+    dy = rng.uniform(-offset_range, offset_range, n)
+    spots = np.empty((n, box_size, box_size), np.float32)
+    for i in range(n):
+        mu = expected_image(box_size, box_size, [r + dx[i]], [r + dy[i]], [photons], sigma, sigma, bg)
+        spots[i] = rng.poisson(mu)
+    return spots, dx, dy
