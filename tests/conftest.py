@@ -1,0 +1,33 @@
+"""Shared test fixtures."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+TESTS = Path(__file__).parent
+DATA = TESTS / "data"
+#: the project's shared sample data, beside the checkout (CI lays a copy there too)
+SHARED_SAMPLES = TESTS.parent.parent / "shared" / "sample_data"
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    return DATA
+
+
+def shared_sample(*parts) -> Path:
+    path = SHARED_SAMPLES.joinpath(*parts)
+    if not path.exists():
+        pytest.fail(f"sample file {path} is missing: the shared sample data must lie beside the checkout")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _no_user_settings(tmp_path_factory, monkeypatch):
+    # keep tests away from the user's config and settings folders
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("XDG_CONFIG_HOME", os.fspath(home / ".config"))
+    monkeypatch.setenv("NAPARI_LOCALIZE_CONFIG_DIR", os.fspath(home / "napari-localize"))
