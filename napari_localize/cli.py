@@ -95,6 +95,8 @@ def cmd_localize(args) -> int:
     if args.output_dir is not None and not os.path.isdir(args.output_dir):
         raise CliError(f"--output-dir {args.output_dir}: no such folder")
     files = _movie_files(args.paths)
+    if args.scheduler:
+        return _localize_distributed(args, files)
     failures = 0
     for path in files:
         try:
@@ -119,6 +121,24 @@ def cmd_localize(args) -> int:
             f"[read {t['read']:.2f} s, identify {t['identify']:.2f} s, fit {t['fit']:.2f} s]"
         )
     return 0 if failures == 0 else 1
+
+
+def _localize_distributed(args, files) -> int:
+    from .distributed import localize_files_distributed
+    from .io.movies import open_movie
+
+    with open_movie(files[0]) as movie:
+        p = _parameters(args, movie.info)
+
+    def report(path, hdf5_path, stats, error):
+        if error:
+            print(f"napari-localize: error: {error}", file=sys.stderr)
+        else:
+            print(f"{path}: {stats.localized} localizations in {stats.frames} frames -> {hdf5_path}")
+
+    results = localize_files_distributed(files, p, args.scheduler, args.workers, args.suffix, args.output_dir,
+                                         on_done=report)
+    return 0 if all(r[3] is None for r in results) else 1
 
 
 def add_localize_parser(sub):
@@ -150,6 +170,11 @@ def add_localize_parser(sub):
     g = p.add_argument_group("output")
     g.add_argument("--suffix", default="", help="inserted before _locs.hdf5")
     g.add_argument("--output-dir", help="write here instead of beside each movie")
+    g = p.add_argument_group("distributed (Dask)")
+    g.add_argument("--scheduler", metavar="{local,ADDRESS}",
+                   help="run on a Dask cluster: 'local' starts one on this machine, or a scheduler address "
+                        "such as tcp://10.0.0.5:8786 (the movies must be readable by every worker)")
+    g.add_argument("--workers", type=int, help="worker processes of the local cluster (default: cores / 2)")
     p.set_defaults(func=cmd_localize)
 
 

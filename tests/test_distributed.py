@@ -1,0 +1,52 @@
+"""Batches on a real Dask cluster (LocalCluster on loopback) give the same files as one-by-one runs."""
+
+import numpy as np
+
+from napari_localize import LocalizeParameters
+from napari_localize.api import localize_file
+from napari_localize.core.simulate import SimulationParameters, simulate_frames
+from napari_localize.distributed import localize_files_distributed
+from napari_localize.io.locs import load_locs
+from napari_localize.io.movies.write import write_movie
+
+
+def test_local_cluster_equals_serial(tmp_path):
+    paths = []
+    for seed in (1, 2):
+        sim = SimulationParameters(n_frames=50, height=40, width=48, spots_per_frame=4, baseline=100, seed=seed)
+        frames, _ = simulate_frames(sim)
+        path = tmp_path / f"m{seed}.ome.tif"
+        write_movie(path, [frames], frames.shape, frames.dtype)
+        paths.append(path)
+    p = LocalizeParameters(min_net_gradient=1500, baseline=100, frame_range=(3, 47))
+    serial = {}
+    for path in paths:
+        h5, _, _ = localize_file(path, p, suffix="_serial")
+        serial[path] = load_locs(h5)
+    missing = tmp_path / "absent.ome.tif"
+    results = localize_files_distributed(paths + [missing], p, "local", workers=2, suffix="_dask",
+                                         frames_per_task=16)
+    assert [r[0] for r in results] == paths + [missing]
+    assert results[2][1] is None and "absent.ome.tif" in results[2][3]
+    for path, h5, stats, error in results[:2]:
+        assert error is None
+        locs, info = load_locs(h5)
+        ref_locs, ref_info = serial[path]
+        assert len(locs) > 100
+        np.testing.assert_array_equal(locs, ref_locs)
+        assert info[1] == ref_info[1]
+        assert stats.frames == 45
+
+
+def test_cli_scheduler_local(tmp_path):
+    from napari_localize.cli import main
+
+    movie = tmp_path / "c.ome.tif"
+    assert main(["simulate", str(movie), "--frames", "30", "--height", "40", "--width", "40",
+                 "--spots-per-frame", "3"]) == 0
+    assert main(["localize", str(movie), "--baseline", "100", "--min-net-gradient", "1500", "--suffix", "_a"]) == 0
+    assert main(["localize", str(movie), "--baseline", "100", "--min-net-gradient", "1500", "--suffix", "_b",
+                 "--scheduler", "local", "--workers", "1"]) == 0
+    a, _ = load_locs(tmp_path / "c.ome_a_locs.hdf5")
+    b, _ = load_locs(tmp_path / "c.ome_b_locs.hdf5")
+    np.testing.assert_array_equal(a, b)
