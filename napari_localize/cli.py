@@ -196,7 +196,7 @@ def cmd_simulate(args) -> int:
         n_frames=args.frames, height=args.height, width=args.width, spots_per_frame=args.spots_per_frame,
         photons=args.photons, photon_spread=args.photon_spread, bg=args.bg, sigma=args.sigma,
         baseline=args.baseline, sensitivity=args.sensitivity, em_gain=args.gain, read_noise=args.read_noise,
-        n_sites=args.sites, seed=args.seed, min_separation=args.min_separation,
+        n_sites=args.sites, seed=args.seed, min_separation=args.min_separation, poisson_count=args.poisson_count,
     )
     if min(p.n_frames, p.height, p.width) < 1:
         raise CliError("--frames, --height and --width must be positive")
@@ -271,6 +271,8 @@ def add_simulate_parser(sub):
                    help="blink on this many fixed binding sites (0: anywhere)")
     p.add_argument("--min-separation", type=float, default=d.min_separation,
                    help="minimum distance between spots of one frame (pixels)")
+    p.add_argument("--poisson-count", action="store_true",
+                   help="Poisson-distributed number of spots per frame (mean --spots-per-frame)")
     p.add_argument("--pixelsize", type=float, default=130.0, help="pixel size in nm (metadata)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.set_defaults(func=cmd_simulate)
