@@ -816,7 +816,7 @@ def with_z_fields(locs) -> np.ndarray:
 
 
 def fit_z(locs, cal: ZCalibration, pixelsize: float, fit_method: str = "mle", options: ZFitOptions | None = None,
-          spots=None):
+          spots=None, image_shape=None):
     """Give 2D localizations a height: returns ``(locs3d, kept mask)``.
 
     Parameters
@@ -830,8 +830,10 @@ def fit_z(locs, cal: ZCalibration, pixelsize: float, fit_method: str = "mle", op
         The 2D fit method (``mle``, ``lq``, ``avg``), for the width standard errors.
     options : ZFitOptions
     spots : (n, box, box) photons or None
-        The boxes of the localizations (same order, centred on ``round(x), round(y)``); required for
-        ``options.method == "mle"``, which otherwise falls back to ``"huang"``.
+        The boxes of the localizations from :func:`cut_boxes`; required for ``options.method == "mle"``,
+        which otherwise falls back to ``"huang"``.
+    image_shape : (height, width) or None
+        Frame size, to place boxes as :func:`cut_boxes` does near the edges.
 
     ``z`` and ``lpz`` are in nm (times the magnification factor), ``d_zcalib`` is sqrt(D) (sqrt(pixels)).
     Rows that fail the policy of ``options`` are removed; ``kept`` marks them in the input.
@@ -853,15 +855,18 @@ def fit_z(locs, cal: ZCalibration, pixelsize: float, fit_method: str = "mle", op
     if options.method == "mle" and spots is not None and len(locs):
         box = spots.shape[-1]
         r = box // 2
-        x0 = np.asarray(locs["x"], float) - np.rint(locs["x"]) + r
-        y0 = np.asarray(locs["y"], float) - np.rint(locs["y"]) + r
+        h_img, w_img = (int(v) for v in image_shape) if image_shape is not None else (10**9, 10**9)
+        bx = np.clip(np.rint(locs["x"]), r, w_img - 1 - r)
+        by = np.clip(np.rint(locs["y"]), r, h_img - 1 - r)
+        x0 = np.asarray(locs["x"], float) - bx + r
+        y0 = np.asarray(locs["y"], float) - by + r
         theta, crlb, conv = fit_z_mle(spots, x0, y0, locs["photons"], locs["bg"], z_cal, cal)
         good = conv & np.isfinite(theta[:, 4]) & np.isfinite(crlb[:, 4]) & (crlb[:, 4] > 0)
         z_cal = np.where(good, theta[:, 4], z_cal)
         lpz = np.where(good, M * np.sqrt(np.where(good, crlb[:, 4], 1.0)), lpz)
         D = np.where(good, _d_at(sx, sy, cal, z_cal), D)
-        out["x"] = np.where(good, theta[:, 0] - r + np.rint(locs["x"]), out["x"])
-        out["y"] = np.where(good, theta[:, 1] - r + np.rint(locs["y"]), out["y"])
+        out["x"] = np.where(good, theta[:, 0] - r + bx, out["x"])
+        out["y"] = np.where(good, theta[:, 1] - r + by, out["y"])
     out["z"] = z_cal * M
     out["d_zcalib"] = np.sqrt(D)
     out["lpz"] = lpz
@@ -896,3 +901,21 @@ def z_document(cal: ZCalibration, options: ZFitOptions, generated_by: str, calib
     doc.update(cal.as_picasso_dict())
     doc["Magnification Factor"] = float(cal.magnification_factor)
     return doc
+
+
+def cut_boxes(frames, locs, first_frame: int, box_size: int, baseline: float, sensitivity: float,
+              em_gain: float):
+    """Photon boxes centred on ``round(x), round(y)`` of each localization (clipped inside the frame).
+
+    ``frames`` hold the movie frames ``first_frame ..``; this is what :func:`fit_z` expects as ``spots``.
+    """
+    from .camera import adu_to_photons
+    from .spots import cut_spots
+
+    frames = np.asarray(frames)
+    _, height, width = frames.shape
+    r = box_size // 2
+    cx = np.clip(np.rint(locs["x"]).astype(np.int64), r, width - 1 - r)
+    cy = np.clip(np.rint(locs["y"]).astype(np.int64), r, height - 1 - r)
+    spots = cut_spots(frames, np.asarray(locs["frame"], np.int64) - first_frame, cy, cx, box_size)
+    return adu_to_photons(spots, baseline, sensitivity, em_gain)
