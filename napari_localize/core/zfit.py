@@ -797,7 +797,7 @@ class ZFitOptions:
 
     method: str = "mle"
     filter: float = 0.0
-    drop_out_of_range: bool = True
+    drop_out_of_range: bool = False
 
     def validate(self):
         if self.method not in Z_METHODS:
