@@ -52,3 +52,95 @@ def localize_file(path, p: LocalizeParameters | None = None, suffix: str = "", o
         locs, info, stats = localize_movie(movie, p, progress, cancel)
     written = save_locs(hdf5_path, np.asarray(locs), info)
     return written[0], written[1], stats
+
+
+# ------------------------------------------------------------------------------------------------ 3D
+def load_zcalibration(path, magnification_factor: float | None = None):
+    """Load an astigmatic calibration YAML (ours or Picasso's); see :class:`~napari_localize.core.zfit.ZCalibration`."""
+    from .io.calibration import load_calibration
+
+    return load_calibration(path, magnification_factor)
+
+
+def calibrate_z_stack(movie, p: LocalizeParameters, step_nm: float, magnification_factor: float = 0.79,
+                      frame_bounds=None, track_beads: bool = True, path=None, progress=None,
+                      cancel: CancelToken | None = None):
+    """Calibrate astigmatism from a bead z-stack (a :class:`Movie` or an array ``(frames, height, width)``).
+
+    The stack is localized with ``p``; with ``track_beads`` every bead is followed in a fixed box through the
+    stack (:func:`~napari_localize.core.zfit.calibrate_z_beads`), else all spots are pooled per frame as
+    Picasso does (:func:`~napari_localize.core.zfit.calibrate_z`). Returns the
+    :class:`~napari_localize.core.zfit.ZCalibration` (its ``diagnostics`` hold the per-position tables,
+    the calibration's own z precision in nm and notices about empty positions).
+    """
+    from .core.zfit import calibrate_z, calibrate_z_beads
+
+    if not isinstance(movie, Movie):
+        movie = ArrayMovie(movie)
+    locs, _ = localize(movie, p.replace(frame_range=None), progress=progress, cancel=cancel)
+    n_frames = int(movie.shape[0])
+    if len(locs) == 0:
+        raise ValueError("no spots found in the calibration stack: lower the minimum net gradient")
+    if track_beads:
+        try:
+            return calibrate_z_beads(movie, p, step_nm, magnification_factor, frame_bounds, path, locs=locs)
+        except ValueError:
+            pass  # no bead could be followed (crowded stack): the pooled calibration still works
+    return calibrate_z(locs, n_frames, step_nm, magnification_factor, frame_bounds, path)
+
+
+def fit_z_frames(frames, locs, p: LocalizeParameters, calibration, options=None, first_frame: int = 0):
+    """Give the 2D ``locs`` of the in-memory ``frames`` (ADU, movie frames ``first_frame ..``) a height."""
+    from .core.locs import sane
+    from .core.zfit import ZFitOptions, cut_boxes, fit_z
+
+    options = options or ZFitOptions()
+    frames = np.asarray(frames)
+    spots = None
+    if options.method == "mle" and len(locs):
+        spots = cut_boxes(frames, locs, first_frame, p.box_size, p.baseline, p.sensitivity, p.em_gain)
+    out, _ = fit_z(locs, calibration, p.pixelsize, p.fit_method, options, spots, frames.shape[-2:])
+    return out[sane(out, frames.shape[-1], frames.shape[-2])]
+
+
+def localize_movie_3d(movie, p: LocalizeParameters, calibration, options=None, progress=None,
+                      cancel: CancelToken | None = None, calibration_path=None):
+    """Localize in 3D: 2D localization then z per chunk of frames; return ``(locs, info, stats)``.
+
+    ``calibration`` is a :class:`~napari_localize.core.zfit.ZCalibration`; ``options`` a
+    :class:`~napari_localize.core.zfit.ZFitOptions` (one outlier policy for the CLI, API and widgets, written
+    to the 3D document of ``_locs.yaml``). Locs gain ``z``, ``d_zcalib``, ``lpz`` (nm) after the 2D fields.
+    """
+    from .core.pipeline import LocalizeCancelled, chunk_frames_for, localize_frames
+    from .core.zfit import ZFitOptions, z_document
+
+    options = options or ZFitOptions()
+    options.validate()
+    if not isinstance(movie, Movie):
+        movie = ArrayMovie(movie)
+    n_frames, height, width = (int(s) for s in movie.shape[-3:])
+    p.validate(n_frames, height, width)
+    start, stop = p.frame_span(n_frames)
+    step = chunk_frames_for(height, width)
+    stats = LocalizeStats()
+    parts = []
+    for a in range(start, stop, step):
+        if cancel is not None and cancel.cancelled:
+            raise LocalizeCancelled("localization cancelled")
+        b = min(a + step, stop)
+        frames = np.asarray(movie[a:b])
+        locs2d = localize_frames(frames, p, a, stats)
+        parts.append(fit_z_frames(frames, locs2d, p, calibration, options, a))
+        if progress is not None:
+            progress(b - start, stop - start)
+    if parts:
+        locs = np.concatenate(parts)
+    else:
+        from .core.locs import locs_dtype
+        from .core.zfit import with_z_fields
+
+        locs = with_z_fields(np.zeros(0, locs_dtype(p.fit_method)))
+    stats.localized = len(locs)
+    info = metadata_documents(movie.info, p, stats)
+    info.append(z_document(calibration, options, GENERATED_BY, calibration_path))
+    return locs, info, stats

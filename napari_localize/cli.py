@@ -95,7 +95,10 @@ def cmd_localize(args) -> int:
     if args.output_dir is not None and not os.path.isdir(args.output_dir):
         raise CliError(f"--output-dir {args.output_dir}: no such folder")
     files = _movie_files(args.paths)
+    calibration, z_options = _z_setup(args)
     if args.scheduler:
+        if calibration is not None:
+            raise CliError("--scheduler runs 2D localization only for now; run 3D (--zcalib) without --scheduler")
         return _localize_distributed(args, files)
     failures = 0
     for path in files:
@@ -105,7 +108,13 @@ def cmd_localize(args) -> int:
                 p.validate(*movie.shape)
                 bar = ProgressBar(os.path.basename(path))
                 try:
-                    locs, info, stats = localize_movie(movie, p, progress=bar)
+                    if calibration is None:
+                        locs, info, stats = localize_movie(movie, p, progress=bar)
+                    else:
+                        from .api import localize_movie_3d
+
+                        locs, info, stats = localize_movie_3d(movie, p, calibration, z_options, progress=bar,
+                                                              calibration_path=os.path.abspath(args.zcalib))
                 finally:
                     bar.close()
             hdf5_path, _ = locs_paths(path, args.suffix, args.output_dir)
@@ -139,6 +148,41 @@ def _localize_distributed(args, files) -> int:
     results = localize_files_distributed(files, p, args.scheduler, args.workers, args.suffix, args.output_dir,
                                          on_done=report)
     return 0 if all(r[3] is None for r in results) else 1
+
+
+def _z_setup(args):
+    """The calibration and z-fit options of ``localize --zcalib``; (None, None) for 2D."""
+    if getattr(args, "zcalib", None) is None:
+        if getattr(args, "magnification_factor", None) is not None:
+            raise CliError("--magnification-factor needs --zcalib CALIBRATION.yaml")
+        return None, None
+    from .core.zfit import ZFitOptions
+    from .io.calibration import load_calibration
+
+    if args.magnification_factor is not None and not args.magnification_factor > 0:
+        raise CliError(f"--magnification-factor must be positive, got {args.magnification_factor}")
+    try:
+        calibration = load_calibration(args.zcalib, args.magnification_factor)
+    except ValueError as exc:
+        raise CliError(f"--zcalib {exc}") from None
+    options = ZFitOptions(method=args.z_method, filter=args.z_filter)
+    try:
+        options.validate()
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    return calibration, options
+
+
+def _add_z_options(p):
+    g = p.add_argument_group("3D (astigmatism)")
+    g.add_argument("--zcalib", metavar="PATH", help="astigmatic calibration YAML (ours or Picasso's): fit z")
+    g.add_argument("--magnification-factor", type=float,
+                   help="actual/calibration height factor (default: the calibration's, else 0.79)")
+    g.add_argument("--z-method", choices=("mle", "huang"), default="mle",
+                   help="mle: astigmatic-PSF maximum likelihood of x, y, z, photons, bg; huang: width "
+                        "matching (Huang 2008, as Picasso) (default mle)")
+    g.add_argument("--z-filter", type=float, default=0.0,
+                   help="drop localizations with d_zcalib > this x RMS(d_zcalib); 0 keeps all (default 0)")
 
 
 def add_localize_parser(sub):
@@ -175,7 +219,80 @@ def add_localize_parser(sub):
                    help="run on a Dask cluster: 'local' starts one on this machine, or a scheduler address "
                         "such as tcp://10.0.0.5:8786 (the movies must be readable by every worker)")
     g.add_argument("--workers", type=int, help="worker processes of the local cluster (default: cores / 2)")
+    _add_z_options(p)
     p.set_defaults(func=cmd_localize)
+
+
+# ------------------------------------------------------------------------------------------------ calibrate-z
+def cmd_calibrate_z(args) -> int:
+    from .api import calibrate_z_stack
+    from .io.calibration import calibration_paths, plot_calibration, save_calibration
+    from .io.movies import open_movie
+
+    stack = args.stack
+    if not os.path.isfile(stack):
+        raise CliError(f"{stack}: no such file")
+    if not args.step_nm > 0:
+        raise CliError(f"--step-nm must be positive (nm), got {args.step_nm}")
+    if not args.magnification_factor > 0:
+        raise CliError(f"--magnification-factor must be positive, got {args.magnification_factor}")
+    yaml_path = args.output or calibration_paths(stack)[0]
+    if not yaml_path.lower().endswith((".yaml", ".yml")):
+        raise CliError(f"--output {yaml_path}: the calibration is written as .yaml")
+    if not os.path.isdir(os.path.dirname(os.path.abspath(yaml_path))):
+        raise CliError(f"--output {yaml_path}: the folder does not exist")
+    with open_movie(stack) as movie:
+        p = _parameters(args, movie.info)
+        p.validate(*movie.shape)
+        bar = ProgressBar(os.path.basename(stack))
+        try:
+            cal = calibrate_z_stack(movie, p, args.step_nm, args.magnification_factor,
+                                    tuple(args.frames) if args.frames else None, not args.pooled,
+                                    os.path.abspath(stack), progress=bar)
+        finally:
+            bar.close()
+    save_calibration(yaml_path, cal)
+    png_path = os.path.splitext(yaml_path)[0] + ".png"
+    plot_calibration(cal, png_path)
+    d = cal.diagnostics
+    for notice in d.get("notices", []):
+        print(f"napari-localize: notice: {notice}", file=sys.stderr)
+    lo, hi = cal.z_range
+    print(f"{stack}: {d.get('method', '')}; calibrated {lo:g} .. {hi:g} nm; calibration z precision "
+          f"{d.get('z_precision_nm', float('nan')):.1f} nm (RMSE of its own spots) -> {yaml_path}, {png_path}")
+    return 0
+
+
+def add_calibrate_parser(sub):
+    from .core.parameters import FIT_METHODS
+
+    p = sub.add_parser("calibrate-z", help="astigmatic z calibration from a bead z-stack (Picasso's YAML + PNG)",
+                       description="Localize a bead z-stack, fit degree-6 polynomials to the widths sx(z), "
+                                   "sy(z) and write Picasso's calibration YAML and a PNG of the fit.")
+    p.add_argument("stack", metavar="STACK", help="the bead z-stack movie")
+    p.add_argument("--step-nm", type=float, required=True, help="stage step between frames (nm)")
+    p.add_argument("--magnification-factor", type=float, default=0.79,
+                   help="actual/calibration height factor stored in the calibration (default 0.79)")
+    p.add_argument("--output", help="calibration YAML to write (default <stack base>_3d_calib.yaml)")
+    p.add_argument("--pooled", action="store_true",
+                   help="pool all spots per frame as Picasso does instead of following each bead")
+    g = p.add_argument_group("identification")
+    g.add_argument("--box-size", type=int, default=7, help="odd box side length in pixels (default 7)")
+    g.add_argument("--min-net-gradient", type=float, default=5000.0, help="(camera counts, default 5000)")
+    g.add_argument("--roi", type=int, nargs=4, metavar=("Y0", "X0", "Y1", "X1"))
+    g.add_argument("--frames", type=int, nargs=2, metavar=("FIRST", "LAST"),
+                   help="calibrate on these frames only (0-based, inclusive): Picasso's frame bounds")
+    g = p.add_argument_group("photon conversion")
+    g.add_argument("--baseline", type=float, help="camera offset in counts (default 0)")
+    g.add_argument("--sensitivity", type=float, help="electrons per count (default 1)")
+    g.add_argument("--gain", type=float, help="EM gain (default 1)")
+    g.add_argument("--qe", type=float, help="quantum efficiency, recorded only (default 1)")
+    g.add_argument("--pixelsize", type=float, help="pixel size in nm (default: from the movie, else 130)")
+    g = p.add_argument_group("fit")
+    g.add_argument("--fit-method", choices=FIT_METHODS, default="mle")
+    g.add_argument("--convergence", type=float, default=0.001)
+    g.add_argument("--max-iterations", type=int, default=100)
+    p.set_defaults(func=cmd_calibrate_z)
 
 
 # ------------------------------------------------------------------------------------------------ simulate
@@ -288,6 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     add_localize_parser(sub)
+    add_calibrate_parser(sub)
     add_simulate_parser(sub)
     return parser
 

@@ -10,6 +10,14 @@ Camera model, inverse of the photon conversion used for fitting::
     electrons = Gamma(electrons, em_gain)         if em_gain > 1 (EM register, excess noise factor 2)
     electrons += Normal(0, read_noise)            (read noise, electrons)
     ADU = round(electrons / sensitivity + baseline), clipped to the dtype
+
+Astigmatism (optional, ``z_range`` set): each spot gets a height z (nm, uniform in ``z_range``) and elliptical
+widths from the defocus model of Huang et al., Science 319, 810 (2008)::
+
+    sx(z) = sigma * sqrt(1 + ((z - astig_gamma) / astig_depth)^2)
+    sy(z) = sigma * sqrt(1 + ((z + astig_gamma) / astig_depth)^2)
+
+:func:`simulate_bead_stack` renders a calibration z-stack of beads with the same model.
 """
 
 from __future__ import annotations
@@ -24,6 +32,8 @@ TRUTH_DTYPE = np.dtype(
     [("frame", "<u4"), ("x", "<f4"), ("y", "<f4"), ("photons", "<f4"), ("sx", "<f4"), ("sy", "<f4"),
      ("bg", "<f4")]
 )
+#: ground truth of astigmatic (3D) simulations: :data:`TRUTH_DTYPE` plus the height z (nm)
+TRUTH_3D_DTYPE = np.dtype(TRUTH_DTYPE.descr + [("z", "<f4")])
 
 
 @dataclass
@@ -53,9 +63,42 @@ class SimulationParameters:
     poisson_count: bool = False
     dtype: str = "uint16"
     seed: int = 0
+    #: if set, ``(z_min, z_max)`` in nm: spots get a uniform random height and astigmatic widths
+    z_range: tuple[float, float] | None = None
+    #: astigmatism: the x and y foci lie at +astig_gamma and -astig_gamma (nm)
+    astig_gamma: float = 400.0
+    #: astigmatism: depth of focus (nm), the defocus at which a width grows by sqrt(2)
+    astig_depth: float = 500.0
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if d["z_range"] is not None:
+            d["z_range"] = [float(v) for v in d["z_range"]]
+        return d
+
+    def widths(self, z):
+        """Astigmatic widths ``(sx, sy)`` in pixels at heights ``z`` (nm); see :func:`astigmatic_widths`."""
+        return astigmatic_widths(z, self.sigma, self.astig_gamma, self.astig_depth)
+
+
+def astigmatic_widths(z, sigma, gamma, depth):
+    """Huang et al. (2008) defocus model: widths ``(sx, sy)`` (pixels) at heights ``z`` (nm).
+
+    Parameters
+    ----------
+    z : array_like
+        Heights in nm.
+    sigma : float
+        In-focus PSF standard deviation (pixels).
+    gamma : float
+        Half the distance between the x and y foci (nm); the x focus is at +gamma.
+    depth : float
+        Depth of focus (nm).
+    """
+    z = np.asarray(z, float)
+    sx = sigma * np.sqrt(1.0 + ((z - gamma) / depth) ** 2)
+    sy = sigma * np.sqrt(1.0 + ((z + gamma) / depth) ** 2)
+    return sx, sy
 
 
 @njit(cache=True, nogil=True)
@@ -120,6 +163,8 @@ def simulate_frames(p: SimulationParameters, start: int = 0, stop: int | None = 
     dtype = np.dtype(p.dtype)
     info = np.iinfo(dtype) if dtype.kind in "ui" else None
     frames = np.empty((max(stop - start, 0), p.height, p.width), dtype)
+    astig = p.z_range is not None
+    truth_dtype = TRUTH_3D_DTYPE if astig else TRUTH_DTYPE
     truths = []
     for f in range(start, stop):
         rng = np.random.default_rng([p.seed, f])
@@ -131,34 +176,96 @@ def simulate_frames(p: SimulationParameters, start: int = 0, stop: int | None = 
             photons = p.photons * rng.lognormal(-s2 / 2, math.sqrt(s2), n)
         else:
             photons = np.full(n, float(p.photons))
-        mu = expected_image(p.height, p.width, x, y, photons, p.sigma, p.sigma, p.bg)
-        electrons = rng.poisson(mu).astype(float)
-        if p.em_gain > 1:
-            positive = electrons > 0
-            electrons[positive] = rng.gamma(electrons[positive], p.em_gain)
-            electrons /= 1.0  # amplified electrons, converted by sensitivity below
-        if p.read_noise > 0:
-            electrons += rng.normal(0.0, p.read_noise, electrons.shape)
-        adu = electrons / p.sensitivity + p.baseline
-        if info is not None:
-            adu = np.clip(np.rint(adu), info.min, info.max)
-        frames[f - start] = adu.astype(dtype)
-        t = np.zeros(n, TRUTH_DTYPE)
+        if astig:
+            z = rng.uniform(p.z_range[0], p.z_range[1], n)
+            sx, sy = p.widths(z)
+        else:
+            sx, sy = p.sigma, p.sigma
+        mu = expected_image(p.height, p.width, x, y, photons, sx, sy, p.bg)
+        frames[f - start] = _camera(mu, rng, p, dtype, info)
+        t = np.zeros(n, truth_dtype)
         t["frame"] = f
         t["x"] = x
         t["y"] = y
         t["photons"] = photons
-        t["sx"] = p.sigma
-        t["sy"] = p.sigma
+        t["sx"] = sx
+        t["sy"] = sy
         t["bg"] = p.bg
+        if astig:
+            t["z"] = z
         truths.append(t)
-    truth = np.concatenate(truths) if truths else np.zeros(0, TRUTH_DTYPE)
+    truth = np.concatenate(truths) if truths else np.zeros(0, truth_dtype)
     return frames, truth
+
+
+def _camera(mu, rng, p, dtype, info):
+    """Camera counts (ADU) of one frame from its expected photoelectrons ``mu``."""
+    electrons = rng.poisson(mu).astype(float)
+    if p.em_gain > 1:
+        positive = electrons > 0
+        electrons[positive] = rng.gamma(electrons[positive], p.em_gain)
+    if p.read_noise > 0:
+        electrons += rng.normal(0.0, p.read_noise, electrons.shape)
+    adu = electrons / p.sensitivity + p.baseline
+    if info is not None:
+        adu = np.clip(np.rint(adu), info.min, info.max)
+    return adu.astype(dtype)
 
 
 def simulate_movie(p: SimulationParameters):
     """The whole movie in memory: ``(frames, truth)``. Use :func:`simulate_frames` for long movies."""
     return simulate_frames(p, 0, p.n_frames)
+
+
+def stage_positions(n_frames: int, step_nm: float) -> np.ndarray:
+    """Stage height (nm) of each frame of a z-stack, Picasso's convention: ``-(f*step - (F-1)*step/2)``."""
+    f = np.arange(n_frames, dtype=float)
+    return -(f * step_nm - (n_frames - 1) * step_nm / 2.0)
+
+
+def simulate_bead_stack(p: SimulationParameters, n_beads: int = 20, step_nm: float = 10.0,
+                        bead_z_offset_sd: float = 0.0, drift_px: float = 0.0):
+    """A calibration z-stack of immobile beads scanned through focus with astigmatic widths.
+
+    Frame ``f`` of ``p.n_frames`` sits at the stage height :func:`stage_positions` (nm); a bead's apparent
+    height is the stage height plus its own offset (normal, sd ``bead_z_offset_sd`` nm, e.g. a tilted
+    coverslip). ``drift_px`` moves every bead linearly by that many pixels in x over the stack. Beads carry
+    ``p.photons`` photons on ``p.bg`` background; the camera model is that of :func:`simulate_frames`.
+    ``p.z_range`` is not used.
+
+    Returns ``(frames, truth)``: ADU frames ``(F, height, width)`` and one :data:`TRUTH_3D_DTYPE` row per bead
+    and frame (``z`` is the bead's apparent height, nm).
+    """
+    rng = np.random.default_rng([p.seed, 2**31 - 2])
+    bead_xy = _positions(p.__class__(**{**p.as_dict(), "n_sites": 0, "z_range": None}), rng, n_beads, None)
+    offsets = rng.normal(0.0, bead_z_offset_sd, len(bead_xy[0])) if bead_z_offset_sd > 0 else \
+        np.zeros(len(bead_xy[0]))
+    z_stage = stage_positions(p.n_frames, step_nm)
+    dtype = np.dtype(p.dtype)
+    info = np.iinfo(dtype) if dtype.kind in "ui" else None
+    frames = np.empty((p.n_frames, p.height, p.width), dtype)
+    truths = []
+    nb = len(bead_xy[0])
+    for f in range(p.n_frames):
+        frng = np.random.default_rng([p.seed, f, 7])
+        z = z_stage[f] + offsets
+        sx, sy = p.widths(z)
+        x = bead_xy[0] + (drift_px * f / max(p.n_frames - 1, 1))
+        y = bead_xy[1]
+        photons = np.full(nb, float(p.photons))
+        mu = expected_image(p.height, p.width, x, y, photons, sx, sy, p.bg)
+        frames[f] = _camera(mu, frng, p, dtype, info)
+        t = np.zeros(nb, TRUTH_3D_DTYPE)
+        t["frame"] = f
+        t["x"] = x
+        t["y"] = y
+        t["photons"] = photons
+        t["sx"] = sx
+        t["sy"] = sy
+        t["bg"] = p.bg
+        t["z"] = z
+        truths.append(t)
+    return frames, np.concatenate(truths)
 
 
 def simulate_spots(n, photons, bg, sigma, box_size=7, offset_range=0.5, seed=0):

@@ -1,0 +1,283 @@
+"""3D by astigmatism: calibration from simulated bead stacks, z fitting against simulated ground truth,
+Picasso's calibration YAML and 3D locs files, the CLI."""
+
+from __future__ import annotations
+
+import os
+
+import h5py
+import numpy as np
+import pytest
+import yaml
+
+from napari_localize.api import calibrate_z_stack, localize_movie_3d
+from napari_localize.cli import main
+from napari_localize.core import zfit
+from napari_localize.core.locs import Z_FIELDS, locs_dtype
+from napari_localize.core.parameters import LocalizeParameters
+from napari_localize.core.pipeline import localize
+from napari_localize.core.simulate import (
+    SimulationParameters,
+    simulate_bead_stack,
+    simulate_frames,
+    stage_positions,
+)
+from napari_localize.io.calibration import (
+    CalibrationFileError,
+    load_calibration,
+    plot_calibration,
+    save_calibration,
+)
+from napari_localize.io.locs import save_locs
+from napari_localize.io.movies.write import write_movie
+
+BASELINE = 100.0
+STEP = 20.0
+PARAMS = LocalizeParameters(box_size=9, min_net_gradient=800, baseline=BASELINE)
+
+
+def _stack(seed=1, n_frames=61, offset_sd=15.0):
+    p = SimulationParameters(n_frames=n_frames, height=64, width=64, photons=20000, bg=20,
+                             baseline=BASELINE, seed=seed)
+    frames, truth = simulate_bead_stack(p, n_beads=8, step_nm=STEP, bead_z_offset_sd=offset_sd)
+    return p, frames, truth
+
+
+@pytest.fixture(scope="module")
+def stack():
+    return _stack()
+
+
+@pytest.fixture(scope="module")
+def calibration(stack):
+    _, frames, _ = stack
+    return calibrate_z_stack(frames, PARAMS, STEP, magnification_factor=1.0)
+
+
+@pytest.fixture(scope="module")
+def blinking():
+    q = SimulationParameters(n_frames=60, height=64, width=64, spots_per_frame=8, photons=3000, bg=20,
+                             baseline=BASELINE, z_range=(-450.0, 450.0), seed=5)
+    return q, *simulate_frames(q)
+
+
+def _match(locs, truth, radius=1.0):
+    """Index of the true spot of the same frame within ``radius`` pixels of each loc (-1 if none)."""
+    idx = np.full(len(locs), -1)
+    for i, loc in enumerate(locs):
+        cand = np.nonzero(truth["frame"] == loc["frame"])[0]
+        if len(cand):
+            d = np.hypot(truth["x"][cand] - loc["x"], truth["y"][cand] - loc["y"])
+            if d.min() < radius:
+                idx[i] = cand[d.argmin()]
+    return idx
+
+
+def test_stage_positions_follow_picasso_convention():
+    z = stage_positions(5, 10.0)
+    # frame 0 at +(F-1)*step/2, decreasing by one step per frame
+    assert np.allclose(z, [20.0, 10.0, 0.0, -10.0, -20.0])
+
+
+def test_simulated_astigmatism_widths_follow_the_model():
+    p = SimulationParameters(n_frames=2, height=32, width=32, spots_per_frame=3, z_range=(-300.0, 300.0))
+    _, truth = simulate_frames(p)
+    z = truth["z"].astype(float)
+    assert np.all((z >= -300) & (z <= 300))
+    assert np.allclose(truth["sx"], p.sigma * np.sqrt(1 + ((z - p.astig_gamma) / p.astig_depth) ** 2), rtol=1e-5)
+    assert np.allclose(truth["sy"], p.sigma * np.sqrt(1 + ((z + p.astig_gamma) / p.astig_depth) ** 2), rtol=1e-5)
+
+
+def test_calibration_recovers_the_true_width_curves(stack, calibration):
+    p, _, _ = stack
+    cal = calibration
+    assert "beads followed" in cal.diagnostics["method"]
+    lo, hi = cal.z_range
+    assert (lo, hi) == (-600.0, 600.0)
+    z = np.linspace(-500, 500, 21)
+    wx, wy = cal.widths(z)
+    tx, ty = p.widths(z)  # the simulator's curves cross at z = 0, like a recentred calibration
+    assert np.max(np.abs(wx - tx)) < 0.03
+    assert np.max(np.abs(wy - ty)) < 0.03
+    # recentred: the curves cross at z = 0
+    assert abs(np.polyval(cal.x_coefficients, 0.0) - np.polyval(cal.y_coefficients, 0.0)) < 0.01
+    assert cal.diagnostics["z_precision_nm"] < 20.0
+
+
+def test_pooled_calibration_matches_picasso_rules(stack):
+    _, frames, _ = stack
+    locs, _ = localize(frames, PARAMS)
+    cal = zfit.calibrate_z(locs, len(frames), STEP, 0.79)
+    # independent check of the per-frame one-sd filter and the mean, frame 30 (stage z = 0)
+    f = locs[locs["frame"] == 30]
+    sx, sy = f["sx"].astype(float), f["sy"].astype(float)
+    keep = ((sx - sx.mean()) ** 2 <= sx.var(ddof=1)) & ((sy - sy.mean()) ** 2 <= sy.var(ddof=1))
+    assert cal.diagnostics["mean_sx"][30] == pytest.approx(sx[keep].mean())
+    assert cal.diagnostics["count"][30] == keep.sum()
+    assert cal.magnification_factor == 0.79
+    assert len(cal.x_coefficients) == 7
+
+
+def test_calibration_survives_empty_positions(stack):
+    """Picasso #328: a position without spots must not crash the calibration."""
+    _, frames, _ = stack
+    locs, _ = localize(frames, PARAMS)
+    holes = np.isin(locs["frame"], [10, 11, 12, 40])
+    cal = zfit.calibrate_z(locs[~holes], len(frames), STEP, 1.0)
+    assert np.all(cal.diagnostics["count"][[10, 11, 12, 40]] == 0)
+    assert "4 stack position(s) had no spots" in cal.diagnostics["notices"][0]
+    assert np.all(np.isfinite(cal.x_coefficients))
+
+
+def test_calibration_needs_enough_positions():
+    locs = np.zeros(3, locs_dtype("lq"))
+    locs["frame"] = [0, 1, 2]
+    locs["sx"] = locs["sy"] = 1.0
+    with pytest.raises(ValueError, match="7 or more heights"):
+        zfit.calibrate_z(locs, 20, 10.0)
+
+
+def test_huang_fit_finds_the_global_minimum(calibration):
+    cal = calibration
+    # exact widths at known heights, including both ends of the range
+    z_true = np.array([-580.0, -400.0, -150.0, 0.0, 120.0, 390.0, 585.0])
+    wx, wy = cal.widths(z_true)
+    z, d = zfit.fit_z_huang(wx, wy, cal.x_coefficients, cal.y_coefficients, *cal.z_range)
+    assert np.allclose(z, z_true, atol=0.5)
+    assert np.all(d < 1e-6)
+    z, _ = zfit.fit_z_huang(np.array([-1.0, np.nan]), np.array([1.0, 1.0]), cal.x_coefficients,
+                            cal.y_coefficients, *cal.z_range)
+    assert np.all(np.isnan(z))
+
+
+@pytest.mark.parametrize("method", ["mle", "huang"])
+def test_z_of_blinking_spots_against_truth(calibration, blinking, method):
+    q, frames, truth = blinking
+    options = zfit.ZFitOptions(method=method)
+    locs, info, _ = localize_movie_3d(frames, PARAMS, calibration, options)
+    assert list(locs.dtype.names[-3:]) == [f[0] for f in Z_FIELDS]
+    assert all(locs.dtype[f[0]] == np.float32 for f in Z_FIELDS)
+    idx = _match(locs, truth)
+    assert (idx >= 0).mean() > 0.95
+    err = locs["z"][idx >= 0] - truth["z"][idx[idx >= 0]]
+    rmse = float(np.sqrt(np.mean(err**2)))
+    assert rmse < 40.0
+    assert abs(float(np.mean(err))) < 8.0
+    # lpz is an honest precision: the RMSE is within 40 % of the median predicted precision
+    assert 0.6 < rmse / float(np.sqrt(np.mean(locs["lpz"][idx >= 0] ** 2))) < 1.6
+    doc = info[-1]
+    assert doc["X Coefficients"] == [float(v) for v in calibration.x_coefficients]
+    assert doc["Filter range"] == 0.0
+    assert doc["Z fit method"].startswith({"mle": "astigmatic", "huang": "Huang"}[method])
+
+
+def test_magnification_factor_scales_z(calibration, blinking):
+    _, frames, _ = blinking
+    cal_half = zfit.ZCalibration(calibration.x_coefficients, calibration.y_coefficients, calibration.n_frames,
+                                 calibration.step_nm, 0.5)
+    opts = zfit.ZFitOptions(method="huang")
+    a, _, _ = localize_movie_3d(frames[:10], PARAMS, calibration, opts)
+    b, _, _ = localize_movie_3d(frames[:10], PARAMS, cal_half, opts)
+    assert len(a) == len(b)
+    assert np.allclose(b["z"], 0.5 * a["z"], atol=1e-3)
+
+
+def test_outlier_filter_drops_large_d(calibration, blinking):
+    _, frames, _ = blinking
+    all_, _, _ = localize_movie_3d(frames, PARAMS, calibration, zfit.ZFitOptions(method="huang"))
+    filt, info, _ = localize_movie_3d(frames, PARAMS, calibration,
+                                      zfit.ZFitOptions(method="huang", filter=1.0))
+    rms = np.sqrt(np.mean(all_["d_zcalib"].astype(float) ** 2))
+    assert len(filt) == int((all_["d_zcalib"] <= rms).sum())
+    assert info[-1]["Filter range"] == 1.0
+
+
+def test_calibration_yaml_roundtrip_and_picasso_keys(tmp_path, calibration):
+    path = save_calibration(tmp_path / "cal.yaml", calibration)
+    with open(path) as fh:
+        raw = yaml.safe_load(fh)
+    assert set(raw) == {"Frame bounds", "Magnification factor", "Number of frames", "Path", "Step size in nm",
+                        "X Coefficients", "Y Coefficients"}
+    assert len(raw["X Coefficients"]) == 7
+    # highest power first: np.polyval of the stored list reproduces the widths
+    assert np.polyval(raw["X Coefficients"], 100.0) == pytest.approx(calibration.widths(100.0)[0])
+    back = load_calibration(path)
+    assert np.allclose(back.x_coefficients, calibration.x_coefficients)
+    assert load_calibration(path, magnification_factor=0.5).magnification_factor == 0.5
+    png = plot_calibration(calibration, tmp_path / "cal.png")
+    with open(png, "rb") as fh:
+        assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bad_calibration_files(tmp_path):
+    with pytest.raises(CalibrationFileError, match="no such"):
+        load_calibration(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("X Coefficients: [1, 2]\n")
+    with pytest.raises(CalibrationFileError, match="missing key"):
+        load_calibration(bad)
+    old = tmp_path / "old.yaml"
+    old.write_text("X Coefficients: [1, 2]\nY Coefficients: [1, 2]\nNumber of frames: 10\nStep size in nm: 5\n")
+    with pytest.raises(CalibrationFileError, match="magnification factor"):
+        load_calibration(old)
+    assert load_calibration(old, 0.79).magnification_factor == 0.79
+
+
+def test_picasso_reads_our_calibration_and_3d_locs(tmp_path, calibration, blinking):
+    import picasso.io
+    import picasso.zfit
+
+    q, frames, _ = blinking
+    cal_path = save_calibration(tmp_path / "cal.yaml", calibration)
+    with open(cal_path) as fh:
+        picasso_cal = yaml.load(fh, Loader=yaml.FullLoader)
+    locs, info, _ = localize_movie_3d(frames, PARAMS, calibration, zfit.ZFitOptions(method="huang"))
+    info[0].update({"Width": 64, "Height": 64, "Frames": len(frames)})
+    h5, _ = save_locs(tmp_path / "m_locs.hdf5", locs, info)
+    plocs, pinfo = picasso.io.load_locs(h5)
+    assert len(plocs) == len(locs)
+    assert np.allclose(np.asarray(plocs["z"]), locs["z"])
+    # Picasso's own z fit with our calibration file reproduces our Huang z (same D objective)
+    import pandas as pd
+
+    df = pd.DataFrame({n: locs[n] for n in locs.dtype.names if n not in ("z", "d_zcalib", "lpz")})
+    zlocs, _ = picasso.zfit.zfit(df, pinfo, calibration=picasso_cal, magnification_factor=1.0,
+                                 pixelsize=130.0, fitting_method="gaussmle", filter=0)
+    zlocs = zlocs.sort_values(["frame", "x"]).reset_index(drop=True)
+    ours = np.sort(locs, order=["frame", "x"])
+    m = np.abs(np.asarray(zlocs["z"])) < 550  # Picasso searches +-1000 nm, ours the calibrated range
+    assert len(zlocs) == len(ours)
+    assert np.median(np.abs(np.asarray(zlocs["z"])[m] - ours["z"][m])) < 1.0
+
+
+def test_cli_calibrate_and_localize_3d(tmp_path, stack, blinking, capsys):
+    _, sframes, _ = stack
+    q, bframes, truth = blinking
+    stack_path = tmp_path / "beads.ome.tif"
+    movie_path = tmp_path / "blink.ome.tif"
+    write_movie(stack_path, [sframes], sframes.shape, sframes.dtype, pixelsize_nm=130.0)
+    write_movie(movie_path, [bframes], bframes.shape, bframes.dtype, pixelsize_nm=130.0)
+    common = ["--box-size", "9", "--min-net-gradient", "800", "--baseline", "100"]
+    assert main(["calibrate-z", str(stack_path), "--step-nm", str(STEP), "--magnification-factor", "1.0",
+                 *common]) == 0
+    cal_path = tmp_path / "beads.ome_3d_calib.yaml"
+    assert cal_path.exists() and (tmp_path / "beads.ome_3d_calib.png").exists()
+    assert main(["localize", str(movie_path), "--zcalib", str(cal_path), *common]) == 0
+    h5 = tmp_path / "blink.ome_locs.hdf5"
+    with h5py.File(h5, "r") as f:
+        locs = f["locs"][...]
+    assert locs.dtype.names[-3:] == ("z", "d_zcalib", "lpz")
+    idx = _match(locs, truth)
+    err = locs["z"][idx >= 0] - truth["z"][idx[idx >= 0]]
+    assert np.sqrt(np.mean(err**2)) < 40.0
+    with open(tmp_path / "blink.ome_locs.yaml") as fh:
+        docs = list(yaml.safe_load_all(fh))
+    assert docs[-1]["Magnification factor"] == 1.0
+    assert docs[-1]["Z Calibration Path"] == os.path.abspath(cal_path)
+    # bad input: one-line errors, nothing written
+    assert main(["localize", str(movie_path), "--zcalib", str(tmp_path / "nope.yaml"), "--suffix", "_x"]) == 2
+    assert not (tmp_path / "blink.ome_x_locs.hdf5").exists()
+    assert main(["calibrate-z", str(stack_path), "--step-nm", "-5"]) == 2
+    assert main(["localize", str(movie_path), "--magnification-factor", "0.8", "--suffix", "_y"]) == 2
+    err = capsys.readouterr().err
+    assert "nope.yaml" in err and "--step-nm" in err and "--zcalib" in err
