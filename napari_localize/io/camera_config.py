@@ -122,7 +122,7 @@ def load_camera_config(path) -> CameraConfig:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise CameraConfigError(f"camera config {path}: not valid YAML ({exc})".replace("\n", " ")) from None
-    return parse_camera_config(data, source=str(path))
+    return parse_camera_config(data, source=os.path.abspath(path))
 
 
 def parse_camera_config(data, source: str | None = None) -> CameraConfig:
