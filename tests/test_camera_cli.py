@@ -15,7 +15,7 @@ from napari_localize.io.camera_config import ENV_CONFIG
 SEED = DATA / "camera_config_seed.yaml"
 IXON = "Andor iXon EMCCD"
 # Electron Multiplying / 17.000 MHz / Gain 3 in the seed config
-SIM = dict(baseline=200.0, sensitivity=4.2, em_gain=50.0)
+SIM = {"baseline": 200.0, "sensitivity": 4.2, "em_gain": 50.0}
 
 
 @pytest.fixture(autouse=True)

@@ -15,6 +15,7 @@ import textwrap
 import nd2
 import pytest
 import tifffile
+from conftest import DATA, shared_sample
 
 from napari_localize.core.camera import (
     CameraConfigError,
@@ -24,8 +25,6 @@ from napari_localize.core.camera import (
     sensitivity_value,
 )
 from napari_localize.io.camera_config import load_camera_config
-
-from conftest import DATA, shared_sample
 
 ZYLA = "Andor sCMOS Camera"
 IXON = "Andor iXon EMCCD"

@@ -7,6 +7,7 @@ The widget only shows and edits; choosing values from the config and the movie's
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 
 from magicgui.widgets import ComboBox, Container, FileEdit, FloatSpinBox, Label
 from psygnal import Signal
@@ -99,7 +100,7 @@ class CameraWidget(Container):
 
     def values(self) -> dict:
         """``baseline`` (ADU), ``sensitivity`` (e-/ADU), ``em_gain``, ``qe``, ``pixelsize`` (nm), ``camera``."""
-        out = {name: float(w.value) for name, w in zip(_FIELDS, self._inputs)}
+        out = {name: float(w.value) for name, w in zip(_FIELDS, self._inputs, strict=True)}
         out["camera"] = self._camera.value or None
         return out
 
@@ -145,18 +146,14 @@ class CameraWidget(Container):
         return m
 
     # ------------------------------------------------------------------------------------------ internals
+    @contextmanager
     def _quiet(self):
-        widget = self
-
-        class _Quiet:
-            def __enter__(self):
-                self.before = widget._updating
-                widget._updating = True
-
-            def __exit__(self, *exc):
-                widget._updating = self.before
-
-        return _Quiet()
+        """Programmatic updates: the handlers of the children do nothing, nothing is emitted."""
+        before, self._updating = self._updating, True
+        try:
+            yield
+        finally:
+            self._updating = before
 
     def _emit(self, *_):
         if not self._updating:
@@ -169,7 +166,7 @@ class CameraWidget(Container):
 
     def _set_fields(self, values: dict):
         with self._quiet():
-            for name, w in zip(_FIELDS, self._inputs):
+            for name, w in zip(_FIELDS, self._inputs, strict=True):
                 if values.get(name) is not None:
                     w.value = float(values[name])
 
@@ -191,7 +188,8 @@ class CameraWidget(Container):
             self._categories.changed.disconnect()
             self._categories.visible = bool(spec.categories)
             self._wavelength.choices = spec.wavelengths
-            self._wavelength.value = m.wavelength if m.wavelength in spec.wavelengths else None
+            if m.wavelength in spec.wavelengths:
+                self._wavelength.value = m.wavelength
             self._wavelength.visible = bool(spec.wavelengths)
             self._set_fields(m.values())
         self._show(m.notices)

@@ -314,7 +314,7 @@ def match_camera(config: CameraConfig, info: dict | None = None, camera: str | N
 
     # sensitivity, one category after the other
     chosen = []
-    for level, category in enumerate(spec.categories):
+    for category in spec.categories:
         choices = sensitivity_choices(spec, chosen)
         value = (selections or {}).get(category)
         key = f"{name}-{category}"
@@ -353,8 +353,9 @@ def match_camera(config: CameraConfig, info: dict | None = None, camera: str | N
 
     # pixel size: the config describes the lab's optics; else the movie's own calibration
     movie_px = _float_or_none(info.get("Pixelsize"))
+    movie_px = movie_px if movie_px is not None and movie_px > 0 else None
     m.pixelsize = spec.pixelsize if spec.pixelsize is not None else movie_px
-    if spec.pixelsize is not None and movie_px is not None and movie_px > 0 and abs(movie_px - spec.pixelsize) > 1e-6:
+    if spec.pixelsize is not None and movie_px is not None and abs(movie_px - spec.pixelsize) > 1e-6:
         m.notices.append(f"camera {name!r}: pixel size {spec.pixelsize:g} nm from the config, "
                          f"the movie says {movie_px:g} nm")
     return m
