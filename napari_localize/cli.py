@@ -65,26 +65,59 @@ def _movie_files(paths) -> list[str]:
     return files
 
 
-def _parameters(args, movie_info: dict):
+def _parameters(args, movie_info: dict, match=None):
+    """Parameters for one movie: an explicit flag wins, then the camera config match, then the defaults."""
+    from .core.camera import DEFAULT_PHOTON_PARAMETERS
     from .core.parameters import LocalizeParameters
 
-    pixelsize = args.pixelsize
-    if pixelsize is None:
-        pixelsize = movie_info.get("Pixelsize") or 130.0
+    photon = {}
+    for field, flag in (("baseline", "baseline"), ("sensitivity", "sensitivity"), ("em_gain", "gain"),
+                        ("qe", "qe"), ("pixelsize", "pixelsize")):
+        value = getattr(args, flag)
+        if value is None and match is not None:
+            value = getattr(match, field)
+        if value is None and field == "pixelsize":
+            value = movie_info.get("Pixelsize") or None
+        photon[field] = float(value if value is not None else DEFAULT_PHOTON_PARAMETERS[field])
     return LocalizeParameters(
         box_size=args.box_size,
         min_net_gradient=args.min_net_gradient,
         roi=tuple(args.roi) if args.roi else None,
         frame_range=tuple(args.frames) if args.frames else None,
         fit_method=args.fit_method,
-        baseline=args.baseline if args.baseline is not None else 0.0,
-        sensitivity=args.sensitivity if args.sensitivity is not None else 1.0,
-        em_gain=args.gain if args.gain is not None else 1.0,
-        qe=args.qe if args.qe is not None else 1.0,
-        pixelsize=float(pixelsize),
         convergence=args.convergence,
         max_iterations=args.max_iterations,
+        camera=match.camera if match is not None else None,
+        **photon,
     )
+
+
+def _camera_config(args):
+    """The camera config to match movies against (``None`` if there is none), or a CliError."""
+    from .core.camera import CameraConfigError
+    from .io.camera_config import discover_camera_config
+
+    try:
+        config = discover_camera_config(args.camera_config)
+        if args.camera is not None:
+            if config is None:
+                raise CliError(f"--camera {args.camera}: no camera config found; give one with --camera-config")
+            config[args.camera]
+    except CameraConfigError as exc:
+        raise CliError(str(exc)) from None
+    return config
+
+
+def _camera_document(config, match) -> dict:
+    """What the fit document of ``_locs.yaml`` records about the camera config match."""
+    doc = {"Camera config": config.source}
+    if match.selections:
+        doc["Sensitivity categories"] = dict(match.selections)
+    if match.wavelength is not None:
+        doc["Emission wavelength"] = match.wavelength
+    if match.notices:
+        doc["Notices"] = list(match.notices)
+    return doc
 
 
 def cmd_localize(args) -> int:
@@ -96,15 +129,23 @@ def cmd_localize(args) -> int:
         raise CliError(f"--output-dir {args.output_dir}: no such folder")
     files = _movie_files(args.paths)
     calibration, z_options = _z_setup(args)
+    config = _camera_config(args)
     if args.scheduler:
         if calibration is not None:
             raise CliError("--scheduler runs 2D localization only for now; run 3D (--zcalib) without --scheduler")
-        return _localize_distributed(args, files)
+        return _localize_distributed(args, files, config)
     failures = 0
     for path in files:
         try:
             with open_movie(path) as movie:
-                p = _parameters(args, movie.info)
+                match = None
+                if config is not None:
+                    from .core.camera import match_camera
+
+                    match = match_camera(config, movie.info, camera=args.camera)
+                    for notice in match.notices:
+                        print(f"napari-localize: note: {path}: {notice}", file=sys.stderr)
+                p = _parameters(args, movie.info, match)
                 p.validate(*movie.shape)
                 bar = ProgressBar(os.path.basename(path))
                 try:
@@ -117,6 +158,8 @@ def cmd_localize(args) -> int:
                                                               calibration_path=os.path.abspath(args.zcalib))
                 finally:
                     bar.close()
+                if match is not None:
+                    info[-1].update(_camera_document(config, match))
             hdf5_path, _ = locs_paths(path, args.suffix, args.output_dir)
             written = save_locs(hdf5_path, locs, info)
         except (ValueError, OSError) as exc:
@@ -132,12 +175,23 @@ def cmd_localize(args) -> int:
     return 0 if failures == 0 else 1
 
 
-def _localize_distributed(args, files) -> int:
+def _localize_distributed(args, files, config) -> int:
     from .distributed import localize_files_distributed
     from .io.movies import open_movie
 
-    with open_movie(files[0]) as movie:
-        p = _parameters(args, movie.info)
+    params = {}
+    for path in files:  # parameters per movie, exactly as a serial run would choose them
+        try:
+            with open_movie(path) as movie:
+                match = None
+                if config is not None:
+                    from .core.camera import match_camera
+
+                    match = match_camera(config, movie.info, camera=args.camera)
+                params[path] = _parameters(args, movie.info, match)
+        except (ValueError, OSError):
+            params[path] = _parameters(args, {})  # the worker reports the error for this movie
+    p = params
 
     def report(path, hdf5_path, stats, error):
         if error:
@@ -206,6 +260,11 @@ def add_localize_parser(sub):
     g.add_argument("--gain", type=float, help="EM gain, 1 for sCMOS/CCD (default 1)")
     g.add_argument("--qe", type=float, help="quantum efficiency, recorded only (default 1)")
     g.add_argument("--pixelsize", type=float, help="pixel size in nm (default: from the movie, else 130)")
+    g.add_argument("--camera-config", metavar="PATH",
+                   help="camera config (Picasso's config.yaml schema); default: $NAPARI_LOCALIZE_CAMERA_CONFIG, "
+                        "the user's camera_config.yaml, else Picasso's config.yaml. Values not given as "
+                        "flags come from the camera matched by the movie's metadata")
+    g.add_argument("--camera", metavar="NAME", help="use this camera of the config instead of matching it")
     g = p.add_argument_group("fit")
     g.add_argument("--fit-method", choices=FIT_METHODS, default="mle",
                    help="mle: Poisson maximum likelihood; lq: least squares; avg: box sum (default mle)")

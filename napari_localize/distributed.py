@@ -44,11 +44,12 @@ def _client(scheduler: str, workers: int | None):
     return Client(scheduler), None
 
 
-def localize_files_distributed(paths, p: LocalizeParameters, scheduler: str = "local", workers: int | None = None,
+def localize_files_distributed(paths, p: LocalizeParameters | dict, scheduler: str = "local", workers: int | None = None,
                                suffix: str = "", output_dir=None, movie_options: dict | None = None,
                                frames_per_task: int = FRAMES_PER_TASK, on_done=None):
     """Localize movie files on a Dask cluster and write each movie's ``_locs.hdf5`` + ``.yaml``.
 
+    ``p`` is one parameter set for all movies, or a dict mapping each path to its own.
     Returns a list of ``(path, hdf5_path or None, stats or None, error message or None)`` in input order.
     ``on_done(path, hdf5_path, stats, error)`` is called as each movie finishes.
     """
@@ -57,11 +58,13 @@ def localize_files_distributed(paths, p: LocalizeParameters, scheduler: str = "l
     from .io.movies import open_movie
 
     movie_options = movie_options or {}
+    params = p if isinstance(p, dict) else {path: p for path in paths}
     client, cluster = _client(scheduler, workers)
     results = []
     try:
         plans = []
         for path in paths:
+            p = params[path]
             try:
                 with open_movie(path, **movie_options) as movie:
                     shape = movie.shape
@@ -74,6 +77,7 @@ def localize_files_distributed(paths, p: LocalizeParameters, scheduler: str = "l
             except (ValueError, OSError) as exc:
                 plans.append((path, [], str(exc)))
         for path, futures, error in plans:
+            p = params[path]
             if error is None:
                 try:
                     parts = client.gather(futures)
