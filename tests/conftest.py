@@ -31,3 +31,5 @@ def _no_user_settings(tmp_path_factory, monkeypatch):
     home = tmp_path_factory.mktemp("home")
     monkeypatch.setenv("XDG_CONFIG_HOME", os.fspath(home / ".config"))
     monkeypatch.setenv("NAPARI_LOCALIZE_CONFIG_DIR", os.fspath(home / "napari-localize"))
+    monkeypatch.setenv("NAPARI_LOCALIZE_IGNORE_PICASSO_CONFIG", "1")
+    monkeypatch.delenv("NAPARI_LOCALIZE_CAMERA_CONFIG", raising=False)

@@ -81,7 +81,8 @@ def config_candidates(explicit=None) -> list[tuple[Path, str]]:
     if os.environ.get(ENV_CONFIG):
         out.append((Path(os.environ[ENV_CONFIG]), f"${ENV_CONFIG}"))
     out.append((user_config_dir() / USER_CONFIG_NAME, "user config folder"))
-    picasso = picasso_config_path()
+    # NAPARI_LOCALIZE_IGNORE_PICASSO_CONFIG=1 keeps a Picasso installation's cameras out (tests, clean runs)
+    picasso = None if os.environ.get("NAPARI_LOCALIZE_IGNORE_PICASSO_CONFIG") else picasso_config_path()
     if picasso is not None:
         out.append((picasso, "Picasso installation"))
     return out
