@@ -98,7 +98,7 @@ def cmd_localize(args) -> int:
     failures = 0
     for path in files:
         try:
-            with open_movie(path) as movie:
+            with open_movie(path, channel=args.channel, position=args.position) as movie:
                 p = _parameters(args, movie.info)
                 p.validate(*movie.shape)
                 bar = ProgressBar(os.path.basename(path))
@@ -128,6 +128,10 @@ def add_localize_parser(sub):
                        description="Localize single molecules in movie files (or every movie in a folder). "
                                    "Writes Picasso-compatible <movie base><suffix>_locs.hdf5 and _locs.yaml.")
     p.add_argument("paths", nargs="+", metavar="PATH", help="movie files or folders of movies")
+    p.add_argument("--channel", type=int, metavar="INT",
+                   help="channel to localize in multi-channel movies (required there; the error lists them)")
+    p.add_argument("--position", type=int, metavar="INT",
+                   help="stage position to localize in multi-position acquisitions (required there)")
     g = p.add_argument_group("identification")
     g.add_argument("--box-size", type=int, default=7, help="odd box side length in pixels (default 7)")
     g.add_argument("--min-net-gradient", type=float, default=5000.0,
