@@ -182,7 +182,14 @@ class TiffMovie(Movie):
             self._mm = np.memmap(self.path, dtype=on_disk, mode="r", offset=s.dataoffset,
                                  shape=(npages, height, width))
         else:
-            pages = list(s.pages)
+            try:
+                pages = list(s.pages)
+            except (IndexError, ValueError, OSError, tifffile.TiffFileError) as exc:
+                try:
+                    have = len(self._tif.pages)
+                except Exception:
+                    have = 0
+                raise self._truncated(have, max(npages, expected or 0), str(exc)) from None
             if len(pages) != npages:
                 raise self._truncated(len(pages), max(npages, expected or 0))
             self._pages = pages
