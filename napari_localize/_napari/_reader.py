@@ -126,6 +126,16 @@ def read_locs(path):
     coords = np.column_stack([locs["frame"].astype(float), locs["y"], locs["x"]]) if len(locs) else \
         np.zeros((0, 3))
     features = {name: locs[name] for name in locs.dtype.names}
+    try:  # every column of the file, including ones load_locs does not keep
+        import h5py
+
+        with h5py.File(path, "r") as fh:
+            table = fh["locs"][...]
+        if len(table) == len(locs) and table.dtype.names:
+            for name in table.dtype.names:
+                features.setdefault(name, table[name])
+    except Exception:  # the columns from load_locs suffice
+        pass
     meta = {"locs_info": info, "locs_path": path, "pixelsize": get_metadata(info, "Pixelsize", 130)}
     kwargs = {"name": os.path.basename(path), "features": features, "metadata": meta, "size": 0.5,
               "face_color": "photons" if "photons" in features else "white", "border_width": 0}
