@@ -2,7 +2,7 @@
 
 Every page series becomes ``(frames, height, width)``: a channel axis (``C``) and a position axis (``R``) are
 chosen by the caller; every other axis (time, z, ...) is flattened into frames in storage order.
-Uncompressed contiguous series are memory-mapped; others are read page by page. Nothing is held in memory.
+Uncompressed contiguous series are read with plain file reads; others are read page by page. Nothing is held in memory.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import warnings
 import numpy as np
 import tifffile
 
-from ._base import Movie, MovieError, movie_info
+from ._base import FrameFile, Movie, MovieError, movie_info
 from .metadata import MovieChoiceError, choose, flatten_propval, mm_pixelsize_nm, parse_mm_json, plain
 
 #: a Micro-Manager follow-on ("rollover") file: <base>_<n>.ome.tif / <base>_NDTiffStack_<n>.tif
@@ -179,8 +179,7 @@ class TiffMovie(Movie):
             if end > filesize:
                 whole = max(0, (filesize - s.dataoffset) // frame_bytes)
                 raise self._truncated(whole, npages)
-            self._mm = np.memmap(self.path, dtype=on_disk, mode="r", offset=s.dataoffset,
-                                 shape=(npages, height, width))
+            self._mm = FrameFile(self.path, s.dataoffset, on_disk, (height, width))
         else:
             try:
                 pages = list(s.pages)
@@ -386,10 +385,9 @@ class TiffMovie(Movie):
         idx = self._page_index[start:stop]
         if self._mm is not None:
             if len(idx) and idx[-1] - idx[0] == len(idx) - 1:
-                data = self._mm[idx[0]: idx[-1] + 1]
-            else:
-                data = self._mm[idx]
-            return np.asarray(data).astype(self.dtype, copy=True)
+                return self._mm.read(int(idx[0]), int(idx[-1]) + 1, self.dtype)
+            return np.concatenate([self._mm.read(int(i), int(i) + 1, self.dtype) for i in idx]) if len(idx) \
+                else self._empty()
         out = np.zeros((len(idx),) + self.shape[1:], self.dtype)
         for k, i in enumerate(idx):
             page = self._pages[int(i)]
@@ -408,8 +406,8 @@ class TiffMovie(Movie):
             part.close()
         self._parts = []
         mm = getattr(self, "_mm", None)
-        if mm is not None and getattr(mm, "_mmap", None) is not None:
-            mm._mmap.close()
+        if mm is not None:
+            mm.close()
         self._mm = None
         for fh in getattr(self, "_other_handles", []):
             fh.close()
