@@ -137,7 +137,7 @@ def cmd_localize(args) -> int:
     failures = 0
     for path in files:
         try:
-            with open_movie(path) as movie:
+            with open_movie(path, channel=args.channel, position=args.position) as movie:
                 match = None
                 if config is not None:
                     from .core.camera import match_camera
@@ -175,6 +175,10 @@ def cmd_localize(args) -> int:
     return 0 if failures == 0 else 1
 
 
+def _movie_options(args) -> dict:
+    return {"channel": args.channel, "position": args.position}
+
+
 def _localize_distributed(args, files, config) -> int:
     from .distributed import localize_files_distributed
     from .io.movies import open_movie
@@ -182,7 +186,7 @@ def _localize_distributed(args, files, config) -> int:
     params = {}
     for path in files:  # parameters per movie, exactly as a serial run would choose them
         try:
-            with open_movie(path) as movie:
+            with open_movie(path, **_movie_options(args)) as movie:
                 match = None
                 if config is not None:
                     from .core.camera import match_camera
@@ -200,7 +204,7 @@ def _localize_distributed(args, files, config) -> int:
             print(f"{path}: {stats.localized} localizations in {stats.frames} frames -> {hdf5_path}")
 
     results = localize_files_distributed(files, p, args.scheduler, args.workers, args.suffix, args.output_dir,
-                                         on_done=report)
+                                         movie_options=_movie_options(args), on_done=report)
     return 0 if all(r[3] is None for r in results) else 1
 
 
@@ -246,6 +250,10 @@ def add_localize_parser(sub):
                        description="Localize single molecules in movie files (or every movie in a folder). "
                                    "Writes Picasso-compatible <movie base><suffix>_locs.hdf5 and _locs.yaml.")
     p.add_argument("paths", nargs="+", metavar="PATH", help="movie files or folders of movies")
+    p.add_argument("--channel", type=int, metavar="INT",
+                   help="channel to localize in multi-channel movies (required there; the error lists them)")
+    p.add_argument("--position", type=int, metavar="INT",
+                   help="stage position to localize in multi-position acquisitions (required there)")
     g = p.add_argument_group("identification")
     g.add_argument("--box-size", type=int, default=7, help="odd box side length in pixels (default 7)")
     g.add_argument("--min-net-gradient", type=float, default=5000.0,

@@ -3,42 +3,126 @@
 from __future__ import annotations
 
 import os
+import re
 
 from ._base import ArrayMovie, Movie, MovieError, movie_info
+from .metadata import MovieChoiceError
 from .raw import RawMovie, read_raw_info, write_raw_info
-from .tiff import TiffMovie
+from .tiff import TiffMovie, follow_on_of
 
 #: lower-case file endings this package opens as movies, longest first
-MOVIE_EXTENSIONS = (".ome.tiff", ".ome.tif", ".tiff", ".tif", ".raw")
+MOVIE_EXTENSIONS = (".ome.tiff", ".ome.tif", ".tiff", ".tif", ".raw", ".ims", ".nd2")
+
+#: endings of files we write ourselves (never movies to localize)
+_OWN_OUTPUTS = re.compile(r"(_locs|_render)$", re.IGNORECASE)
+_MMSTACK = re.compile(r"^(?P<prefix>.+)_MMStack(_.*)?\.ome\.tiff?$", re.IGNORECASE)
 
 
 def is_movie_path(path) -> bool:
-    return os.fspath(path).lower().endswith(MOVIE_EXTENSIONS)
+    """True if ``path`` ends in a movie extension (or is an NDTiff dataset folder)."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        return is_ndtiff_folder(path)
+    return path.lower().endswith(MOVIE_EXTENSIONS)
 
 
-def open_movie(path, **options) -> Movie:
-    """Open a movie file lazily; raise :class:`MovieError` with a clear message if it cannot be read."""
+def is_ndtiff_folder(path) -> bool:
+    """True if ``path`` is a folder holding an NDTiff dataset (``NDTiff.index`` and ``*_NDTiffStack.tif``)."""
+    path = os.fspath(path)
+    return os.path.isdir(path) and os.path.isfile(os.path.join(path, "NDTiff.index")) and bool(_ndtiff_first(path))
+
+
+def _ndtiff_first(folder):
+    names = sorted(n for n in os.listdir(folder) if re.search(r"_NDTiffStack\.tiff?$", n, re.IGNORECASE))
+    return os.path.join(folder, names[0]) if names else None
+
+
+def open_movie(path, channel=None, position=None, **options) -> Movie:
+    """Open a movie lazily; the single entry point for every format.
+
+    Parameters
+    ----------
+    path : str or PathLike
+        A movie file (``.ome.tif``, ``.ome.tiff``, ``.tif``, ``.tiff``, ``.raw``, ``.ims``, ``.nd2``), any file
+        of an NDTiff dataset, or the dataset folder. For a Micro-Manager set, the first file reads them all.
+    channel, position : int or str, optional
+        Index or name of the channel / stage position. A file with several and no choice raises
+        :class:`MovieChoiceError` (a :class:`MovieError`) listing them: localizing a silently chosen channel
+        would be wrong more often than right.
+    **options
+        ``info`` (dict) for ``.raw`` files without a ``.yaml``; ``series`` (int) for TIFF files.
+
+    Raises
+    ------
+    MovieError
+        With a message naming the file and what to do.
+    """
     path = os.fspath(path)
     if not os.path.exists(path):
         raise MovieError(f"{path}: no such file")
+    if os.path.isdir(path):
+        if is_ndtiff_folder(path):
+            path = _ndtiff_first(path)
+        else:
+            raise MovieError(f"{path}: a folder, not a movie (only NDTiff dataset folders open as one movie)")
     lower = path.lower()
     if lower.endswith(".raw"):
-        return RawMovie(path)
+        for name, value in (("channel", channel), ("position", position)):
+            if value not in (None, 0, "0"):
+                raise MovieError(f"{path}: .raw movies have one channel and one position; got {name}={value!r}")
+        return RawMovie(path, info=options.get("info"))
     if lower.endswith((".tif", ".tiff")):
-        return TiffMovie(path)
+        return TiffMovie(path, channel=channel, position=position, series=int(options.get("series", 0)))
+    if lower.endswith(".ims"):
+        from .ims import ImsMovie
+
+        return ImsMovie(path, channel=channel, position=position)
+    if lower.endswith(".nd2"):
+        from .nd2 import Nd2Movie
+
+        return Nd2Movie(path, channel=channel, position=position)
     raise MovieError(
-        f"{path}: unknown movie type; napari-localize reads {', '.join(MOVIE_EXTENSIONS)}"
+        f"{path}: unknown movie type; napari-localize reads {', '.join(MOVIE_EXTENSIONS)} "
+        "(and NDTiff dataset folders)"
     )
 
 
-__all__ = [
-    "ArrayMovie", "MOVIE_EXTENSIONS", "list_movies", "Movie", "MovieError", "RawMovie", "TiffMovie", "is_movie_path",
-    "movie_info", "open_movie", "read_raw_info", "write_raw_info",
-]
+def movie_choices(path) -> tuple[list[str], list[str]]:
+    """``(channel names, position names)`` still to choose for a movie; both empty when it opens as it is."""
+    try:
+        with open_movie(path):
+            return [], []
+    except MovieChoiceError as exc:
+        return exc.channels, exc.positions
 
 
 def list_movies(folder) -> list[str]:
-    """The movies in a folder, sorted, without our own outputs."""
+    """The movies in a folder, sorted: follow-on files (``*_1.ome.tif``, ``*_NDTiffStack_1.tif``) and our own
+    outputs are left out, since opening the first file of a set reads them all."""
+    if is_ndtiff_folder(folder):
+        return [_ndtiff_first(folder)]
     names = sorted(os.listdir(folder))
-    return [os.path.join(folder, n) for n in names
-            if is_movie_path(n) and not n.startswith(".") and os.path.isfile(os.path.join(folder, n))]
+    out = []
+    mm_sets = set()
+    for n in names:
+        full = os.path.join(folder, n)
+        if not is_movie_path(n) or n.startswith(".") or not os.path.isfile(full):
+            continue
+        if _OWN_OUTPUTS.search(os.path.splitext(n)[0]) or follow_on_of(full) is not None:
+            continue
+        if re.search(r"_NDTiffStack_\d+\.tiff?$", n, re.IGNORECASE):
+            continue
+        m = _MMSTACK.match(n)
+        if m is not None:  # one Micro-Manager acquisition: its first file reads every position
+            if m["prefix"] in mm_sets:
+                continue
+            mm_sets.add(m["prefix"])
+        out.append(full)
+    return out
+
+
+__all__ = [
+    "ArrayMovie", "MOVIE_EXTENSIONS", "list_movies", "Movie", "MovieChoiceError", "MovieError", "RawMovie",
+    "TiffMovie", "is_movie_path", "is_ndtiff_folder", "movie_choices", "movie_info", "open_movie",
+    "read_raw_info", "write_raw_info",
+]

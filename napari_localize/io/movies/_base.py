@@ -119,3 +119,45 @@ def movie_info(shape, dtype, path=None, **extra) -> dict:
         info["File"] = str(path)
     info.update(extra)
     return info
+
+
+class FrameFile:
+    """Contiguous frames in a file, read with plain reads (no memory map, so resident memory stays bounded).
+
+    Parameters
+    ----------
+    path : str
+        The file.
+    offset : int
+        Byte offset of frame 0.
+    dtype : numpy.dtype
+        Pixel type as stored (with its byte order).
+    frame_shape : tuple of int
+        ``(height, width)`` in pixels.
+    """
+
+    def __init__(self, path, offset, dtype, frame_shape):
+        import threading
+
+        self.path = path
+        self._fh = open(path, "rb")
+        self._lock = threading.Lock()
+        self.offset = int(offset)
+        self.dtype = np.dtype(dtype)
+        self.frame_shape = tuple(int(n) for n in frame_shape)
+        self.frame_bytes = int(np.prod(self.frame_shape)) * self.dtype.itemsize
+
+    def read(self, start: int, stop: int, out_dtype) -> np.ndarray:
+        """Frames ``start:stop`` converted to ``out_dtype`` (native byte order)."""
+        n = max(stop - start, 0)
+        buf = np.empty((n,) + self.frame_shape, self.dtype)
+        with self._lock:
+            self._fh.seek(self.offset + start * self.frame_bytes)
+            got = self._fh.readinto(memoryview(buf).cast("B"))
+        if got != buf.nbytes:
+            raise MovieError(f"{self.path}: frame {start + got // max(self.frame_bytes, 1)} is missing or "
+                             "incomplete; the file is truncated")
+        return buf if buf.dtype == np.dtype(out_dtype) else buf.astype(out_dtype)
+
+    def close(self):
+        self._fh.close()

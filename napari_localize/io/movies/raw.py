@@ -7,7 +7,7 @@ import os
 import numpy as np
 import yaml
 
-from ._base import Movie, MovieError, movie_info
+from ._base import FrameFile, Movie, MovieError, movie_info
 
 RAW_KEYS = ("Byte Order", "Data Type", "Frames", "Height", "Width")
 
@@ -50,7 +50,7 @@ def write_raw_info(path, byte_order, data_type, frames, height, width) -> str:
 
 
 class RawMovie(Movie):
-    """A memory-mapped ``.raw`` movie; big-endian data is swapped per chunk read, never whole."""
+    """A ``.raw`` movie read frame range by frame range; big-endian data is swapped per chunk read, never whole."""
 
     def __init__(self, path, info: dict | None = None):
         self.path = os.fspath(path)
@@ -79,7 +79,7 @@ class RawMovie(Movie):
                 f"need {expected} ({size / frame_bytes:.2f} frames of that size fit); check Frames, Height, "
                 f"Width and Data Type in {raw_info_path(self.path)}"
             )
-        self._mm = np.memmap(self.path, dtype=on_disk, mode="r", shape=(frames, height, width))
+        self._file = FrameFile(self.path, 0, on_disk, (height, width))
         self.shape = (frames, height, width)
         self.dtype = native
         extra = {k: v for k, v in raw.items() if k not in RAW_KEYS}
@@ -87,10 +87,10 @@ class RawMovie(Movie):
         self.info["Byte Order"] = order
 
     def _read(self, start, stop):
-        return np.asarray(self._mm[start:stop]).astype(self.dtype, copy=True)
+        return self._file.read(start, stop, self.dtype)
 
     def close(self):
-        mm = getattr(self, "_mm", None)
-        if mm is not None and getattr(mm, "_mmap", None) is not None:
-            mm._mmap.close()
-        self._mm = None
+        f = getattr(self, "_file", None)
+        if f is not None:
+            f.close()
+        self._file = None
