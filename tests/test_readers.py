@@ -337,3 +337,14 @@ def test_cli_lists_channels(capsys):
     assert "2 channels (0: 0, 1: 1)" in err and "--channel" in err
     assert main(["localize", first, "--channel", "5"]) == 1
     assert "channel 5 does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kwargs, name", [({"imagej": True}, "ij.tif"), ({}, "stack.ome.tif"), ({}, "plain.tif")])
+def test_plain_stack_is_a_movie_not_a_channel_choice(tmp_path, kwargs, name):
+    # ImageJ and tifffile's OME writer label a plain 3-D stack's axis 'C' without channel names
+    data = np.random.default_rng(0).integers(0, 1000, (20, 16, 24)).astype(np.uint16)
+    path = tmp_path / name
+    tifffile.imwrite(path, data, **kwargs)
+    with open_movie(path) as movie:
+        assert movie.shape == (20, 16, 24)
+        np.testing.assert_array_equal(movie[:], data)

@@ -147,8 +147,8 @@ class TiffMovie(Movie):
         ci = choose(self.path, "channel", ch_names, channel)
         pi = choose(self.path, "position", pos_names, position)
         fixed = {}
-        for ax, i in ((_CHANNEL_AXES, ci), (_POSITION_AXES, pi)):
-            if ax in outer_axes:
+        for ax, i, names in ((_CHANNEL_AXES, ci, ch_names), (_POSITION_AXES, pi, pos_names)):
+            if ax in outer_axes and (names or ax == _POSITION_AXES):
                 fixed[outer_axes.index(ax)] = i
         frame_dims = [k for k in range(len(outer_axes)) if k not in fixed]
         frame_shape = tuple(outer_shape[k] for k in frame_dims)
@@ -263,7 +263,12 @@ class TiffMovie(Movie):
             names = summary.get("ChNames") if isinstance(summary.get("ChNames"), list) else None
             if not names and self._tif.is_ome:
                 names = re.findall(r'<Channel [^>]*?Name="([^"]*)"', self._tif.ome_metadata or "")
-            ch = [str(x) for x in names[:n]] if names and len(names) >= n else [str(i) for i in range(n)]
+            if names and len(names) >= n:
+                ch = [str(x) for x in names[:n]]
+            elif outer_axes != _CHANNEL_AXES:
+                ch = [str(i) for i in range(n)]
+            # else: an unnamed 'C' as the only axis above the frames is how ImageJ and OME writers label a plain
+            # stack; a movie it is, not a choice of channels (ch stays empty and the axis becomes the frames)
         if _POSITION_AXES in outer_axes:
             n = outer_shape[outer_axes.index(_POSITION_AXES)]
             plist = summary.get("InitialPositionList") or summary.get("StagePositions") or []
