@@ -55,12 +55,12 @@ class PreviewController:
         Receives the status line ("N spots in this frame").
     """
 
-    def __init__(self, session, on_count=None):
+    def __init__(self, session, on_count=None, parent=None):
         self.session = session
         self.enabled = False
         self.on_count = on_count or (lambda text: None)
         self.last_count: int | None = None
-        self._timer = QTimer()
+        self._timer = QTimer(parent)
         self._timer.setSingleShot(True)
         self._timer.setInterval(DEBOUNCE_MS)
         self._timer.timeout.connect(self.refresh)
@@ -70,6 +70,20 @@ class PreviewController:
         viewer.dims.events.current_step.connect(self._schedule)
         session.parameters_changed.connect(self._on_parameters)
         session.movie_changed.connect(self._schedule)
+
+    def close(self):
+        """Stop following the viewer and the session (the owning widget is going away)."""
+        self.enabled = False
+        self.on_count = lambda text: None
+        self._timer.stop()
+        viewer = self.session.viewer
+        if viewer is not None:
+            viewer.dims.events.current_step.disconnect(self._schedule)
+        self.session.parameters_changed.disconnect(self._on_parameters)
+        self.session.movie_changed.disconnect(self._schedule)
+        if self._roi_layer is not None:
+            self._roi_layer.events.data.disconnect(self._on_shapes)
+            self._roi_layer = None
 
     # -- preview -------------------------------------------------------------------------------
     def set_enabled(self, on: bool):

@@ -17,7 +17,7 @@ import numpy as np
 from psygnal import Signal
 
 from ..core.parameters import LocalizeParameters
-from ..io.movies import ArrayMovie, Movie
+from ..io.movies import ArrayMovie, Movie, open_movie
 
 CONFIG_ENV = "NAPARI_LOCALIZE_CONFIG_DIR"
 PARAMETERS_FILE = "parameters.json"
@@ -148,6 +148,24 @@ class LocalizeSession:
         path = meta.get("movie_path")
         info.pop("File", None)
         return ArrayMovie(data, info=info, path=path)
+
+    def movie_for_run(self) -> tuple[Movie | None, bool]:
+        """The movie to localize and whether the caller must close it.
+
+        A layer read from a file gets its own file handle (the file reopened), so the worker never shares a
+        reader with napari's display thread; other layers are wrapped as they are.
+        """
+        path = self.movie_path()
+        layer = self.movie_layer
+        if path is not None and layer is not None and os.path.exists(path):
+            try:
+                movie = open_movie(path)
+            except (ValueError, OSError):
+                return self.movie(), False
+            if tuple(movie.shape) == tuple(int(s) for s in layer.data.shape[-3:]):
+                return movie, True
+            movie.close()
+        return self.movie(), False
 
     def movie_path(self) -> str | None:
         layer = self.movie_layer

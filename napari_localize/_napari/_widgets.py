@@ -76,7 +76,8 @@ class IdentifyWidget(Container):
                      self.preview, self.count, self.roi_on, *self.roi_numbers, self.roi_from_shapes,
                      self.all_frames, self.first_frame, self.last_frame])
 
-        self.preview_controller = PreviewController(self.session, on_count=self._show_count)
+        self.preview_controller = PreviewController(self.session, on_count=self._show_count,
+                                                    parent=self.native)
         self.box_size.changed.connect(self._on_box_size)
         self.net_gradient_slider.changed.connect(self._on_slider)
         self.net_gradient.changed.connect(self._on_net_gradient)
@@ -94,6 +95,14 @@ class IdentifyWidget(Container):
         napari_viewer.layers.events.removed.connect(self._layers_changed)
         self._layers_changed()
         self._enable_rows()
+        self.native.destroyed.connect(self._disconnect)
+
+    def _disconnect(self, *_):
+        """The Qt widget is gone: stop listening to the viewer and the shared session."""
+        self.preview_controller.close()
+        self.session.parameters_changed.disconnect(self._show_parameters)
+        self.viewer.layers.events.inserted.disconnect(self._layers_changed)
+        self.viewer.layers.events.removed.disconnect(self._layers_changed)
 
     # -- layers -------------------------------------------------------------------------------
     def _movie_choices(self, _widget=None):
@@ -101,8 +110,9 @@ class IdentifyWidget(Container):
 
     def _layers_changed(self, *_):
         self.movie.reset_choices()
-        if self.movie.value is None and self.movie.choices:
-            self.movie.value = self.movie.choices[0]
+        layers = [c for c in self.movie.choices if c is not None]
+        if self.movie.value is None and layers:
+            self.movie.value = layers[0]
         self._on_movie(self.movie.value)
 
     def _on_movie(self, layer):
@@ -291,7 +301,7 @@ class LocalizeWidget(Container):
         if self.running:
             return None
         session = self.session
-        movie = session.movie()
+        movie, owned = session.movie_for_run()
         if movie is None:
             show_warning("napari-localize: open a movie (an image layer) first")
             return None
@@ -299,6 +309,8 @@ class LocalizeWidget(Container):
         try:
             p.validate(*movie.shape)
         except ValueError as exc:
+            if owned:
+                movie.close()
             show_error(f"napari-localize: {exc}")
             self.status.value = f"not started: {exc}"
             return None
@@ -310,7 +322,7 @@ class LocalizeWidget(Container):
         self.run_button.text = "Cancel"
         self.status.value = "localizing..."
         self.files.value = ""
-        gen = localize_steps(movie, p, self._cancel, path, self.chunk_frames)
+        gen = localize_steps(movie, p, self._cancel, path, self.chunk_frames, close_movie=owned)
         self.worker = start_localize(gen, self._on_progress, self._on_returned, self._on_error,
                                      self._on_finished)
         return self.worker

@@ -16,7 +16,13 @@ import numpy as np
 
 from ..api import metadata_documents
 from ..core.locs import locs_dtype
-from ..core.pipeline import CancelToken, LocalizeCancelled, LocalizeStats, chunk_frames_for, iter_localize
+from ..core.pipeline import (
+    CancelToken,
+    LocalizeCancelled,
+    LocalizeStats,
+    chunk_frames_for,
+    iter_localize,
+)
 from ..io.locs import locs_paths, save_locs
 
 SYNC_ENV = "NAPARI_LOCALIZE_SYNC"
@@ -32,13 +38,23 @@ class Cancelled:
     """Returned by :func:`localize_steps` when the user cancelled; nothing was written."""
 
 
-def localize_steps(movie, p, cancel: CancelToken, movie_path: str | None, chunk_frames: int | None = None):
+def localize_steps(movie, p, cancel: CancelToken, movie_path: str | None, chunk_frames: int | None = None,
+                   close_movie: bool = False):
     """Generator: localize ``movie`` with ``p``, yielding ``(frames_done, frames_total)`` per chunk.
 
     Returns ``(locs, info, stats, paths)``; ``paths`` is ``None`` when ``movie_path`` is ``None`` (nothing
     written), else the ``_locs.hdf5`` and ``_locs.yaml`` written beside the movie. Returns a
-    :class:`Cancelled` instance if ``cancel`` was set before the end.
+    :class:`Cancelled` instance if ``cancel`` was set before the end. ``close_movie``: close ``movie`` when
+    done, whatever the outcome.
     """
+    try:
+        return (yield from _localize_steps(movie, p, cancel, movie_path, chunk_frames))
+    finally:
+        if close_movie:
+            movie.close()
+
+
+def _localize_steps(movie, p, cancel, movie_path, chunk_frames):
     n_frames, height, width = movie.shape
     p.validate(n_frames, height, width)
     start, stop = p.frame_span(n_frames)

@@ -47,8 +47,8 @@ def _gaussian(image, xs, ys, sxs, sys_, ovs):
         sv = sys_[n] * ovs
         if not (math.isfinite(u) and math.isfinite(v) and su > 0.0 and sv > 0.0):
             continue
-        half_u = int(math.ceil(3.0 * su)) + 1
-        half_v = int(math.ceil(3.0 * sv)) + 1
+        half_u = int(math.ceil(4.5 * su)) + 1
+        half_v = int(math.ceil(4.5 * sv)) + 1
         j0 = max(int(u) - half_u, 0)
         j1 = min(int(u) + half_u + 1, w)
         i0 = max(int(v) - half_v, 0)
