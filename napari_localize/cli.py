@@ -462,6 +462,24 @@ def add_simulate_parser(sub):
     p.set_defaults(func=cmd_simulate)
 
 
+# ------------------------------------------------------------------------------------------------ demo
+def cmd_demo(args) -> int:
+    from ._napari._demo import run_demo
+
+    if args.quit_after is not None and args.quit_after < 0:
+        raise CliError("--quit-after must be >= 0 seconds")
+    return run_demo(args.quit_after)
+
+
+def add_demo_parser(sub):
+    p = sub.add_parser("demo", help="open napari with a simulated DNA-PAINT movie and the localize panels",
+                       description="Open napari with a simulated DNA-PAINT movie, the identification preview "
+                                   "on and the napari-localize dock widgets; press Localize to see the "
+                                   "super-resolution image.")
+    p.add_argument("--quit-after", type=float, metavar="SECONDS", help="close napari after this many seconds")
+    p.set_defaults(func=cmd_demo)
+
+
 # ------------------------------------------------------------------------------------------------ main
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -474,6 +492,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_localize_parser(sub)
     add_calibrate_parser(sub)
     add_simulate_parser(sub)
+    add_demo_parser(sub)
     return parser
 
 

@@ -1,0 +1,213 @@
+"""Live identification preview and the Shapes-rectangle ROI, both driven by the shared session.
+
+The preview identifies spots in the frame on screen only (the core's ``identify`` on one frame, a few ms for
+256x256) and shows them as box-sized squares in one Points layer whose data is replaced in place, never
+re-added. It follows the frame slider and parameter changes through a short single-shot timer, so a burst of
+slider events costs one identification.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from qtpy.QtCore import QTimer
+
+from ..core.identify import identify
+
+PREVIEW_LAYER = "spots (preview)"
+ROI_LAYER = "ROI"
+#: milliseconds between the last change and the preview update
+DEBOUNCE_MS = 40
+
+
+def roi_from_rectangle(vertices, height: int, width: int):
+    """The pixel ROI ``(y0, x0, y1, x1)`` (half-open) whose pixel centres lie inside a rectangle.
+
+    ``vertices`` are the rectangle's corners in layer data coordinates; only the last two columns
+    (y, x) count, so a rectangle drawn on a 3D movie works too. Returns ``None`` if no pixel is inside.
+    """
+    v = np.asarray(vertices, float)[:, -2:]
+    ymin, xmin = v.min(axis=0)
+    ymax, xmax = v.max(axis=0)
+    y0 = min(max(math.ceil(ymin), 0), height)
+    x0 = min(max(math.ceil(xmin), 0), width)
+    y1 = min(max(math.ceil(ymax), 0), height)
+    x1 = min(max(math.ceil(xmax), 0), width)
+    if y1 <= y0 or x1 <= x0:
+        return None
+    return (int(y0), int(x0), int(y1), int(x1))
+
+
+def rectangle_from_roi(roi) -> np.ndarray:
+    """The corners (y, x) of the rectangle drawn for a pixel ROI: pixel edges at ``index - 0.5``."""
+    y0, x0, y1, x1 = roi
+    return np.array([[y0 - 0.5, x0 - 0.5], [y0 - 0.5, x1 - 0.5], [y1 - 0.5, x1 - 0.5], [y1 - 0.5, x0 - 0.5]])
+
+
+class PreviewController:
+    """Keeps the preview Points layer and the ROI rectangle in step with the session.
+
+    Parameters
+    ----------
+    session : LocalizeSession
+    on_count : callable(str)
+        Receives the status line ("N spots in this frame").
+    """
+
+    def __init__(self, session, on_count=None, parent=None):
+        self.session = session
+        self.enabled = False
+        self.on_count = on_count or (lambda text: None)
+        self.last_count: int | None = None
+        self._timer = QTimer(parent)
+        self._timer.setSingleShot(True)
+        self._timer.setInterval(DEBOUNCE_MS)
+        self._timer.timeout.connect(self.refresh)
+        self._syncing_roi = False
+        self._roi_layer = None
+        viewer = session.viewer
+        viewer.dims.events.current_step.connect(self._schedule)
+        session.parameters_changed.connect(self._on_parameters)
+        session.movie_changed.connect(self._schedule)
+
+    def close(self):
+        """Stop following the viewer and the session (the owning widget is going away)."""
+        self.enabled = False
+        self.on_count = lambda text: None
+        self._timer.stop()
+        viewer = self.session.viewer
+        if viewer is not None:
+            viewer.dims.events.current_step.disconnect(self._schedule)
+        self.session.parameters_changed.disconnect(self._on_parameters)
+        self.session.movie_changed.disconnect(self._schedule)
+        if self._roi_layer is not None:
+            self._roi_layer.events.data.disconnect(self._on_shapes)
+            self._roi_layer = None
+
+    # -- preview -------------------------------------------------------------------------------
+    def set_enabled(self, on: bool):
+        self.enabled = bool(on)
+        layer = self._points_layer(create=False)
+        if layer is not None:
+            layer.visible = self.enabled
+        if self.enabled:
+            self.refresh()
+        else:
+            self.on_count("preview off")
+
+    def _schedule(self, *_):
+        if self.enabled:
+            self._timer.start()
+
+    def _on_parameters(self, p):
+        self.sync_rectangle(p.roi)
+        self._schedule()
+
+    def refresh(self):
+        """Identify the current frame now and update the preview layer (no debounce)."""
+        self._timer.stop()
+        session = self.session
+        layer = session.movie_layer
+        if not self.enabled:
+            return
+        if layer is None:
+            self.last_count = None
+            self.on_count("no movie layer selected")
+            return
+        p = session.parameters
+        frame_index = session.current_frame()
+        frame = np.asarray(layer.data[frame_index] if layer.ndim >= 3 else layer.data)
+        height, width = frame.shape[-2:]
+        try:
+            p.validate(height=height, width=width)
+        except ValueError as exc:
+            self.on_count(str(exc))
+            return
+        ids = identify(frame, p.box_size, p.min_net_gradient, p.roi, frame_index)
+        # a 2D layer (y, x) refreshed per frame: box-sized points in a 3D layer would stretch the frame axis
+        coords = np.column_stack([ids["y"], ids["x"]]).astype(float)
+        points = self._points_layer(create=True, ndim=2)
+        points.data = coords
+        points.size = float(p.box_size)
+        points.features = {"net_gradient": ids["net_gradient"]}
+        self.last_count = len(ids)
+        self.on_count(f"{len(ids)} spots in this frame")
+
+    def _points_layer(self, create: bool, ndim: int = 2):
+        viewer = self.session.viewer
+        if PREVIEW_LAYER in viewer.layers:
+            layer = viewer.layers[PREVIEW_LAYER]
+            if layer.ndim == ndim or not create:
+                return layer
+            viewer.layers.remove(layer)
+        if not create:
+            return None
+        return viewer.add_points(
+            np.zeros((0, ndim)), name=PREVIEW_LAYER, symbol="square", face_color="transparent",
+            border_color="yellow", border_width=0.08, size=self.session.parameters.box_size,
+        )
+
+    # -- ROI from a Shapes rectangle ----------------------------------------------------------
+    def use_shapes_layer(self, layer=None):
+        """Follow ``layer`` (or a new "ROI" Shapes layer) so that its rectangle sets the ROI."""
+        viewer = self.session.viewer
+        if layer is None:
+            if ROI_LAYER in viewer.layers:
+                layer = viewer.layers[ROI_LAYER]
+            else:
+                layer = viewer.add_shapes(ndim=2, name=ROI_LAYER, edge_color="cyan", face_color="transparent",
+                                          edge_width=0.5)
+        if self._roi_layer is not None and self._roi_layer is not layer:
+            self._roi_layer.events.data.disconnect(self._on_shapes)
+        if self._roi_layer is not layer:
+            layer.events.data.connect(self._on_shapes)
+        self._roi_layer = layer
+        if self.session.parameters.roi is not None and len(layer.data) == 0:
+            self.sync_rectangle(self.session.parameters.roi)
+        else:
+            self._on_shapes()
+        return layer
+
+    def _frame_shape(self):
+        layer = self.session.movie_layer
+        if layer is None:
+            return None
+        return tuple(int(s) for s in layer.data.shape[-2:])
+
+    def _on_shapes(self, event=None):
+        if self._syncing_roi or self._roi_layer is None:
+            return
+        shape = self._frame_shape()
+        if shape is None:
+            return
+        rectangles = [d for d, kind in zip(self._roi_layer.data, self._roi_layer.shape_type)
+                      if kind == "rectangle"]
+        roi = roi_from_rectangle(rectangles[-1], *shape) if rectangles else None
+        self._syncing_roi = True
+        try:
+            self.session.update(roi=roi)
+        finally:
+            self._syncing_roi = False
+
+    def sync_rectangle(self, roi):
+        """Draw ``roi`` as the one rectangle of the ROI layer (if one is followed)."""
+        layer = self._roi_layer
+        if layer is None or self._syncing_roi:
+            return
+        current = [d for d, kind in zip(layer.data, layer.shape_type) if kind == "rectangle"]
+        shape = self._frame_shape()
+        if current and shape is not None and roi_from_rectangle(current[-1], *shape) == roi:
+            return
+        self._syncing_roi = True
+        try:
+            corners = [] if roi is None else [rectangle_from_roi(roi)]
+            if layer.ndim > 2 and corners:
+                lead = np.zeros((4, layer.ndim - 2))
+                corners = [np.column_stack([lead, corners[0]])]
+            layer.selected_data = set()
+            layer.data = []
+            if corners:
+                layer.add_rectangles(corners)
+        finally:
+            self._syncing_roi = False

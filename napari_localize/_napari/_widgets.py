@@ -1,0 +1,425 @@
+"""Dock widgets: Identification, Photon conversion, Fit and Localize.
+
+Each is a small magicgui ``Container`` bound to the viewer's :class:`~._state.LocalizeSession`. They only
+edit ``session.parameters`` and show state; identification (preview), the run and the rendering are done by
+the core through :mod:`._preview` and :mod:`._worker`.
+"""
+
+import os
+
+import napari
+import numpy as np
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FloatSlider,
+    FloatSpinBox,
+    Label,
+    PushButton,
+    SpinBox,
+)
+from napari.utils import progress
+from napari.utils.notifications import show_error, show_info, show_warning
+
+from ..core.pipeline import CancelToken
+from ..core.render import RENDER_METHODS, render
+from ._preview import PreviewController
+from ._state import LocalizeResult, session_for
+from ._worker import Cancelled, localize_steps, start_localize
+
+FIT_CHOICES = [("MLE, integrated Gaussian", "mle"), ("LQ, Gaussian", "lq"), ("Average of ROI", "avg")]
+RESULT_POINTS = "localizations"
+RESULT_IMAGE = "super-resolution"
+
+
+def _movie_layers(viewer):
+    return [layer for layer in viewer.layers
+            if isinstance(layer, napari.layers.Image) and layer.ndim >= 2 and layer.name != RESULT_IMAGE]
+
+
+# ---------------------------------------------------------------------------------------- identification
+class IdentifyWidget(Container):
+    """Movie layer, box size, min. net gradient, live preview, ROI (numbers or a Shapes rectangle), frames."""
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer):
+        super().__init__(labels=True)
+        self.viewer = napari_viewer
+        self.session = session_for(napari_viewer)
+        p = self.session.parameters
+        self.movie = ComboBox(label="movie", choices=self._movie_choices, nullable=True,
+                              tooltip="the image layer to localize (frames, height, width)")
+        self.box_size = SpinBox(label="box side length", value=p.box_size, min=3, max=51, step=2,
+                                tooltip="odd side length of the fit box in pixels")
+        hi = max(10000.0, 2 * p.min_net_gradient)
+        self.net_gradient_slider = FloatSlider(label="min. net gradient", value=p.min_net_gradient, min=0,
+                                               max=hi, step=1, readout=False,
+                                               tooltip="keep spots whose net gradient (camera counts) "
+                                                       "is greater than this")
+        self.net_gradient = FloatSpinBox(label="", value=p.min_net_gradient, min=0, max=1e9, step=10)
+        self.slider_max = FloatSpinBox(label="slider range up to", value=hi, min=1, max=1e9, step=1000,
+                                       tooltip="upper end of the min. net gradient slider")
+        self.preview = CheckBox(label="preview", value=False, tooltip="identify spots in the frame on screen")
+        self.count = Label(label="", value="preview off")
+        self.count.native.setWordWrap(True)
+        self.roi_on = CheckBox(label="ROI", value=p.roi is not None, tooltip="restrict spots to a rectangle")
+        roi = p.roi or (0, 0, 0, 0)
+        self.roi_numbers = [SpinBox(label=name, value=v, min=0, max=100000)
+                            for name, v in zip(("y0", "x0", "y1", "x1"), roi)]
+        self.roi_from_shapes = PushButton(text="ROI from a Shapes rectangle",
+                                          tooltip="draw or move a rectangle in the ROI layer to set the ROI")
+        self.all_frames = CheckBox(label="all frames", value=p.frame_range is None)
+        first, last = p.frame_range or (0, 0)
+        self.first_frame = SpinBox(label="first frame", value=first, min=0, max=10**9)
+        self.last_frame = SpinBox(label="last frame", value=last, min=0, max=10**9)
+        self.extend([self.movie, self.box_size, self.net_gradient_slider, self.net_gradient, self.slider_max,
+                     self.preview, self.count, self.roi_on, *self.roi_numbers, self.roi_from_shapes,
+                     self.all_frames, self.first_frame, self.last_frame])
+
+        self.preview_controller = PreviewController(self.session, on_count=self._show_count,
+                                                    parent=self.native)
+        self.box_size.changed.connect(self._on_box_size)
+        self.net_gradient_slider.changed.connect(self._on_slider)
+        self.net_gradient.changed.connect(self._on_net_gradient)
+        self.slider_max.changed.connect(self._on_slider_max)
+        self.preview.changed.connect(self.preview_controller.set_enabled)
+        self.roi_on.changed.connect(self._on_roi_numbers)
+        for w in self.roi_numbers:
+            w.changed.connect(self._on_roi_numbers)
+        self.roi_from_shapes.changed.connect(lambda *_: self.preview_controller.use_shapes_layer())
+        for w in (self.all_frames, self.first_frame, self.last_frame):
+            w.changed.connect(self._on_frames)
+        self.movie.changed.connect(self._on_movie)
+        self.session.parameters_changed.connect(self._show_parameters)
+        napari_viewer.layers.events.inserted.connect(self._layers_changed)
+        napari_viewer.layers.events.removed.connect(self._layers_changed)
+        self._layers_changed()
+        self._enable_rows()
+        self.native.destroyed.connect(self._disconnect)
+
+    def _disconnect(self, *_):
+        """The Qt widget is gone: stop listening to the viewer and the shared session."""
+        self.preview_controller.close()
+        self.session.parameters_changed.disconnect(self._show_parameters)
+        self.viewer.layers.events.inserted.disconnect(self._layers_changed)
+        self.viewer.layers.events.removed.disconnect(self._layers_changed)
+
+    # -- layers -------------------------------------------------------------------------------
+    def _movie_choices(self, _widget=None):
+        return [(layer.name, layer) for layer in _movie_layers(self.viewer)]
+
+    def _layers_changed(self, *_):
+        self.movie.reset_choices()
+        layers = [c for c in self.movie.choices if c is not None]
+        if self.movie.value is None and layers:
+            self.movie.value = layers[0]
+        self._on_movie(self.movie.value)
+
+    def _on_movie(self, layer):
+        self.session.set_movie_layer(layer)
+        if layer is not None:
+            n = int(layer.data.shape[0]) if layer.ndim >= 3 else 1
+            for w in (self.first_frame, self.last_frame):
+                w.max = max(n - 1, 0)
+            height, width = (int(s) for s in layer.data.shape[-2:])
+            for w, limit in zip(self.roi_numbers, (height, width, height, width)):
+                w.max = limit
+
+    # -- parameters ---------------------------------------------------------------------------
+    def _on_box_size(self, value):
+        if value % 2 == 0:  # odd only: a typed even value goes to the next odd one
+            self.box_size.value = value + 1
+            return
+        self.session.update(box_size=int(value))
+
+    def _on_slider(self, value):
+        self.net_gradient.value = value
+
+    def _on_net_gradient(self, value):
+        if value > self.slider_max.value:
+            self.slider_max.value = value
+        with self.net_gradient_slider.changed.blocked():
+            self.net_gradient_slider.value = value
+        self.session.update(min_net_gradient=float(value))
+
+    def _on_slider_max(self, value):
+        self.net_gradient_slider.max = value
+
+    def _on_roi_numbers(self, *_):
+        self._enable_rows()
+        if not self.roi_on.value:
+            self.session.update(roi=None)
+            return
+        roi = tuple(int(w.value) for w in self.roi_numbers)
+        if roi[2] > roi[0] and roi[3] > roi[1]:
+            self.session.update(roi=roi)
+
+    def _on_frames(self, *_):
+        self._enable_rows()
+        if self.all_frames.value:
+            self.session.update(frame_range=None)
+        else:
+            first, last = int(self.first_frame.value), int(self.last_frame.value)
+            self.session.update(frame_range=(first, max(first, last)))
+
+    def _enable_rows(self):
+        for w in self.roi_numbers:
+            w.enabled = self.roi_on.value
+        for w in (self.first_frame, self.last_frame):
+            w.enabled = not self.all_frames.value
+
+    def _show_parameters(self, p):
+        """Reflect parameters changed elsewhere (a Shapes rectangle) without echoing them back."""
+        with self.changed.blocked():
+            if p.roi is not None:
+                for w, v in zip(self.roi_numbers, p.roi):
+                    with w.changed.blocked():
+                        w.value = v
+            with self.roi_on.changed.blocked():
+                self.roi_on.value = p.roi is not None
+            self._enable_rows()
+
+    def _show_count(self, text):
+        self.count.value = text
+
+
+# ---------------------------------------------------------------------------------------- photon conversion
+class PhotonWidget(Container):
+    """Photon conversion: photons = (counts - baseline) * sensitivity / EM gain; pixel size for the record."""
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer):
+        super().__init__(labels=True)
+        self.session = session_for(napari_viewer)
+        p = self.session.parameters
+        # --- camera selector goes here: the camera-config widget (CameraWidget, _camera_widget.py) will be
+        # embedded into this slot and fill the fields below from its .values() when a camera is chosen.
+        self.camera_slot = Container(labels=False)
+        self.camera_slot.visible = False
+        self.em_gain = FloatSpinBox(label="EM gain", value=p.em_gain, min=1, max=10000, step=1,
+                                    tooltip="electron-multiplying gain; 1 for sCMOS and conventional CCD")
+        self.baseline = FloatSpinBox(label="baseline", value=p.baseline, min=0, max=1e6, step=1,
+                                     tooltip="camera offset in counts (ADU), subtracted first")
+        self.sensitivity = FloatSpinBox(label="sensitivity", value=p.sensitivity, min=1e-4, max=1e4, step=0.01,
+                                        tooltip="electrons per count (e-/ADU), the camera's conversion factor")
+        self.qe = FloatSpinBox(label="QE (unused)", value=p.qe, min=0.01, max=1, step=0.01,
+                               tooltip="quantum efficiency: written to _locs.yaml, not used in the conversion "
+                                       "(as in Picasso)")
+        self.pixelsize = FloatSpinBox(label="pixel size (nm)", value=p.pixelsize, min=1, max=10000, step=1,
+                                      tooltip="camera pixel size in the sample plane, nm")
+        self.extend([self.camera_slot, self.em_gain, self.baseline, self.sensitivity, self.qe, self.pixelsize])
+        for name in ("em_gain", "baseline", "sensitivity", "qe", "pixelsize"):
+            getattr(self, name).changed.connect(lambda value, name=name: self.session.update(**{name: value}))
+        self.session.parameters_changed.connect(self._show_parameters)
+
+    def embed_camera(self, camera_widget):
+        """Put the camera selector in its slot (the camera-config issue calls this)."""
+        self.camera_slot.append(camera_widget)
+        self.camera_slot.visible = True
+
+    def _show_parameters(self, p):
+        for name in ("em_gain", "baseline", "sensitivity", "qe", "pixelsize"):
+            w = getattr(self, name)
+            if w.value != getattr(p, name):
+                with w.changed.blocked():
+                    w.value = getattr(p, name)
+
+
+# ---------------------------------------------------------------------------------------- fit
+class FitWidget(Container):
+    """Fit method and the MLE/LQ stopping rule."""
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer):
+        super().__init__(labels=True)
+        self.session = session_for(napari_viewer)
+        p = self.session.parameters
+        self.method = ComboBox(label="method", choices=FIT_CHOICES, value=p.fit_method,
+                               tooltip="MLE: Poisson maximum likelihood (Smith et al. 2010); "
+                                       "LQ: least squares; Average of ROI: box sum minus background")
+        self.convergence = FloatSpinBox(label="convergence", value=p.convergence, min=1e-6, max=1, step=1e-4,
+                                        tooltip="stop when position steps are below this (pixels)")
+        self.max_iterations = SpinBox(label="max. iterations", value=p.max_iterations, min=1, max=10000)
+        self.extend([self.method, self.convergence, self.max_iterations])
+        self.method.changed.connect(self._on_method)
+        self.convergence.changed.connect(lambda v: self.session.update(convergence=float(v)))
+        self.max_iterations.changed.connect(lambda v: self.session.update(max_iterations=int(v)))
+        self._on_method(p.fit_method)
+
+    def _on_method(self, method):
+        for w in (self.convergence, self.max_iterations):
+            w.enabled = method != "avg"
+        self.session.update(fit_method=method)
+
+
+# ---------------------------------------------------------------------------------------- localize
+class LocalizeWidget(Container):
+    """Run (Cancel while running), progress, status, where the files went, and the rendering."""
+
+    #: frames per chunk of a run (None: from the frame size); smaller means finer progress and cancel
+    chunk_frames = None
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer):
+        super().__init__(labels=True)
+        self.viewer = napari_viewer
+        self.session = session_for(napari_viewer)
+        self.render_method = ComboBox(label="rendering", choices=list(RENDER_METHODS), value="gaussian",
+                                      tooltip="histogram: counts per pixel; gaussian: each localization "
+                                              "blurred by its precision")
+        self.oversampling = SpinBox(label="oversampling", value=8, min=1, max=50,
+                                    tooltip="super-resolution pixels per camera pixel (each axis)")
+        self.run_button = PushButton(text="Localize")
+        self.status = Label(label="", value="ready")
+        self.files = Label(label="", value="")
+        self.extend([self.render_method, self.oversampling, self.run_button, self.status, self.files])
+        for label in (self.status, self.files):
+            label.native.setWordWrap(True)
+        self.run_button.changed.connect(self._on_button)
+        self.render_method.changed.connect(self._rerender)
+        self.oversampling.changed.connect(self._rerender)
+        self.worker = None
+        self._cancel = None
+        self._pbar = None
+        self.progress_values: list[tuple[int, int]] = []
+
+    @property
+    def running(self) -> bool:
+        return self._cancel is not None
+
+    def _on_button(self, *_):
+        if self.running:
+            self.cancel()
+        else:
+            self.run()
+
+    def cancel(self):
+        """Stop the run before its next chunk; nothing is written."""
+        if self._cancel is not None:
+            self._cancel.cancel()
+            self.status.value = "cancelling..."
+
+    def run(self):
+        """Localize the session's movie with the session's parameters in a thread worker."""
+        if self.running:
+            return None
+        session = self.session
+        movie, owned = session.movie_for_run()
+        if movie is None:
+            show_warning("napari-localize: open a movie (an image layer) first")
+            return None
+        p = session.parameters
+        try:
+            p.validate(*movie.shape)
+        except ValueError as exc:
+            if owned:
+                movie.close()
+            show_error(f"napari-localize: {exc}")
+            self.status.value = f"not started: {exc}"
+            return None
+        path = session.movie_path()
+        self._cancel = CancelToken()
+        self.progress_values = []
+        start, stop = p.frame_span(movie.shape[0])
+        self._pbar = progress(total=stop - start, desc="napari-localize: localizing")
+        self.run_button.text = "Cancel"
+        self.status.value = "localizing..."
+        self.files.value = ""
+        gen = localize_steps(movie, p, self._cancel, path, self.chunk_frames, close_movie=owned)
+        self.worker = start_localize(gen, self._on_progress, self._on_returned, self._on_error,
+                                     self._on_finished)
+        return self.worker
+
+    def _on_progress(self, value):
+        done, total = value
+        self.progress_values.append((done, total))
+        if self._pbar is not None:
+            self._pbar.n = done
+            self._pbar.refresh()
+        self.status.value = f"localizing: {done} / {total} frames"
+
+    def _on_returned(self, value):
+        if isinstance(value, Cancelled):
+            self.status.value = "cancelled: nothing written"
+            return
+        locs, info, stats, paths = value
+        movie_layer = self.session.movie_layer
+        shape = tuple(int(s) for s in movie_layer.data.shape) if movie_layer is not None else None
+        result = LocalizeResult(locs=locs, info=info, movie_shape=shape, paths=paths, stats=stats)
+        self.session.result = result
+        self._show_result(result)
+        if paths is None:
+            self.files.value = "not written: this layer has no movie file; save the localizations layer " \
+                               "with File > Save Selected Layers (.hdf5)"
+            show_info("napari-localize: the movie layer has no file, so no _locs.hdf5 was written beside it")
+        else:
+            self.files.value = f"written: {paths[0]}\n{os.path.basename(paths[1])}"
+        self.status.value = f"{len(locs)} localizations in {stats.frames} frames"
+        self.session.result_changed.emit(result)
+
+    def _on_error(self, exc):
+        self.status.value = f"failed: {exc}"
+        show_error(f"napari-localize: localization failed: {exc}")
+
+    def _on_finished(self):
+        self._cancel = None
+        self.run_button.text = "Localize"
+        if self._pbar is not None:
+            self._pbar.close()
+            self._pbar = None
+
+    # -- results ------------------------------------------------------------------------------
+    def _show_result(self, result: LocalizeResult):
+        locs = result.locs
+        coords = np.column_stack([locs["frame"].astype(float), locs["y"], locs["x"]]) if len(locs) \
+            else np.zeros((0, 3))
+        features = {name: np.asarray(locs[name]) for name in locs.dtype.names}
+        meta = {"locs_info": result.info, "locs_path": result.paths[0] if result.paths else None,
+                "pixelsize": float(self.session.parameters.pixelsize)}
+        viewer = self.viewer
+        if RESULT_POINTS in viewer.layers:
+            layer = viewer.layers[RESULT_POINTS]
+            layer.data = coords
+            layer.features = features
+            layer.metadata.update(meta)
+        else:
+            layer = viewer.add_points(coords, name=RESULT_POINTS, features=features, metadata=meta, size=0.6,
+                                      border_width=0, out_of_slice_display=False)
+        if len(locs):
+            layer.face_color = "photons"
+            layer.face_colormap = "viridis"
+        self._rerender()
+
+    def _rerender(self, *_):
+        result = self.session.result
+        if result is None or result.movie_shape is None:
+            return
+        ovs = int(self.oversampling.value)
+        image = render(result.locs, result.movie_shape[-2], result.movie_shape[-1], ovs,
+                       self.render_method.value, min_blur=0.5 / ovs)
+        scale = (1.0 / ovs, 1.0 / ovs)
+        # super-resolution pixel k starts at camera coordinate k/ovs - 0.5
+        translate = (-0.5 + 0.5 / ovs, -0.5 + 0.5 / ovs)
+        hi = float(np.percentile(image[image > 0], 99.5)) if np.any(image > 0) else 1.0
+        viewer = self.viewer
+        if RESULT_IMAGE in viewer.layers:
+            layer = viewer.layers[RESULT_IMAGE]
+            layer.data = image
+            layer.scale = scale
+            layer.translate = translate
+            layer.contrast_limits = (0.0, max(hi, 1e-6))
+        else:
+            viewer.add_image(image, name=RESULT_IMAGE, scale=scale, translate=translate, colormap="magma",
+                             blending="additive", contrast_limits=(0.0, max(hi, 1e-6)))
+
+
+# ---------------------------------------------------------------------------------------- all panels
+WIDGETS = (("Identification", IdentifyWidget), ("Photon conversion", PhotonWidget), ("Fit", FitWidget),
+           ("Localize", LocalizeWidget))
+
+
+def dock_all(viewer) -> dict:
+    """Dock the four panels on the right of ``viewer``; return them by title."""
+    docked = {}
+    for title, cls in WIDGETS:
+        widget = cls(viewer)
+        viewer.window.add_dock_widget(widget, name=title, area="right", tabify=False)
+        docked[title] = widget
+    return docked
