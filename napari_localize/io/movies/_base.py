@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 
@@ -44,11 +46,22 @@ class Movie:
     def __exit__(self, *exc):
         self.close()
 
+    @property
+    def _io_lock(self):
+        # one reader at a time per movie: napari's display, the preview and a worker may read concurrently, and
+        # file handles and tifffile pages are not thread-safe (dict.setdefault is atomic in CPython)
+        return self.__dict__.setdefault("_io_lock_object", threading.RLock())
+
     def __array__(self, dtype=None, copy=None):
-        data = self._read(0, self.shape[0])
+        with self._io_lock:
+            data = self._read(0, self.shape[0])
         return data if dtype is None else data.astype(dtype)
 
     def __getitem__(self, key):
+        with self._io_lock:
+            return self._getitem(key)
+
+    def _getitem(self, key):
         rest = ()
         if isinstance(key, tuple):
             key, rest = key[0], key[1:]
