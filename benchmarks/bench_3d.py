@@ -65,10 +65,10 @@ def match(locs_frame, locs_x, locs_y, truth, radius=1.0):
 
 def _stats(e):
     if len(e) == 0:
-        return dict(n=0, rmse=np.nan, med=np.nan, tail=np.nan, p99=np.nan, bias=np.nan)
+        return {"n": 0, "rmse": np.nan, "med": np.nan, "tail": np.nan, "p99": np.nan, "bias": np.nan}
     a = np.abs(e)
-    return dict(n=len(e), rmse=float(np.sqrt(np.mean(e**2))), med=float(np.median(a)),
-                tail=float(np.mean(a > 100)), p99=float(np.percentile(a, 99)), bias=float(np.mean(e)))
+    return {"n": len(e), "rmse": float(np.sqrt(np.mean(e**2))), "med": float(np.median(a)),
+            "tail": float(np.mean(a > 100)), "p99": float(np.percentile(a, 99)), "bias": float(np.mean(e))}
 
 
 def summarise(name, z, frame, x, y, truth, z_range, bins, verbose=True):
@@ -127,11 +127,10 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=11)
     args = ap.parse_args(argv)
     os.environ.setdefault("MPLBACKEND", "Agg")
-    import yaml
-
     import picasso.io as pio
     import picasso.localize as ploc
     import picasso.zfit as pz
+    import yaml
 
     tmp = tempfile.mkdtemp(prefix="bench3d-")
     n_stack = 121
