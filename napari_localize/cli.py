@@ -223,7 +223,8 @@ def _z_setup(args):
         calibration = load_calibration(args.zcalib, args.magnification_factor)
     except ValueError as exc:
         raise CliError(f"--zcalib {exc}") from None
-    options = ZFitOptions(method=args.z_method, filter=args.z_filter)
+    options = ZFitOptions(method=args.z_method, filter=args.z_filter, extrapolation=args.z_extrapolation,
+                          drop_out_of_range=args.z_drop_out_of_range)
     try:
         options.validate()
     except ValueError as exc:
@@ -241,6 +242,11 @@ def _add_z_options(p):
                         "matching (Huang 2008, as Picasso) (default mle)")
     g.add_argument("--z-filter", type=float, default=0.0,
                    help="drop localizations with d_zcalib > this x RMS(d_zcalib); 0 keeps all (default 0)")
+    g.add_argument("--z-extrapolation", type=float, default=0.25,
+                   help="search z up to this fraction of the calibrated range past each end; fits on the "
+                        "bound are dropped (default 0.25)")
+    g.add_argument("--z-drop-out-of-range", action="store_true",
+                   help="drop localizations whose z lies beyond the calibrated range")
 
 
 def add_localize_parser(sub):

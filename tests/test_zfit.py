@@ -281,3 +281,74 @@ def test_cli_calibrate_and_localize_3d(tmp_path, stack, blinking, capsys):
     assert main(["localize", str(movie_path), "--magnification-factor", "0.8", "--suffix", "_y"]) == 2
     err = capsys.readouterr().err
     assert "nope.yaml" in err and "--step-nm" in err and "--zcalib" in err
+
+
+def _beyond_range(z_range, seed):
+    q = SimulationParameters(n_frames=30, height=64, width=64, spots_per_frame=8, photons=3000, bg=20,
+                             baseline=BASELINE, z_range=z_range, seed=seed)
+    return simulate_frames(q)
+
+
+def _z_errors(locs, truth):
+    idx = _match(locs, truth)
+    return locs["z"][idx >= 0] - truth["z"][idx[idx >= 0]], idx
+
+
+@pytest.mark.parametrize("method", ["mle", "huang"])
+def test_spots_beyond_the_calibrated_range_get_their_height(calibration, method):
+    lo, hi = calibration.z_range
+    assert (lo, hi) == (-600.0, 600.0)
+    frames, truth = _beyond_range((hi + 50.0, hi + 150.0), seed=21)
+    frames_n, truth_n = _beyond_range((lo - 150.0, lo - 50.0), seed=22)
+    frames = np.concatenate([frames, frames_n])
+    truth_n = truth_n.copy()
+    truth_n["frame"] += 30
+    truth = np.concatenate([truth, truth_n])
+    # clamped to the calibrated range (the old behaviour) every spot piles onto the edge: error ~ overshoot
+    clamped, _, _ = localize_movie_3d(frames, PARAMS, calibration,
+                                      zfit.ZFitOptions(method=method, extrapolation=0.0))
+    err0, _ = _z_errors(clamped, truth)
+    assert np.sqrt(np.mean(err0**2)) > 80.0
+    locs, info, _ = localize_movie_3d(frames, PARAMS, calibration, zfit.ZFitOptions(method=method))
+    err, idx = _z_errors(locs, truth)
+    assert (idx >= 0).mean() > 0.95 and len(locs) > 0.95 * len(truth)
+    assert np.sqrt(np.mean(err**2)) < 0.6 * np.sqrt(np.mean(err0**2))
+    assert abs(float(np.mean(err))) < 30.0
+    assert np.mean(np.abs(err) > 100.0) < 0.1
+    doc = info[-1]
+    assert doc["Z extrapolation"] == zfit.DEFAULT_EXTRAPOLATION
+    flo, fhi = doc["Z fit range in nm"]
+    assert flo < lo - 100 and fhi > hi + 100
+    # drop_out_of_range removes the extrapolated heights, i.e. (nearly) all of these spots
+    dropped, info_d, _ = localize_movie_3d(frames, PARAMS, calibration,
+                                           zfit.ZFitOptions(method=method, drop_out_of_range=True))
+    assert len(dropped) < 0.1 * len(truth)
+    assert np.all((dropped["z"] > lo) & (dropped["z"] < hi))
+    assert info_d[-1]["Z drop out of calibrated range"] is True
+
+
+def test_fits_on_the_fit_range_bound_are_dropped(calibration):
+    lo, hi = calibration.z_range
+    flo, fhi = zfit.fit_range(calibration)
+    frames, truth = _beyond_range((fhi + 300.0, fhi + 400.0), seed=23)
+    for method in ("mle", "huang"):
+        locs, info, _ = localize_movie_3d(frames, PARAMS, calibration, zfit.ZFitOptions(method=method))
+        # far beyond the fit range a height cannot be measured: no loc reports the bound as its z
+        assert np.all(np.abs(locs["z"] - fhi) > 1e-3)
+        assert np.all(np.abs(locs["z"] - flo) > 1e-3)
+        assert len(locs) < 0.5 * len(truth)
+        assert info[-1]["Z drop fits at the fit range bound"] is True
+
+
+def test_fit_range_stops_where_a_width_curve_turns_back():
+    # calibrated range -100 .. 100 nm; wy is linear and never limits the extension
+    cy = np.array([0.005, 3.0])
+    cal = zfit.ZCalibration(np.array([1e-4, 0.0, 1.0]), cy, n_frames=21, step_nm=10.0, magnification_factor=1.0)
+    lo, hi = cal.z_range
+    assert (lo, hi) == (-100.0, 100.0)
+    assert zfit.fit_range(cal, 0.0) == (lo, hi)
+    cal2 = zfit.ZCalibration(np.array([1e-4, -0.03, 3.25]), cy, n_frames=21, step_nm=10.0,
+                             magnification_factor=1.0)  # wx = 1e-4 (z - 150)^2 + 1: minimum at z = 150
+    flo, fhi = zfit.fit_range(cal2, 0.5)
+    assert flo == pytest.approx(-200.0)  # the low end extends the full 0.5 x 200 nm
+    assert hi < fhi <= 150.0 + 0.3  # the high end stops at wx's minimum

@@ -7,7 +7,7 @@ polynomials ``wx(z)``, ``wy(z)`` (numpy order: highest power first), recentred s
 Two ways to get a localization's z:
 
 ``"huang"``
-    minimise ``D(z) = (sqrt(sx) - sqrt(wx(z)))^2 + (sqrt(sy) - sqrt(wy(z)))^2`` over the calibrated z range
+    minimise ``D(z) = (sqrt(sx) - sqrt(wx(z)))^2 + (sqrt(sy) - sqrt(wy(z)))^2`` over the fit range
     (a dense grid finds the global minimum, a golden-section search refines it), from the 2D fit's widths.
 ``"mle"``
     a Poisson maximum-likelihood fit of x, y, photons, bg and z directly to the pixels, with the widths tied
@@ -16,6 +16,11 @@ Two ways to get a localization's z:
 
 In both, z (nm) = z_calibration * magnification factor (refractive-index mismatch), ``d_zcalib = sqrt(D)``
 and ``lpz`` is the axial precision (nm). The stage position of frame f of F is ``-(f*step - (F-1)*step/2)``.
+
+The fit range is the calibrated range extended by a bounded extrapolation (:func:`fit_range`, 25 % of the
+range per end by default): spots a little beyond the calibration get their height instead of piling up on
+the edge. Fits that end on the bound of the fit range are dropped; ``drop_out_of_range`` also drops every
+extrapolated height. The policy is written to ``_locs.yaml`` (:func:`z_document`).
 """
 
 from __future__ import annotations
@@ -33,8 +38,12 @@ from .psf import ISX, ISY, N_PARAMS, cholesky_solve, model
 Z_METHODS = ("mle", "huang")
 POLY_DEGREE = 6
 DEFAULT_MAGNIFICATION = 0.79
-#: grid points of the global search over the calibrated range
+#: grid points of the global search over the fit range
 _GRID_POINTS = 512
+#: how far past each end of the calibrated range z is searched, as a fraction of the calibrated range
+DEFAULT_EXTRAPOLATION = 0.25
+#: narrowest width (pixels) an extrapolated calibration may reach
+_MIN_WIDTH = 0.3
 
 
 # ------------------------------------------------------------------------------------------ calibration
@@ -125,6 +134,32 @@ class ZCalibration:
         return cls(d["X Coefficients"], d["Y Coefficients"], int(d["Number of frames"]),
                    float(d["Step size in nm"]), float(m), None if fb is None else (int(fb[0]), int(fb[1])),
                    d.get("Path"))
+
+
+def fit_range(cal: ZCalibration, extrapolation: float = DEFAULT_EXTRAPOLATION) -> tuple[float, float]:
+    """Heights (nm, calibration space) searched for z: the calibrated range extended at each end.
+
+    Real samples do not stop at the calibration's edge; clamping z to the calibrated range piles every spot
+    beyond it onto the edge (errors of the order of the overshoot). Each end is extended by up to
+    ``extrapolation`` x the calibrated range, but only while both width polynomials keep the slope sign they
+    have at that end and stay wider than 0.3 px: where a curve would turn back, extrapolation stops (the
+    widths would no longer identify one height).
+    """
+    lo, hi = cal.z_range
+    if not extrapolation > 0 or hi <= lo:
+        return lo, hi
+    reach = float(extrapolation) * (hi - lo)
+    ends = []
+    for edge, sign in ((lo, -1.0), (hi, 1.0)):
+        z = edge + sign * np.linspace(0.0, reach, 1001)
+        wx, wy = cal.widths(z)
+        dx = np.polyval(np.polyder(cal.x_coefficients), z)
+        dy = np.polyval(np.polyder(cal.y_coefficients), z)
+        ok = ((np.sign(dx) == np.sign(dx[0])) & (np.sign(dy) == np.sign(dy[0]))
+              & (wx > _MIN_WIDTH) & (wy > _MIN_WIDTH))
+        n_ok = len(ok) if ok.all() else int(np.argmin(ok))
+        ends.append(float(z[max(n_ok - 1, 0)]))
+    return ends[0], ends[1]
 
 
 def stage_positions(n_frames: int, step_nm: float) -> np.ndarray:
@@ -745,7 +780,8 @@ def _fit_z_batch(spots, box, cx, cy, lo, hi, theta, crlb, ll, ok, max_iterations
         ok[n] = best_conv
 
 
-def fit_z_mle(spots, x0, y0, photons0, bg0, z0, cal: ZCalibration, max_iterations: int = 100):
+def fit_z_mle(spots, x0, y0, photons0, bg0, z0, cal: ZCalibration, max_iterations: int = 100,
+              z_bounds: tuple[float, float] | None = None):
     """Astigmatic-PSF Poisson MLE of ``(x, y, photons, bg, z)`` for a stack of photon boxes.
 
     Parameters
@@ -755,6 +791,8 @@ def fit_z_mle(spots, x0, y0, photons0, bg0, z0, cal: ZCalibration, max_iteration
     photons0, bg0 : starting photons and bg (photons per pixel)
     z0 : starting calibration heights (nm), e.g. from :func:`fit_z_huang`
     cal : ZCalibration
+    z_bounds : (lo, hi) or None
+        Heights (calibration nm) z is kept in; the calibrated range if None (see :func:`fit_range`).
 
     Returns
     -------
@@ -771,7 +809,7 @@ def fit_z_mle(spots, x0, y0, photons0, bg0, z0, cal: ZCalibration, max_iteration
     crlb = np.full((n, _NZ), np.nan)
     ll = np.empty(n)
     ok = np.zeros(n, bool)
-    lo, hi = cal.z_range
+    lo, hi = cal.z_range if z_bounds is None else z_bounds
     if n:
         _fit_z_batch(spots, spots.shape[-1], np.ascontiguousarray(cal.x_coefficients),
                      np.ascontiguousarray(cal.y_coefficients), float(lo), float(hi), theta, crlb, ll, ok,
@@ -792,18 +830,25 @@ class ZFitOptions:
     filter : float
         If > 0, drop localizations with ``d_zcalib > filter * RMS(d_zcalib)`` (Picasso's filter). 0 is off.
     drop_out_of_range : bool
-        Drop localizations whose z sits on the edge of the calibrated range (extrapolation).
+        Drop localizations whose z lies beyond the calibrated range (extrapolated heights).
+    extrapolation : float
+        z is searched up to this fraction of the calibrated range past each end (see :func:`fit_range`).
+        A fit that ends on the bound of the search is always dropped: it reports the bound, not a height.
     """
 
     method: str = "mle"
     filter: float = 0.0
     drop_out_of_range: bool = False
+    extrapolation: float = DEFAULT_EXTRAPOLATION
 
     def validate(self):
         if self.method not in Z_METHODS:
             raise ValueError(f"z fit method must be one of {', '.join(Z_METHODS)}, got {self.method!r}")
         if not self.filter >= 0:
             raise ValueError(f"z outlier filter must be >= 0, got {self.filter}")
+        if not 0 <= self.extrapolation <= 1:
+            raise ValueError(f"z extrapolation must be in [0, 1] (fraction of the calibrated range), got "
+                             f"{self.extrapolation}")
 
 
 def with_z_fields(locs) -> np.ndarray:
@@ -841,10 +886,11 @@ def fit_z(locs, cal: ZCalibration, pixelsize: float, fit_method: str = "mle", op
     options = options or ZFitOptions()
     options.validate()
     lo, hi = cal.z_range
+    flo, fhi = fit_range(cal, options.extrapolation)
     M = cal.magnification_factor
     sx = np.asarray(locs["sx"], float)
     sy = np.asarray(locs["sy"], float)
-    z_cal, D = fit_z_huang(sx, sy, cal.x_coefficients, cal.y_coefficients, lo, hi)
+    z_cal, D = fit_z_huang(sx, sy, cal.x_coefficients, cal.y_coefficients, flo, fhi)
     names = locs.dtype.names
     se_x = width_se_nm(sx, locs["photons"], locs["bg"], pixelsize, sy,
                        locs["sx_unc"] if "sx_unc" in names else None, "mle" if fit_method == "mle" else "lq")
@@ -860,7 +906,8 @@ def fit_z(locs, cal: ZCalibration, pixelsize: float, fit_method: str = "mle", op
         by = np.clip(np.rint(locs["y"]), r, h_img - 1 - r)
         x0 = np.asarray(locs["x"], float) - bx + r
         y0 = np.asarray(locs["y"], float) - by + r
-        theta, crlb, conv = fit_z_mle(spots, x0, y0, locs["photons"], locs["bg"], z_cal, cal)
+        theta, crlb, conv = fit_z_mle(spots, x0, y0, locs["photons"], locs["bg"], z_cal, cal,
+                                       z_bounds=(flo, fhi))
         good = conv & np.isfinite(theta[:, 4]) & np.isfinite(crlb[:, 4]) & (crlb[:, 4] > 0)
         z_cal = np.where(good, theta[:, 4], z_cal)
         lpz = np.where(good, M * np.sqrt(np.where(good, crlb[:, 4], 1.0)), lpz)
@@ -871,8 +918,11 @@ def fit_z(locs, cal: ZCalibration, pixelsize: float, fit_method: str = "mle", op
     out["d_zcalib"] = np.sqrt(D)
     out["lpz"] = lpz
     keep = np.isfinite(out["z"]) & np.isfinite(out["d_zcalib"]) & np.isfinite(out["lpz"])
+    # a fit on the bound of the search reports the bound, not a height
+    edge = 1e-6 * (hi - lo)
+    if options.extrapolation > 0:
+        keep &= (z_cal > flo + edge) & (z_cal < fhi - edge)
     if options.drop_out_of_range:
-        edge = 1e-6 * (hi - lo)
         keep &= (z_cal > lo + edge) & (z_cal < hi - edge)
     if options.filter > 0 and keep.any():
         rms = math.sqrt(float(np.mean(out["d_zcalib"][keep].astype(float) ** 2)))
@@ -897,6 +947,9 @@ def z_document(cal: ZCalibration, options: ZFitOptions, generated_by: str, calib
             options.method],
         "Z drop out of calibrated range": bool(options.drop_out_of_range),
         "Z calibrated range in nm": [float(v) for v in cal.z_range],
+        "Z extrapolation": float(options.extrapolation),
+        "Z fit range in nm": [float(v) for v in fit_range(cal, options.extrapolation)],
+        "Z drop fits at the fit range bound": bool(options.extrapolation > 0),
     }
     doc.update(cal.as_picasso_dict())
     doc["Magnification Factor"] = float(cal.magnification_factor)
