@@ -60,6 +60,8 @@ def main(argv=None):
     ap.add_argument("--photons", type=float, default=2000)
     ap.add_argument("--bg", type=float, default=20)
     ap.add_argument("--methods", nargs="+", default=["lq", "mle"])
+    ap.add_argument("--min-net-gradient", type=int, default=1200)
+    ap.add_argument("--photon-spread", type=float, default=0.0, help="relative sd of photons per spot")
     ap.add_argument("--workdir", help="keep files here (default: a temporary folder, removed)")
     args = ap.parse_args(argv)
 
@@ -67,17 +69,17 @@ def main(argv=None):
     os.makedirs(work, exist_ok=True)
     movie = os.path.join(work, "bench.ome.tif")
     py = sys.executable
-    baseline, ng = 100, 1200
+    baseline, ng = 100, args.min_net_gradient
     subprocess.run([py, "-m", "napari_localize.cli", "simulate", movie, "--frames", str(args.frames), "--height",
                     str(args.size), "--width", str(args.size), "--spots-per-frame", str(args.spots), "--photons",
-                    str(args.photons), "--bg", str(args.bg), "--baseline", str(baseline), "--seed", "1"],
+                    str(args.photons), "--photon-spread", str(args.photon_spread), "--bg", str(args.bg), "--baseline", str(baseline), "--seed", "1"],
                    check=True, stdout=subprocess.DEVNULL)
     truth, _ = load_locs(os.path.join(work, "bench.ome_truth_locs.hdf5"))
     bound = mean_crlb_x(truth)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"python {platform.python_version()}")
     print(f"movie: {args.frames} frames of {args.size}x{args.size} px, {len(truth)} spots, {args.photons:g} photons, "
-          f"bg {args.bg:g}; box 7, min net gradient {ng}; mean CRLB(x) = {bound:.4f} px")
+          f"(spread {args.photon_spread:g}), bg {args.bg:g}; box 7, min net gradient {ng}; mean CRLB(x) = {bound:.4f} px")
     header = f"{'method':6} {'tool':22} {'wall s':>8} {'peak MiB':>9} {'locs':>7} {'Jaccard':>8} {'RMSE px':>8} " \
              f"{'RMSE/CRLB':>9}"
     print(header)

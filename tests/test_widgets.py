@@ -267,3 +267,40 @@ def test_sample_data_and_demo(make_napari_viewer):
     assert set(widgets) == {"Identification", "Photon conversion", "Fit", "Localize"}
     assert widgets["Identification"].count.value.endswith("spots in this frame")
     assert widgets["Photon conversion"].baseline.value == SAMPLE.baseline
+
+
+def test_camera_config_fills_photon_conversion_from_movie_metadata(make_napari_viewer, movie, sync, tmp_path):
+    from napari_localize._napari._state import session_for
+    from napari_localize._napari._widgets import PhotonWidget
+
+    config = tmp_path / "cams.yaml"
+    config.write_text(
+        "Cameras:\n"
+        "  Zyla:\n"
+        "    Baseline: 100\n"
+        "    Pixelsize: 108\n"
+        "    Sensitivity Categories: [PixelReadoutRate]\n"
+        "    Sensitivity: {'200 MHz': 0.46, '540 MHz': 0.6}\n"
+        "  EMCCD:\n"
+        "    Baseline: 200\n"
+        "    Sensitivity: 4.2\n"
+        "    Gain Property Name: Gain\n"
+    )
+    viewer = make_napari_viewer()
+    widget = PhotonWidget(viewer)
+    session = session_for(viewer)
+    widget.camera.load_config(config)
+    frames, _ = movie
+    info = {"Frames": len(frames), "Height": frames.shape[1], "Width": frames.shape[2], "Camera": "EMCCD",
+            "Micro-Manager Metadata": {"EMCCD-Gain": "150"}}
+    layer = viewer.add_image(frames, metadata={"movie_info": info})
+    session.set_movie_layer(layer)
+    p = session.parameters
+    assert (p.baseline, p.sensitivity, p.em_gain, p.camera) == (200.0, 4.2, 150.0, "EMCCD")
+    assert widget.baseline.value == 200.0 and widget.em_gain.value == 150.0  # the fields follow ...
+    widget.sensitivity.value = 3.9  # ... and stay editable
+    assert session.parameters.sensitivity == 3.9
+    info2 = dict(info, Camera="Zyla", **{"Micro-Manager Metadata": {"Zyla-PixelReadoutRate": "540 MHz"}})
+    session.set_movie_layer(viewer.add_image(frames, metadata={"movie_info": info2}))
+    p = session.parameters
+    assert (p.baseline, p.sensitivity, p.em_gain, p.pixelsize, p.camera) == (100.0, 0.6, 1.0, 108.0, "Zyla")

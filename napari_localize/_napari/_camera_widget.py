@@ -104,6 +104,11 @@ class CameraWidget(Container):
         out["camera"] = self._camera.value or None
         return out
 
+    def set_value_fields_visible(self, visible: bool):
+        """Show or hide this widget's own value fields (hidden when a dock widget shows the values itself)."""
+        for w in self._inputs:
+            w.visible = visible
+
     def selections(self) -> dict:
         """The chosen value of each sensitivity category."""
         return {w.label: w.value for w in self._categories}

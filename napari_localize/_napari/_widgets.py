@@ -210,11 +210,38 @@ class PhotonWidget(Container):
         for name in ("em_gain", "baseline", "sensitivity", "qe", "pixelsize"):
             getattr(self, name).changed.connect(lambda value, name=name: self.session.update(**{name: value}))
         self.session.parameters_changed.connect(self._show_parameters)
+        # the camera selector (config file, camera, cascading sensitivity menus, wavelength) fills the fields
+        # below, which stay editable; it matches each new movie's metadata
+        from ._camera_widget import CameraWidget
+
+        self.camera = CameraWidget()
+        self.camera.set_value_fields_visible(False)
+        self.camera.changed.connect(self._on_camera_values)
+        self.embed_camera(self.camera)
+        self.session.movie_changed.connect(self._on_movie)
+        if self.session.movie_layer is not None:
+            self._on_movie(self.session.movie_layer)
 
     def embed_camera(self, camera_widget):
-        """Put the camera selector in its slot (the camera-config issue calls this)."""
+        """Put the camera selector in its slot."""
         self.camera_slot.append(camera_widget)
         self.camera_slot.visible = True
+
+    def _on_camera_values(self, values: dict):
+        if self.camera.config is None:
+            return  # without a config the user's own values stand (the movie's pixel size is applied below)
+        self.session.update(baseline=values["baseline"], sensitivity=values["sensitivity"],
+                            em_gain=max(values["em_gain"], 1.0), qe=values["qe"], pixelsize=values["pixelsize"],
+                            camera=values["camera"])
+
+    def _on_movie(self, layer):
+        info = (layer.metadata or {}).get("movie_info") if layer is not None else None
+        if not info:
+            return
+        if self.camera.config is not None:
+            self.camera.match_movie(info)
+        elif info.get("Pixelsize"):
+            self.session.update(pixelsize=float(info["Pixelsize"]))
 
     def _show_parameters(self, p):
         for name in ("em_gain", "baseline", "sensitivity", "qe", "pixelsize"):
