@@ -304,3 +304,21 @@ def test_camera_config_fills_photon_conversion_from_movie_metadata(make_napari_v
     session.set_movie_layer(viewer.add_image(frames, metadata={"movie_info": info2}))
     p = session.parameters
     assert (p.baseline, p.sensitivity, p.em_gain, p.pixelsize, p.camera) == (100.0, 0.6, 1.0, 108.0, "Zyla")
+
+
+def test_bead_stack_sample_calibrates():
+    from napari_localize import LocalizeParameters
+    from napari_localize._napari._sample_data import BEAD_STACK, BEAD_STEP_NM, make_bead_stack_sample
+    from napari_localize.api import calibrate_z_stack
+    from napari_localize.core.simulate import stage_positions
+
+    [(frames, kwargs, kind)] = make_bead_stack_sample()
+    assert kind == "image" and frames.shape == (121, 96, 96)
+    cal = calibrate_z_stack(frames, LocalizeParameters(box_size=9, min_net_gradient=2000, baseline=100),
+                            BEAD_STEP_NM, magnification_factor=1.0)
+    # the simulator's widths (Huang model, foci at -/+400 nm) are recovered across the stack
+    z = stage_positions(BEAD_STACK.n_frames, BEAD_STEP_NM)[10:-10]
+    true_wx = BEAD_STACK.sigma * np.sqrt(1 + ((z - BEAD_STACK.astig_gamma) / BEAD_STACK.astig_depth) ** 2)
+    true_wy = BEAD_STACK.sigma * np.sqrt(1 + ((z + BEAD_STACK.astig_gamma) / BEAD_STACK.astig_depth) ** 2)
+    assert np.max(np.abs(np.polyval(cal.x_coefficients, z) - true_wx)) < 0.05
+    assert np.max(np.abs(np.polyval(cal.y_coefficients, z) - true_wy)) < 0.05

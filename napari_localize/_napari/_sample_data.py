@@ -28,3 +28,21 @@ def make_dna_paint_sample():
     meta = {"movie_info": info, "movie_path": None, "suggested_parameters": dict(SAMPLE_PARAMETERS)}
     kwargs = {"name": "DNA-PAINT (simulated)", "metadata": meta, "contrast_limits": (100.0, 200.0)}
     return [(frames, kwargs, "image")]
+
+
+#: an astigmatic bead z-stack: 121 frames 10 nm apart (±600 nm), 20 beads, for 3D calibration
+BEAD_STACK = SimulationParameters(n_frames=121, height=96, width=96, photons=20000, bg=30, sigma=1.0, baseline=100,
+                                  min_separation=14.0, margin=8.0, seed=11)
+BEAD_STEP_NM = 10.0
+
+
+def make_bead_stack_sample():
+    """npe2 sample-data hook: a simulated astigmatic bead z-stack (step 10 nm) for ``calibrate-z``."""
+    from ..core.simulate import simulate_bead_stack
+
+    frames, _truth = simulate_bead_stack(BEAD_STACK, n_beads=20, step_nm=BEAD_STEP_NM)
+    info = movie_info(frames.shape, frames.dtype, None, Camera="simulated", Pixelsize=130.0,
+                      **{"Step size in nm": BEAD_STEP_NM})
+    kwargs = {"name": "astigmatic beads (simulated, 10 nm steps)", "metadata": {"movie_info": info,
+                                                                                 "movie_path": None}}
+    return [(frames, kwargs, "image")]
