@@ -156,6 +156,21 @@ def _positions(p: SimulationParameters, rng, count, sites):
     return np.array(xs, float), np.array(ys, float)
 
 
+def _truth_rows(dtype, frame, x, y, photons, sx, sy, bg, z=None):
+    """Ground-truth rows of one frame."""
+    t = np.zeros(len(x), dtype)
+    t["frame"] = frame
+    t["x"] = x
+    t["y"] = y
+    t["photons"] = photons
+    t["sx"] = sx
+    t["sy"] = sy
+    t["bg"] = bg
+    if z is not None:
+        t["z"] = z
+    return t
+
+
 def simulate_frames(p: SimulationParameters, start: int = 0, stop: int | None = None):
     """Frames ``start .. stop-1`` in camera counts and their ground truth (structured :data:`TRUTH_DTYPE`)."""
     stop = p.n_frames if stop is None else min(stop, p.n_frames)
@@ -183,17 +198,7 @@ def simulate_frames(p: SimulationParameters, start: int = 0, stop: int | None = 
             sx, sy = p.sigma, p.sigma
         mu = expected_image(p.height, p.width, x, y, photons, sx, sy, p.bg)
         frames[f - start] = _camera(mu, rng, p, dtype, info)
-        t = np.zeros(n, truth_dtype)
-        t["frame"] = f
-        t["x"] = x
-        t["y"] = y
-        t["photons"] = photons
-        t["sx"] = sx
-        t["sy"] = sy
-        t["bg"] = p.bg
-        if astig:
-            t["z"] = z
-        truths.append(t)
+        truths.append(_truth_rows(truth_dtype, f, x, y, photons, sx, sy, p.bg, z if astig else None))
     truth = np.concatenate(truths) if truths else np.zeros(0, truth_dtype)
     return frames, truth
 
@@ -255,16 +260,7 @@ def simulate_bead_stack(p: SimulationParameters, n_beads: int = 20, step_nm: flo
         photons = np.full(nb, float(p.photons))
         mu = expected_image(p.height, p.width, x, y, photons, sx, sy, p.bg)
         frames[f] = _camera(mu, frng, p, dtype, info)
-        t = np.zeros(nb, TRUTH_3D_DTYPE)
-        t["frame"] = f
-        t["x"] = x
-        t["y"] = y
-        t["photons"] = photons
-        t["sx"] = sx
-        t["sy"] = sy
-        t["bg"] = p.bg
-        t["z"] = z
-        truths.append(t)
+        truths.append(_truth_rows(TRUTH_3D_DTYPE, f, x, y, photons, sx, sy, p.bg, z))
     return frames, np.concatenate(truths)
 
 
