@@ -249,9 +249,35 @@ def _add_z_options(p):
                    help="drop localizations whose z lies beyond the calibrated range")
 
 
-def add_localize_parser(sub):
+def _add_parameter_options(p, frames_help: str):
+    """Identification, photon-conversion and fit options shared by localize and calibrate-z.
+
+    Returns the photon-conversion group, so a command can add its camera options to it.
+    """
     from .core.parameters import FIT_METHODS
 
+    g = p.add_argument_group("identification")
+    g.add_argument("--box-size", type=int, default=7, help="odd box side length in pixels (default 7)")
+    g.add_argument("--min-net-gradient", type=float, default=5000.0,
+                   help="keep spots whose net gradient (camera counts) is greater than this (default 5000)")
+    g.add_argument("--roi", type=int, nargs=4, metavar=("Y0", "X0", "Y1", "X1"),
+                   help="only spots centred in rows Y0..Y1-1 and columns X0..X1-1")
+    g.add_argument("--frames", type=int, nargs=2, metavar=("FIRST", "LAST"), help=frames_help)
+    photon = p.add_argument_group("photon conversion: photons = (counts - baseline) * sensitivity / gain")
+    photon.add_argument("--baseline", type=float, help="camera offset in counts (default 0)")
+    photon.add_argument("--sensitivity", type=float, help="electrons per count (default 1)")
+    photon.add_argument("--gain", type=float, help="EM gain, 1 for sCMOS/CCD (default 1)")
+    photon.add_argument("--qe", type=float, help="quantum efficiency, recorded only (default 1)")
+    photon.add_argument("--pixelsize", type=float, help="pixel size in nm (default: from the movie, else 130)")
+    g = p.add_argument_group("fit")
+    g.add_argument("--fit-method", choices=FIT_METHODS, default="mle",
+                   help="mle: Poisson maximum likelihood; lq: least squares; avg: box sum (default mle)")
+    g.add_argument("--convergence", type=float, default=0.001, help="MLE/LQ step tolerance in pixels (0.001)")
+    g.add_argument("--max-iterations", type=int, default=100, help="MLE/LQ iteration limit (100)")
+    return photon
+
+
+def add_localize_parser(sub):
     p = sub.add_parser("localize", help="find and fit spots in movies; write <movie>_locs.hdf5 + .yaml",
                        description="Localize single molecules in movie files (or every movie in a folder). "
                                    "Writes Picasso-compatible <movie base><suffix>_locs.hdf5 and _locs.yaml.")
@@ -260,30 +286,12 @@ def add_localize_parser(sub):
                    help="channel to localize in multi-channel movies (required there; the error lists them)")
     p.add_argument("--position", type=int, metavar="INT",
                    help="stage position to localize in multi-position acquisitions (required there)")
-    g = p.add_argument_group("identification")
-    g.add_argument("--box-size", type=int, default=7, help="odd box side length in pixels (default 7)")
-    g.add_argument("--min-net-gradient", type=float, default=5000.0,
-                   help="keep spots whose net gradient (camera counts) is greater than this (default 5000)")
-    g.add_argument("--roi", type=int, nargs=4, metavar=("Y0", "X0", "Y1", "X1"),
-                   help="only spots centred in rows Y0..Y1-1 and columns X0..X1-1")
-    g.add_argument("--frames", type=int, nargs=2, metavar=("FIRST", "LAST"),
-                   help="0-based inclusive frame range")
-    g = p.add_argument_group("photon conversion: photons = (counts - baseline) * sensitivity / gain")
-    g.add_argument("--baseline", type=float, help="camera offset in counts (default 0)")
-    g.add_argument("--sensitivity", type=float, help="electrons per count (default 1)")
-    g.add_argument("--gain", type=float, help="EM gain, 1 for sCMOS/CCD (default 1)")
-    g.add_argument("--qe", type=float, help="quantum efficiency, recorded only (default 1)")
-    g.add_argument("--pixelsize", type=float, help="pixel size in nm (default: from the movie, else 130)")
-    g.add_argument("--camera-config", metavar="PATH",
-                   help="camera config (Picasso's config.yaml schema); default: $NAPARI_LOCALIZE_CAMERA_CONFIG, "
-                        "the user's camera_config.yaml, else Picasso's config.yaml. Values not given as "
-                        "flags come from the camera matched by the movie's metadata")
-    g.add_argument("--camera", metavar="NAME", help="use this camera of the config instead of matching it")
-    g = p.add_argument_group("fit")
-    g.add_argument("--fit-method", choices=FIT_METHODS, default="mle",
-                   help="mle: Poisson maximum likelihood; lq: least squares; avg: box sum (default mle)")
-    g.add_argument("--convergence", type=float, default=0.001, help="MLE/LQ step tolerance in pixels (0.001)")
-    g.add_argument("--max-iterations", type=int, default=100, help="MLE/LQ iteration limit (100)")
+    photon = _add_parameter_options(p, frames_help="0-based inclusive frame range")
+    photon.add_argument("--camera-config", metavar="PATH",
+                        help="camera config (Picasso's config.yaml schema); default: $NAPARI_LOCALIZE_CAMERA_CONFIG, "
+                             "the user's camera_config.yaml, else Picasso's config.yaml. Values not given as "
+                             "flags come from the camera matched by the movie's metadata")
+    photon.add_argument("--camera", metavar="NAME", help="use this camera of the config instead of matching it")
     g = p.add_argument_group("output")
     g.add_argument("--suffix", default="", help="inserted before _locs.hdf5")
     g.add_argument("--output-dir", help="write here instead of beside each movie")
@@ -337,8 +345,6 @@ def cmd_calibrate_z(args) -> int:
 
 
 def add_calibrate_parser(sub):
-    from .core.parameters import FIT_METHODS
-
     p = sub.add_parser("calibrate-z", help="astigmatic z calibration from a bead z-stack (Picasso's YAML + PNG)",
                        description="Localize a bead z-stack, fit degree-6 polynomials to the widths sx(z), "
                                    "sy(z) and write Picasso's calibration YAML and a PNG of the fit.")
@@ -349,22 +355,8 @@ def add_calibrate_parser(sub):
     p.add_argument("--output", help="calibration YAML to write (default <stack base>_3d_calib.yaml)")
     p.add_argument("--pooled", action="store_true",
                    help="pool all spots per frame as Picasso does instead of following each bead")
-    g = p.add_argument_group("identification")
-    g.add_argument("--box-size", type=int, default=7, help="odd box side length in pixels (default 7)")
-    g.add_argument("--min-net-gradient", type=float, default=5000.0, help="(camera counts, default 5000)")
-    g.add_argument("--roi", type=int, nargs=4, metavar=("Y0", "X0", "Y1", "X1"))
-    g.add_argument("--frames", type=int, nargs=2, metavar=("FIRST", "LAST"),
-                   help="calibrate on these frames only (0-based, inclusive): Picasso's frame bounds")
-    g = p.add_argument_group("photon conversion")
-    g.add_argument("--baseline", type=float, help="camera offset in counts (default 0)")
-    g.add_argument("--sensitivity", type=float, help="electrons per count (default 1)")
-    g.add_argument("--gain", type=float, help="EM gain (default 1)")
-    g.add_argument("--qe", type=float, help="quantum efficiency, recorded only (default 1)")
-    g.add_argument("--pixelsize", type=float, help="pixel size in nm (default: from the movie, else 130)")
-    g = p.add_argument_group("fit")
-    g.add_argument("--fit-method", choices=FIT_METHODS, default="mle")
-    g.add_argument("--convergence", type=float, default=0.001)
-    g.add_argument("--max-iterations", type=int, default=100)
+    _add_parameter_options(p, frames_help="calibrate on these frames only (0-based, inclusive): "
+                                          "Picasso's frame bounds")
     p.set_defaults(func=cmd_calibrate_z)
 
 
