@@ -6,13 +6,15 @@ The CLI and the napari widgets call these functions, so all three give identical
 from __future__ import annotations
 
 import os
+import time
 
 import numpy as np
 
 from . import __version__
 from .core.parameters import LocalizeParameters, fit_document, identify_document
-from .core.pipeline import CancelToken, LocalizeStats, localize
-from .io.locs import locs_paths, save_locs
+from .core.locs import locs_dtype
+from .core.pipeline import CancelToken, LocalizeStats, iter_localize, localize
+from .io.locs import LocsWriter, locs_paths, save_locs
 from .io.movies import ArrayMovie, Movie, open_movie
 
 GENERATED_BY = f"napari-localize v{__version__}"
@@ -39,19 +41,100 @@ def localize_movie(movie, p: LocalizeParameters | None = None, progress=None, ca
 
 
 def localize_file(path, p: LocalizeParameters | None = None, suffix: str = "", output_dir=None, progress=None,
-                  cancel: CancelToken | None = None, movie_options: dict | None = None):
+                  cancel: CancelToken | None = None, movie_options: dict | None = None, calibration=None,
+                  z_options=None, calibration_path=None):
     """Localize the movie at ``path`` and write ``<base><suffix>_locs.hdf5`` and ``.yaml``.
 
-    Nothing is written unless the whole run succeeds. Returns ``(hdf5_path, yaml_path, stats)``.
+    Localizations are streamed to disk chunk by chunk (:func:`localize_to_file`), so memory does not grow
+    with the movie; nothing is published unless the whole run succeeds. With a ``calibration`` the run is 3D
+    (see :func:`localize_movie_3d`). Returns ``(hdf5_path, yaml_path, stats)``.
     """
     p = p or LocalizeParameters()
     hdf5_path, _ = locs_paths(path, suffix, output_dir)
     if output_dir is not None and not os.path.isdir(output_dir):
         raise FileNotFoundError(f"output folder {output_dir} does not exist")
     with open_movie(path, **(movie_options or {})) as movie:
-        locs, info, stats = localize_movie(movie, p, progress, cancel)
-    written = save_locs(hdf5_path, np.asarray(locs), info)
+        written, stats = localize_to_file(movie, p, hdf5_path, progress, cancel, calibration, z_options,
+                                          calibration_path)
     return written[0], written[1], stats
+
+
+def iter_locs(movie, p: LocalizeParameters, progress=None, cancel: CancelToken | None = None,
+              stats: LocalizeStats | None = None, calibration=None, z_options=None, chunk_frames: int | None = None):
+    """Yield the localizations of ``movie`` chunk by chunk (with ``z`` when a ``calibration`` is given).
+
+    ``progress(frames_done, frames_total)`` is called after each chunk; cancelling raises
+    :class:`~napari_localize.core.pipeline.LocalizeCancelled` before the next one.
+    """
+    stats = stats if stats is not None else LocalizeStats()
+    n_frames = int(movie.shape[-3])
+    p.validate(n_frames, int(movie.shape[-2]), int(movie.shape[-1]))
+    start, stop = p.frame_span(n_frames)
+    for chunk in iter_localize(movie, p, cancel, chunk_frames, stats):
+        locs = chunk.locs
+        if calibration is not None:
+            t = time.perf_counter()
+            locs = fit_z_frames(chunk.frames, locs, p, calibration, z_options, chunk.start)
+            stats.seconds["fit"] += time.perf_counter() - t
+        yield locs
+        if progress is not None:
+            progress(chunk.stop - start, stop - start)
+
+
+def locs_dtype_for(p: LocalizeParameters, three_d: bool = False) -> np.dtype:
+    """The dtype of the table a run with ``p`` writes (3D adds ``z``, ``d_zcalib``, ``lpz``)."""
+    dtype = locs_dtype(p.fit_method)
+    if three_d:
+        from .core.zfit import with_z_fields
+
+        dtype = with_z_fields(np.zeros(0, dtype)).dtype
+    return dtype
+
+
+def run_documents(movie_info: dict, p: LocalizeParameters, stats: LocalizeStats, calibration=None,
+                  z_options=None, calibration_path=None, extra_fit_info: dict | None = None) -> list:
+    """All ``_locs.yaml`` documents of a run: movie, identification, fit (+ ``extra_fit_info``), 3D."""
+    info = metadata_documents(movie_info, p, stats)
+    if extra_fit_info:
+        info[2].update(extra_fit_info)
+    if calibration is not None:
+        from .core.zfit import ZFitOptions, z_document
+
+        info.append(z_document(calibration, z_options or ZFitOptions(), GENERATED_BY, calibration_path))
+    return info
+
+
+def localize_to_file(movie, p: LocalizeParameters, hdf5_path, progress=None, cancel: CancelToken | None = None,
+                     calibration=None, z_options=None, calibration_path=None, extra_fit_info: dict | None = None,
+                     chunk_frames: int | None = None):
+    """Localize ``movie`` (2D, or 3D with a ``calibration``) straight into ``hdf5_path`` and its YAML.
+
+    Each chunk's localizations are appended to a temporary file as soon as they are fitted, so peak memory
+    is one chunk of frames whatever the movie's length; the files are renamed into place only at the end
+    (a failed or cancelled run leaves an earlier result untouched and no partial file). Returns
+    ``((hdf5_path, yaml_path), stats)``.
+    """
+    if not isinstance(movie, Movie):
+        movie = ArrayMovie(movie)
+    if calibration is not None:
+        from .core.zfit import ZFitOptions
+
+        z_options = z_options or ZFitOptions()
+        z_options.validate()
+    stats = LocalizeStats()
+    with LocsWriter(hdf5_path, locs_dtype_for(p, calibration is not None)) as writer:
+        for locs in iter_locs(movie, p, progress, cancel, stats, calibration, z_options, chunk_frames):
+            t = time.perf_counter()
+            writer.append(locs)
+            stats.seconds["write"] += time.perf_counter() - t
+        if cancel is not None:
+            cancel.raise_if_cancelled()
+        stats.localized = writer.rows
+        info = run_documents(movie.info, p, stats, calibration, z_options, calibration_path, extra_fit_info)
+        t = time.perf_counter()
+        written = writer.commit(info)
+        stats.seconds["write"] += time.perf_counter() - t
+    return written, stats
 
 
 # ------------------------------------------------------------------------------------------------ 3D
@@ -111,36 +194,15 @@ def localize_movie_3d(movie, p: LocalizeParameters, calibration, options=None, p
     :class:`~napari_localize.core.zfit.ZFitOptions` (one outlier policy for the CLI, API and widgets, written
     to the 3D document of ``_locs.yaml``). Locs gain ``z``, ``d_zcalib``, ``lpz`` (nm) after the 2D fields.
     """
-    from .core.pipeline import LocalizeCancelled, chunk_frames_for, localize_frames
-    from .core.zfit import ZFitOptions, z_document
+    from .core.zfit import ZFitOptions
 
     options = options or ZFitOptions()
     options.validate()
     if not isinstance(movie, Movie):
         movie = ArrayMovie(movie)
-    n_frames, height, width = (int(s) for s in movie.shape[-3:])
-    p.validate(n_frames, height, width)
-    start, stop = p.frame_span(n_frames)
-    step = chunk_frames_for(height, width)
     stats = LocalizeStats()
-    parts = []
-    for a in range(start, stop, step):
-        if cancel is not None and cancel.cancelled:
-            raise LocalizeCancelled("localization cancelled")
-        b = min(a + step, stop)
-        frames = np.asarray(movie[a:b])
-        locs2d = localize_frames(frames, p, a, stats)
-        parts.append(fit_z_frames(frames, locs2d, p, calibration, options, a))
-        if progress is not None:
-            progress(b - start, stop - start)
-    if parts:
-        locs = np.concatenate(parts)
-    else:
-        from .core.locs import locs_dtype
-        from .core.zfit import with_z_fields
-
-        locs = with_z_fields(np.zeros(0, locs_dtype(p.fit_method)))
+    parts = list(iter_locs(movie, p, progress, cancel, stats, calibration, options))
+    locs = np.concatenate(parts) if parts else np.zeros(0, locs_dtype_for(p, True))
     stats.localized = len(locs)
-    info = metadata_documents(movie.info, p, stats)
-    info.append(z_document(calibration, options, GENERATED_BY, calibration_path))
+    info = run_documents(movie.info, p, stats, calibration, options, calibration_path)
     return locs, info, stats

@@ -121,8 +121,8 @@ def _camera_document(config, match) -> dict:
 
 
 def cmd_localize(args) -> int:
-    from .api import localize_movie
-    from .io.locs import locs_paths, save_locs
+    from .api import localize_to_file
+    from .io.locs import locs_paths
     from .io.movies import open_movie
 
     if args.output_dir is not None and not os.path.isdir(args.output_dir):
@@ -147,21 +147,16 @@ def cmd_localize(args) -> int:
                         print(f"napari-localize: note: {path}: {notice}", file=sys.stderr)
                 p = _parameters(args, movie.info, match)
                 p.validate(*movie.shape)
+                hdf5_path, _ = locs_paths(path, args.suffix, args.output_dir)
+                camera_doc = _camera_document(config, match) if match is not None else None
                 bar = ProgressBar(os.path.basename(path))
                 try:
-                    if calibration is None:
-                        locs, info, stats = localize_movie(movie, p, progress=bar)
-                    else:
-                        from .api import localize_movie_3d
-
-                        locs, info, stats = localize_movie_3d(movie, p, calibration, z_options, progress=bar,
-                                                              calibration_path=os.path.abspath(args.zcalib))
+                    written, stats = localize_to_file(
+                        movie, p, hdf5_path, progress=bar, calibration=calibration, z_options=z_options,
+                        calibration_path=os.path.abspath(args.zcalib) if calibration is not None else None,
+                        extra_fit_info=camera_doc)
                 finally:
                     bar.close()
-                if match is not None:
-                    info[-1].update(_camera_document(config, match))
-            hdf5_path, _ = locs_paths(path, args.suffix, args.output_dir)
-            written = save_locs(hdf5_path, locs, info)
         except (ValueError, OSError) as exc:
             failures += 1
             print(f"napari-localize: error: {exc}", file=sys.stderr)
@@ -170,7 +165,8 @@ def cmd_localize(args) -> int:
         print(
             f"{path}: {stats.localized} localizations in {stats.frames} frames "
             f"({stats.identified} spots, {stats.not_converged} fits not converged) -> {written[0]} "
-            f"[read {t['read']:.2f} s, identify {t['identify']:.2f} s, fit {t['fit']:.2f} s]"
+            f"[read {t['read']:.2f} s, identify {t['identify']:.2f} s, fit {t['fit']:.2f} s, "
+            f"write {t['write']:.2f} s]"
         )
     return 0 if failures == 0 else 1
 

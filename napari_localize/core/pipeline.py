@@ -58,7 +58,7 @@ class LocalizeStats:
     not_converged: int = 0
     not_sane: int = 0
     localized: int = 0
-    seconds: dict = field(default_factory=lambda: {"read": 0.0, "identify": 0.0, "fit": 0.0})
+    seconds: dict = field(default_factory=lambda: {"read": 0.0, "identify": 0.0, "fit": 0.0, "write": 0.0})
 
     def as_dict(self) -> dict:
         return {
@@ -72,11 +72,12 @@ class LocalizeStats:
 
 @dataclass
 class Chunk:
-    """One processed chunk: ``locs`` for frames ``[start, stop)``."""
+    """One processed chunk: ``locs`` for frames ``[start, stop)``, and those ``frames`` (ADU)."""
 
     start: int
     stop: int
     locs: np.ndarray
+    frames: np.ndarray | None = None
 
 
 def fit_spots_by_method(spots_photons, p: LocalizeParameters):
@@ -166,7 +167,8 @@ def iter_localize(movie, p: LocalizeParameters, cancel: CancelToken | None = Non
             frames = pending.result()
             pending = reader.submit(read, *bounds[i + 1]) if i + 1 < len(bounds) else None
             locs = localize_frames(frames, p, a, stats)
-            yield Chunk(a, b, locs)
+            yield Chunk(a, b, locs, frames)
+            del frames
         if cancel is not None:
             cancel.raise_if_cancelled()
 

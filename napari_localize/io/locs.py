@@ -62,11 +62,7 @@ def _plain(value):
     return value
 
 
-def save_locs(hdf5_path, locs: np.ndarray, info: list[dict]) -> tuple[str, str]:
-    """Atomically write ``locs`` (structured array) and the metadata documents ``info``.
-
-    Returns the two paths written.
-    """
+def _check_target(hdf5_path) -> tuple[str, str, str]:
     hdf5_path = os.fspath(hdf5_path)
     if not hdf5_path.endswith(".hdf5"):
         raise LocsFileError(f"{hdf5_path}: localization files end in .hdf5")
@@ -74,12 +70,88 @@ def save_locs(hdf5_path, locs: np.ndarray, info: list[dict]) -> tuple[str, str]:
     folder = os.path.dirname(os.path.abspath(hdf5_path))
     if not os.path.isdir(folder):
         raise LocsFileError(f"{hdf5_path}: the folder {folder} does not exist")
-    tmp_h5 = tmp_yaml = None
-    try:
-        fd, tmp_h5 = tempfile.mkstemp(prefix=".tmp-", suffix=".hdf5", dir=folder)
+    return hdf5_path, yaml_path, folder
+
+
+class LocsWriter:
+    """Append localizations to a ``_locs.hdf5`` chunk by chunk; publish it (with its YAML) only on commit.
+
+    The rows go to a hidden temporary file beside the target (a resizable, chunked ``locs`` dataset, which
+    Picasso and h5py read like any other), so a long movie's table never has to be held in memory. Until
+    :meth:`commit` renames the files into place, an earlier result under the same name is untouched; leaving
+    the ``with`` block without committing (an error, a cancelled run) removes the temporary file.
+
+    Examples
+    --------
+    >>> with LocsWriter(path, dtype) as writer:          # doctest: +SKIP
+    ...     for chunk in chunks:
+    ...         writer.append(chunk)
+    ...     writer.commit(info)
+    """
+
+    #: rows per HDF5 chunk (68 B per 2D row: ~4 MB)
+    CHUNK_ROWS = 1 << 16
+
+    def __init__(self, hdf5_path, dtype):
+        self.hdf5_path, self.yaml_path, self._folder = _check_target(hdf5_path)
+        self.dtype = np.dtype(dtype)
+        self.rows = 0
+        self._tmp_h5 = None
+        self._file = None
+        self._dataset = None
+        self.committed = False
+
+    def __enter__(self):
+        fd, self._tmp_h5 = tempfile.mkstemp(prefix=".tmp-", suffix=".hdf5", dir=self._folder)
         os.close(fd)
-        with h5py.File(tmp_h5, "w") as f:
-            f.create_dataset("locs", data=np.ascontiguousarray(locs))
+        self._file = h5py.File(self._tmp_h5, "w")
+        self._dataset = self._file.create_dataset("locs", shape=(0,), maxshape=(None,), dtype=self.dtype,
+                                                  chunks=(self.CHUNK_ROWS,))
+        return self
+
+    def append(self, locs: np.ndarray):
+        """Add rows (a structured array of this writer's dtype) at the end of the table."""
+        if self._dataset is None:
+            raise LocsFileError(f"{self.hdf5_path}: the writer is not open (use it in a with block)")
+        locs = np.asarray(locs)
+        if locs.dtype != self.dtype:
+            raise LocsFileError(f"{self.hdf5_path}: rows of dtype {locs.dtype} cannot be appended to a table "
+                                f"of dtype {self.dtype}")
+        if len(locs) == 0:
+            return
+        n = self.rows + len(locs)
+        self._dataset.resize((n,))
+        self._dataset[self.rows:n] = locs
+        self.rows = n
+
+    def commit(self, info: list[dict]) -> tuple[str, str]:
+        """Close the table, write the metadata documents and move both files into place; return the paths."""
+        self._file.close()
+        self._file = None
+        _publish(self._tmp_h5, self.hdf5_path, self.yaml_path, self._folder, info)
+        self._tmp_h5 = None
+        self.committed = True
+        return self.hdf5_path, self.yaml_path
+
+    def abort(self):
+        """Drop everything written so far (an earlier result under the target name stays)."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if self._tmp_h5 is not None and os.path.exists(self._tmp_h5):
+            os.remove(self._tmp_h5)
+        self._tmp_h5 = None
+
+    def __exit__(self, *exc):
+        if not self.committed:
+            self.abort()
+        return False
+
+
+def _publish(tmp_h5, hdf5_path, yaml_path, folder, info):
+    """Write the YAML beside the finished temporary table, then rename both into place (YAML first)."""
+    tmp_yaml = None
+    try:
         fd, tmp_yaml = tempfile.mkstemp(prefix=".tmp-", suffix=".yaml", dir=folder)
         with os.fdopen(fd, "w") as fh:
             yaml.safe_dump_all([_plain(d) for d in info], fh, default_flow_style=False)
@@ -93,6 +165,25 @@ def save_locs(hdf5_path, locs: np.ndarray, info: list[dict]) -> tuple[str, str]:
         for tmp in (tmp_h5, tmp_yaml):
             if tmp is not None and os.path.exists(tmp):
                 os.remove(tmp)
+
+
+def save_locs(hdf5_path, locs: np.ndarray, info: list[dict]) -> tuple[str, str]:
+    """Atomically write ``locs`` (structured array) and the metadata documents ``info``.
+
+    Returns the two paths written.
+    """
+    hdf5_path, yaml_path, folder = _check_target(hdf5_path)
+    tmp_h5 = None
+    try:
+        fd, tmp_h5 = tempfile.mkstemp(prefix=".tmp-", suffix=".hdf5", dir=folder)
+        os.close(fd)
+        with h5py.File(tmp_h5, "w") as f:
+            f.create_dataset("locs", data=np.ascontiguousarray(locs))
+        _publish(tmp_h5, hdf5_path, yaml_path, folder, info)
+        tmp_h5 = None
+    finally:
+        if tmp_h5 is not None and os.path.exists(tmp_h5):
+            os.remove(tmp_h5)
     return hdf5_path, yaml_path
 
 
