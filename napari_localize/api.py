@@ -63,7 +63,7 @@ def iter_locs(movie, p: LocalizeParameters, progress=None, cancel: CancelToken |
               stats: LocalizeStats | None = None, calibration=None, z_options=None, chunk_frames: int | None = None):
     """Yield the localizations of ``movie`` chunk by chunk (with ``z`` when a ``calibration`` is given).
 
-    ``progress(frames_done, frames_total)`` is called after each chunk; cancelling raises
+    ``progress(frames_done, frames_total)`` is called as each chunk is ready; cancelling raises
     :class:`~napari_localize.core.pipeline.LocalizeCancelled` before the next one.
     """
     stats = stats if stats is not None else LocalizeStats()
@@ -76,9 +76,9 @@ def iter_locs(movie, p: LocalizeParameters, progress=None, cancel: CancelToken |
             t = time.perf_counter()
             locs = fit_z_frames(chunk.frames, locs, p, calibration, z_options, chunk.start)
             stats.seconds["fit"] += time.perf_counter() - t
-        yield locs
         if progress is not None:
             progress(chunk.stop - start, stop - start)
+        yield locs
 
 
 def locs_dtype_for(p: LocalizeParameters, three_d: bool = False) -> np.dtype:
@@ -111,9 +111,26 @@ def localize_to_file(movie, p: LocalizeParameters, hdf5_path, progress=None, can
 
     Each chunk's localizations are appended to a temporary file as soon as they are fitted, so peak memory
     is one chunk of frames whatever the movie's length; the files are renamed into place only at the end
-    (a failed or cancelled run leaves an earlier result untouched and no partial file). Returns
+    (a failed or cancelled run leaves an earlier result untouched and no partial file).
+    ``progress(frames_done, frames_total)`` is called after each chunk. Returns
     ``((hdf5_path, yaml_path), stats)``.
     """
+    steps = localize_to_file_steps(movie, p, hdf5_path, cancel, calibration, z_options, calibration_path,
+                                   extra_fit_info, chunk_frames)
+    while True:
+        try:
+            done, total = next(steps)
+        except StopIteration as finished:
+            return finished.value
+        if progress is not None and done > 0:
+            progress(done, total)
+
+
+def localize_to_file_steps(movie, p: LocalizeParameters, hdf5_path, cancel: CancelToken | None = None,
+                           calibration=None, z_options=None, calibration_path=None,
+                           extra_fit_info: dict | None = None, chunk_frames: int | None = None):
+    """Generator form of :func:`localize_to_file` for GUI workers: yields ``(frames_done, frames_total)``
+    (first ``(0, total)``, then after each chunk) and returns ``((hdf5_path, yaml_path), stats)``."""
     if not isinstance(movie, Movie):
         movie = ArrayMovie(movie)
     if calibration is not None:
@@ -122,11 +139,18 @@ def localize_to_file(movie, p: LocalizeParameters, hdf5_path, progress=None, can
         z_options = z_options or ZFitOptions()
         z_options.validate()
     stats = LocalizeStats()
+    n_frames = int(movie.shape[-3])
+    p.validate(n_frames, int(movie.shape[-2]), int(movie.shape[-1]))
+    start, stop = p.frame_span(n_frames)
+    yield 0, stop - start
+    done = []
     with LocsWriter(hdf5_path, locs_dtype_for(p, calibration is not None)) as writer:
-        for locs in iter_locs(movie, p, progress, cancel, stats, calibration, z_options, chunk_frames):
+        for locs in iter_locs(movie, p, lambda d, t: done.append(d), cancel, stats, calibration, z_options,
+                              chunk_frames):
             t = time.perf_counter()
             writer.append(locs)
             stats.seconds["write"] += time.perf_counter() - t
+            yield (done[-1] if done else 0), stop - start
         if cancel is not None:
             cancel.raise_if_cancelled()
         stats.localized = writer.rows
