@@ -32,6 +32,11 @@ PICASSO_METHOD = {"lq": "lq", "mle": "mle", "avg": "avg"}
 
 def run(cmd, env=None):
     """Run a command; return (wall seconds, peak RSS in MiB of the process tree's largest member)."""
+    return run_with_output(cmd, env)[:2]
+
+
+def run_with_output(cmd, env=None):
+    """Like :func:`run`, also returning the command's output (stdout and stderr)."""
     t = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
     _, status, usage = os.wait4(proc.pid, 0)
@@ -40,7 +45,7 @@ def run(cmd, env=None):
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{out[-3000:]}")
-    return wall, usage.ru_maxrss / 1024.0
+    return wall, usage.ru_maxrss / 1024.0, out
 
 
 def mean_crlb_x(truth, box=7):

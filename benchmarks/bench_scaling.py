@@ -18,9 +18,19 @@ import subprocess
 import sys
 import tempfile
 
-from bench_localize import run
+import re
+
+from bench_localize import run_with_output
 
 from napari_localize.io.locs import load_locs
+
+
+def time_split(output: str) -> dict:
+    """The time split napari-localize's CLI prints: ``[read R s, identify I s, fit F s, write W s]``."""
+    m = re.search(r"\[read ([\d.]+) s, identify ([\d.]+) s, fit ([\d.]+) s, write ([\d.]+) s\]", output)
+    if m is None:
+        return {}
+    return dict(zip(("read", "identify", "fit", "write"), (float(v) for v in m.groups())))
 
 
 def main(argv=None):
@@ -34,6 +44,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     py = sys.executable
+    cores = os.cpu_count() or 1
     rows = []
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores; movies {args.size}x{args.size} px uint16, "
           f"{args.spots:g} spots/frame, 2000 photons, bg 20")
@@ -55,21 +66,29 @@ def main(argv=None):
                 for tool, cmd in (("napari-localize", ours_cmd), ("picassosr", pic_cmd)):
                     if tool == "picassosr" and args.no_picasso:
                         continue
-                    wall, rss = run(cmd)
+                    wall, rss, out = run_with_output(cmd)
+                    split = time_split(out) if tool == "napari-localize" else {}
                     suffix = "_ours" if tool == "napari-localize" else "_picasso"
                     locs, _ = load_locs(os.path.join(work, f"m.ome{suffix}_locs.hdf5"))
-                    results[tool] = (wall, rss, len(locs))
-                for tool, (wall, rss, nlocs) in results.items():
+                    results[tool] = (wall, rss, len(locs), split)
+                for tool, (wall, rss, nlocs, split) in results.items():
                     ratio = wall / results["picassosr"][0] if "picassosr" in results else float("nan")
                     rows.append({"frames": n, "GB": round(gb, 3), "method": method, "tool": tool,
                                  "wall_s": round(wall, 2), "peak_MiB": round(rss), "locs": nlocs,
-                                 "wall_ratio": round(ratio, 3)})
-                    print(f"{n:7d} {gb:5.2f} {method:6} {tool:16} {wall:8.2f} {rss:9.0f} {nlocs:8d} {ratio:6.2f}",
-                          flush=True)
+                                 "wall_ratio": round(ratio, 3),
+                                 **{f"{k}_s": v for k, v in split.items()},
+                                 "fits_per_s_per_core": round(nlocs / wall / cores) if wall else ""})
+                    detail = ""
+                    if split:
+                        detail = (f"  [read {split['read']:.1f} identify {split['identify']:.1f} fit {split['fit']:.1f}"
+                                  f" write {split['write']:.1f} s; {nlocs / wall / cores:,.0f} locs/s/core]")
+                    print(f"{n:7d} {gb:5.2f} {method:6} {tool:16} {wall:8.2f} {rss:9.0f} {nlocs:8d} {ratio:6.2f}"
+                          f"{detail}", flush=True)
         finally:
             shutil.rmtree(work, ignore_errors=True)
     with open(os.path.join(args.out, "scaling.csv"), "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        fields = list(dict.fromkeys(k for r in rows for k in r))
+        writer = csv.DictWriter(fh, fieldnames=fields, restval="")
         writer.writeheader()
         writer.writerows(rows)
     try:
