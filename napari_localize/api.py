@@ -14,7 +14,7 @@ from . import __version__
 from .core.parameters import LocalizeParameters, fit_document, identify_document
 from .core.locs import locs_dtype
 from .core.pipeline import CancelToken, LocalizeStats, iter_localize, localize
-from .io.locs import LocsWriter, locs_paths, save_locs
+from .io.locs import LocsWriter, locs_paths
 from .io.movies import ArrayMovie, Movie, open_movie
 
 GENERATED_BY = f"napari-localize v{__version__}"

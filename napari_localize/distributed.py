@@ -3,15 +3,14 @@
 No job system of our own: a ``LocalCluster`` for ``scheduler="local"``, or any running Dask scheduler by address
 (for SLURM/PBS start one with dask-jobqueue, see the README). Workers open the movie themselves (the path must be
 readable on every worker), localize their frame block with the same pipeline as a serial run and send back the
-compact localization table; the client concatenates the blocks in frame order and writes the files, so the result
-is identical to a one-by-one run.
+compact localization table; the client appends the blocks in frame order to the output file as they arrive (never
+holding a whole movie's table) and publishes it when complete, so the result is identical to a one-by-one run.
 """
 
 from __future__ import annotations
 
 import os
 
-import numpy as np
 
 from .core.parameters import LocalizeParameters
 from .core.pipeline import LocalizeStats
@@ -54,7 +53,8 @@ def localize_files_distributed(paths, p: LocalizeParameters | dict, scheduler: s
     ``on_done(path, hdf5_path, stats, error)`` is called as each movie finishes.
     """
     from .api import metadata_documents
-    from .io.locs import locs_paths, save_locs
+    from .core.locs import locs_dtype
+    from .io.locs import LocsWriter, locs_paths
     from .io.movies import open_movie
 
     movie_options = movie_options or {}
@@ -80,17 +80,19 @@ def localize_files_distributed(paths, p: LocalizeParameters | dict, scheduler: s
             p = params[path]
             if error is None:
                 try:
-                    parts = client.gather(futures)
                     stats = LocalizeStats()
-                    for _, s, _ in parts:
-                        for key in ("frames", "identified", "not_converged", "not_sane", "localized"):
-                            setattr(stats, key, getattr(stats, key) + getattr(s, key))
-                        for key, value in s.seconds.items():
-                            stats.seconds[key] += value
-                    locs = np.concatenate([part[0] for part in parts])
-                    info = metadata_documents(parts[0][2], p, stats)
                     hdf5_path, _ = locs_paths(path, suffix, output_dir)
-                    written = save_locs(hdf5_path, locs, info)[0]
+                    movie_info = None
+                    with LocsWriter(hdf5_path, locs_dtype(p.fit_method)) as writer:
+                        for future in futures:  # in frame order; each block is written, then let go
+                            locs, s, movie_info = future.result()
+                            future.release()
+                            writer.append(locs)
+                            for key in ("frames", "identified", "not_converged", "not_sane", "localized"):
+                                setattr(stats, key, getattr(stats, key) + getattr(s, key))
+                            for key, value in s.seconds.items():
+                                stats.seconds[key] += value
+                        written = writer.commit(metadata_documents(movie_info, p, stats))[0]
                     results.append((path, written, stats, None))
                 except (ValueError, OSError) as exc:
                     results.append((path, None, None, str(exc)))

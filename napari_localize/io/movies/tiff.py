@@ -130,7 +130,6 @@ class TiffMovie(Movie):
                              "single-molecule movies; save one grey channel")
         page_nd = len(s.keyframe.shape)
         outer_axes, outer_shape = axes[:-page_nd], shape[:-page_nd]
-        page_shape = shape[-page_nd:]
         yx = [int(shape[k]) for k in range(len(shape) - page_nd, len(shape)) if axes[k] in "YX"]
         height, width = (yx + [0, 0])[:2] if len(yx) == 2 else (0, 0)
         if len(shape) < 2 or height < 1 or width < 1:
