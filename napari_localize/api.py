@@ -62,6 +62,40 @@ def load_zcalibration(path, magnification_factor: float | None = None):
     return load_calibration(path, magnification_factor)
 
 
+def calibrate_z_steps(movie, p: LocalizeParameters, step_nm: float, magnification_factor: float = 0.79,
+                      frame_bounds=None, track_beads: bool = True, path=None, cancel: CancelToken | None = None,
+                      chunk_frames: int | None = None):
+    """Generator form of :func:`calibrate_z_stack`: yields ``(frames_done, frames_total)`` while the stack is
+    localized, then returns the :class:`~napari_localize.core.zfit.ZCalibration`.
+
+    The napari widget drives it in a thread worker; :func:`calibrate_z_stack` drives it with a callback, so
+    both give the same calibration. Cancelling ``cancel`` raises
+    :class:`~napari_localize.core.pipeline.LocalizeCancelled` before the next chunk.
+    """
+    from .core.locs import locs_dtype
+    from .core.pipeline import iter_localize
+    from .core.zfit import calibrate_z, calibrate_z_beads
+
+    if not isinstance(movie, Movie):
+        movie = ArrayMovie(movie)
+    q = p.replace(frame_range=None)
+    n_frames = int(movie.shape[0])
+    parts = []
+    yield 0, n_frames
+    for chunk in iter_localize(movie, q, cancel, chunk_frames):
+        parts.append(chunk.locs)
+        yield chunk.stop, n_frames
+    locs = np.concatenate(parts) if parts else np.zeros(0, locs_dtype(q.fit_method))
+    if len(locs) == 0:
+        raise ValueError("no spots found in the calibration stack: lower the minimum net gradient")
+    if track_beads:
+        try:
+            return calibrate_z_beads(movie, p, step_nm, magnification_factor, frame_bounds, path, locs=locs)
+        except ValueError:
+            pass  # no bead could be followed (crowded stack): the pooled calibration still works
+    return calibrate_z(locs, n_frames, step_nm, magnification_factor, frame_bounds, path)
+
+
 def calibrate_z_stack(movie, p: LocalizeParameters, step_nm: float, magnification_factor: float = 0.79,
                       frame_bounds=None, track_beads: bool = True, path=None, progress=None,
                       cancel: CancelToken | None = None):
@@ -73,20 +107,15 @@ def calibrate_z_stack(movie, p: LocalizeParameters, step_nm: float, magnificatio
     :class:`~napari_localize.core.zfit.ZCalibration` (its ``diagnostics`` hold the per-position tables,
     the calibration's own z precision in nm and notices about empty positions).
     """
-    from .core.zfit import calibrate_z, calibrate_z_beads
-
-    if not isinstance(movie, Movie):
-        movie = ArrayMovie(movie)
-    locs, _ = localize(movie, p.replace(frame_range=None), progress=progress, cancel=cancel)
-    n_frames = int(movie.shape[0])
-    if len(locs) == 0:
-        raise ValueError("no spots found in the calibration stack: lower the minimum net gradient")
-    if track_beads:
+    steps = calibrate_z_steps(movie, p, step_nm, magnification_factor, frame_bounds, track_beads, path, cancel)
+    next(steps)  # the (0, total) start marker
+    while True:
         try:
-            return calibrate_z_beads(movie, p, step_nm, magnification_factor, frame_bounds, path, locs=locs)
-        except ValueError:
-            pass  # no bead could be followed (crowded stack): the pooled calibration still works
-    return calibrate_z(locs, n_frames, step_nm, magnification_factor, frame_bounds, path)
+            done, total = next(steps)
+        except StopIteration as stop:
+            return stop.value
+        if progress is not None:
+            progress(done, total)
 
 
 def fit_z_frames(frames, locs, p: LocalizeParameters, calibration, options=None, first_frame: int = 0):
@@ -103,6 +132,56 @@ def fit_z_frames(frames, locs, p: LocalizeParameters, calibration, options=None,
     return out[sane(out, frames.shape[-1], frames.shape[-2])]
 
 
+def iter_localize_3d(movie, p: LocalizeParameters, calibration, options=None, cancel: CancelToken | None = None,
+                     chunk_frames: int | None = None, stats: LocalizeStats | None = None):
+    """Localize in 3D chunk by chunk, yielding a :class:`~napari_localize.core.pipeline.Chunk` of 3D locs.
+
+    The per-chunk z fit runs without the outlier filter (whose RMS must be taken over the whole run); apply
+    it with :func:`finish_localize_3d`. Cancelling ``cancel`` raises
+    :class:`~napari_localize.core.pipeline.LocalizeCancelled` before the next chunk.
+    """
+    import dataclasses
+
+    from .core.pipeline import Chunk, LocalizeCancelled, chunk_frames_for, localize_frames
+    from .core.zfit import ZFitOptions
+
+    options = options or ZFitOptions()
+    options.validate()
+    per_chunk = dataclasses.replace(options, filter=0.0)
+    if not isinstance(movie, Movie):
+        movie = ArrayMovie(movie)
+    n_frames, height, width = (int(s) for s in movie.shape[-3:])
+    p.validate(n_frames, height, width)
+    stats = stats if stats is not None else LocalizeStats()
+    start, stop = p.frame_span(n_frames)
+    step = chunk_frames or chunk_frames_for(height, width)
+    for a in range(start, stop, step):
+        if cancel is not None and cancel.cancelled:
+            raise LocalizeCancelled("localization cancelled")
+        b = min(a + step, stop)
+        frames = np.asarray(movie[a:b])
+        locs2d = localize_frames(frames, p, a, stats)
+        yield Chunk(a, b, fit_z_frames(frames, locs2d, p, calibration, per_chunk, a))
+
+
+def finish_localize_3d(parts, movie_info: dict, p: LocalizeParameters, calibration, options, stats: LocalizeStats,
+                       calibration_path=None):
+    """Join the chunks of :func:`iter_localize_3d`, apply the outlier filter over the whole run; return
+    ``(locs, info)`` with the 3D document last in ``info``."""
+    from .core.locs import locs_dtype
+    from .core.zfit import ZFitOptions, with_z_fields, z_document
+
+    options = options or ZFitOptions()
+    locs = np.concatenate(parts) if parts else with_z_fields(np.zeros(0, locs_dtype(p.fit_method)))
+    if options.filter > 0 and len(locs):
+        d = locs["d_zcalib"].astype(float)
+        locs = locs[d <= options.filter * float(np.sqrt(np.mean(d**2)))]
+    stats.localized = len(locs)
+    info = metadata_documents(movie_info, p, stats)
+    info.append(z_document(calibration, options, GENERATED_BY, calibration_path))
+    return locs, info
+
+
 def localize_movie_3d(movie, p: LocalizeParameters, calibration, options=None, progress=None,
                       cancel: CancelToken | None = None, calibration_path=None):
     """Localize in 3D: 2D localization then z per chunk of frames; return ``(locs, info, stats)``.
@@ -110,37 +189,16 @@ def localize_movie_3d(movie, p: LocalizeParameters, calibration, options=None, p
     ``calibration`` is a :class:`~napari_localize.core.zfit.ZCalibration`; ``options`` a
     :class:`~napari_localize.core.zfit.ZFitOptions` (one outlier policy for the CLI, API and widgets, written
     to the 3D document of ``_locs.yaml``). Locs gain ``z``, ``d_zcalib``, ``lpz`` (nm) after the 2D fields.
+    The outlier filter's RMS is taken over the whole run, so the result does not depend on the chunking.
     """
-    from .core.pipeline import LocalizeCancelled, chunk_frames_for, localize_frames
-    from .core.zfit import ZFitOptions, z_document
-
-    options = options or ZFitOptions()
-    options.validate()
     if not isinstance(movie, Movie):
         movie = ArrayMovie(movie)
-    n_frames, height, width = (int(s) for s in movie.shape[-3:])
-    p.validate(n_frames, height, width)
-    start, stop = p.frame_span(n_frames)
-    step = chunk_frames_for(height, width)
     stats = LocalizeStats()
+    start, stop = p.frame_span(int(movie.shape[-3]))
     parts = []
-    for a in range(start, stop, step):
-        if cancel is not None and cancel.cancelled:
-            raise LocalizeCancelled("localization cancelled")
-        b = min(a + step, stop)
-        frames = np.asarray(movie[a:b])
-        locs2d = localize_frames(frames, p, a, stats)
-        parts.append(fit_z_frames(frames, locs2d, p, calibration, options, a))
+    for chunk in iter_localize_3d(movie, p, calibration, options, cancel, None, stats):
+        parts.append(chunk.locs)
         if progress is not None:
-            progress(b - start, stop - start)
-    if parts:
-        locs = np.concatenate(parts)
-    else:
-        from .core.locs import locs_dtype
-        from .core.zfit import with_z_fields
-
-        locs = with_z_fields(np.zeros(0, locs_dtype(p.fit_method)))
-    stats.localized = len(locs)
-    info = metadata_documents(movie.info, p, stats)
-    info.append(z_document(calibration, options, GENERATED_BY, calibration_path))
+            progress(chunk.stop - start, stop - start)
+    locs, info = finish_localize_3d(parts, movie.info, p, calibration, options, stats, calibration_path)
     return locs, info, stats
