@@ -7,6 +7,7 @@ called directly on the same files, and from reading the written files with h5py 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -99,7 +100,7 @@ def test_load_cli_calibration_shows_summary(make_napari_viewer, cli_calibration,
     zw.load_button.clicked.emit()
     session = zw.session
     assert session.zcalibration is not None and session.zcalibration_path == os.path.abspath(cli_calibration)
-    stored = yaml.safe_load(open(cli_calibration))
+    stored = yaml.safe_load((Path(cli_calibration)).read_text())
     np.testing.assert_array_equal(session.zcalibration.x_coefficients, stored["X Coefficients"])
     assert zw.magnification.value == stored["Magnification factor"] == 1.0
     # the calibrated range is the stack's +-600 nm (61 frames, 20 nm), times the factor 1.0
@@ -125,7 +126,7 @@ def test_calibrate_open_stack_writes_the_api_calibration(make_napari_viewer, tmp
     zw.calibrate()
     yaml_path = tmp_path / "beads.ome_3d_calib.yaml"
     assert yaml_path.exists() and (tmp_path / "beads.ome_3d_calib.png").exists()
-    written = yaml.safe_load(open(yaml_path))
+    written = yaml.safe_load(yaml_path.read_text())
     with open_movie(stack) as movie:
         api = calibrate_z_stack(movie, PARAMS, STEP, 1.0, path=os.path.abspath(stack))
     expected = api.as_picasso_dict()
@@ -174,7 +175,7 @@ def test_fit_z_run_matches_api_and_truth(make_napari_viewer, cli_calibration, bl
     assert loc.status.value == f"{len(loc.session.result.locs)} 3D localizations in {len(frames)} frames"
     with h5py.File(folder / "blink.ome_locs.hdf5") as f:
         gui = f["locs"][...]
-    docs = list(yaml.safe_load_all(open(folder / "blink.ome_locs.yaml")))
+    docs = list(yaml.safe_load_all((folder / "blink.ome_locs.yaml").read_text()))
     assert docs[-1]["Z Calibration Path"] == os.path.abspath(cli_calibration)
     # the same file through the API, with the same parameters and calibration
     with open_movie(path) as movie:

@@ -9,6 +9,7 @@ The widget only edits the shared :class:`~._state.LocalizeSession`; the work is 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -49,7 +50,7 @@ def describe_calibration(cal, path: str | None) -> str:
         count = d.get("count")
         if used is not None and count is not None:
             n_used = int(sum(bool(u) for u in used))
-            n_filled = int(sum(1 for u, c in zip(used, count) if u and c > 0))
+            n_filled = int(sum(1 for u, c in zip(used, count, strict=True) if u and c > 0))
             lines.append(f"{n_filled} of {n_used} positions with spots")
         offsets = d.get("bead_offsets_nm")
         if offsets is not None:
@@ -193,10 +194,8 @@ class ZWidget(Container):
         info = (layer.metadata or {}).get("movie_info") or {}
         step = info.get(STEP_KEY)
         if step:
-            try:
+            with contextlib.suppress(TypeError, ValueError):
                 self.step_nm.value = float(step)
-            except (TypeError, ValueError):
-                pass
 
     def _on_calibrate_button(self, *_):
         if self.running:
