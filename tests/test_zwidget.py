@@ -244,3 +244,29 @@ def test_fit_z_needs_a_calibration_and_bad_yaml_is_reported(make_napari_viewer, 
     assert zw.load(cli_calibration) and zw.fit_z.enabled
     assert not zw.load(bad)
     assert session.zcalibration_path == os.path.abspath(cli_calibration) and zw.fit_z.enabled
+
+
+def test_threaded_calibration_cancel_then_run(make_napari_viewer, qtbot, tmp_path, bead_stack, monkeypatch):
+    monkeypatch.delenv("NAPARI_LOCALIZE_SYNC", raising=False)
+    stack = _write(tmp_path, "beads.ome.tif", bead_stack[0])
+    viewer = make_napari_viewer()
+    viewer.open(stack, plugin="napari-localize")
+    zw = _dock(viewer)["3D (astigmatism)"]
+    zw.step_nm.value = STEP
+    zw.chunk_frames = 1
+    worker = zw.calibrate()
+    assert zw.calibrate_button.text == "Cancel"
+    worker.yielded.connect(lambda value: zw.cancel() if value[0] > 0 else None)
+    with qtbot.waitSignal(worker.finished, timeout=60000):
+        pass
+    assert zw.status.value == "calibration cancelled: nothing written"
+    assert zw.progress_values[-1][0] < BEADS.n_frames
+    assert os.listdir(tmp_path) == ["beads.ome.tif"] and zw.session.zcalibration is None
+    assert zw.calibrate_button.text == "Calibrate from open stack" and not zw.running
+    zw.chunk_frames = None
+    worker = zw.calibrate()
+    with qtbot.waitSignal(worker.finished, timeout=60000):
+        pass
+    assert zw.progress_values[-1] == (BEADS.n_frames, BEADS.n_frames)
+    assert sorted(os.listdir(tmp_path)) == ["beads.ome.tif", "beads.ome_3d_calib.png", "beads.ome_3d_calib.yaml"]
+    assert zw.session.zcalibration_path == os.fspath(tmp_path / "beads.ome_3d_calib.yaml") and zw.fit_z.enabled
