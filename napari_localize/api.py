@@ -63,6 +63,9 @@ def iter_locs(movie, p: LocalizeParameters, progress=None, cancel: CancelToken |
               stats: LocalizeStats | None = None, calibration=None, z_options=None, chunk_frames: int | None = None):
     """Yield the localizations of ``movie`` chunk by chunk (with ``z`` when a ``calibration`` is given).
 
+    The z outlier filter of ``z_options`` is not applied here: its RMS is taken over the whole run (see
+    :func:`z_filter_limit`).
+
     ``progress(frames_done, frames_total)`` is called as each chunk is ready; cancelling raises
     :class:`~napari_localize.core.pipeline.LocalizeCancelled` before the next one.
     """
@@ -70,15 +73,14 @@ def iter_locs(movie, p: LocalizeParameters, progress=None, cancel: CancelToken |
     n_frames = int(movie.shape[-3])
     p.validate(n_frames, int(movie.shape[-2]), int(movie.shape[-1]))
     start, stop = p.frame_span(n_frames)
-    for chunk in iter_localize(movie, p, cancel, chunk_frames, stats):
-        locs = chunk.locs
-        if calibration is not None:
-            t = time.perf_counter()
-            locs = fit_z_frames(chunk.frames, locs, p, calibration, z_options, chunk.start)
-            stats.seconds["fit"] += time.perf_counter() - t
+    if calibration is None:
+        chunks = iter_localize(movie, p, cancel, chunk_frames, stats)
+    else:
+        chunks = iter_localize_3d(movie, p, calibration, z_options, cancel, chunk_frames, stats)
+    for chunk in chunks:
         if progress is not None:
             progress(chunk.stop - start, stop - start)
-        yield locs
+        yield chunk.locs
 
 
 def locs_dtype_for(p: LocalizeParameters, three_d: bool = False) -> np.dtype:
@@ -144,15 +146,23 @@ def localize_to_file_steps(movie, p: LocalizeParameters, hdf5_path, cancel: Canc
     start, stop = p.frame_span(n_frames)
     yield 0, stop - start
     done = []
+    d_sum_sq = 0.0  # for the z outlier filter, whose RMS is over the whole run
     with LocsWriter(hdf5_path, locs_dtype_for(p, calibration is not None)) as writer:
         for locs in iter_locs(movie, p, lambda d, t: done.append(d), cancel, stats, calibration, z_options,
                               chunk_frames):
             t = time.perf_counter()
             writer.append(locs)
+            if calibration is not None:
+                d_sum_sq += float(np.sum(np.asarray(locs["d_zcalib"], float) ** 2))
             stats.seconds["write"] += time.perf_counter() - t
             yield (done[-1] if done else 0), stop - start
         if cancel is not None:
             cancel.raise_if_cancelled()
+        if calibration is not None and z_options.filter > 0 and writer.rows:
+            t = time.perf_counter()
+            limit = z_options.filter * np.sqrt(d_sum_sq / writer.rows)  # as z_filter_limit, streamed
+            writer.keep_where(lambda rows: rows["d_zcalib"] <= limit)
+            stats.seconds["write"] += time.perf_counter() - t
         stats.localized = writer.rows
         info = run_documents(movie.info, p, stats, calibration, z_options, calibration_path, extra_fit_info)
         t = time.perf_counter()
@@ -169,6 +179,40 @@ def load_zcalibration(path, magnification_factor: float | None = None):
     return load_calibration(path, magnification_factor)
 
 
+def calibrate_z_steps(movie, p: LocalizeParameters, step_nm: float, magnification_factor: float = 0.79,
+                      frame_bounds=None, track_beads: bool = True, path=None, cancel: CancelToken | None = None,
+                      chunk_frames: int | None = None):
+    """Generator form of :func:`calibrate_z_stack`: yields ``(frames_done, frames_total)`` while the stack is
+    localized, then returns the :class:`~napari_localize.core.zfit.ZCalibration`.
+
+    The napari widget drives it in a thread worker; :func:`calibrate_z_stack` drives it with a callback, so
+    both give the same calibration. Cancelling ``cancel`` raises
+    :class:`~napari_localize.core.pipeline.LocalizeCancelled` before the next chunk.
+    """
+    from .core.locs import locs_dtype
+    from .core.pipeline import iter_localize
+    from .core.zfit import calibrate_z, calibrate_z_beads
+
+    if not isinstance(movie, Movie):
+        movie = ArrayMovie(movie)
+    q = p.replace(frame_range=None)
+    n_frames = int(movie.shape[0])
+    parts = []
+    yield 0, n_frames
+    for chunk in iter_localize(movie, q, cancel, chunk_frames):
+        parts.append(chunk.locs)
+        yield chunk.stop, n_frames
+    locs = np.concatenate(parts) if parts else np.zeros(0, locs_dtype(q.fit_method))
+    if len(locs) == 0:
+        raise ValueError("no spots found in the calibration stack: lower the minimum net gradient")
+    if track_beads:
+        try:
+            return calibrate_z_beads(movie, p, step_nm, magnification_factor, frame_bounds, path, locs=locs)
+        except ValueError:
+            pass  # no bead could be followed (crowded stack): the pooled calibration still works
+    return calibrate_z(locs, n_frames, step_nm, magnification_factor, frame_bounds, path)
+
+
 def calibrate_z_stack(movie, p: LocalizeParameters, step_nm: float, magnification_factor: float = 0.79,
                       frame_bounds=None, track_beads: bool = True, path=None, progress=None,
                       cancel: CancelToken | None = None):
@@ -180,20 +224,15 @@ def calibrate_z_stack(movie, p: LocalizeParameters, step_nm: float, magnificatio
     :class:`~napari_localize.core.zfit.ZCalibration` (its ``diagnostics`` hold the per-position tables,
     the calibration's own z precision in nm and notices about empty positions).
     """
-    from .core.zfit import calibrate_z, calibrate_z_beads
-
-    if not isinstance(movie, Movie):
-        movie = ArrayMovie(movie)
-    locs, _ = localize(movie, p.replace(frame_range=None), progress=progress, cancel=cancel)
-    n_frames = int(movie.shape[0])
-    if len(locs) == 0:
-        raise ValueError("no spots found in the calibration stack: lower the minimum net gradient")
-    if track_beads:
+    steps = calibrate_z_steps(movie, p, step_nm, magnification_factor, frame_bounds, track_beads, path, cancel)
+    next(steps)  # the (0, total) start marker
+    while True:
         try:
-            return calibrate_z_beads(movie, p, step_nm, magnification_factor, frame_bounds, path, locs=locs)
-        except ValueError:
-            pass  # no bead could be followed (crowded stack): the pooled calibration still works
-    return calibrate_z(locs, n_frames, step_nm, magnification_factor, frame_bounds, path)
+            done, total = next(steps)
+        except StopIteration as stop:
+            return stop.value
+        if progress is not None:
+            progress(done, total)
 
 
 def fit_z_frames(frames, locs, p: LocalizeParameters, calibration, options=None, first_frame: int = 0):
@@ -210,6 +249,55 @@ def fit_z_frames(frames, locs, p: LocalizeParameters, calibration, options=None,
     return out[sane(out, frames.shape[-1], frames.shape[-2])]
 
 
+def iter_localize_3d(movie, p: LocalizeParameters, calibration, options=None, cancel: CancelToken | None = None,
+                     chunk_frames: int | None = None, stats: LocalizeStats | None = None):
+    """Localize in 3D chunk by chunk, yielding a :class:`~napari_localize.core.pipeline.Chunk` of 3D locs.
+
+    The per-chunk z fit runs without the outlier filter (whose RMS must be taken over the whole run); apply
+    it with :func:`finish_localize_3d`. Cancelling ``cancel`` raises
+    :class:`~napari_localize.core.pipeline.LocalizeCancelled` before the next chunk.
+    """
+    import dataclasses
+
+    from .core.pipeline import Chunk
+    from .core.zfit import ZFitOptions
+
+    options = options or ZFitOptions()
+    options.validate()
+    per_chunk = dataclasses.replace(options, filter=0.0)
+    if not isinstance(movie, Movie):
+        movie = ArrayMovie(movie)
+    stats = stats if stats is not None else LocalizeStats()
+    for chunk in iter_localize(movie, p, cancel, chunk_frames, stats):
+        t = time.perf_counter()
+        locs = fit_z_frames(chunk.frames, chunk.locs, p, calibration, per_chunk, chunk.start)
+        stats.seconds["fit"] += time.perf_counter() - t
+        yield Chunk(chunk.start, chunk.stop, locs, chunk.frames)
+
+
+def z_filter_limit(d_zcalib, factor: float) -> float:
+    """Picasso's z outlier rule over a whole run: keep ``d_zcalib <= factor * RMS(d_zcalib)``."""
+    d = np.asarray(d_zcalib, float)
+    return factor * float(np.sqrt(np.mean(d**2))) if len(d) else np.inf
+
+
+def finish_localize_3d(parts, movie_info: dict, p: LocalizeParameters, calibration, options, stats: LocalizeStats,
+                       calibration_path=None):
+    """Join the chunks of :func:`iter_localize_3d`, apply the outlier filter over the whole run; return
+    ``(locs, info)`` with the 3D document last in ``info``."""
+    from .core.locs import locs_dtype
+    from .core.zfit import ZFitOptions, with_z_fields, z_document
+
+    options = options or ZFitOptions()
+    locs = np.concatenate(parts) if parts else with_z_fields(np.zeros(0, locs_dtype(p.fit_method)))
+    if options.filter > 0 and len(locs):
+        locs = locs[locs["d_zcalib"] <= z_filter_limit(locs["d_zcalib"], options.filter)]
+    stats.localized = len(locs)
+    info = metadata_documents(movie_info, p, stats)
+    info.append(z_document(calibration, options, GENERATED_BY, calibration_path))
+    return locs, info
+
+
 def localize_movie_3d(movie, p: LocalizeParameters, calibration, options=None, progress=None,
                       cancel: CancelToken | None = None, calibration_path=None):
     """Localize in 3D: 2D localization then z per chunk of frames; return ``(locs, info, stats)``.
@@ -217,16 +305,16 @@ def localize_movie_3d(movie, p: LocalizeParameters, calibration, options=None, p
     ``calibration`` is a :class:`~napari_localize.core.zfit.ZCalibration`; ``options`` a
     :class:`~napari_localize.core.zfit.ZFitOptions` (one outlier policy for the CLI, API and widgets, written
     to the 3D document of ``_locs.yaml``). Locs gain ``z``, ``d_zcalib``, ``lpz`` (nm) after the 2D fields.
+    The outlier filter's RMS is taken over the whole run, so the result does not depend on the chunking.
     """
-    from .core.zfit import ZFitOptions
-
-    options = options or ZFitOptions()
-    options.validate()
     if not isinstance(movie, Movie):
         movie = ArrayMovie(movie)
     stats = LocalizeStats()
-    parts = list(iter_locs(movie, p, progress, cancel, stats, calibration, options))
-    locs = np.concatenate(parts) if parts else np.zeros(0, locs_dtype_for(p, True))
-    stats.localized = len(locs)
-    info = run_documents(movie.info, p, stats, calibration, options, calibration_path)
+    start, stop = p.frame_span(int(movie.shape[-3]))
+    parts = []
+    for chunk in iter_localize_3d(movie, p, calibration, options, cancel, None, stats):
+        parts.append(chunk.locs)
+        if progress is not None:
+            progress(chunk.stop - start, stop - start)
+    locs, info = finish_localize_3d(parts, movie.info, p, calibration, options, stats, calibration_path)
     return locs, info, stats

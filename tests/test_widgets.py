@@ -264,7 +264,7 @@ def test_sample_data_and_demo(make_napari_viewer):
     assert layers[0].data.shape == (SAMPLE.n_frames, SAMPLE.height, SAMPLE.width)
     viewer.layers.clear()
     viewer, widgets = open_demo(viewer)
-    assert set(widgets) == {"Identification", "Photon conversion", "Fit", "Localize"}
+    assert set(widgets) == {"Identification", "Photon conversion", "Fit", "Localize", "3D (astigmatism)"}
     assert widgets["Identification"].count.value.endswith("spots in this frame")
     assert widgets["Photon conversion"].baseline.value == SAMPLE.baseline
 

@@ -17,6 +17,7 @@ import numpy as np
 from psygnal import Signal
 
 from ..core.parameters import LocalizeParameters
+from ..core.zfit import ZFitOptions
 from ..io.movies import ArrayMovie, Movie, open_movie
 
 CONFIG_ENV = "NAPARI_LOCALIZE_CONFIG_DIR"
@@ -99,6 +100,14 @@ class LocalizeSession:
         The movie being localized.
     result : LocalizeResult or None
         The last finished run.
+    zcalibration : ZCalibration or None
+        The astigmatic calibration for 3D (loaded from a YAML or made from a bead stack).
+    zcalibration_path : str or None
+        Its file (``None`` for a calibration kept in memory only).
+    fit_z : bool
+        Whether the next run fits z (only with a calibration; see :meth:`wants_3d`).
+    z_options : ZFitOptions
+        How z is fitted (method, outlier filter, out-of-range policy).
     """
 
     #: emitted with the new parameters after :meth:`update`
@@ -107,12 +116,18 @@ class LocalizeSession:
     movie_changed = Signal(object)
     #: emitted with the :class:`LocalizeResult` of a finished run
     result_changed = Signal(object)
+    #: emitted with the new z calibration (or None)
+    zcalibration_changed = Signal(object)
 
     def __init__(self, viewer, parameters: LocalizeParameters | None = None):
         self._viewer_ref = weakref.ref(viewer)
         self.parameters = parameters if parameters is not None else load_saved_parameters()
         self.movie_layer = None
         self.result: LocalizeResult | None = None
+        self.zcalibration = None
+        self.zcalibration_path: str | None = None
+        self.fit_z = False
+        self.z_options = ZFitOptions()
 
     @property
     def viewer(self):
@@ -126,6 +141,18 @@ class LocalizeSession:
         self.parameters = new
         save_parameters(new)
         self.parameters_changed.emit(new)
+
+    def set_zcalibration(self, calibration, path: str | None = None):
+        """Use ``calibration`` (a :class:`ZCalibration`, or None) for 3D runs; ``path`` is its YAML file."""
+        self.zcalibration = calibration
+        self.zcalibration_path = path if calibration is not None else None
+        if calibration is None:
+            self.fit_z = False
+        self.zcalibration_changed.emit(calibration)
+
+    def wants_3d(self) -> bool:
+        """True when the next run fits z: Fit z is on and a calibration is loaded."""
+        return bool(self.fit_z) and self.zcalibration is not None
 
     def set_movie_layer(self, layer):
         if layer is self.movie_layer:

@@ -347,9 +347,12 @@ class LocalizeWidget(Container):
         start, stop = p.frame_span(movie.shape[0])
         self._pbar = progress(total=stop - start, desc="napari-localize: localizing")
         self.run_button.text = "Cancel"
-        self.status.value = "localizing..."
+        z = None
+        if session.wants_3d():
+            z = (session.zcalibration, session.z_options, session.zcalibration_path)
+        self.status.value = "localizing in 3D..." if z is not None else "localizing..."
         self.files.value = ""
-        gen = localize_steps(movie, p, self._cancel, path, self.chunk_frames, close_movie=owned)
+        gen = localize_steps(movie, p, self._cancel, path, self.chunk_frames, close_movie=owned, z=z)
         self.worker = start_localize(gen, self._on_progress, self._on_returned, self._on_error,
                                      self._on_finished)
         return self.worker
@@ -379,6 +382,8 @@ class LocalizeWidget(Container):
         else:
             self.files.value = f"written: {paths[0]}\n{os.path.basename(paths[1])}"
         self.status.value = f"{len(locs)} localizations in {stats.frames} frames"
+        if "z" in locs.dtype.names:
+            self.status.value = f"{len(locs)} 3D localizations in {stats.frames} frames"
         self.session.result_changed.emit(result)
 
     def _on_error(self, exc):
@@ -409,7 +414,10 @@ class LocalizeWidget(Container):
         else:
             layer = viewer.add_points(coords, name=RESULT_POINTS, features=features, metadata=meta, size=0.6,
                                       border_width=0, out_of_slice_display=False)
-        if len(locs):
+        if len(locs) and "z" in locs.dtype.names:  # 3D: colour by height (nm), blue below, red above
+            layer.face_color = "z"
+            layer.face_colormap = "turbo"
+        elif len(locs):
             layer.face_color = "photons"
             layer.face_colormap = "viridis"
         self._rerender()
@@ -443,9 +451,11 @@ WIDGETS = (("Identification", IdentifyWidget), ("Photon conversion", PhotonWidge
 
 
 def dock_all(viewer) -> dict:
-    """Dock the four panels on the right of ``viewer``; return them by title."""
+    """Dock the panels (and the 3D panel) on the right of ``viewer``; return them by title."""
+    from ._zwidget import ZWidget
+
     docked = {}
-    for title, cls in WIDGETS:
+    for title, cls in (*WIDGETS, (ZWidget.title, ZWidget)):
         widget = cls(viewer)
         viewer.window.add_dock_widget(widget, name=title, area="right", tabify=False)
         docked[title] = widget

@@ -14,7 +14,7 @@ import os
 
 import numpy as np
 
-from ..api import metadata_documents
+from ..api import calibrate_z_steps, finish_localize_3d, iter_localize_3d, metadata_documents
 from ..core.locs import locs_dtype
 from ..core.pipeline import (
     CancelToken,
@@ -39,22 +39,23 @@ class Cancelled:
 
 
 def localize_steps(movie, p, cancel: CancelToken, movie_path: str | None, chunk_frames: int | None = None,
-                   close_movie: bool = False):
+                   close_movie: bool = False, z=None):
     """Generator: localize ``movie`` with ``p``, yielding ``(frames_done, frames_total)`` per chunk.
 
     Returns ``(locs, info, stats, paths)``; ``paths`` is ``None`` when ``movie_path`` is ``None`` (nothing
     written), else the ``_locs.hdf5`` and ``_locs.yaml`` written beside the movie. Returns a
     :class:`Cancelled` instance if ``cancel`` was set before the end. ``close_movie``: close ``movie`` when
-    done, whatever the outcome.
+    done, whatever the outcome. ``z``: ``(calibration, z_options, calibration_path)`` for a 3D run
+    (:func:`~napari_localize.api.iter_localize_3d`, the code of ``localize_movie_3d``), ``None`` for 2D.
     """
     try:
-        return (yield from _localize_steps(movie, p, cancel, movie_path, chunk_frames))
+        return (yield from _localize_steps(movie, p, cancel, movie_path, chunk_frames, z))
     finally:
         if close_movie:
             movie.close()
 
 
-def _localize_steps(movie, p, cancel, movie_path, chunk_frames):
+def _localize_steps(movie, p, cancel, movie_path, chunk_frames, z=None):
     n_frames, height, width = movie.shape
     p.validate(n_frames, height, width)
     start, stop = p.frame_span(n_frames)
@@ -62,21 +63,65 @@ def _localize_steps(movie, p, cancel, movie_path, chunk_frames):
     stats = LocalizeStats()
     parts = []
     yield 0, stop - start
+    if z is None:
+        chunks = iter_localize(movie, p, cancel, step, stats)
+    else:
+        calibration, z_options, _ = z
+        chunks = iter_localize_3d(movie, p, calibration, z_options, cancel, step, stats)
     try:
-        for chunk in iter_localize(movie, p, cancel, step, stats):
+        for chunk in chunks:
             parts.append(chunk.locs)
             yield chunk.stop - start, stop - start
     except LocalizeCancelled:
         return Cancelled()
     if cancel.cancelled:
         return Cancelled()
-    locs = np.concatenate(parts) if parts else np.zeros(0, locs_dtype(p.fit_method))
-    info = metadata_documents(movie.info, p, stats)
+    if z is None:
+        locs = np.concatenate(parts) if parts else np.zeros(0, locs_dtype(p.fit_method))
+        info = metadata_documents(movie.info, p, stats)
+    else:
+        calibration, z_options, calibration_path = z
+        locs, info = finish_localize_3d(parts, movie.info, p, calibration, z_options, stats, calibration_path)
     paths = None
     if movie_path is not None:
         hdf5_path, _ = locs_paths(movie_path)
         paths = save_locs(hdf5_path, locs, info)
     return locs, info, stats, paths
+
+
+def calibrate_steps(movie, p, step_nm: float, magnification_factor: float, track_beads: bool, cancel: CancelToken,
+                    stack_path: str | None, chunk_frames: int | None = None, close_movie: bool = False):
+    """Generator: calibrate astigmatism from the bead z-stack ``movie``, yielding ``(frames_done, total)``.
+
+    The frame range of ``p`` (if set) gives the calibration's frame bounds, as ``calibrate-z --frames`` does.
+    Returns ``(calibration, yaml_path, png_path)``: with a ``stack_path`` the calibration YAML and its PNG are
+    written beside the stack (the names of ``napari-localize calibrate-z``), else both paths are ``None``.
+    Returns :class:`Cancelled` if cancelled before the end (nothing written).
+    """
+    from ..io.calibration import calibration_paths, plot_calibration, save_calibration
+
+    try:
+        n_frames, height, width = movie.shape
+        p.validate(n_frames, height, width)
+        step = chunk_frames or max(1, min(chunk_frames_for(height, width),
+                                          GUI_CHUNK_PIXELS // (height * width)))
+        path = os.path.abspath(stack_path) if stack_path else None
+        try:
+            cal = yield from calibrate_z_steps(movie, p, step_nm, magnification_factor, p.frame_range,
+                                               track_beads, path, cancel, step)
+        except LocalizeCancelled:
+            return Cancelled()
+        if cancel.cancelled:
+            return Cancelled()
+        if stack_path is None:
+            return cal, None, None
+        yaml_path, png_path = calibration_paths(stack_path)
+        save_calibration(yaml_path, cal)
+        plot_calibration(cal, png_path)
+        return cal, yaml_path, png_path
+    finally:
+        if close_movie:
+            movie.close()
 
 
 class SyncWorker:

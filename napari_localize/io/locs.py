@@ -124,6 +124,21 @@ class LocsWriter:
         self._dataset[self.rows:n] = locs
         self.rows = n
 
+    def keep_where(self, predicate):
+        """Keep only the rows for which ``predicate(rows)`` (a boolean array per block of rows) is true.
+
+        The table is compacted in place block by block, so a whole-run filter (one that needs a statistic of
+        every row, like the z outlier rule) never needs the table in memory.
+        """
+        kept_rows = 0
+        for a in range(0, self.rows, self.CHUNK_ROWS):
+            block = self._dataset[a: min(a + self.CHUNK_ROWS, self.rows)]
+            block = block[np.asarray(predicate(block), bool)]
+            self._dataset[kept_rows: kept_rows + len(block)] = block
+            kept_rows += len(block)
+        self._dataset.resize((kept_rows,))
+        self.rows = kept_rows
+
     def commit(self, info: list[dict]) -> tuple[str, str]:
         """Close the table, write the metadata documents and move both files into place; return the paths."""
         self._file.close()

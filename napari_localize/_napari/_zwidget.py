@@ -1,0 +1,302 @@
+"""The 3D (astigmatism) dock widget: load or make a z calibration, and switch the Localize run to 3D.
+
+A calibration comes from a YAML file (ours or Picasso's) or from the bead z-stack open in the viewer (the
+session's movie layer), calibrated in a thread worker with the session's identification, camera and fit
+parameters, exactly as ``napari-localize calibrate-z`` does (same API, same ``<stack>_3d_calib.yaml`` + PNG
+beside the stack). With **Fit z** on, the Localize panel's run fits z too and writes the 3D ``_locs.hdf5``.
+The widget only edits the shared :class:`~._state.LocalizeSession`; the work is done by the API.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import os
+
+import napari
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSpinBox,
+    Label,
+    PushButton,
+)
+from napari.utils import progress
+from napari.utils.notifications import show_error, show_info, show_warning
+
+from ..core.pipeline import CancelToken
+from ..core.zfit import DEFAULT_MAGNIFICATION, ZFitOptions
+from ..io.calibration import load_calibration
+from ._state import session_for
+from ._worker import Cancelled, calibrate_steps, start_localize
+
+Z_METHOD_CHOICES = [("MLE, astigmatic PSF", "mle"), ("Huang, from the widths (as Picasso)", "huang")]
+#: the stage step (nm) a movie's metadata may carry (the simulated bead stack does)
+STEP_KEY = "Step size in nm"
+
+
+def describe_calibration(cal, path: str | None) -> str:
+    """One paragraph about ``cal``: calibrated height range (nm), factor, source, positions and beads."""
+    lo, hi = cal.z_range
+    m = cal.magnification_factor
+    lines = [f"calibrated z: {lo * m:.0f} .. {hi * m:.0f} nm (x magnification factor {m:g}); "
+             f"{cal.n_frames} frames, step {cal.step_nm:g} nm"]
+    d = cal.diagnostics or {}
+    if d:
+        used = d.get("used")
+        count = d.get("count")
+        if used is not None and count is not None:
+            n_used = int(sum(bool(u) for u in used))
+            n_filled = int(sum(1 for u, c in zip(used, count, strict=True) if u and c > 0))
+            lines.append(f"{n_filled} of {n_used} positions with spots")
+        offsets = d.get("bead_offsets_nm")
+        if offsets is not None:
+            lines.append(f"{len(offsets)} beads followed")
+        precision = d.get("z_precision_nm")
+        if precision is not None and math.isfinite(precision):
+            lines.append(f"calibration z precision {precision:.1f} nm (RMSE of its own spots)")
+    lines.append(f"source: {path}" if path else "source: in memory only (not written: the stack has no file)")
+    return "\n".join(lines)
+
+
+class ZWidget(Container):
+    """3D (astigmatism): calibration file or calibration from the open bead stack; Fit z and its options."""
+
+    title = "3D (astigmatism)"
+
+    #: frames per chunk of a calibration run (None: from the frame size)
+    chunk_frames = None
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer):
+        super().__init__(labels=True)
+        self.viewer = napari_viewer
+        self.session = session_for(napari_viewer)
+        opts = self.session.z_options
+        # --- calibration
+        self.calibration_file = FileEdit(label="calibration file", mode="r", filter="*.yaml *.yml",
+                                         tooltip="an astigmatic calibration YAML (ours or Picasso's)")
+        self.magnification = FloatSpinBox(label="magnification factor", value=DEFAULT_MAGNIFICATION, min=0.01,
+                                          max=10, step=0.01,
+                                          tooltip="actual / calibration height (refractive-index mismatch): "
+                                                  "0.79 for an oil objective imaging in water. Loading a file "
+                                                  "shows its stored factor; a change here applies to the "
+                                                  "loaded calibration and to the next calibration")
+        self.load_button = PushButton(text="Load calibration")
+        self.summary = Label(label="", value="no calibration")
+        # --- calibrate from the open stack
+        self.stack = Label(label="bead stack", value="")
+        self.step_nm = FloatSpinBox(label="step (nm)", value=10.0, min=0.01, max=10000, step=1,
+                                    tooltip="stage step between frames of the bead z-stack, nm")
+        self.follow_beads = CheckBox(label="follow beads", value=True,
+                                     tooltip="fit every bead in a fixed box through the stack and remove each "
+                                             "bead's height offset; off: pool all spots per frame as Picasso")
+        self.calibrate_button = PushButton(text="Calibrate from open stack",
+                                           tooltip="calibrate on the movie chosen in the Identification panel "
+                                                   "with its box, net gradient, camera and fit settings; its "
+                                                   "frame range (if set) gives the frame bounds")
+        # --- z fit
+        self.fit_z = CheckBox(label="Fit z", value=False, tooltip="the Localize run also fits z (needs a "
+                                                                   "calibration)")
+        self.z_method = ComboBox(label="z method", choices=Z_METHOD_CHOICES, value=opts.method,
+                                 tooltip="MLE: Poisson maximum likelihood of x, y, z, photons, bg with the "
+                                         "calibrated astigmatic PSF; Huang: z from the fitted widths")
+        self.z_filter = FloatSpinBox(label="outlier filter", value=opts.filter, min=0, max=100, step=0.5,
+                                     tooltip="drop localizations with d_zcalib > this x RMS(d_zcalib); 0 keeps "
+                                             "all")
+        self.extrapolation = FloatSpinBox(label="extrapolation", value=opts.extrapolation, min=0, max=1,
+                                          step=0.05, tooltip="search z up to this fraction of the calibrated "
+                                                             "range past each end")
+        self.drop_out_of_range = CheckBox(label="drop out of range", value=opts.drop_out_of_range,
+                                          tooltip="drop localizations whose z lies beyond the calibrated range")
+        self.status = Label(label="", value="")
+        for label in (self.summary, self.status, self.stack):
+            label.native.setWordWrap(True)
+        self.extend([self.calibration_file, self.magnification, self.load_button, self.summary, self.stack,
+                     self.step_nm, self.follow_beads, self.calibrate_button, self.fit_z, self.z_method,
+                     self.z_filter, self.extrapolation, self.drop_out_of_range, self.status])
+
+        self.worker = None
+        self._cancel = None
+        self._pbar = None
+        self.progress_values: list[tuple[int, int]] = []
+        self.load_button.changed.connect(lambda *_: self.load())
+        self.calibrate_button.changed.connect(self._on_calibrate_button)
+        self.magnification.changed.connect(self._on_magnification)
+        self.fit_z.changed.connect(self._on_fit_z)
+        for w in (self.z_method, self.z_filter, self.extrapolation, self.drop_out_of_range):
+            w.changed.connect(self._on_options)
+        self.session.movie_changed.connect(self._on_movie)
+        self.session.zcalibration_changed.connect(self._show_calibration)
+        self.native.destroyed.connect(self._disconnect)
+        self._on_movie(self.session.movie_layer)
+        self._show_calibration(self.session.zcalibration)
+
+    def _disconnect(self, *_):
+        self.session.movie_changed.disconnect(self._on_movie)
+        self.session.zcalibration_changed.disconnect(self._show_calibration)
+
+    # -- calibration file ---------------------------------------------------------------------
+    def load(self, path=None) -> bool:
+        """Load the calibration YAML ``path`` (default: the file field); report errors in the status."""
+        path = os.fspath(path if path is not None else self.calibration_file.value)
+        if not path or path == "." or os.path.isdir(path):
+            self._fail("choose a calibration YAML file first")
+            return False
+        try:
+            try:
+                cal = load_calibration(path)
+                note = ""
+            except ValueError as exc:
+                if "Magnification factor" not in str(exc):
+                    raise
+                cal = load_calibration(path, float(self.magnification.value))  # an old calibration
+                note = f"; the file stores no magnification factor: using {self.magnification.value:g}"
+        except (ValueError, OSError) as exc:
+            self._fail(f"calibration not loaded: {exc}")
+            return False
+        path = os.path.abspath(path)
+        with self.magnification.changed.blocked():
+            self.magnification.value = float(cal.magnification_factor)
+        self.session.set_zcalibration(cal, path)
+        self.status.value = f"loaded {os.path.basename(path)}{note}"
+        return True
+
+    def _on_magnification(self, value):
+        cal = self.session.zcalibration
+        if cal is not None and cal.magnification_factor != float(value):
+            self.session.set_zcalibration(dataclasses.replace(cal, magnification_factor=float(value)),
+                                          self.session.zcalibration_path)
+
+    def _show_calibration(self, cal):
+        has = cal is not None
+        self.summary.value = describe_calibration(cal, self.session.zcalibration_path) if has else "no calibration"
+        self.fit_z.enabled = has
+        with self.fit_z.changed.blocked():
+            self.fit_z.value = has and self.session.fit_z
+        if has:
+            with self.magnification.changed.blocked():
+                self.magnification.value = float(cal.magnification_factor)
+        self._enable_options()
+
+    # -- calibrate from the open stack -------------------------------------------------------
+    @property
+    def running(self) -> bool:
+        return self._cancel is not None
+
+    def _on_movie(self, layer):
+        if layer is None:
+            self.stack.value = "none: choose the bead stack in the Identification panel"
+            return
+        self.stack.value = layer.name
+        info = (layer.metadata or {}).get("movie_info") or {}
+        step = info.get(STEP_KEY)
+        if step:
+            with contextlib.suppress(TypeError, ValueError):
+                self.step_nm.value = float(step)
+
+    def _on_calibrate_button(self, *_):
+        if self.running:
+            self.cancel()
+        else:
+            self.calibrate()
+
+    def cancel(self):
+        """Stop the calibration before its next chunk; nothing is written."""
+        if self._cancel is not None:
+            self._cancel.cancel()
+            self.status.value = "cancelling..."
+
+    def calibrate(self):
+        """Calibrate on the session's movie layer (a bead z-stack) in a thread worker; return the worker."""
+        if self.running:
+            return None
+        movie, owned = self.session.movie_for_run()
+        if movie is None:
+            show_warning("napari-localize: open a bead z-stack (an image layer) first")
+            self.status.value = "not started: open a bead z-stack and choose it in the Identification panel"
+            return None
+        p = self.session.parameters
+        try:
+            p.validate(*movie.shape)
+            if int(movie.shape[0]) < 2:
+                raise ValueError("a z-stack needs at least 2 frames")
+        except ValueError as exc:
+            if owned:
+                movie.close()
+            self._fail(f"not started: {exc}")
+            return None
+        self._cancel = CancelToken()
+        self.progress_values = []
+        self._pbar = progress(total=int(movie.shape[0]), desc="napari-localize: z calibration")
+        self.calibrate_button.text = "Cancel"
+        self.status.value = "calibrating..."
+        gen = calibrate_steps(movie, p, float(self.step_nm.value), float(self.magnification.value),
+                              bool(self.follow_beads.value), self._cancel, self.session.movie_path(),
+                              self.chunk_frames, close_movie=owned)
+        self.worker = start_localize(gen, self._on_progress, self._on_returned, self._on_error,
+                                     self._on_finished)
+        return self.worker
+
+    def _on_progress(self, value):
+        done, total = value
+        self.progress_values.append((done, total))
+        if self._pbar is not None:
+            self._pbar.n = done
+            self._pbar.refresh()
+        self.status.value = f"calibrating: localized {done} / {total} frames"
+
+    def _on_returned(self, value):
+        if isinstance(value, Cancelled):
+            self.status.value = "calibration cancelled: nothing written"
+            return
+        cal, yaml_path, png_path = value
+        self.session.set_zcalibration(cal, yaml_path)
+        d = cal.diagnostics or {}
+        text = f"calibrated: z precision {d.get('z_precision_nm', float('nan')):.1f} nm"
+        if yaml_path is None:
+            text += "; kept in memory only (this layer has no stack file to write beside)"
+            show_info("napari-localize: the stack layer has no file: the calibration is kept in memory only")
+        else:
+            text += f"; written {yaml_path} and {os.path.basename(png_path)}"
+        for notice in d.get("notices", []):
+            text += f"\nnotice: {notice}"
+        self.status.value = text
+
+    def _on_error(self, exc):
+        self._fail(f"calibration failed: {exc}")
+
+    def _on_finished(self):
+        self._cancel = None
+        self.calibrate_button.text = "Calibrate from open stack"
+        if self._pbar is not None:
+            self._pbar.close()
+            self._pbar = None
+
+    # -- z fit options -----------------------------------------------------------------------
+    def _on_fit_z(self, value):
+        self.session.fit_z = bool(value) and self.session.zcalibration is not None
+        self._enable_options()
+
+    def _on_options(self, *_):
+        options = ZFitOptions(method=self.z_method.value, filter=float(self.z_filter.value),
+                              drop_out_of_range=bool(self.drop_out_of_range.value),
+                              extrapolation=float(self.extrapolation.value))
+        try:
+            options.validate()
+        except ValueError as exc:
+            self._fail(str(exc))
+            return
+        self.session.z_options = options
+
+    def _enable_options(self):
+        on = self.session.wants_3d()
+        for w in (self.z_method, self.z_filter, self.extrapolation, self.drop_out_of_range):
+            w.enabled = on
+
+    def _fail(self, text):
+        self.status.value = text
+        show_error(f"napari-localize: {text}")
+
