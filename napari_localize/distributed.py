@@ -85,6 +85,7 @@ def localize_files_distributed(paths, p: LocalizeParameters | dict, scheduler: s
                     for _, s, _ in parts:
                         for key in ("frames", "identified", "not_converged", "not_sane", "localized"):
                             setattr(stats, key, getattr(stats, key) + getattr(s, key))
+                        stats.device = stats.device or s.device
                         for key, value in s.seconds.items():
                             stats.seconds[key] += value
                     locs = np.concatenate([part[0] for part in parts])
