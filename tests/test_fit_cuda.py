@@ -208,7 +208,7 @@ def test_cli_device_flag(tmp_path, monkeypatch, capsys):
     rc = main(["localize", *common, "--device", "cuda"])
     if _gpu_here():
         assert rc == 0
-        docs = list(yaml.safe_load_all(open(tmp_path / "m_locs.yaml")))
+        docs = list(yaml.safe_load_all((tmp_path / "m_locs.yaml").read_text()))
         assert docs[-1]["Fit device"] == "cuda"
     else:
         assert rc == 2
@@ -217,7 +217,7 @@ def test_cli_device_flag(tmp_path, monkeypatch, capsys):
         assert not (tmp_path / "m_locs.hdf5").exists()
     rc = main(["localize", *common, "--device", "cpu", "--suffix", "_cpu"])
     assert rc == 0
-    docs = list(yaml.safe_load_all(open(tmp_path / "m_cpu_locs.yaml")))
+    docs = list(yaml.safe_load_all((tmp_path / "m_cpu_locs.yaml").read_text()))
     assert docs[-1]["Fit device"] == "cpu"
     with h5py.File(tmp_path / "m_cpu_locs.hdf5", "r") as f:
         assert len(f["locs"]) >= 0.95 * SIM.n_frames * SIM.spots_per_frame
