@@ -209,7 +209,7 @@ def _clamp_params(theta, box):
     theta[ISY] = _lo(_hi(theta[ISY], 0.5 * SIGMA_MIN), float(box))
 
 
-@cuda.jit
+@cuda.jit(cache=True)  # compiled once per machine (seconds), then loaded from numba's cache
 def _fit_kernel(spots, box, mode, eps, max_iterations, theta_out, var_out, obj_out, iterations_out,
                 converged_out):
     n = cuda.grid(1)
