@@ -128,6 +128,7 @@ def cmd_localize(args) -> int:
     if args.output_dir is not None and not os.path.isdir(args.output_dir):
         raise CliError(f"--output-dir {args.output_dir}: no such folder")
     files = _movie_files(args.paths)
+    _set_device(args.device)
     calibration, z_options = _z_setup(args)
     config = _camera_config(args)
     if args.scheduler:
@@ -169,6 +170,18 @@ def cmd_localize(args) -> int:
             f"write {t['write']:.2f} s]"
         )
     return 0 if failures == 0 else 1
+
+
+def _set_device(device):
+    """Apply --device (through $NAPARI_LOCALIZE_DEVICE, so Dask workers started here inherit it) and check it."""
+    from .core.device import DEVICE_ENV, DeviceError, check_device
+
+    if device:
+        os.environ[DEVICE_ENV] = device
+    try:
+        check_device()
+    except DeviceError as exc:
+        raise CliError(str(exc)) from None
 
 
 def _movie_options(args) -> dict:
@@ -296,6 +309,9 @@ def add_localize_parser(sub):
                    help="run on a Dask cluster: 'local' starts one on this machine, or a scheduler address "
                         "such as tcp://10.0.0.5:8786 (the movies must be readable by every worker)")
     g.add_argument("--workers", type=int, help="worker processes of the local cluster (default: cores / 2)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"),
+                   help="MLE/LQ fit engine: auto (a CUDA GPU if present, else the CPU), cpu, or cuda "
+                        "(error without a GPU); default $NAPARI_LOCALIZE_DEVICE, else auto")
     _add_z_options(p)
     p.set_defaults(func=cmd_localize)
 

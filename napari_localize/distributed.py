@@ -90,6 +90,7 @@ def localize_files_distributed(paths, p: LocalizeParameters | dict, scheduler: s
                             writer.append(locs)
                             for key in ("frames", "identified", "not_converged", "not_sane", "localized"):
                                 setattr(stats, key, getattr(stats, key) + getattr(s, key))
+                            stats.device = stats.device or s.device
                             for key, value in s.seconds.items():
                                 stats.seconds[key] += value
                         written = writer.commit(metadata_documents(movie_info, p, stats))[0]

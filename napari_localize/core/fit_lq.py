@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .psf import IB, IN, ISX, ISY, IX, IY, MODE_LSQ, fit_spots
+from .device import fit_spots
+from .psf import IB, IN, ISX, ISY, IX, IY, MODE_LSQ
 
 
 def mortensen_precision(photons, bg, s, s_perp, em=False):
@@ -26,12 +27,15 @@ def mortensen_precision(photons, bg, s, s_perp, em=False):
         return np.sqrt(np.where(var > 0, var, np.nan))
 
 
-def fit_lq(spots, convergence=0.001, max_iterations=100, em=False):
-    """Fit ``(n, box, box)`` photon spots by least squares; return a dict of per-spot columns."""
+def fit_lq(spots, convergence=0.001, max_iterations=100, em=False, device=None):
+    """Fit ``(n, box, box)`` photon spots by least squares; return a dict of per-spot columns.
+
+    ``device`` is ``"cpu"``, ``"cuda"`` or None (chosen by :func:`napari_localize.core.device.select_device`).
+    """
     spots = np.asarray(spots)
     box = spots.shape[-1]
     r = box // 2
-    theta, _, obj, iterations, converged = fit_spots(spots, MODE_LSQ, convergence, max_iterations)
+    theta, _, obj, iterations, converged = fit_spots(spots, MODE_LSQ, convergence, max_iterations, device)
     photons = theta[:, IN]
     bg = theta[:, IB]
     sx = theta[:, ISX]

@@ -9,20 +9,22 @@ from __future__ import annotations
 
 import numpy as np
 
-from .psf import IB, IN, ISX, ISY, IX, IY, MODE_POISSON, fit_spots
+from .device import fit_spots
+from .psf import IB, IN, ISX, ISY, IX, IY, MODE_POISSON
 
 
-def fit_mle(spots, convergence=0.001, max_iterations=100, em=False):
+def fit_mle(spots, convergence=0.001, max_iterations=100, em=False, device=None):
     """Fit ``(n, box, box)`` photon spots; return a dict of per-spot columns.
 
     Positions ``dx``, ``dy`` are relative to the box centre pixel (pixels). Also returns photons, bg
     (photons per pixel), sx, sy (pixels), lpx, lpy (pixels), photons_unc, bg_unc, sx_unc, sy_unc,
-    log_likelihood, iterations and converged.
+    log_likelihood, iterations and converged. ``device`` is ``"cpu"``, ``"cuda"`` or None (chosen by
+    :func:`napari_localize.core.device.select_device`).
     """
     spots = np.asarray(spots)
     box = spots.shape[-1]
     r = box // 2
-    theta, var, ll, iterations, converged = fit_spots(spots, MODE_POISSON, convergence, max_iterations)
+    theta, var, ll, iterations, converged = fit_spots(spots, MODE_POISSON, convergence, max_iterations, device)
     if em:
         var = var * 2.0
     with np.errstate(invalid="ignore"):

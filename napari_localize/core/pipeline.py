@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .camera import adu_to_photons
+from .device import select_device
 from .fit_avg import fit_avg
 from .fit_lq import fit_lq
 from .fit_mle import fit_mle
@@ -58,6 +59,8 @@ class LocalizeStats:
     not_converged: int = 0
     not_sane: int = 0
     localized: int = 0
+    #: fit engine that ran, "cpu" or "cuda" (set at the start of the run)
+    device: str = ""
     seconds: dict = field(default_factory=lambda: {"read": 0.0, "identify": 0.0, "fit": 0.0, "write": 0.0})
 
     def as_dict(self) -> dict:
@@ -67,6 +70,7 @@ class LocalizeStats:
             "Fits not converged (dropped)": int(self.not_converged),
             "Fits failing the sanity filter (dropped)": int(self.not_sane),
             "Localizations": int(self.localized),
+            "Fit device": self.device or "cpu",
         }
 
 
@@ -80,12 +84,15 @@ class Chunk:
     frames: np.ndarray | None = None
 
 
-def fit_spots_by_method(spots_photons, p: LocalizeParameters):
+def fit_spots_by_method(spots_photons, p: LocalizeParameters, device: str | None = None):
+    """Fit photon spots with ``p.fit_method`` on ``device`` ("cpu", "cuda"; None: chosen automatically)."""
     em = p.em_gain > 1
+    if device is None:
+        device = select_device(p.box_size, p.fit_method)
     if p.fit_method == "mle":
-        return fit_mle(spots_photons, p.convergence, p.max_iterations, em)
+        return fit_mle(spots_photons, p.convergence, p.max_iterations, em, device)
     if p.fit_method == "lq":
-        return fit_lq(spots_photons, p.convergence, p.max_iterations, em)
+        return fit_lq(spots_photons, p.convergence, p.max_iterations, em, device)
     return fit_avg(spots_photons, em)
 
 
@@ -97,6 +104,8 @@ def localize_frames(frames, p: LocalizeParameters, first_frame: int = 0, stats: 
     counted in ``stats``.
     """
     stats = stats if stats is not None else LocalizeStats()
+    if not stats.device:
+        stats.device = select_device(p.box_size, p.fit_method)
     frames = np.asarray(frames)
     if frames.ndim == 2:
         frames = frames[None]
@@ -106,7 +115,7 @@ def localize_frames(frames, p: LocalizeParameters, first_frame: int = 0, stats: 
     t1 = time.perf_counter()
     spots = cut_spots(frames, ids["frame"] - first_frame, ids["y"], ids["x"], p.box_size)
     photons = adu_to_photons(spots, p.baseline, p.sensitivity, p.em_gain)
-    fit = fit_spots_by_method(photons, p)
+    fit = fit_spots_by_method(photons, p, stats.device)
     t2 = time.perf_counter()
     stats.seconds["identify"] += t1 - t0
     stats.seconds["fit"] += t2 - t1
@@ -148,6 +157,9 @@ def iter_localize(movie, p: LocalizeParameters, cancel: CancelToken | None = Non
     n_frames, height, width = (int(s) for s in movie.shape[-3:])
     p.validate(n_frames, height, width)
     stats = stats if stats is not None else LocalizeStats()
+    if not stats.device:
+        # the engine is chosen (and a missing GPU reported) before the first frame is read
+        stats.device = select_device(p.box_size, p.fit_method)
     start, stop = p.frame_span(n_frames)
     step = chunk_frames or chunk_frames_for(height, width)
     bounds = [(a, min(a + step, stop)) for a in range(start, stop, step)]
