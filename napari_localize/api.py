@@ -98,7 +98,8 @@ def fit_z_frames(frames, locs, p: LocalizeParameters, calibration, options=None,
     frames = np.asarray(frames)
     spots = None
     if options.method == "mle" and len(locs):
-        spots = cut_boxes(frames, locs, first_frame, p.box_size, p.baseline, p.sensitivity, p.em_gain)
+        spots = cut_boxes(frames, locs, first_frame, options.z_box(p.box_size), p.baseline, p.sensitivity,
+                          p.em_gain)
     out, _ = fit_z(locs, calibration, p.pixelsize, p.fit_method, options, spots, frames.shape[-2:])
     return out[sane(out, frames.shape[-1], frames.shape[-2])]
 
@@ -109,7 +110,8 @@ def localize_movie_3d(movie, p: LocalizeParameters, calibration, options=None, p
 
     ``calibration`` is a :class:`~napari_localize.core.zfit.ZCalibration`; ``options`` a
     :class:`~napari_localize.core.zfit.ZFitOptions` (one outlier policy for the CLI, API and widgets, written
-    to the 3D document of ``_locs.yaml``). Locs gain ``z``, ``d_zcalib``, ``lpz`` (nm) after the 2D fields.
+    to the 3D document of ``_locs.yaml``). Locs gain ``z``, ``d_zcalib``, ``lpz`` (nm) after the 2D fields
+    (and ``z_gof`` with the z MLE).
     """
     from .core.pipeline import LocalizeCancelled, chunk_frames_for, localize_frames
     from .core.zfit import ZFitOptions, z_document
@@ -139,7 +141,7 @@ def localize_movie_3d(movie, p: LocalizeParameters, calibration, options=None, p
         from .core.locs import locs_dtype
         from .core.zfit import with_z_fields
 
-        locs = with_z_fields(np.zeros(0, locs_dtype(p.fit_method)))
+        locs = with_z_fields(np.zeros(0, locs_dtype(p.fit_method)), gof=options.method == "mle")
     stats.localized = len(locs)
     info = metadata_documents(movie.info, p, stats)
     info.append(z_document(calibration, options, GENERATED_BY, calibration_path))

@@ -155,8 +155,12 @@ def test_z_of_blinking_spots_against_truth(calibration, blinking, method):
     q, frames, truth = blinking
     options = zfit.ZFitOptions(method=method)
     locs, info, _ = localize_movie_3d(frames, PARAMS, calibration, options)
-    assert list(locs.dtype.names[-3:]) == [f[0] for f in Z_FIELDS]
-    assert all(locs.dtype[f[0]] == np.float32 for f in Z_FIELDS)
+    # z_gof: the standardised deviance of the astigmatic MLE (N(0, 1) for clean spots); huang fits no pixels
+    extra = ["z_gof"] if method == "mle" else []
+    assert list(locs.dtype.names[-3 - len(extra):]) == [f[0] for f in Z_FIELDS] + extra
+    assert all(locs.dtype[f] == np.float32 for f in [f[0] for f in Z_FIELDS] + extra)
+    if method == "mle":
+        assert abs(float(np.mean(locs["z_gof"]))) < 0.3 and 0.7 < float(np.std(locs["z_gof"])) < 1.4
     idx = _match(locs, truth)
     assert (idx >= 0).mean() > 0.95
     err = locs["z"][idx >= 0] - truth["z"][idx[idx >= 0]]
@@ -266,7 +270,7 @@ def test_cli_calibrate_and_localize_3d(tmp_path, stack, blinking, capsys):
     h5 = tmp_path / "blink.ome_locs.hdf5"
     with h5py.File(h5, "r") as f:
         locs = f["locs"][...]
-    assert locs.dtype.names[-3:] == ("z", "d_zcalib", "lpz")
+    assert locs.dtype.names[-4:] == ("z", "d_zcalib", "lpz", "z_gof")
     idx = _match(locs, truth)
     err = locs["z"][idx >= 0] - truth["z"][idx[idx >= 0]]
     assert np.sqrt(np.mean(err**2)) < 40.0
