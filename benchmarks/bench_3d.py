@@ -3,7 +3,8 @@
 Picasso: the bead z-stack is localized with its default GUI fit (LQ, ``picasso.localize.localize``) and
 calibrated with ``picasso.zfit.calibrate_z``; the blinking movie goes through its CLI,
 ``python -m picasso localize movie -a lq-3d -zc cal.yaml -mf 1 ...`` (LQ 2D fit, then z, filter 0). Ours:
-``calibrate_z_stack`` on the same stack and ``localize_movie_3d`` with each z method and 2D fit.
+``calibrate_z_stack`` on the same stack and ``localize_movie_3d`` with each z method and 2D fit, and
+variants of the z MLE (box size, neighbour model, goodness-of-fit filter).
 
 The blinking spots have log-normal photons (mean ``--photons``, spread ``--photon-spread``) and heights
 uniform over the whole calibrated range and ``--beyond`` nm past each end (real samples do not stop at the
@@ -71,8 +72,15 @@ def _stats(e):
             "tail": float(np.mean(a > 100)), "p99": float(np.percentile(a, 99)), "bias": float(np.mean(e))}
 
 
-def summarise(name, z, frame, x, y, truth, z_range, bins, verbose=True):
-    """Error statistics of ``z`` (nm) against the truth; returns a dict (all, inside, beyond, jaccard)."""
+def summarise(name, z, frame, x, y, truth, z_range, bins, verbose=True, lpz=None):
+    """Error statistics of ``z`` (nm) against the truth; returns a dict (all, inside, beyond, jaccard).
+
+    With ``lpz`` (nm, the reported precision) also ``crlb_ratio`` = RMSE / RMS(lpz) of the matched locs (1 is
+    an efficient estimator whose errors are as large as its Cramér-Rao bound says) and the expected fraction
+    of |error| > 100 nm for Gaussian errors of sd lpz.
+    """
+    from math import erfc, sqrt
+
     idx = match(np.asarray(frame), np.asarray(x), np.asarray(y), truth)
     m = idx >= 0
     tp = int(m.sum())
@@ -82,10 +90,18 @@ def summarise(name, z, frame, x, y, truth, z_range, bins, verbose=True):
     inside = (zt >= z_range[0]) & (zt <= z_range[1])
     n_in_truth = int(((truth["z"] >= z_range[0]) & (truth["z"] <= z_range[1])).sum())
     res = {"all": _stats(err), "inside": _stats(err[inside]), "beyond": _stats(err[~inside]), "jaccard": jac,
-           "recall_inside": int(inside.sum()) / max(n_in_truth, 1), "n": len(z)}
+           "recall_inside": int(inside.sum()) / max(n_in_truth, 1), "n": len(z), "crlb_ratio": np.nan,
+           "tail_expected": np.nan}
+    if lpz is not None and len(err):
+        lp = np.asarray(lpz, float)[m]
+        res["crlb_ratio"] = float(np.sqrt(np.mean(err**2)) / np.sqrt(np.mean(lp**2)))
+        res["tail_expected"] = float(np.mean([erfc(100.0 / (sqrt(2.0) * v)) for v in lp]))
     if verbose:
         print(f"\n{name}: {len(z)} locs, Jaccard {jac:.3f}, recall inside the calibrated range "
               f"{res['recall_inside']:.3f}")
+        if lpz is not None:
+            print(f"  RMSE / RMS(lpz) {res['crlb_ratio']:.3f}; |e|>100 nm expected from lpz "
+                  f"{100 * res['tail_expected']:.2f} %")
         for k in ("all", "inside", "beyond"):
             s = res[k]
             print(f"  {k:7s} n {s['n']:5d}  RMSE {s['rmse']:6.1f}  median|e| {s['med']:5.1f}  "
@@ -170,7 +186,7 @@ def main(argv=None):
     results = {"picasso lq-3d (CLI)": summarise(f"picassosr CLI lq-3d [{t_p:.1f} s incl. start-up]",
                                                 plocs["z"].to_numpy(), plocs["frame"].to_numpy(),
                                                 plocs["x"].to_numpy(), plocs["y"].to_numpy(), truth, z_range,
-                                                bins)}
+                                                bins, lpz=plocs["lpz"].to_numpy())}
 
     # ---- ours
     p = LocalizeParameters(box_size=BOX, min_net_gradient=MIN_NET_GRADIENT, baseline=BASELINE,
@@ -178,27 +194,35 @@ def main(argv=None):
     cal = calibrate_z_stack(sframes, p, args.step, 1.0)
     print(f"\nour calibration: {cal.diagnostics['method']}, own z precision "
           f"{cal.diagnostics['z_precision_nm']:.1f} nm")
-    for fit2d in ("mle", "lq"):
+    variants = [  # (name, 2D fit, z options)
+        ("2D mle, z mle (default)", "mle", ZFitOptions()),
+        ("2D lq, z mle", "lq", ZFitOptions()),
+        ("2D mle, z mle box 9, no neighbours (before)", "mle", ZFitOptions(box_size=BOX, neighbours=False)),
+        ("2D mle, z mle box 9", "mle", ZFitOptions(box_size=BOX)),
+        ("2D mle, z mle box 11", "mle", ZFitOptions(box_size=BOX + 2)),
+        ("2D mle, z mle, max_gof 4", "mle", ZFitOptions(max_gof=4.0)),
+        ("2D mle, z mle, drop edge", "mle", ZFitOptions(drop_out_of_range=True)),
+        ("2D mle, z huang", "mle", ZFitOptions(method="huang")),
+        ("2D lq, z huang", "lq", ZFitOptions(method="huang")),
+    ]
+    for name, fit2d, opt in variants:
         p2 = p.replace(fit_method=fit2d)
-        for method in ("mle", "huang"):
-            for drop in (False, True):
-                opt = ZFitOptions(method=method, drop_out_of_range=drop)
-                localize_movie_3d(bframes[:2], p2, cal, opt)  # JIT warm-up
-                t = time.perf_counter()
-                locs, _, _ = localize_movie_3d(bframes, p2, cal, opt)
-                dt = time.perf_counter() - t
-                key = f"ours 2D {fit2d}, z {method}{', drop edge' if drop else ''}"
-                results[key] = summarise(f"napari-localize {key} [{dt:.1f} s]", locs["z"], locs["frame"],
-                                         locs["x"], locs["y"], truth, z_range, bins)
+        localize_movie_3d(bframes[:2], p2, cal, opt)  # JIT warm-up
+        t = time.perf_counter()
+        locs, _, _ = localize_movie_3d(bframes, p2, cal, opt)
+        dt = time.perf_counter() - t
+        key = f"ours {name}"
+        results[key] = summarise(f"napari-localize {key} [{dt:.1f} s]", locs["z"], locs["frame"], locs["x"],
+                                 locs["y"], truth, z_range, bins, lpz=locs["lpz"])
     ref = results["picasso lq-3d (CLI)"]
     print("\nsummary (RMSE, median |e| in nm; tail = |e| > 100 nm; ratio = RMSE / picassosr's):")
-    print(f"  {'':36s} {'all: RMSE':>9s} {'ratio':>5s} {'med':>5s} {'tail%':>6s} | "
-          f"{'inside: RMSE':>12s} {'ratio':>5s} {'tail%':>6s} | Jaccard")
+    print(f"  {'':52s} {'all: RMSE':>9s} {'ratio':>5s} {'med':>5s} {'tail%':>6s} | "
+          f"{'inside: RMSE':>12s} {'ratio':>5s} {'tail%':>6s} | Jaccard | RMSE/lpz")
     for k, r in results.items():
         a, i = r["all"], r["inside"]
-        print(f"  {k:36s} {a['rmse']:9.1f} {a['rmse'] / ref['all']['rmse']:5.2f} {a['med']:5.1f} "
+        print(f"  {k:52s} {a['rmse']:9.1f} {a['rmse'] / ref['all']['rmse']:5.2f} {a['med']:5.1f} "
               f"{100 * a['tail']:6.2f} | {i['rmse']:12.1f} {i['rmse'] / ref['inside']['rmse']:5.2f} "
-              f"{100 * i['tail']:6.2f} | {r['jaccard']:.3f}")
+              f"{100 * i['tail']:6.2f} | {r['jaccard']:.3f}   | {r['crlb_ratio']:.2f}")
 
 
 if __name__ == "__main__":

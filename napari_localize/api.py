@@ -83,13 +83,15 @@ def iter_locs(movie, p: LocalizeParameters, progress=None, cancel: CancelToken |
         yield chunk.locs
 
 
-def locs_dtype_for(p: LocalizeParameters, three_d: bool = False) -> np.dtype:
-    """The dtype of the table a run with ``p`` writes (3D adds ``z``, ``d_zcalib``, ``lpz``)."""
+def locs_dtype_for(p: LocalizeParameters, z_options=None) -> np.dtype:
+    """The dtype of the table a run with ``p`` writes: 2D, or with ``z_options`` (a
+    :class:`~napari_localize.core.zfit.ZFitOptions`) the 3D fields ``z``, ``d_zcalib``, ``lpz`` (+ ``z_gof``
+    for the z MLE)."""
     dtype = locs_dtype(p.fit_method)
-    if three_d:
+    if z_options is not None:
         from .core.zfit import with_z_fields
 
-        dtype = with_z_fields(np.zeros(0, dtype)).dtype
+        dtype = with_z_fields(np.zeros(0, dtype), gof=z_options.method == "mle").dtype
     return dtype
 
 
@@ -147,7 +149,7 @@ def localize_to_file_steps(movie, p: LocalizeParameters, hdf5_path, cancel: Canc
     yield 0, stop - start
     done = []
     d_sum_sq = 0.0  # for the z outlier filter, whose RMS is over the whole run
-    with LocsWriter(hdf5_path, locs_dtype_for(p, calibration is not None)) as writer:
+    with LocsWriter(hdf5_path, locs_dtype_for(p, z_options if calibration is not None else None)) as writer:
         for locs in iter_locs(movie, p, lambda d, t: done.append(d), cancel, stats, calibration, z_options,
                               chunk_frames):
             t = time.perf_counter()
@@ -244,7 +246,8 @@ def fit_z_frames(frames, locs, p: LocalizeParameters, calibration, options=None,
     frames = np.asarray(frames)
     spots = None
     if options.method == "mle" and len(locs):
-        spots = cut_boxes(frames, locs, first_frame, p.box_size, p.baseline, p.sensitivity, p.em_gain)
+        spots = cut_boxes(frames, locs, first_frame, options.z_box(p.box_size), p.baseline, p.sensitivity,
+                          p.em_gain)
     out, _ = fit_z(locs, calibration, p.pixelsize, p.fit_method, options, spots, frames.shape[-2:])
     return out[sane(out, frames.shape[-1], frames.shape[-2])]
 
@@ -285,16 +288,14 @@ def finish_localize_3d(parts, movie_info: dict, p: LocalizeParameters, calibrati
                        calibration_path=None):
     """Join the chunks of :func:`iter_localize_3d`, apply the outlier filter over the whole run; return
     ``(locs, info)`` with the 3D document last in ``info``."""
-    from .core.locs import locs_dtype
-    from .core.zfit import ZFitOptions, with_z_fields, z_document
+    from .core.zfit import ZFitOptions
 
     options = options or ZFitOptions()
-    locs = np.concatenate(parts) if parts else with_z_fields(np.zeros(0, locs_dtype(p.fit_method)))
+    locs = np.concatenate(parts) if parts else np.zeros(0, locs_dtype_for(p, options))
     if options.filter > 0 and len(locs):
         locs = locs[locs["d_zcalib"] <= z_filter_limit(locs["d_zcalib"], options.filter)]
     stats.localized = len(locs)
-    info = metadata_documents(movie_info, p, stats)
-    info.append(z_document(calibration, options, GENERATED_BY, calibration_path))
+    info = run_documents(movie_info, p, stats, calibration, options, calibration_path)
     return locs, info
 
 
@@ -304,7 +305,8 @@ def localize_movie_3d(movie, p: LocalizeParameters, calibration, options=None, p
 
     ``calibration`` is a :class:`~napari_localize.core.zfit.ZCalibration`; ``options`` a
     :class:`~napari_localize.core.zfit.ZFitOptions` (one outlier policy for the CLI, API and widgets, written
-    to the 3D document of ``_locs.yaml``). Locs gain ``z``, ``d_zcalib``, ``lpz`` (nm) after the 2D fields.
+    to the 3D document of ``_locs.yaml``). Locs gain ``z``, ``d_zcalib``, ``lpz`` (nm) after the 2D fields
+    (and ``z_gof`` with the z MLE).
     The outlier filter's RMS is taken over the whole run, so the result does not depend on the chunking.
     """
     if not isinstance(movie, Movie):

@@ -233,7 +233,8 @@ def _z_setup(args):
     except ValueError as exc:
         raise CliError(f"--zcalib {exc}") from None
     options = ZFitOptions(method=args.z_method, filter=args.z_filter, extrapolation=args.z_extrapolation,
-                          drop_out_of_range=args.z_drop_out_of_range)
+                          drop_out_of_range=args.z_drop_out_of_range, box_size=args.z_box_size,
+                          neighbours=not args.z_no_neighbours, max_gof=args.z_max_gof)
     try:
         options.validate()
     except ValueError as exc:
@@ -256,6 +257,13 @@ def _add_z_options(p):
                         "bound are dropped (default 0.25)")
     g.add_argument("--z-drop-out-of-range", action="store_true",
                    help="drop localizations whose z lies beyond the calibrated range")
+    g.add_argument("--z-box-size", type=int, default=0,
+                   help="mle: box (odd, pixels) the astigmatic PSF is fitted in; 0: the 2D box + 4 (default 0)")
+    g.add_argument("--z-no-neighbours", action="store_true",
+                   help="mle: do not add the light of the frame's other localizations to the model")
+    g.add_argument("--z-max-gof", type=float, default=0.0,
+                   help="mle: drop localizations with z_gof (standardised Poisson deviance of the fit, about "
+                        "N(0,1) for one clean spot) above this; 0 keeps all (default 0)")
 
 
 def _add_parameter_options(p, frames_help: str):

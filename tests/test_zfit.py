@@ -28,7 +28,7 @@ from napari_localize.io.calibration import (
     plot_calibration,
     save_calibration,
 )
-from napari_localize.io.locs import save_locs
+from napari_localize.io.locs import load_locs, save_locs
 from napari_localize.io.movies.write import write_movie
 
 BASELINE = 100.0
@@ -155,8 +155,12 @@ def test_z_of_blinking_spots_against_truth(calibration, blinking, method):
     q, frames, truth = blinking
     options = zfit.ZFitOptions(method=method)
     locs, info, _ = localize_movie_3d(frames, PARAMS, calibration, options)
-    assert list(locs.dtype.names[-3:]) == [f[0] for f in Z_FIELDS]
-    assert all(locs.dtype[f[0]] == np.float32 for f in Z_FIELDS)
+    # z_gof: the standardised deviance of the astigmatic MLE (N(0, 1) for clean spots); huang fits no pixels
+    extra = ["z_gof"] if method == "mle" else []
+    assert list(locs.dtype.names[-3 - len(extra):]) == [f[0] for f in Z_FIELDS] + extra
+    assert all(locs.dtype[f] == np.float32 for f in [f[0] for f in Z_FIELDS] + extra)
+    if method == "mle":
+        assert abs(float(np.mean(locs["z_gof"]))) < 0.3 and 0.7 < float(np.std(locs["z_gof"])) < 1.4
     idx = _match(locs, truth)
     assert (idx >= 0).mean() > 0.95
     err = locs["z"][idx >= 0] - truth["z"][idx[idx >= 0]]
@@ -266,7 +270,7 @@ def test_cli_calibrate_and_localize_3d(tmp_path, stack, blinking, capsys):
     h5 = tmp_path / "blink.ome_locs.hdf5"
     with h5py.File(h5, "r") as f:
         locs = f["locs"][...]
-    assert locs.dtype.names[-3:] == ("z", "d_zcalib", "lpz")
+    assert locs.dtype.names[-4:] == ("z", "d_zcalib", "lpz", "z_gof")
     idx = _match(locs, truth)
     err = locs["z"][idx >= 0] - truth["z"][idx[idx >= 0]]
     assert np.sqrt(np.mean(err**2)) < 40.0
@@ -274,6 +278,20 @@ def test_cli_calibrate_and_localize_3d(tmp_path, stack, blinking, capsys):
         docs = list(yaml.safe_load_all(fh))
     assert docs[-1]["Magnification factor"] == 1.0
     assert docs[-1]["Z Calibration Path"] == os.path.abspath(cal_path)
+    # the z MLE's box, neighbour model and goodness-of-fit policy from the CLI, recorded in _locs.yaml
+    assert main(["localize", str(movie_path), "--zcalib", str(cal_path), *common, "--z-box-size", "11",
+                 "--z-max-gof", "2.5", "--z-no-neighbours", "--suffix", "_g"]) == 0
+    with h5py.File(tmp_path / "blink.ome_g_locs.hdf5", "r") as f:
+        gof = f["locs"]["z_gof"]
+    assert len(gof) < len(locs) and np.all(gof <= 2.5)
+    with open(tmp_path / "blink.ome_g_locs.yaml") as fh:
+        doc = list(yaml.safe_load_all(fh))[-1]
+    assert doc["Z fit box size"] == 11 and doc["Z max goodness of fit (z_gof)"] == 2.5
+    assert doc["Z fit models neighbours"] is False
+    assert main(["localize", str(movie_path), "--zcalib", str(cal_path), "--z-box-size", "10", "--suffix",
+                 "_b"]) == 2
+    assert not (tmp_path / "blink.ome_b_locs.hdf5").exists()
+    assert "z fit box size" in capsys.readouterr().err
     # bad input: one-line errors, nothing written
     assert main(["localize", str(movie_path), "--zcalib", str(tmp_path / "nope.yaml"), "--suffix", "_x"]) == 2
     assert not (tmp_path / "blink.ome_x_locs.hdf5").exists()
@@ -352,3 +370,131 @@ def test_fit_range_stops_where_a_width_curve_turns_back():
     flo, fhi = zfit.fit_range(cal2, 0.5)
     assert flo == pytest.approx(-200.0)  # the low end extends the full 0.5 x 200 nm
     assert hi < fhi <= 150.0 + 0.3  # the high end stops at wx's minimum
+
+
+# ------------------------------------------------------------------------------------------ neighbours, z_gof
+def test_deviance_moments_match_the_poisson_distribution():
+    from scipy.stats import poisson
+
+    for mu in (0.05, 0.7, 3.0, 12.0, 19.9, 20.0, 45.0, 300.0):
+        k = np.arange(0, int(mu + 30 * np.sqrt(mu) + 40))
+        pk = poisson.pmf(k, mu)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            dev = 2 * np.where(k > 0, k * np.log(k / mu), 0.0) - 2 * (k - mu)
+        mean = float(np.sum(pk * dev))
+        var = float(np.sum(pk * dev**2)) - mean**2
+        m, v = zfit._deviance_moments(mu)
+        assert m == pytest.approx(mean, rel=2e-3) and v == pytest.approx(var, rel=5e-3)
+
+
+def _astig_boxes(cal, n, box, z, photons=2500.0, bg=20.0, neighbour=None, seed=0):
+    """Poisson boxes of one astigmatic spot (true widths from ``cal`` at ``z``) at the box centre (+-0.3 px),
+    plus, if given, ``neighbour = (dx, dy, photons, sx, sy)`` relative to the spot. Returns boxes, the
+    truth, and the neighbour's expected light per box."""
+    from napari_localize.core.simulate import expected_image
+
+    rng = np.random.default_rng(seed)
+    r = box // 2
+    x = r + rng.uniform(-0.3, 0.3, n)
+    y = r + rng.uniform(-0.3, 0.3, n)
+    wx, wy = cal.widths(np.full(n, float(z)))
+    boxes = np.empty((n, box, box))
+    light = np.zeros((n, box, box))
+    for i in range(n):
+        mu = expected_image(box, box, [x[i]], [y[i]], [photons], wx[i], wy[i], bg)
+        if neighbour is not None:
+            dx, dy, nph, nsx, nsy = neighbour
+            light[i] = expected_image(box, box, [x[i] + dx], [y[i] + dy], [nph], nsx, nsy, 0.0)
+        boxes[i] = rng.poisson(mu + light[i])
+    return boxes, x, y, light
+
+
+def _mle(cal, boxes, x, y, photons, bg, z0, extra=None):
+    lo, hi = zfit.fit_range(cal)
+    return zfit.fit_z_mle(boxes, x, y, np.full(len(x), photons), np.full(len(x), bg), np.full(len(x), z0), cal,
+                          z_bounds=(lo, hi), extra=extra)
+
+
+def test_z_gof_flags_an_overlapping_second_spot(calibration):
+    """One clean spot per box: z_gof ~ N(0, 1). A second, unmodelled spot 2.5 px away: z_gof is large."""
+    box, n = 11, 120
+    clean, x, y, _ = _astig_boxes(calibration, n, box, 200.0, seed=3)
+    _, _, _, gof = _mle(calibration, clean, x, y, 2500.0, 20.0, 150.0)
+    assert abs(float(np.mean(gof))) < 0.3 and 0.75 < float(np.std(gof)) < 1.3
+    assert np.mean(gof > 4) < 0.02
+    double, x, y, _ = _astig_boxes(calibration, n, box, 200.0, neighbour=(2.5, 0.0, 2000.0, 1.2, 1.2), seed=4)
+    _, _, _, gof2 = _mle(calibration, double, x, y, 2500.0, 20.0, 150.0)
+    assert np.mean(gof2 > 4) > 0.9
+
+
+def test_neighbour_light_in_the_model_removes_the_bias(calibration):
+    """A bright neighbour whose tail reaches into the box widens the fit; with its light in the model the
+    heights are back on the truth and the fits are clean (z_gof ~ N(0, 1))."""
+    box, n, z = 13, 120, -300.0
+    nb = (6.0, 0.0, 3000.0, 2.0, 1.2)
+    boxes, x, y, light = _astig_boxes(calibration, n, box, z, neighbour=nb, seed=5)
+    t0, _, _, gof0 = _mle(calibration, boxes, x, y, 2500.0, 20.0, -250.0)
+    t1, crlb, _, gof1 = _mle(calibration, boxes, x, y, 2500.0, 20.0, -250.0, extra=light)
+    err0 = t0[:, 4] - z
+    err1 = t1[:, 4] - z
+    lpz = float(np.sqrt(np.mean(crlb[:, 4])))
+    assert abs(float(np.mean(err1))) < 0.4 * lpz
+    assert np.sqrt(np.mean(err1**2)) < 0.7 * np.sqrt(np.mean(err0**2))
+    assert np.mean(gof0) > 3 and abs(float(np.mean(gof1))) < 0.4
+
+
+def test_neighbour_light_renders_the_other_spots_of_the_frame():
+    from napari_localize.core.simulate import expected_image
+
+    # three spots: 0 and 1 in frame 0 (5 px apart), 2 alone in frame 1 at the same place as 0
+    frame = np.array([0, 0, 1])
+    x = np.array([20.3, 25.1, 20.3])
+    y = np.array([30.6, 31.2, 30.6])
+    photons = np.array([1000.0, 2000.0, 1500.0])
+    sx = np.array([1.1, 1.6, 1.0])
+    sy = np.array([1.3, 0.9, 1.0])
+    bx, by = np.rint(x), np.rint(y)
+    light = zfit.neighbour_light(frame, x, y, photons, sx, sy, bx, by, 9)
+    # box of spot 0 holds spot 1's light (independent rendering of the whole frame), nothing of spot 2
+    img = expected_image(64, 64, [x[1]], [y[1]], [photons[1]], sx[1], sy[1], 0.0)
+    want = img[int(by[0]) - 4: int(by[0]) + 5, int(bx[0]) - 4: int(bx[0]) + 5]
+    assert np.allclose(light[0], want, atol=1e-9)
+    assert light[0].sum() > 1.0
+    assert np.all(light[2] == 0)
+
+
+def test_max_gof_policy_and_z_box(calibration, blinking):
+    _, frames, truth = blinking
+    with pytest.raises(ValueError, match="box size"):
+        zfit.ZFitOptions(box_size=8).validate()
+    with pytest.raises(ValueError, match="max_gof"):
+        zfit.ZFitOptions(max_gof=-1).validate()
+    assert zfit.ZFitOptions().z_box(9) == 13 and zfit.ZFitOptions(box_size=7).z_box(9) == 7
+    all_, _, _ = localize_movie_3d(frames, PARAMS, calibration, zfit.ZFitOptions())
+    cut, info, _ = localize_movie_3d(frames, PARAMS, calibration, zfit.ZFitOptions(max_gof=1.0))
+    assert len(cut) == int((all_["z_gof"] <= 1.0).sum()) < len(all_)
+    assert info[-1]["Z max goodness of fit (z_gof)"] == 1.0 and info[-1]["Z fit box size"] == "2D box + 4"
+    # the wider box (default) is at least as accurate as the 2D box on the same spots
+    small, _, _ = localize_movie_3d(frames, PARAMS, calibration, zfit.ZFitOptions(box_size=9))
+    rmse = [np.sqrt(np.mean(_z_errors(v, truth)[0] ** 2)) for v in (all_, small)]
+    assert rmse[0] <= 1.02 * rmse[1]
+
+
+@pytest.mark.parametrize("method", ["mle", "huang"])
+def test_streamed_3d_file_equals_the_in_memory_run_with_a_whole_run_filter(tmp_path, calibration, blinking,
+                                                                           method):
+    """Written chunk by chunk (7 frames each), the z filter's RMS still comes from the whole run."""
+    from napari_localize.api import localize_to_file
+
+    _, frames, _ = blinking
+    options = zfit.ZFitOptions(method=method, filter=1.0)
+    whole, info, _ = localize_movie_3d(frames, PARAMS, calibration, options)
+    unfiltered, _, _ = localize_movie_3d(frames, PARAMS, calibration, zfit.ZFitOptions(method=method))
+    assert 0 < len(whole) < len(unfiltered)  # the filter dropped some
+    (h5, _), stats = localize_to_file(frames, PARAMS, tmp_path / "b_locs.hdf5", calibration=calibration,
+                                      z_options=options, chunk_frames=7)
+    streamed, streamed_info = load_locs(h5)
+    assert streamed.dtype == whole.dtype and ("z_gof" in streamed.dtype.names) == (method == "mle")
+    np.testing.assert_array_equal(streamed, whole)
+    assert stats.localized == len(whole)
+    assert streamed_info[-1]["Filter range"] == 1.0

@@ -12,7 +12,10 @@ Two ways to get a localization's z:
 ``"mle"``
     a Poisson maximum-likelihood fit of x, y, photons, bg and z directly to the pixels, with the widths tied
     to z by the calibration (the astigmatic PSF model); its Cramér-Rao bound gives ``lpz``. It starts from the
-    ``"huang"`` result.
+    ``"huang"`` result. Its box is by default 4 pixels wider than the 2D box (defocused spots are wide), and
+    the light of the frame's other localizations (their 2D fits) is part of the model. ``z_gof``, the
+    standardised Poisson deviance of the fit (about N(0, 1) for a box holding one calibrated spot), flags
+    boxes the model does not explain; ``ZFitOptions.max_gof`` can drop them.
 
 In both, z (nm) = z_calibration * magnification factor (refractive-index mismatch), ``d_zcalib = sqrt(D)``
 and ``lpz`` is the axial precision (nm). The stage position of frame f of F is ``-(f*step - (F-1)*step/2)``.
@@ -44,6 +47,8 @@ _GRID_POINTS = 512
 DEFAULT_EXTRAPOLATION = 0.25
 #: narrowest width (pixels) an extrapolated calibration may reach
 _MIN_WIDTH = 0.3
+#: the z MLE's box extends the 2D box by this many pixels on each side by default (see ZFitOptions.box_size)
+Z_BOX_MARGIN = 2
 
 
 # ------------------------------------------------------------------------------------------ calibration
@@ -623,8 +628,9 @@ _NZ = 5  # x, y, photons, bg, z
 
 
 @njit(cache=True, nogil=True)
-def _model_z(th, box, cx, cy, mu, J, J6, t6, scratch):
-    """Astigmatic model at ``th = (x, y, N, b, z)``; widths from the calibration; J: d mu / d th."""
+def _model_z(th, box, cx, cy, extra, mu, J, J6, t6, scratch):
+    """Astigmatic model at ``th = (x, y, N, b, z)`` plus the fixed ``extra`` photons per pixel (neighbours);
+    widths from the calibration; J: d mu / d th."""
     wx = _poly(cx, th[4])
     wy = _poly(cy, th[4])
     if wx < 0.3 or wy < 0.3:
@@ -636,6 +642,8 @@ def _model_z(th, box, cx, cy, mu, J, J6, t6, scratch):
     t6[ISX] = wx
     t6[ISY] = wy
     model(t6, box, mu, J6, scratch)
+    for p in range(box * box):
+        mu[p] += extra[p]
     if J.shape[0] > 0:
         dwx = _dpoly(cx, th[4])
         dwy = _dpoly(cy, th[4])
@@ -660,11 +668,104 @@ def _loglik(data, mu):
 
 
 @njit(cache=True, nogil=True)
-def fit_spot_z(spot, box, cx, cy, lo, hi, th, max_iterations, crlb):
+def _deviance_moments(mu):
+    """Mean and variance of one pixel's Poisson deviance ``2 (x ln(x/mu) - (x - mu))`` for ``x ~ Poisson(mu)``.
+
+    Summed over the distribution below 20 photons, the large-mu expansions ``1 + 1/(6 mu) + 1/(6 mu^2)`` and
+    ``2 + 2/(3 mu)`` above (they agree with the sums to < 0.1 % there).
+    """
+    if mu >= 20.0:
+        return 1.0 + 1.0 / (6.0 * mu) + 1.0 / (6.0 * mu * mu), 2.0 + 2.0 / (3.0 * mu)
+    if mu <= 0.0:
+        return 0.0, 0.0
+    log_mu = math.log(mu)
+    kmax = int(mu + 12.0 * math.sqrt(mu) + 12.0)
+    m1 = 0.0
+    m2 = 0.0
+    for k in range(kmax + 1):
+        pk = math.exp(k * log_mu - mu - math.lgamma(k + 1.0))
+        d = 2.0 * mu if k == 0 else 2.0 * (k * math.log(k / mu) - (k - mu))
+        m1 += pk * d
+        m2 += pk * d * d
+    return m1, max(m2 - m1 * m1, 1e-12)
+
+
+@njit(cache=True, nogil=True)
+def _gof(loglik, mu, n_params):
+    """Standardised deviance ``(D - E[D]) / sd(D)`` of a fit; ``D = -2 loglik`` (saturated-model ratio).
+
+    ``E[D]`` and ``var(D)`` are summed over the pixels for Poisson counts of the fitted means ``mu``, minus
+    ``n_params`` fitted parameters from the mean. About N(0, 1) when the box holds just the model.
+    """
+    e = 0.0
+    v = 0.0
+    for p in range(mu.shape[0]):
+        a, b = _deviance_moments(mu[p])
+        e += a
+        v += b
+    return (-2.0 * loglik - (e - n_params)) / math.sqrt(v)
+
+
+@njit(cache=True, nogil=True)
+def _add_spot(img, x, y, photons, sx, sy):
+    """Add a pixel-integrated Gaussian (``photons`` at ``x, y`` box pixels, widths ``sx, sy``) to ``img``."""
+    box = img.shape[0]
+    if not (sx > 0.0 and sy > 0.0 and photons > 0.0):
+        return
+    kx = 1.0 / (math.sqrt(2.0) * sx)
+    ky = 1.0 / (math.sqrt(2.0) * sy)
+    ex = np.empty(box)
+    for m in range(box):
+        ex[m] = 0.5 * (math.erf((m + 0.5 - x) * kx) - math.erf((m - 0.5 - x) * kx))
+    for k in range(box):
+        ey = 0.5 * (math.erf((k + 0.5 - y) * ky) - math.erf((k - 0.5 - y) * ky))
+        for m in range(box):
+            img[k, m] += photons * ey * ex[m]
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _neighbour_light(starts, order, x, y, photons, sx, sy, bx, by, box, out):
+    r = box // 2
+    for g in prange(starts.shape[0] - 1):
+        for a in range(starts[g], starts[g + 1]):
+            i = order[a]
+            for c in range(starts[g], starts[g + 1]):
+                j = order[c]
+                if j == i:
+                    continue
+                reach = r + 0.5 + 5.0 * max(sx[j], sy[j])
+                if abs(x[j] - bx[i]) > reach or abs(y[j] - by[i]) > reach:
+                    continue
+                _add_spot(out[i], x[j] - bx[i] + r, y[j] - by[i] + r, photons[j], sx[j], sy[j])
+
+
+def neighbour_light(frame, x, y, photons, sx, sy, bx, by, box_size: int):
+    """Expected photons of the other localizations of the same frame in each box: ``(n, box, box)``.
+
+    ``x, y`` (pixels), ``photons``, ``sx, sy`` (pixels) are the 2D fits; ``bx, by`` the integer box centres.
+    The z MLE adds this light to its model, so a neighbour's tail does not widen the spot it fits.
+    """
+    n = len(x)
+    out = np.zeros((n, box_size, box_size))
+    if n == 0:
+        return out
+    frame = np.asarray(frame, np.int64)
+    order = np.argsort(frame, kind="stable")
+    fs = frame[order]
+    starts = np.concatenate([[0], np.nonzero(np.diff(fs))[0] + 1, [n]]).astype(np.int64)
+    f64 = [np.ascontiguousarray(v, float) for v in (x, y, photons, sx, sy, bx, by)]
+    _neighbour_light(starts, order.astype(np.int64), *f64, int(box_size), out)
+    return out
+
+
+@njit(cache=True, nogil=True)
+def fit_spot_z(spot, box, cx, cy, lo, hi, th, max_iterations, crlb, extra):
     """Poisson MLE of ``th = (x, y, photons, bg, z)`` (box pixels, photons, calibration nm) in place.
 
+    ``extra`` (box*box photons) is added to the model and not fitted: the light of neighbouring spots.
     Levenberg-Marquardt on the log-likelihood with Fisher scoring; every step must improve the likelihood.
-    ``crlb`` receives the CRLB variances. Returns ``(log-likelihood, converged)``.
+    ``crlb`` receives the CRLB variances. Returns ``(log-likelihood, converged, goodness of fit)``: the
+    log-likelihood ratio to the saturated model and :func:`_gof` of the final model.
     """
     P = box * box
     mu = np.empty(P)
@@ -681,8 +782,8 @@ def fit_spot_z(spot, box, cx, cy, lo, hi, th, max_iterations, crlb):
     L = np.zeros((_NZ, _NZ))
     step = np.empty(_NZ)
     trial = np.empty(_NZ)
-    if not _model_z(th, box, cx, cy, mu, J, J6, t6, scratch):
-        return -np.inf, False
+    if not _model_z(th, box, cx, cy, extra, mu, J, J6, t6, scratch):
+        return -np.inf, False, np.nan
     obj = _loglik(spot, mu)
     o = obj
     lam = 1e-3
@@ -714,7 +815,7 @@ def fit_spot_z(spot, box, cx, cy, lo, hi, th, max_iterations, crlb):
                 trial[4] = min(max(trial[4], lo), hi)
                 trial[0] = min(max(trial[0], -0.5), box - 0.5)
                 trial[1] = min(max(trial[1], -0.5), box - 0.5)
-                if _model_z(trial, box, cx, cy, mu_t, noJ, no6, t6, scratch):
+                if _model_z(trial, box, cx, cy, extra, mu_t, noJ, no6, t6, scratch):
                     o = _loglik(spot, mu_t)
                     if o >= obj - 1e-12 * abs(obj):
                         accepted = True
@@ -729,7 +830,7 @@ def fit_spot_z(spot, box, cx, cy, lo, hi, th, max_iterations, crlb):
             th[a] = trial[a]
         obj = o
         lam = max(lam * 0.1, 1e-9)
-        _model_z(th, box, cx, cy, mu, J, J6, t6, scratch)
+        _model_z(th, box, cx, cy, extra, mu, J, J6, t6, scratch)
         if small:
             converged = True
             break
@@ -749,39 +850,43 @@ def fit_spot_z(spot, box, cx, cy, lo, hi, th, max_iterations, crlb):
             crlb[:] = np.nan
             break
         crlb[i] = col[i]
-    return obj, converged
+    return obj, converged, _gof(obj, mu, _NZ)
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def _fit_z_batch(spots, box, cx, cy, lo, hi, theta, crlb, ll, ok, max_iterations):
+def _fit_z_batch(spots, extra, box, cx, cy, lo, hi, theta, crlb, ll, gof, ok, max_iterations):
     for n in prange(spots.shape[0]):
         spot = spots[n].ravel().astype(np.float64)
+        light = extra[n].ravel()
         best = theta[n].copy()
         t = theta[n].copy()
         c = np.empty(_NZ)
-        o, conv = fit_spot_z(spot, box, cx, cy, lo, hi, t, max_iterations, c)
+        o, conv, q = fit_spot_z(spot, box, cx, cy, lo, hi, t, max_iterations, c, light)
         best[:] = t
         best_o = o
+        best_q = q
         best_c = c.copy()
         best_conv = conv
         # second start at the mirror height: astigmatic widths are nearly symmetric, guard the wrong branch
         t2 = theta[n].copy()
         t2[4] = min(max(-theta[n, 4], lo), hi)
         if abs(t2[4] - theta[n, 4]) > 0.05 * (hi - lo):
-            o2, conv2 = fit_spot_z(spot, box, cx, cy, lo, hi, t2, max_iterations, c)
+            o2, conv2, q2 = fit_spot_z(spot, box, cx, cy, lo, hi, t2, max_iterations, c, light)
             if o2 > best_o:
                 best[:] = t2
                 best_o = o2
+                best_q = q2
                 best_c[:] = c
                 best_conv = conv2
         theta[n, :] = best
         crlb[n, :] = best_c
         ll[n] = best_o
+        gof[n] = best_q
         ok[n] = best_conv
 
 
 def fit_z_mle(spots, x0, y0, photons0, bg0, z0, cal: ZCalibration, max_iterations: int = 100,
-              z_bounds: tuple[float, float] | None = None):
+              z_bounds: tuple[float, float] | None = None, extra=None):
     """Astigmatic-PSF Poisson MLE of ``(x, y, photons, bg, z)`` for a stack of photon boxes.
 
     Parameters
@@ -793,12 +898,15 @@ def fit_z_mle(spots, x0, y0, photons0, bg0, z0, cal: ZCalibration, max_iteration
     cal : ZCalibration
     z_bounds : (lo, hi) or None
         Heights (calibration nm) z is kept in; the calibrated range if None (see :func:`fit_range`).
+    extra : (n, box, box) photons or None
+        Known light added to each model and not fitted (neighbouring spots, :func:`neighbour_light`).
 
     Returns
     -------
     theta : (n, 5) fitted x, y (box pixels), photons, bg, z (calibration nm)
     crlb : (n, 5) Cramér-Rao variances of the same
     converged : (n,) bool
+    gof : (n,) standardised Poisson deviance of each fit (about N(0, 1) for a box that holds just the model)
     """
     spots = np.ascontiguousarray(spots, np.float32)
     n = len(spots)
@@ -808,13 +916,18 @@ def fit_z_mle(spots, x0, y0, photons0, bg0, z0, cal: ZCalibration, max_iteration
     theta[bad, 4] = 0.0
     crlb = np.full((n, _NZ), np.nan)
     ll = np.empty(n)
+    gof = np.full(n, np.nan)
     ok = np.zeros(n, bool)
     lo, hi = cal.z_range if z_bounds is None else z_bounds
     if n:
-        _fit_z_batch(spots, spots.shape[-1], np.ascontiguousarray(cal.x_coefficients),
-                     np.ascontiguousarray(cal.y_coefficients), float(lo), float(hi), theta, crlb, ll, ok,
+        extra = np.zeros(spots.shape) if extra is None else np.ascontiguousarray(extra, float)
+        if extra.shape != spots.shape:
+            raise ValueError(f"fit_z_mle: extra light must have the shape of the spots {spots.shape}, got "
+                             f"{extra.shape}")
+        _fit_z_batch(spots, extra, spots.shape[-1], np.ascontiguousarray(cal.x_coefficients),
+                     np.ascontiguousarray(cal.y_coefficients), float(lo), float(hi), theta, crlb, ll, gof, ok,
                      int(max_iterations))
-    return theta, crlb, ok
+    return theta, crlb, ok, gof
 
 
 # ------------------------------------------------------------------------------------------ locs -> 3D locs
@@ -834,12 +947,32 @@ class ZFitOptions:
     extrapolation : float
         z is searched up to this fraction of the calibrated range past each end (see :func:`fit_range`).
         A fit that ends on the bound of the search is always dropped: it reports the bound, not a height.
+    box_size : int
+        ``"mle"``: side (pixels, odd) of the box the astigmatic PSF is fitted in; 0 (default) uses the 2D
+        box size + 4 (:data:`Z_BOX_MARGIN` pixels each side). A defocused spot is wide: a larger box holds
+        more of its width information (smaller ``lpz``); with ``neighbours`` the extra pixels cost no
+        accuracy in crowded frames (``benchmarks/RESULTS.md``, 3D).
+    neighbours : bool
+        ``"mle"``: add the light of the other localizations of the frame (their 2D fits) to the model, so
+        a neighbour's tail in the box does not widen the spot being fitted.
+    max_gof : float
+        ``"mle"``: if > 0, drop localizations whose goodness of fit ``z_gof`` exceeds it. ``z_gof`` is the
+        standardised Poisson deviance of the astigmatic fit, ``(D - E[D]) / sd(D)``: about N(0, 1) when the
+        box holds one spot of the calibrated shape, large when it holds more (an unmodelled neighbour, two
+        overlapping emitters). 0 is off.
     """
 
     method: str = "mle"
     filter: float = 0.0
     drop_out_of_range: bool = False
     extrapolation: float = DEFAULT_EXTRAPOLATION
+    box_size: int = 0
+    neighbours: bool = True
+    max_gof: float = 0.0
+
+    def z_box(self, box_size_2d: int) -> int:
+        """The box side (pixels) the z MLE cuts, given the 2D fit's box."""
+        return int(self.box_size) if self.box_size else int(box_size_2d) + 2 * Z_BOX_MARGIN
 
     def validate(self):
         if self.method not in Z_METHODS:
@@ -849,11 +982,22 @@ class ZFitOptions:
         if not 0 <= self.extrapolation <= 1:
             raise ValueError(f"z extrapolation must be in [0, 1] (fraction of the calibrated range), got "
                              f"{self.extrapolation}")
+        if self.box_size and (int(self.box_size) != self.box_size or self.box_size < 3 or self.box_size % 2 == 0):
+            raise ValueError(f"z fit box size must be an odd number of pixels >= 3 (or 0: the 2D box + "
+                             f"{2 * Z_BOX_MARGIN}), got {self.box_size}")
+        if not self.max_gof >= 0:
+            raise ValueError(f"z goodness-of-fit limit (max_gof) must be >= 0 (0 is off), got {self.max_gof}")
 
 
-def with_z_fields(locs) -> np.ndarray:
-    """A copy of ``locs`` with the 3D fields ``z, d_zcalib, lpz`` appended (zeros)."""
-    dtype = np.dtype(locs.dtype.descr + [f for f in Z_FIELDS if f[0] not in locs.dtype.names])
+#: our 3D field after Picasso's ``z, d_zcalib, lpz`` when z comes from the astigmatic MLE: ``z_gof``, the
+#: standardised Poisson deviance of the fit (see :class:`ZFitOptions`); ``"huang"`` fits no pixels, has none
+Z_EXTRA_FIELDS = [("z_gof", "<f4")]
+
+
+def with_z_fields(locs, gof: bool = False) -> np.ndarray:
+    """A copy of ``locs`` with the 3D fields ``z, d_zcalib, lpz`` (and ``z_gof`` if ``gof``) appended (zeros)."""
+    fields = Z_FIELDS + (Z_EXTRA_FIELDS if gof else [])
+    dtype = np.dtype(locs.dtype.descr + [f for f in fields if f[0] not in locs.dtype.names])
     out = np.zeros(len(locs), dtype)
     for name in locs.dtype.names:
         out[name] = locs[name]
@@ -897,8 +1041,9 @@ def fit_z(locs, cal: ZCalibration, pixelsize: float, fit_method: str = "mle", op
     se_y = width_se_nm(sy, locs["photons"], locs["bg"], pixelsize, sx,
                        locs["sy_unc"] if "sy_unc" in names else None, "mle" if fit_method == "mle" else "lq")
     lpz = axial_precision(z_cal, sx, sy, se_x, se_y, cal, pixelsize)
-    out = with_z_fields(locs)
-    if options.method == "mle" and spots is not None and len(locs):
+    mle = options.method == "mle" and spots is not None
+    out = with_z_fields(locs, gof=mle)
+    if mle and len(locs):
         box = spots.shape[-1]
         r = box // 2
         h_img, w_img = (int(v) for v in image_shape) if image_shape is not None else (10**9, 10**9)
@@ -906,9 +1051,13 @@ def fit_z(locs, cal: ZCalibration, pixelsize: float, fit_method: str = "mle", op
         by = np.clip(np.rint(locs["y"]), r, h_img - 1 - r)
         x0 = np.asarray(locs["x"], float) - bx + r
         y0 = np.asarray(locs["y"], float) - by + r
-        theta, crlb, conv = fit_z_mle(spots, x0, y0, locs["photons"], locs["bg"], z_cal, cal,
-                                       z_bounds=(flo, fhi))
+        extra = None
+        if options.neighbours:
+            extra = neighbour_light(locs["frame"], locs["x"], locs["y"], locs["photons"], sx, sy, bx, by, box)
+        theta, crlb, conv, gof = fit_z_mle(spots, x0, y0, locs["photons"], locs["bg"], z_cal, cal,
+                                            z_bounds=(flo, fhi), extra=extra)
         good = conv & np.isfinite(theta[:, 4]) & np.isfinite(crlb[:, 4]) & (crlb[:, 4] > 0)
+        out["z_gof"] = gof  # NaN (row dropped below) where the model could not be evaluated at all
         z_cal = np.where(good, theta[:, 4], z_cal)
         lpz = np.where(good, M * np.sqrt(np.where(good, crlb[:, 4], 1.0)), lpz)
         D = np.where(good, _d_at(sx, sy, cal, z_cal), D)
@@ -918,12 +1067,16 @@ def fit_z(locs, cal: ZCalibration, pixelsize: float, fit_method: str = "mle", op
     out["d_zcalib"] = np.sqrt(D)
     out["lpz"] = lpz
     keep = np.isfinite(out["z"]) & np.isfinite(out["d_zcalib"]) & np.isfinite(out["lpz"])
+    if mle:
+        keep &= np.isfinite(out["z_gof"])
     # a fit on the bound of the search reports the bound, not a height
     edge = 1e-6 * (hi - lo)
     if options.extrapolation > 0:
         keep &= (z_cal > flo + edge) & (z_cal < fhi - edge)
     if options.drop_out_of_range:
         keep &= (z_cal > lo + edge) & (z_cal < hi - edge)
+    if options.max_gof > 0 and mle:
+        keep &= out["z_gof"] <= options.max_gof
     if options.filter > 0 and keep.any():
         rms = math.sqrt(float(np.mean(out["d_zcalib"][keep].astype(float) ** 2)))
         keep &= out["d_zcalib"] <= options.filter * rms
@@ -951,6 +1104,10 @@ def z_document(cal: ZCalibration, options: ZFitOptions, generated_by: str, calib
         "Z fit range in nm": [float(v) for v in fit_range(cal, options.extrapolation)],
         "Z drop fits at the fit range bound": bool(options.extrapolation > 0),
     }
+    if options.method == "mle":
+        doc["Z fit box size"] = int(options.box_size) if options.box_size else f"2D box + {2 * Z_BOX_MARGIN}"
+        doc["Z fit models neighbours"] = bool(options.neighbours)
+        doc["Z max goodness of fit (z_gof)"] = float(options.max_gof)
     doc.update(cal.as_picasso_dict())
     doc["Magnification Factor"] = float(cal.magnification_factor)
     return doc
