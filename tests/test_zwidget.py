@@ -270,3 +270,38 @@ def test_threaded_calibration_cancel_then_run(make_napari_viewer, qtbot, tmp_pat
     assert zw.progress_values[-1] == (BEADS.n_frames, BEADS.n_frames)
     assert sorted(os.listdir(tmp_path)) == ["beads.ome.tif", "beads.ome_3d_calib.png", "beads.ome_3d_calib.yaml"]
     assert zw.session.zcalibration_path == os.fspath(tmp_path / "beads.ome_3d_calib.yaml") and zw.fit_z.enabled
+
+
+def test_every_z_policy_of_the_cli_is_in_the_widget(make_napari_viewer, tmp_path, cli_calibration, blinking, sync):
+    """The widget's z options give the same run as the CLI flags (one outlier policy for both)."""
+    from napari_localize.cli import main as cli_main
+
+    frames, _, folder = blinking
+    path = _write(folder, "policy.ome.tif", frames)
+    viewer = make_napari_viewer()
+    viewer.open(path, plugin="napari-localize")
+    w = _dock(viewer)
+    zw, loc = w["3D (astigmatism)"], w["Localize"]
+    assert zw.load(cli_calibration)
+    zw.fit_z.value = True
+    zw.z_box_size.value = 11
+    zw.neighbours.value = False
+    zw.max_gof.value = 3.0
+    zw.z_filter.value = 2.0
+    assert zw.session.z_options == ZFitOptions(method="mle", filter=2.0, box_size=11, neighbours=False, max_gof=3.0)
+    loc.run()
+    p = loc.session.parameters
+    assert cli_main(["localize", path, "--suffix", "_cli", "--zcalib", cli_calibration, "--z-box-size", "11",
+                     "--z-no-neighbours", "--z-max-gof", "3", "--z-filter", "2", "--box-size", str(p.box_size),
+                     "--min-net-gradient", str(p.min_net_gradient), "--baseline", str(p.baseline),
+                     "--sensitivity", str(p.sensitivity), "--gain", str(p.em_gain),
+                     "--pixelsize", str(p.pixelsize)]) == 0
+    with h5py.File(folder / "policy.ome_locs.hdf5") as f:
+        gui = f["locs"][...]
+    with h5py.File(folder / "policy.ome_cli_locs.hdf5") as f:
+        cli = f["locs"][...]
+    assert len(gui) > 0
+    np.testing.assert_array_equal(gui, cli)
+    # an even z box is refused with a message naming it; the last valid options stay
+    zw.z_box_size.value = 12
+    assert "box" in zw.status.value and zw.session.z_options.box_size == 11

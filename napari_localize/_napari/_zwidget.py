@@ -23,6 +23,7 @@ from magicgui.widgets import (
     FloatSpinBox,
     Label,
     PushButton,
+    SpinBox,
 )
 from napari.utils import progress
 from napari.utils.notifications import show_error, show_info, show_warning
@@ -111,12 +112,20 @@ class ZWidget(Container):
                                                              "range past each end")
         self.drop_out_of_range = CheckBox(label="drop out of range", value=opts.drop_out_of_range,
                                           tooltip="drop localizations whose z lies beyond the calibrated range")
+        self.z_box_size = SpinBox(label="z box (px)", value=opts.box_size, min=0, max=41, step=1,
+                                  tooltip="MLE: odd box the astigmatic PSF is fitted in; 0: the 2D box + 4")
+        self.neighbours = CheckBox(label="model neighbours", value=opts.neighbours,
+                                   tooltip="MLE: add the light of the frame's other localizations to the model")
+        self.max_gof = FloatSpinBox(label="max z_gof", value=opts.max_gof, min=0, max=1000, step=0.5,
+                                    tooltip="MLE: drop localizations whose goodness of fit z_gof (about N(0,1) "
+                                            "for one clean spot) exceeds this; 0 keeps all")
         self.status = Label(label="", value="")
         for label in (self.summary, self.status, self.stack):
             label.native.setWordWrap(True)
         self.extend([self.calibration_file, self.magnification, self.load_button, self.summary, self.stack,
                      self.step_nm, self.follow_beads, self.calibrate_button, self.fit_z, self.z_method,
-                     self.z_filter, self.extrapolation, self.drop_out_of_range, self.status])
+                     self.z_filter, self.extrapolation, self.drop_out_of_range, self.z_box_size,
+                     self.neighbours, self.max_gof, self.status])
 
         self.worker = None
         self._cancel = None
@@ -126,7 +135,7 @@ class ZWidget(Container):
         self.calibrate_button.changed.connect(self._on_calibrate_button)
         self.magnification.changed.connect(self._on_magnification)
         self.fit_z.changed.connect(self._on_fit_z)
-        for w in (self.z_method, self.z_filter, self.extrapolation, self.drop_out_of_range):
+        for w in self._option_widgets():
             w.changed.connect(self._on_options)
         self.session.movie_changed.connect(self._on_movie)
         self.session.zcalibration_changed.connect(self._show_calibration)
@@ -283,7 +292,9 @@ class ZWidget(Container):
     def _on_options(self, *_):
         options = ZFitOptions(method=self.z_method.value, filter=float(self.z_filter.value),
                               drop_out_of_range=bool(self.drop_out_of_range.value),
-                              extrapolation=float(self.extrapolation.value))
+                              extrapolation=float(self.extrapolation.value),
+                              box_size=int(self.z_box_size.value), neighbours=bool(self.neighbours.value),
+                              max_gof=float(self.max_gof.value))
         try:
             options.validate()
         except ValueError as exc:
@@ -291,9 +302,13 @@ class ZWidget(Container):
             return
         self.session.z_options = options
 
+    def _option_widgets(self):
+        return (self.z_method, self.z_filter, self.extrapolation, self.drop_out_of_range, self.z_box_size,
+                self.neighbours, self.max_gof)
+
     def _enable_options(self):
         on = self.session.wants_3d()
-        for w in (self.z_method, self.z_filter, self.extrapolation, self.drop_out_of_range):
+        for w in self._option_widgets():
             w.enabled = on
 
     def _fail(self, text):
