@@ -80,7 +80,8 @@ def iter_locs(movie, p: LocalizeParameters, progress=None, cancel: CancelToken |
     for chunk in chunks:
         if progress is not None:
             progress(chunk.stop - start, stop - start)
-        yield chunk.locs
+        locs, chunk = chunk.locs, None  # let the chunk's frames go before the next chunk is fitted
+        yield locs
 
 
 def locs_dtype_for(p: LocalizeParameters, z_options=None) -> np.dtype:
@@ -275,7 +276,9 @@ def iter_localize_3d(movie, p: LocalizeParameters, calibration, options=None, ca
         t = time.perf_counter()
         locs = fit_z_frames(chunk.frames, chunk.locs, p, calibration, per_chunk, chunk.start)
         stats.seconds["fit"] += time.perf_counter() - t
-        yield Chunk(chunk.start, chunk.stop, locs, chunk.frames)
+        out, chunk = Chunk(chunk.start, chunk.stop, locs, chunk.frames), None
+        yield out
+        out = None
 
 
 def z_filter_limit(d_zcalib, factor: float) -> float:
