@@ -498,3 +498,22 @@ def test_streamed_3d_file_equals_the_in_memory_run_with_a_whole_run_filter(tmp_p
     np.testing.assert_array_equal(streamed, whole)
     assert stats.localized == len(whole)
     assert streamed_info[-1]["Filter range"] == 1.0
+
+
+def test_picasso_opens_the_streamed_3d_mle_file(tmp_path, calibration, blinking):
+    """The default 3D output (z MLE, with z_gof, appended chunk by chunk) opens in Picasso unchanged."""
+    import picasso.io
+
+    from napari_localize.api import localize_to_file
+
+    _, frames, _ = blinking
+    (h5, _), stats = localize_to_file(frames, PARAMS, tmp_path / "s_locs.hdf5", calibration=calibration,
+                                      chunk_frames=11)
+    ours, _ = load_locs(h5)
+    plocs, pinfo = picasso.io.load_locs(h5)
+    assert len(plocs) == len(ours) == stats.localized > 0
+    assert list(plocs.columns) == list(ours.dtype.names) and list(plocs.columns)[-4:] == ["z", "d_zcalib", "lpz",
+                                                                                          "z_gof"]
+    np.testing.assert_array_equal(np.asarray(plocs["z"]), ours["z"])
+    assert pinfo[-1]["Z fit method"] == "astigmatic PSF maximum likelihood"
+    assert pinfo[-1]["Z fit models neighbours"] is True
