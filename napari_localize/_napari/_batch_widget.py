@@ -24,7 +24,7 @@ from ..core.pipeline import CancelToken, LocalizeCancelled
 from ..io.locs import locs_paths
 from ..io.movies import list_movies, open_movie
 from ._state import session_for
-from ._worker import start_localize
+from ._worker import CancellableRun, start_localize
 
 
 @dataclass
@@ -142,7 +142,7 @@ def dask_batch_steps(paths, p, cancel: CancelToken, scheduler: str, suffix: str 
     return outcomes
 
 
-class BatchWidget(Container):
+class BatchWidget(CancellableRun, Container):
     """Localize all movies of a folder with the parameters set in the other panels."""
 
     def __init__(self, napari_viewer: napari.viewer.Viewer):
@@ -165,17 +165,13 @@ class BatchWidget(Container):
         for label in (self.found, self.status, self.results):
             label.native.setWordWrap(True)
         self.folder.changed.connect(self._on_folder)
-        self.run_button.changed.connect(self._on_button)
+        self.run_button.changed.connect(lambda *_: self._run_or_cancel(self.run))
         self.paths: list[str] = []
         self.outcomes: list[BatchOutcome] = []
         self.events: list[BatchEvent] = []
         self.worker = None
         self._cancel = None
         self._pbar = None
-
-    @property
-    def running(self) -> bool:
-        return self._cancel is not None
 
     def _on_folder(self, *_):
         folder = os.fspath(self.folder.value)
@@ -187,17 +183,6 @@ class BatchWidget(Container):
         names = [os.path.basename(x) for x in self.paths]
         shown = ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
         self.found.value = f"{len(names)} movies: {shown}" if names else "no movie files in this folder"
-
-    def _on_button(self, *_):
-        if self.running:
-            self.cancel()
-        else:
-            self.run()
-
-    def cancel(self):
-        if self._cancel is not None:
-            self._cancel.cancel()
-            self.status.value = "cancelling..."
 
     def run(self):
         """Start the batch in a thread worker (synchronously when NAPARI_LOCALIZE_SYNC=1)."""

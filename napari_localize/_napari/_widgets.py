@@ -26,7 +26,7 @@ from ..core.pipeline import CancelToken
 from ..core.render import RENDER_METHODS, render
 from ._preview import PreviewController
 from ._state import LocalizeResult, session_for
-from ._worker import Cancelled, localize_steps, start_localize
+from ._worker import CancellableRun, Cancelled, localize_steps, start_localize
 
 FIT_CHOICES = [("MLE, integrated Gaussian", "mle"), ("LQ, Gaussian", "lq"), ("Average of ROI", "avg")]
 RESULT_POINTS = "localizations"
@@ -278,7 +278,7 @@ class FitWidget(Container):
 
 
 # ---------------------------------------------------------------------------------------- localize
-class LocalizeWidget(Container):
+class LocalizeWidget(CancellableRun, Container):
     """Run (Cancel while running), progress, status, where the files went, and the rendering."""
 
     #: frames per chunk of a run (None: from the frame size); smaller means finer progress and cancel
@@ -299,29 +299,13 @@ class LocalizeWidget(Container):
         self.extend([self.render_method, self.oversampling, self.run_button, self.status, self.files])
         for label in (self.status, self.files):
             label.native.setWordWrap(True)
-        self.run_button.changed.connect(self._on_button)
+        self.run_button.changed.connect(lambda *_: self._run_or_cancel(self.run))
         self.render_method.changed.connect(self._rerender)
         self.oversampling.changed.connect(self._rerender)
         self.worker = None
         self._cancel = None
         self._pbar = None
         self.progress_values: list[tuple[int, int]] = []
-
-    @property
-    def running(self) -> bool:
-        return self._cancel is not None
-
-    def _on_button(self, *_):
-        if self.running:
-            self.cancel()
-        else:
-            self.run()
-
-    def cancel(self):
-        """Stop the run before its next chunk; nothing is written."""
-        if self._cancel is not None:
-            self._cancel.cancel()
-            self.status.value = "cancelling..."
 
     def run(self):
         """Localize the session's movie with the session's parameters in a thread worker."""

@@ -170,3 +170,29 @@ def start_localize(gen, on_yield, on_return, on_error, on_finish):
     worker.finished.connect(on_finish)
     worker.start()
     return worker
+
+
+class CancellableRun:
+    """Mixin for a dock widget whose one button starts a run and, while it runs, cancels it.
+
+    The widget sets ``self._cancel`` to a :class:`CancelToken` while a run is going (``None`` otherwise) and has
+    a ``status`` label.
+    """
+
+    _cancel: CancelToken | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._cancel is not None
+
+    def cancel(self):
+        """Stop the run before its next chunk; the interrupted work writes nothing."""
+        if self._cancel is not None:
+            self._cancel.cancel()
+            self.status.value = "cancelling..."
+
+    def _run_or_cancel(self, start):
+        if self.running:
+            self.cancel()
+        else:
+            start()

@@ -32,7 +32,7 @@ from ..core.pipeline import CancelToken
 from ..core.zfit import DEFAULT_MAGNIFICATION, ZFitOptions
 from ..io.calibration import load_calibration
 from ._state import session_for
-from ._worker import Cancelled, calibrate_steps, start_localize
+from ._worker import CancellableRun, Cancelled, calibrate_steps, start_localize
 
 Z_METHOD_CHOICES = [("MLE, astigmatic PSF", "mle"), ("Huang, from the widths (as Picasso)", "huang")]
 #: the stage step (nm) a movie's metadata may carry (the simulated bead stack does)
@@ -63,7 +63,7 @@ def describe_calibration(cal, path: str | None) -> str:
     return "\n".join(lines)
 
 
-class ZWidget(Container):
+class ZWidget(CancellableRun, Container):
     """3D (astigmatism): calibration file or calibration from the open bead stack; Fit z and its options."""
 
     title = "3D (astigmatism)"
@@ -132,7 +132,7 @@ class ZWidget(Container):
         self._pbar = None
         self.progress_values: list[tuple[int, int]] = []
         self.load_button.changed.connect(lambda *_: self.load())
-        self.calibrate_button.changed.connect(self._on_calibrate_button)
+        self.calibrate_button.changed.connect(lambda *_: self._run_or_cancel(self.calibrate))
         self.magnification.changed.connect(self._on_magnification)
         self.fit_z.changed.connect(self._on_fit_z)
         for w in self._option_widgets():
@@ -191,10 +191,6 @@ class ZWidget(Container):
         self._enable_options()
 
     # -- calibrate from the open stack -------------------------------------------------------
-    @property
-    def running(self) -> bool:
-        return self._cancel is not None
-
     def _on_movie(self, layer):
         if layer is None:
             self.stack.value = "none: choose the bead stack in the Identification panel"
@@ -205,18 +201,6 @@ class ZWidget(Container):
         if step:
             with contextlib.suppress(TypeError, ValueError):
                 self.step_nm.value = float(step)
-
-    def _on_calibrate_button(self, *_):
-        if self.running:
-            self.cancel()
-        else:
-            self.calibrate()
-
-    def cancel(self):
-        """Stop the calibration before its next chunk; nothing is written."""
-        if self._cancel is not None:
-            self._cancel.cancel()
-            self.status.value = "cancelling..."
 
     def calibrate(self):
         """Calibrate on the session's movie layer (a bead z-stack) in a thread worker; return the worker."""
