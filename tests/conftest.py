@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 TESTS = Path(__file__).parent
@@ -33,3 +34,15 @@ def _no_user_settings(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("NAPARI_LOCALIZE_CONFIG_DIR", os.fspath(home / "napari-localize"))
     monkeypatch.setenv("NAPARI_LOCALIZE_IGNORE_PICASSO_CONFIG", "1")
     monkeypatch.delenv("NAPARI_LOCALIZE_CAMERA_CONFIG", raising=False)
+
+
+def match_truth(locs, truth, radius=1.0):
+    """Index of the true spot of the same frame within ``radius`` pixels of each loc (-1 if none)."""
+    idx = np.full(len(locs), -1)
+    for i, loc in enumerate(locs):
+        cand = np.nonzero(truth["frame"] == loc["frame"])[0]
+        if len(cand):
+            d = np.hypot(truth["x"][cand] - loc["x"], truth["y"][cand] - loc["y"])
+            if d.min() < radius:
+                idx[i] = cand[d.argmin()]
+    return idx

@@ -9,6 +9,7 @@ import h5py
 import numpy as np
 import pytest
 import yaml
+from conftest import match_truth
 
 from napari_localize.api import calibrate_z_stack, localize_movie_3d
 from napari_localize.cli import main
@@ -59,18 +60,6 @@ def blinking():
     q = SimulationParameters(n_frames=60, height=64, width=64, spots_per_frame=8, photons=3000, bg=20,
                              baseline=BASELINE, z_range=(-450.0, 450.0), seed=5)
     return q, *simulate_frames(q)
-
-
-def _match(locs, truth, radius=1.0):
-    """Index of the true spot of the same frame within ``radius`` pixels of each loc (-1 if none)."""
-    idx = np.full(len(locs), -1)
-    for i, loc in enumerate(locs):
-        cand = np.nonzero(truth["frame"] == loc["frame"])[0]
-        if len(cand):
-            d = np.hypot(truth["x"][cand] - loc["x"], truth["y"][cand] - loc["y"])
-            if d.min() < radius:
-                idx[i] = cand[d.argmin()]
-    return idx
 
 
 def test_stage_positions_follow_picasso_convention():
@@ -161,7 +150,7 @@ def test_z_of_blinking_spots_against_truth(calibration, blinking, method):
     assert all(locs.dtype[f] == np.float32 for f in [f[0] for f in Z_FIELDS] + extra)
     if method == "mle":
         assert abs(float(np.mean(locs["z_gof"]))) < 0.3 and 0.7 < float(np.std(locs["z_gof"])) < 1.4
-    idx = _match(locs, truth)
+    idx = match_truth(locs, truth)
     assert (idx >= 0).mean() > 0.95
     err = locs["z"][idx >= 0] - truth["z"][idx[idx >= 0]]
     rmse = float(np.sqrt(np.mean(err**2)))
@@ -271,7 +260,7 @@ def test_cli_calibrate_and_localize_3d(tmp_path, stack, blinking, capsys):
     with h5py.File(h5, "r") as f:
         locs = f["locs"][...]
     assert locs.dtype.names[-4:] == ("z", "d_zcalib", "lpz", "z_gof")
-    idx = _match(locs, truth)
+    idx = match_truth(locs, truth)
     err = locs["z"][idx >= 0] - truth["z"][idx[idx >= 0]]
     assert np.sqrt(np.mean(err**2)) < 40.0
     with open(tmp_path / "blink.ome_locs.yaml") as fh:
@@ -308,7 +297,7 @@ def _beyond_range(z_range, seed):
 
 
 def _z_errors(locs, truth):
-    idx = _match(locs, truth)
+    idx = match_truth(locs, truth)
     return locs["z"][idx >= 0] - truth["z"][idx[idx >= 0]], idx
 
 

@@ -13,6 +13,7 @@ import h5py
 import numpy as np
 import pytest
 import yaml
+from conftest import match_truth
 
 from napari_localize.api import calibrate_z_stack, localize_movie_3d
 from napari_localize.cli import main as cli_main
@@ -77,18 +78,6 @@ def _dock(viewer):
     widgets = dock_all(viewer)
     widgets["Identification"].session.update(**SESSION)
     return widgets
-
-
-def _match(locs, truth, radius=1.0):
-    """Index of the true spot of the same frame within ``radius`` pixels of each loc (-1 if none)."""
-    idx = np.full(len(locs), -1)
-    for i, loc in enumerate(locs):
-        cand = np.nonzero(truth["frame"] == loc["frame"])[0]
-        if len(cand):
-            d = np.hypot(truth["x"][cand] - loc["x"], truth["y"][cand] - loc["y"])
-            if d.min() < radius:
-                idx[i] = cand[d.argmin()]
-    return idx
 
 
 def test_load_cli_calibration_shows_summary(make_napari_viewer, cli_calibration, sync):
@@ -190,7 +179,7 @@ def test_fit_z_run_matches_api_and_truth(make_napari_viewer, cli_calibration, bl
     expected_colors = points.face_colormap.map((z - z.min()) / (z.max() - z.min()))
     np.testing.assert_allclose(points.face_color, expected_colors, atol=1e-6)
     # heights against the simulation: nearly every spot found, RMSE near the predicted precision (lpz)
-    idx = _match(gui, truth)
+    idx = match_truth(gui, truth)
     assert (idx >= 0).mean() > 0.95 and len(gui) > 0.9 * len(truth)
     err = gui["z"][idx >= 0] - truth["z"][idx[idx >= 0]]
     rmse = float(np.sqrt(np.mean(err**2)))

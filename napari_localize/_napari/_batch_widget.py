@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 
 import napari
 from magicgui.widgets import CheckBox, Container, FileEdit, Label, LineEdit, PushButton
-from napari.utils import progress
 from napari.utils.notifications import show_error, show_info
 
 from ..core.pipeline import CancelToken, LocalizeCancelled
@@ -145,6 +144,8 @@ def dask_batch_steps(paths, p, cancel: CancelToken, scheduler: str, suffix: str 
 class BatchWidget(CancellableRun, Container):
     """Localize all movies of a folder with the parameters set in the other panels."""
 
+    run_button_idle = ("run_button", "Localize folder")
+
     def __init__(self, napari_viewer: napari.viewer.Viewer):
         super().__init__(labels=True)
         self.viewer = napari_viewer
@@ -193,11 +194,9 @@ class BatchWidget(CancellableRun, Container):
             self.status.value = "not started: no movies (choose a folder with movie files)"
             return None
         p = batch_parameters(self.session.parameters, self.whole_movies.value)
-        self._cancel = CancelToken()
         self.outcomes = []
         self.events = []
-        self._pbar = progress(total=len(self.paths), desc="napari-localize: batch")
-        self.run_button.text = "Cancel"
+        self._begin_run(len(self.paths), "batch")
         self.status.value = f"localizing {len(self.paths)} movies..."
         self.results.value = ""
         scheduler = self.scheduler.value.strip()
@@ -211,9 +210,7 @@ class BatchWidget(CancellableRun, Container):
 
     def _on_event(self, event: BatchEvent):
         self.events.append(event)
-        if self._pbar is not None:
-            self._pbar.n = event.index
-            self._pbar.refresh()
+        self._advance(event.index)
         current = os.path.basename(self.paths[event.index]) if event.index < len(self.paths) else ""
         frames = f", {event.frames_done} / {event.frames_total} frames" if event.frames_total else ""
         self.status.value = f"movie {min(event.index + 1, event.count)} of {event.count}: {current}{frames}"
@@ -232,10 +229,3 @@ class BatchWidget(CancellableRun, Container):
     def _on_error(self, exc):
         self.status.value = f"failed: {exc}"
         show_error(f"napari-localize: batch failed: {exc}")
-
-    def _on_finished(self):
-        self._cancel = None
-        self.run_button.text = "Localize folder"
-        if self._pbar is not None:
-            self._pbar.close()
-            self._pbar = None

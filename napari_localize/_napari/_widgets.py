@@ -19,10 +19,8 @@ from magicgui.widgets import (
     PushButton,
     SpinBox,
 )
-from napari.utils import progress
 from napari.utils.notifications import show_error, show_info, show_warning
 
-from ..core.pipeline import CancelToken
 from ..core.render import RENDER_METHODS, render
 from ._preview import PreviewController
 from ._state import LocalizeResult, session_for
@@ -281,6 +279,8 @@ class FitWidget(Container):
 class LocalizeWidget(CancellableRun, Container):
     """Run (Cancel while running), progress, status, where the files went, and the rendering."""
 
+    run_button_idle = ("run_button", "Localize")
+
     #: frames per chunk of a run (None: from the frame size); smaller means finer progress and cancel
     chunk_frames = None
 
@@ -326,11 +326,9 @@ class LocalizeWidget(CancellableRun, Container):
             self.status.value = f"not started: {exc}"
             return None
         path = session.movie_path()
-        self._cancel = CancelToken()
         self.progress_values = []
         start, stop = p.frame_span(movie.shape[0])
-        self._pbar = progress(total=stop - start, desc="napari-localize: localizing")
-        self.run_button.text = "Cancel"
+        self._begin_run(stop - start, "localizing")
         z = None
         if session.wants_3d():
             z = (session.zcalibration, session.z_options, session.zcalibration_path)
@@ -344,9 +342,7 @@ class LocalizeWidget(CancellableRun, Container):
     def _on_progress(self, value):
         done, total = value
         self.progress_values.append((done, total))
-        if self._pbar is not None:
-            self._pbar.n = done
-            self._pbar.refresh()
+        self._advance(done)
         self.status.value = f"localizing: {done} / {total} frames"
 
     def _on_returned(self, value):
@@ -373,13 +369,6 @@ class LocalizeWidget(CancellableRun, Container):
     def _on_error(self, exc):
         self.status.value = f"failed: {exc}"
         show_error(f"napari-localize: localization failed: {exc}")
-
-    def _on_finished(self):
-        self._cancel = None
-        self.run_button.text = "Localize"
-        if self._pbar is not None:
-            self._pbar.close()
-            self._pbar = None
 
     # -- results ------------------------------------------------------------------------------
     def _show_result(self, result: LocalizeResult):

@@ -175,11 +175,15 @@ def start_localize(gen, on_yield, on_return, on_error, on_finish):
 class CancellableRun:
     """Mixin for a dock widget whose one button starts a run and, while it runs, cancels it.
 
-    The widget sets ``self._cancel`` to a :class:`CancelToken` while a run is going (``None`` otherwise) and has
-    a ``status`` label.
+    The widget names that button and its idle text in :attr:`run_button_idle` and has a ``status`` label.
+    While a run is going ``self._cancel`` is its :class:`CancelToken` (``None`` otherwise) and ``self._pbar``
+    napari's progress bar.
     """
 
+    #: (attribute name of the start/cancel button, its text when no run is going)
+    run_button_idle = ("run_button", "Run")
     _cancel: CancelToken | None = None
+    _pbar = None
 
     @property
     def running(self) -> bool:
@@ -196,3 +200,25 @@ class CancellableRun:
             self.cancel()
         else:
             start()
+
+    def _begin_run(self, total: int, description: str) -> CancelToken:
+        """A new cancel token, a progress bar of ``total`` steps, and the button turned into Cancel."""
+        from napari.utils import progress
+
+        self._cancel = CancelToken()
+        self._pbar = progress(total=total, desc=f"napari-localize: {description}")
+        getattr(self, self.run_button_idle[0]).text = "Cancel"
+        return self._cancel
+
+    def _advance(self, done: int):
+        if self._pbar is not None:
+            self._pbar.n = done
+            self._pbar.refresh()
+
+    def _on_finished(self):
+        self._cancel = None
+        name, text = self.run_button_idle
+        getattr(self, name).text = text
+        if self._pbar is not None:
+            self._pbar.close()
+            self._pbar = None

@@ -25,10 +25,8 @@ from magicgui.widgets import (
     PushButton,
     SpinBox,
 )
-from napari.utils import progress
 from napari.utils.notifications import show_error, show_info, show_warning
 
-from ..core.pipeline import CancelToken
 from ..core.zfit import DEFAULT_MAGNIFICATION, ZFitOptions
 from ..io.calibration import load_calibration
 from ._state import session_for
@@ -65,6 +63,8 @@ def describe_calibration(cal, path: str | None) -> str:
 
 class ZWidget(CancellableRun, Container):
     """3D (astigmatism): calibration file or calibration from the open bead stack; Fit z and its options."""
+
+    run_button_idle = ("calibrate_button", "Calibrate from open stack")
 
     title = "3D (astigmatism)"
 
@@ -221,10 +221,8 @@ class ZWidget(CancellableRun, Container):
                 movie.close()
             self._fail(f"not started: {exc}")
             return None
-        self._cancel = CancelToken()
         self.progress_values = []
-        self._pbar = progress(total=int(movie.shape[0]), desc="napari-localize: z calibration")
-        self.calibrate_button.text = "Cancel"
+        self._begin_run(int(movie.shape[0]), "z calibration")
         self.status.value = "calibrating..."
         gen = calibrate_steps(movie, p, float(self.step_nm.value), float(self.magnification.value),
                               bool(self.follow_beads.value), self._cancel, self.session.movie_path(),
@@ -236,9 +234,7 @@ class ZWidget(CancellableRun, Container):
     def _on_progress(self, value):
         done, total = value
         self.progress_values.append((done, total))
-        if self._pbar is not None:
-            self._pbar.n = done
-            self._pbar.refresh()
+        self._advance(done)
         self.status.value = f"calibrating: localized {done} / {total} frames"
 
     def _on_returned(self, value):
@@ -260,13 +256,6 @@ class ZWidget(CancellableRun, Container):
 
     def _on_error(self, exc):
         self._fail(f"calibration failed: {exc}")
-
-    def _on_finished(self):
-        self._cancel = None
-        self.calibrate_button.text = "Calibrate from open stack"
-        if self._pbar is not None:
-            self._pbar.close()
-            self._pbar = None
 
     # -- z fit options -----------------------------------------------------------------------
     def _on_fit_z(self, value):
