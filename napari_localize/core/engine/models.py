@@ -178,7 +178,7 @@ def initial_guess(model, data, i, box, aux, theta):
     for k in range(box):
         for m in range(box):
             if k == 0 or m == 0 or k == box - 1 or m == box - 1:
-                border += data[i, k * box + m]
+                border += float(data[i, k * box + m])
                 nb += 1
     bg = border / nb
     total = 0.0
@@ -186,7 +186,7 @@ def initial_guess(model, data, i, box, aux, theta):
     sy = 0.0
     for k in range(box):
         for m in range(box):
-            v = data[i, k * box + m] - bg
+            v = float(data[i, k * box + m]) - bg
             if v > 0:
                 total += v
                 sx += v * m
@@ -208,7 +208,7 @@ def initial_guess(model, data, i, box, aux, theta):
         vy = 0.0
         for k in range(box):
             for m in range(box):
-                v = data[i, k * box + m] - bg
+                v = float(data[i, k * box + m]) - bg
                 if v > 0:
                     vx += v * (m - cx) ** 2
                     vy += v * (k - cy) ** 2
