@@ -249,7 +249,8 @@ def fit_z_frames(frames, locs, p: LocalizeParameters, calibration, options=None,
     if options.method == "mle" and len(locs):
         spots = cut_boxes(frames, locs, first_frame, options.z_box(p.box_size), p.baseline, p.sensitivity,
                           p.em_gain)
-    out, _ = fit_z(locs, calibration, p.pixelsize, p.fit_method, options, spots, frames.shape[-2:])
+    out, _ = fit_z(locs, calibration, p.pixelsize, p.fit_method, options, spots, frames.shape[-2:],
+                   p.convergence, p.max_iterations)
     return out[sane(out, frames.shape[-1], frames.shape[-2])]
 
 

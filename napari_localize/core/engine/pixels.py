@@ -38,7 +38,7 @@ def gauss_integrals(centre, sigma, n, E, dE_dc, dE_ds):
 @register_jitable
 def gauss_fractions(centre, sigma, first, n, E):
     """Fractions ``E[0:n]`` of a unit 1D Gaussian in pixels ``first .. first+n-1`` (no derivatives)."""
-    k = _INV_SQRT2 / sigma
+    k = 1.0 / (math.sqrt(2.0) * sigma)
     e0 = math.erf((first - 0.5 - centre) * k)
     for i in range(n):
         e1 = math.erf((first + i + 0.5 - centre) * k)
@@ -47,23 +47,16 @@ def gauss_fractions(centre, sigma, first, n, E):
 
 
 @register_jitable
-def add_gaussian(img, x, y, photons, sx, sy, ex, ey):
-    """Add ``photons`` of a pixel-integrated Gaussian at ``(x, y)`` (pixels) with widths ``sx, sy`` to ``img``.
-
-    Only the pixels within 5 sigma (+1) of the centre are touched; ``ex``, ``ey`` are scratch rows of at
-    least that length (or the image's width/height).
-    """
-    h, w = img.shape
+def add_gaussian(img, x, y, photons, sx, sy, x0, x1, y0, y1, ex, ey):
+    """Add ``photons`` of a pixel-integrated Gaussian at ``(x, y)`` (pixels, centres at integers) with widths
+    ``sx, sy`` to the window ``img[y0:y1, x0:x1]`` (inside the image); ``ex``, ``ey`` are scratch of at least
+    the window's width and height. Nothing is added for widths or photons <= 0."""
     if not (sx > 0.0 and sy > 0.0 and photons > 0.0):
         return
-    x0 = max(int(math.floor(x - 5.0 * sx - 1.0)), 0)
-    x1 = min(int(math.ceil(x + 5.0 * sx + 1.0)), w - 1)
-    y0 = max(int(math.floor(y - 5.0 * sy - 1.0)), 0)
-    y1 = min(int(math.ceil(y + 5.0 * sy + 1.0)), h - 1)
-    if x1 < x0 or y1 < y0:
+    nx = x1 - x0
+    ny = y1 - y0
+    if nx <= 0 or ny <= 0:
         return
-    nx = min(x1 - x0 + 1, ex.shape[0])
-    ny = min(y1 - y0 + 1, ey.shape[0])
     gauss_fractions(x, sx, x0, nx, ex)
     gauss_fractions(y, sy, y0, ny, ey)
     for k in range(ny):
