@@ -22,47 +22,47 @@ LAMBDA_MAX = 1e12
 
 
 @register_jitable
+def expected(model, theta, box, p, aux, scratch, jrow, with_jac, other, i):
+    """Expected photons of pixel p (= k * box + m) of box i: the model plus the fixed other light."""
+    k = p // box
+    mu = pixel(model, theta, k, p - k * box, aux, scratch, jrow, with_jac)
+    if other.shape[0] > 0:
+        mu += other[i, p]
+    return mu
+
+
+@register_jitable
+def variance(var, i, p):
+    """The variance term of pixel p of box i (0 without a variance box)."""
+    return var[i, p] if var.shape[0] > 0 else 0.0
+
+
+@register_jitable
 def objective(model, noise, data, var, other, i, box, aux, theta, scratch, jrow):
     """The objective of box ``i`` at ``theta`` (``prepare`` done at theta)."""
-    has_var = var.shape[0] > 0
-    has_other = other.shape[0] > 0
     s = 0.0
-    p = 0
-    for k in range(box):
-        for m in range(box):
-            mu = pixel(model, theta, k, m, aux, scratch, jrow, False)
-            if has_other:
-                mu += other[i, p]
-            v = var[i, p] if has_var else 0.0
-            s += objective_term(noise, data[i, p], mu, v)
-            p += 1
+    for p in range(box * box):
+        mu = expected(model, theta, box, p, aux, scratch, jrow, False, other, i)
+        s += objective_term(noise, data[i, p], mu, variance(var, i, p))
     return s
 
 
 @register_jitable
 def normal_equations(model, noise, data, var, other, i, box, aux, theta, scratch, jrow, g, F, n):
     """Gradient ``g`` and curvature ``F`` (n x n) of the objective of box ``i`` at ``theta``."""
-    has_var = var.shape[0] > 0
-    has_other = other.shape[0] > 0
     for a in range(n):
         g[a] = 0.0
         for c in range(n):
             F[a, c] = 0.0
-    p = 0
-    for k in range(box):
-        for m in range(box):
-            mu = pixel(model, theta, k, m, aux, scratch, jrow, True)
-            if has_other:
-                mu += other[i, p]
-            v = var[i, p] if has_var else 0.0
-            r, w = gradient_weights(noise, data[i, p], mu, v)
-            for a in range(n):
-                ja = jrow[a]
-                g[a] += r * ja
-                wja = w * ja
-                for c in range(a + 1):
-                    F[a, c] += wja * jrow[c]
-            p += 1
+    for p in range(box * box):
+        mu = expected(model, theta, box, p, aux, scratch, jrow, True, other, i)
+        r, w = gradient_weights(noise, data[i, p], mu, variance(var, i, p))
+        for a in range(n):
+            ja = jrow[a]
+            g[a] += r * ja
+            wja = w * ja
+            for c in range(a + 1):
+                F[a, c] += wja * jrow[c]
     for a in range(n):
         for c in range(a):
             F[c, a] = F[a, c]
@@ -113,22 +113,15 @@ def inverse_diagonal(F, L, e, col, n, out, i):
 def goodness_of_fit(model, noise, var, other, i, box, aux, theta, scratch, jrow, loglik, n):
     """Standardised Poisson deviance ``(D - E[D]) / sd(D)`` of a fit, ``D = -2 loglik``: about N(0, 1) when the
     box holds just the model (``E[D]`` and ``var(D)`` summed over pixels, minus n fitted parameters)."""
-    has_var = var.shape[0] > 0
-    has_other = other.shape[0] > 0
     e = 0.0
     s2 = 0.0
-    p = 0
-    for k in range(box):
-        for m in range(box):
-            mu = pixel(model, theta, k, m, aux, scratch, jrow, False)
-            if has_other:
-                mu += other[i, p]
-            if noise == NOISE_SCMOS and has_var:
-                mu += var[i, p]
-            a, b = deviance_moments(mu)
-            e += a
-            s2 += b
-            p += 1
+    for p in range(box * box):
+        mu = expected(model, theta, box, p, aux, scratch, jrow, False, other, i)
+        if noise == NOISE_SCMOS:
+            mu += variance(var, i, p)
+        a, b = deviance_moments(mu)
+        e += a
+        s2 += b
     return (-2.0 * loglik - (e - n)) / math.sqrt(s2)
 
 

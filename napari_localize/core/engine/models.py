@@ -22,7 +22,7 @@ import math
 import numpy as np
 from numba.extending import register_jitable
 
-from .pixels import _INV_SQRT2, _INV_SQRT_2PI
+from .pixels import gauss_rows
 
 MODEL_GAUSS = 0
 MODEL_GAUSS_FIXED = 1
@@ -73,28 +73,6 @@ def dpoly(aux, first, count, z):
     for k in range(n):
         v = v * z + aux[first + k] * (n - k)
     return v
-
-
-@register_jitable
-def gauss_rows(centre, sigma, n, S, row):
-    """Pixel integrals of a unit 1D Gaussian into ``S[row]``, d/dcentre into ``S[row+1]``, d/dsigma ``S[row+2]``.
-
-    The same formula as :func:`napari_localize.core.engine.pixels.gauss_integrals` (row-indexed scratch).
-    """
-    inv_s = 1.0 / sigma
-    t0 = -0.5 - centre
-    erf0 = math.erf(t0 * inv_s * _INV_SQRT2)
-    g0 = math.exp(-0.5 * (t0 * inv_s) ** 2)
-    for i in range(n):
-        t1 = i + 0.5 - centre
-        erf1 = math.erf(t1 * inv_s * _INV_SQRT2)
-        g1 = math.exp(-0.5 * (t1 * inv_s) ** 2)
-        S[row, i] = 0.5 * (erf1 - erf0)
-        S[row + 1, i] = (g0 - g1) * _INV_SQRT_2PI * inv_s
-        S[row + 2, i] = (t0 * g0 - t1 * g1) * _INV_SQRT_2PI * inv_s * inv_s
-        t0 = t1
-        erf0 = erf1
-        g0 = g1
 
 
 @register_jitable
@@ -169,6 +147,27 @@ def tolerance(model, a, theta, eps):
 
 
 @register_jitable
+def _moments(data, i, box, bg, cx, cy, order):
+    # sum of the background-free positive counts of box i, and their first (order 1, about 0) or second
+    # (order 2, about cx, cy) moments along x and y
+    total = 0.0
+    sx = 0.0
+    sy = 0.0
+    for k in range(box):
+        for m in range(box):
+            v = float(data[i, k * box + m]) - bg
+            if v > 0:
+                total += v
+                if order == 1:
+                    sx += v * m
+                    sy += v * k
+                else:
+                    sx += v * (m - cx) ** 2
+                    sy += v * (k - cy) ** 2
+    return total, sx, sy
+
+
+@register_jitable
 def initial_guess(model, data, i, box, aux, theta):
     """Start of the fit from the box ``data[i]``: bg from the border, N from the sum, x, y (and widths) from
     moments; the astigmatic model starts in focus (z = 0)."""
@@ -181,16 +180,7 @@ def initial_guess(model, data, i, box, aux, theta):
                 border += float(data[i, k * box + m])
                 nb += 1
     bg = border / nb
-    total = 0.0
-    sx = 0.0
-    sy = 0.0
-    for k in range(box):
-        for m in range(box):
-            v = float(data[i, k * box + m]) - bg
-            if v > 0:
-                total += v
-                sx += v * m
-                sy += v * k
+    total, sx, sy = _moments(data, i, box, bg, 0.0, 0.0, 1)
     if total > 0:
         cx = sx / total
         cy = sy / total
@@ -204,14 +194,7 @@ def initial_guess(model, data, i, box, aux, theta):
     theta[IN] = _hi(total, 1.0)
     theta[IB] = _hi(bg, 1e-3)
     if model == MODEL_GAUSS:
-        vx = 0.0
-        vy = 0.0
-        for k in range(box):
-            for m in range(box):
-                v = float(data[i, k * box + m]) - bg
-                if v > 0:
-                    vx += v * (m - cx) ** 2
-                    vy += v * (k - cy) ** 2
+        _, vx, vy = _moments(data, i, box, bg, cx, cy, 2)
         sig_hi = 0.5 * r + 0.5
         if total > 0:
             theta[ISX] = _lo(_hi(math.sqrt(vx / total), 0.7), sig_hi)

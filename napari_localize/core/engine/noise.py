@@ -28,18 +28,23 @@ LIKELIHOOD_NOISE = (NOISE_POISSON, NOISE_SCMOS)
 
 
 @register_jitable
+def _shifted(noise, x, mu, v):
+    # data and model as the likelihood sees them: + v for sCMOS (Huang et al. 2013)
+    xf = float(x)
+    if noise == NOISE_SCMOS:
+        return xf + v, mu + v
+    return xf, mu
+
+
+@register_jitable
 def objective_term(noise, x, mu, v):
     """One pixel's contribution to the objective (data ``x``, model ``mu``, variance term ``v``)."""
-    xf = float(x)
+    xf, m = _shifted(noise, x, mu, v)
     if noise == NOISE_POISSON or noise == NOISE_SCMOS:
-        m = mu
-        if noise == NOISE_SCMOS:
-            xf = xf + v
-            m = mu + v
         if xf > 0:
             return xf * math.log(m / xf) - m + xf
         return -m
-    d = xf - mu
+    d = xf - m
     if noise == NOISE_WLSQ:
         return -(0.5 * d * d / (xf if xf > 1.0 else 1.0))
     return -(0.5 * d * d)
@@ -48,20 +53,15 @@ def objective_term(noise, x, mu, v):
 @register_jitable
 def gradient_weights(noise, x, mu, v):
     """``(r, w)`` of one pixel: gradient ``r J``, curvature ``w J J^T``."""
-    xf = float(x)
-    if noise == NOISE_POISSON or noise == NOISE_SCMOS:
-        m = mu
-        if noise == NOISE_SCMOS:
-            xf = xf + v
-            m = mu + v
-            if xf < 0.0:
-                xf = 0.0
+    xf, m = _shifted(noise, x, mu, v)
+    if noise == NOISE_POISSON:
         w = 1.0 / m
         return xf * w - 1.0, w
-    if noise == NOISE_WLSQ:
-        w = 1.0 / (xf if xf > 1.0 else 1.0)
-        return (xf - mu) * w, w
-    return xf - mu, 1.0
+    if noise == NOISE_SCMOS:
+        w = 1.0 / m
+        return (xf if xf > 0.0 else 0.0) * w - 1.0, w
+    w = 1.0 / (xf if xf > 1.0 else 1.0) if noise == NOISE_WLSQ else 1.0
+    return (xf - m) * w, w
 
 
 @register_jitable

@@ -17,8 +17,9 @@ _INV_SQRT2 = 1.0 / math.sqrt(2.0)
 
 
 @register_jitable
-def gauss_integrals(centre, sigma, n, E, dE_dc, dE_ds):
-    """Fractions ``E[0:n]`` of a unit 1D Gaussian in pixels 0..n-1 and their derivatives by centre and sigma."""
+def gauss_rows(centre, sigma, n, S, row):
+    """Fractions of a unit 1D Gaussian in pixels 0..n-1 into ``S[row]``, their derivatives by the centre into
+    ``S[row+1]`` and by sigma into ``S[row+2]`` (row-indexed scratch: no array views, for the CUDA target)."""
     inv_s = 1.0 / sigma
     t0 = -0.5 - centre
     erf0 = math.erf(t0 * inv_s * _INV_SQRT2)
@@ -27,9 +28,9 @@ def gauss_integrals(centre, sigma, n, E, dE_dc, dE_ds):
         t1 = i + 0.5 - centre
         erf1 = math.erf(t1 * inv_s * _INV_SQRT2)
         g1 = math.exp(-0.5 * (t1 * inv_s) ** 2)
-        E[i] = 0.5 * (erf1 - erf0)
-        dE_dc[i] = (g0 - g1) * _INV_SQRT_2PI * inv_s
-        dE_ds[i] = (t0 * g0 - t1 * g1) * _INV_SQRT_2PI * inv_s * inv_s
+        S[row, i] = 0.5 * (erf1 - erf0)
+        S[row + 1, i] = (g0 - g1) * _INV_SQRT_2PI * inv_s
+        S[row + 2, i] = (t0 * g0 - t1 * g1) * _INV_SQRT_2PI * inv_s * inv_s
         t0 = t1
         erf0 = erf1
         g0 = g1
