@@ -34,7 +34,7 @@ IZ = 4
 #: most parameters of any model (CUDA per-thread arrays have this size)
 MAX_PARAMS = 16
 #: rows of per-box scratch (CUDA per-thread arrays have this many rows of MAX_BOX)
-SCRATCH_ROWS = 32
+SCRATCH_ROWS = 16
 #: widths at or below this (pixels) mark a failed 2D fit
 SIGMA_MIN = 0.25
 #: the astigmatic model cannot be evaluated where a calibration width is narrower than this (pixels)
