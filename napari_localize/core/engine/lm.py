@@ -22,10 +22,9 @@ LAMBDA_MAX = 1e12
 
 
 @register_jitable
-def expected(model, theta, box, p, aux, scratch, jrow, with_jac, other, i):
-    """Expected photons of pixel p (= k * box + m) of box i: the model plus the fixed other light."""
-    k = p // box
-    mu = pixel(model, theta, k, p - k * box, aux, scratch, jrow, with_jac)
+def expected(model, theta, k, m, p, aux, scratch, jrow, with_jac, other, i):
+    """Expected photons of pixel (k, m) (p = k * box + m) of box i: the model plus the fixed other light."""
+    mu = pixel(model, theta, k, m, aux, scratch, jrow, with_jac)
     if other.shape[0] > 0:
         mu += other[i, p]
     return mu
@@ -41,10 +40,46 @@ def variance(var, i, p):
 def objective(model, noise, data, var, other, i, box, aux, theta, scratch, jrow):
     """The objective of box ``i`` at ``theta`` (``prepare`` done at theta)."""
     s = 0.0
-    for p in range(box * box):
-        mu = expected(model, theta, box, p, aux, scratch, jrow, False, other, i)
-        s += objective_term(noise, data[i, p], mu, variance(var, i, p))
+    p = 0
+    for k in range(box):
+        for m in range(box):
+            mu = expected(model, theta, k, m, p, aux, scratch, jrow, False, other, i)
+            s += objective_term(noise, data[i, p], mu, variance(var, i, p))
+            p += 1
     return s
+
+
+@register_jitable
+def _accumulate(g, F, jrow, r, w, n):
+    # g += r J, lower triangle of F += w J J^T; the usual sizes spelled out so the loops unroll
+    if n == 6:
+        for a in range(6):
+            ja = jrow[a]
+            g[a] += r * ja
+            wja = w * ja
+            for c in range(a + 1):
+                F[a, c] += wja * jrow[c]
+    elif n == 5:
+        for a in range(5):
+            ja = jrow[a]
+            g[a] += r * ja
+            wja = w * ja
+            for c in range(a + 1):
+                F[a, c] += wja * jrow[c]
+    elif n == 4:
+        for a in range(4):
+            ja = jrow[a]
+            g[a] += r * ja
+            wja = w * ja
+            for c in range(a + 1):
+                F[a, c] += wja * jrow[c]
+    else:
+        for a in range(n):
+            ja = jrow[a]
+            g[a] += r * ja
+            wja = w * ja
+            for c in range(a + 1):
+                F[a, c] += wja * jrow[c]
 
 
 @register_jitable
@@ -54,15 +89,13 @@ def normal_equations(model, noise, data, var, other, i, box, aux, theta, scratch
         g[a] = 0.0
         for c in range(n):
             F[a, c] = 0.0
-    for p in range(box * box):
-        mu = expected(model, theta, box, p, aux, scratch, jrow, True, other, i)
-        r, w = gradient_weights(noise, data[i, p], mu, variance(var, i, p))
-        for a in range(n):
-            ja = jrow[a]
-            g[a] += r * ja
-            wja = w * ja
-            for c in range(a + 1):
-                F[a, c] += wja * jrow[c]
+    p = 0
+    for k in range(box):
+        for m in range(box):
+            mu = expected(model, theta, k, m, p, aux, scratch, jrow, True, other, i)
+            r, w = gradient_weights(noise, data[i, p], mu, variance(var, i, p))
+            _accumulate(g, F, jrow, r, w, n)
+            p += 1
     for a in range(n):
         for c in range(a):
             F[c, a] = F[a, c]
@@ -115,13 +148,16 @@ def goodness_of_fit(model, noise, var, other, i, box, aux, theta, scratch, jrow,
     box holds just the model (``E[D]`` and ``var(D)`` summed over pixels, minus n fitted parameters)."""
     e = 0.0
     s2 = 0.0
-    for p in range(box * box):
-        mu = expected(model, theta, box, p, aux, scratch, jrow, False, other, i)
-        if noise == NOISE_SCMOS:
-            mu += variance(var, i, p)
-        a, b = deviance_moments(mu)
-        e += a
-        s2 += b
+    p = 0
+    for k in range(box):
+        for m in range(box):
+            mu = expected(model, theta, k, m, p, aux, scratch, jrow, False, other, i)
+            if noise == NOISE_SCMOS:
+                mu += variance(var, i, p)
+            a, b = deviance_moments(mu)
+            e += a
+            s2 += b
+            p += 1
     return (-2.0 * loglik - (e - n)) / math.sqrt(s2)
 
 
