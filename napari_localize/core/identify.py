@@ -33,7 +33,10 @@ the same number, bit for bit, whichever of the two variants ran.
 from __future__ import annotations
 
 import numpy as np
-from numba import get_num_threads, njit, prange
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+from numba import config, njit
 
 IDENTIFICATION_DTYPE = np.dtype(
     [("frame", "<i8"), ("x", "<i8"), ("y", "<i8"), ("net_gradient", "<f4")]
@@ -163,13 +166,16 @@ def _net_gradient_kernel(r):
     return kernel.astype(np.float32), abs_kernel.astype(np.float32)
 
 
-@njit(cache=True, nogil=True, parallel=True)
+@njit(cache=True, nogil=True)
 def _identify_blocks(frames, r, i_lo, i_hi, j_lo, j_hi, block_rows, min_ng, kernel, abs_kernel, tolerance,
-                     n_workers, out_y, out_x, out_ng, counts):
+                     t_first, t_last, hmax, lines, flags, words, out_y, out_x, out_ng, counts):
     """Box maxima of frames[:, i_lo:i_hi, j_lo:j_hi] with net gradient > min_ng, block of rows by block.
 
     Task ``t`` is block ``t % n_blocks`` of frame ``t // n_blocks``; its spots go to ``out_*[t, :counts[t]]``
-    in row-major order. ``n_workers`` contiguous runs of tasks share the threads, each with its own scratch.
+    in row-major order. This call does tasks ``t_first .. t_last - 1`` with its own scratch (``hmax``:
+    ``(block_rows + 2r, width)`` of the frames' dtype, ``lines``: ``(3, width)`` of it, ``flags``: zeroed uint8 of
+    ``width`` rounded up to 8, ``words``: the same memory as uint64); threads run calls on disjoint ranges at
+    the same time (the GIL is released).
 
     Most box maxima are noise, far below the threshold: a vectorised estimate of their net gradient (a linear
     filter, no divisions) rejects those whose exact value cannot exceed ``min_ng`` whatever the rounding of
@@ -182,50 +188,63 @@ def _identify_blocks(frames, r, i_lo, i_hi, j_lo, j_hi, block_rows, min_ng, kern
     width = j_hi - j_lo
     b = 2 * r + 1
     cap = out_y.shape[1]
-    padded = (width + 7) // 8 * 8
-    for worker in prange(n_workers):
-        hmax = np.empty((block_rows + 2 * r, width), frames.dtype)  # row maxima of the block and its halo
-        above = np.empty(width, frames.dtype)  # maxima of the r rows of the box above the centre row
-        below = np.empty(width, frames.dtype)  # ... and below it
-        left = np.empty(width, frames.dtype)  # maxima of the r pixels left of the centre
-        flags = np.zeros(padded, np.uint8)  # 1 where the pixel is the first maximum of its box
-        words = flags.view(np.uint64)
-        for t in range(worker * n_tasks // n_workers, (worker + 1) * n_tasks // n_workers):
-            img = frames[t // n_blocks]
-            ib = i_lo + (t % n_blocks) * block_rows
-            ie = min(ib + block_rows, i_hi)
-            for q in range(ie - ib + 2 * r):
-                _running_max(img[ib - r + q, j_lo - r:j_hi + r], b, hmax[q])
-            n = 0
-            for i in range(ib, ie):
-                q0 = i - ib  # hmax[q0 + k] holds the row maxima of image row i - r + k
-                _column_max(hmax, q0, r, above)
-                _column_max(hmax, q0 + r + 1, r, below)
-                _running_max(img[i, j_lo - r:j_hi - 1], r, left)
-                centre = hmax[q0 + r]
-                row = img[i, j_lo:j_hi]
-                for j in range(width):
-                    v = row[j]
-                    # strictly above what comes before in row-major order, not below what comes after
-                    flags[j] = (v > above[j]) & (v > left[j]) & (v >= centre[j]) & (v >= below[j])
-                for word in range(padded // 8):
-                    if words[word] == 0:
+    # hmax: row maxima of the block and its halo; flags: 1 where a pixel is the first maximum of its box
+    above = lines[0]  # maxima of the r rows of the box above the centre row
+    below = lines[1]  # ... and below it
+    left = lines[2]  # maxima of the r pixels left of the centre
+    for t in range(t_first, t_last):
+        img = frames[t // n_blocks]
+        ib = i_lo + (t % n_blocks) * block_rows
+        ie = min(ib + block_rows, i_hi)
+        for q in range(ie - ib + 2 * r):
+            _running_max(img[ib - r + q, j_lo - r:j_hi + r], b, hmax[q])
+        n = 0
+        for i in range(ib, ie):
+            q0 = i - ib  # hmax[q0 + k] holds the row maxima of image row i - r + k
+            _column_max(hmax, q0, r, above)
+            _column_max(hmax, q0 + r + 1, r, below)
+            _running_max(img[i, j_lo - r:j_hi - 1], r, left)
+            centre = hmax[q0 + r]
+            row = img[i, j_lo:j_hi]
+            for j in range(width):
+                v = row[j]
+                # strictly above what comes before in row-major order, not below what comes after
+                flags[j] = (v > above[j]) & (v > left[j]) & (v >= centre[j]) & (v >= below[j])
+            for word in range(words.shape[0]):
+                if words[word] == 0:
+                    continue
+                for j in range(8 * word, 8 * word + 8):
+                    if flags[j] == 0:
                         continue
-                    for j in range(8 * word, 8 * word + 8):
-                        if flags[j] == 0:
+                    c = j + j_lo
+                    if r < i < h - r - 1 and r < c < w - r - 1:
+                        est, mag = _net_gradient_estimate(img, i, c, r, kernel, abs_kernel)
+                        if np.float64(est) + tolerance * np.float64(mag) <= np.float64(min_ng):
                             continue
-                        c = j + j_lo
-                        if r < i < h - r - 1 and r < c < w - r - 1:
-                            est, mag = _net_gradient_estimate(img, i, c, r, kernel, abs_kernel)
-                            if np.float64(est) + tolerance * np.float64(mag) <= np.float64(min_ng):
-                                continue
-                        ng = net_gradient_at(img, i, c, r)
-                        if ng > min_ng and n < cap:
-                            out_y[t, n] = i
-                            out_x[t, n] = c
-                            out_ng[t, n] = ng
-                            n += 1
-            counts[t] = n
+                    ng = net_gradient_at(img, i, c, r)
+                    if ng > min_ng and n < cap:
+                        out_y[t, n] = i
+                        out_x[t, n] = c
+                        out_ng[t, n] = ng
+                        n += 1
+        counts[t] = n
+
+
+_POOL = None
+_POOL_LOCK = threading.Lock()
+
+
+def identification_threads() -> int:
+    """Threads that share the identification of a chunk: numba's thread count (``NUMBA_NUM_THREADS``)."""
+    return max(1, int(config.NUMBA_NUM_THREADS))
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(identification_threads(), thread_name_prefix="napari-localize-identify")
+        return _POOL
 
 
 def native_stack(frames) -> np.ndarray:
@@ -288,10 +307,25 @@ def identify(frames, box_size, min_net_gradient, roi=None, first_frame=0):
     out_x = np.empty((n_tasks, cap), np.int32)
     out_ng = np.empty((n_tasks, cap), np.float32)
     counts = np.zeros(n_tasks, np.int64)
-    n_workers = min(n_tasks, 4 * get_num_threads())
     kernel, abs_kernel = _net_gradient_kernel(r)
-    _identify_blocks(stack, r, i_lo, i_hi, j_lo, j_hi, block_rows, np.float32(min_net_gradient), kernel, abs_kernel,
-                     estimate_tolerance(r), n_workers, out_y, out_x, out_ng, counts)
+    args = (stack, r, i_lo, i_hi, j_lo, j_hi, block_rows, np.float32(min_net_gradient), kernel, abs_kernel,
+            estimate_tolerance(r))
+    threads = identification_threads()
+    # a few more shares than threads, handed out in turn, so a thread slowed by other work does not hold up the rest
+    shares = min(n_tasks, 1 if threads == 1 or n * h * w < 65536 else 4 * threads)
+    edges = [n_tasks * k // shares for k in range(shares + 1)]
+    def share(a, b):
+        width = j_hi - j_lo
+        hmax = np.empty((block_rows + 2 * r, width), stack.dtype)
+        lines = np.empty((3, width), stack.dtype)
+        flags = np.zeros((width + 7) // 8 * 8, np.uint8)
+        _identify_blocks(*args, a, b, hmax, lines, flags, flags.view(np.uint64), out_y, out_x, out_ng, counts)
+
+    if shares == 1:
+        share(0, n_tasks)
+    else:
+        for job in [_pool().submit(share, a, b) for a, b in zip(edges[:-1], edges[1:])]:
+            job.result()
     mask = np.arange(cap)[None, :] < counts[:, None]
     ids = np.empty(int(counts.sum()), IDENTIFICATION_DTYPE)
     ids["frame"] = np.nonzero(mask)[0] // n_blocks + first_frame
