@@ -64,7 +64,7 @@ def main(argv=None):
     timings = {name: [float("inf"), float("inf")] for name in kernels}
     for _ in range(args.repeats):  # interleaved
         for name, fn in kernels.items():
-            timings[name][0] = min(timings[name][0], best_of(lambda: fn(frames, box, ng), 1, time.perf_counter))
+            timings[name][0] = min(timings[name][0], best_of(lambda fn=fn: fn(frames, box, ng), 1, time.perf_counter))
     numba.set_num_threads(1)
     single = {"v1 (before)": lambda: identify_v1.identify(frames, box, ng)}
     saved = identify_new.identification_threads

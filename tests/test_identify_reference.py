@@ -165,3 +165,13 @@ def test_non_contiguous_and_2d_input():
 def test_box_too_small_rejected():
     with pytest.raises(ValueError, match="at least 3"):
         identify(np.zeros((10, 10), np.uint16), 1, 0)
+
+
+def test_float_data_far_from_zero():
+    # large float32 values: differences round, the estimate's error bound must still hold
+    frames = movie(photons=2500, seed=11).astype(np.float32) * np.float32(3.7) + np.float32(2.0e6)
+    got = assert_same(frames, 7, 3000.0)
+    assert len(got) > 30
+    _, _, _, ng = reference_identify(frames, 7, -np.inf)
+    for t in np.quantile(ng, [0.95, 0.99]).astype(np.float32):
+        assert_same(frames, 7, float(t))

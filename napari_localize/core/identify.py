@@ -15,14 +15,17 @@ cancels, but sensitivity and EM gain do not.
 
 How it is computed (the result is that of the rule above, pixel for pixel; only the order of work changes):
 
-1. **Box maximum by separable dilation.** A pixel is a candidate when it is not smaller than the maximum of its
-   box. The box maximum is a running maximum along each row (``2r + 1`` wide) followed by one down the columns,
-   both written as loops over contiguous rows that the compiler vectorises. The work is done in blocks of rows
-   (the row maxima of one block, plus its ``r``-row halo, stay in the cache) and the blocks of all frames are
-   shared among the threads, so one large frame uses every core as well as many small ones do.
-2. **Ties.** Of the candidates (about one pixel in ``(r + 1)**2`` on noise), those with an equal pixel earlier in
-   the box, in row-major order, are dropped: a flat top yields its first pixel, as in Picasso.
-3. **Net gradient only at the survivors**, then the strict threshold.
+1. **Box maximum by separable dilation.** The maximum of every box is a running maximum along each row
+   (``2r + 1`` wide) followed by running maxima down the columns, loops over contiguous rows that the compiler
+   vectorises. The work is done in blocks of rows (the row maxima of one block, plus its ``r``-row halo, stay in
+   the cache) and the blocks of all frames are shared among threads, so one large frame uses every core as well
+   as many small ones do.
+2. **Ties as four comparisons.** "First maximum in row-major order" is: strictly greater than the box rows above
+   and the ``r`` pixels to the left, and not smaller than the rest of its row of the box and the rows below. All
+   four are vectorised masks; a flat top yields its first pixel, as in Picasso.
+3. **Net gradient only at the maxima** (about one pixel in ``(r + 1)**2`` on noise). A vectorised estimate (the
+   net gradient written as a linear filter) with a proven bound on its distance from the exact float32 sum rejects
+   the boxes that cannot pass the threshold; the rest get the exact sum, which alone decides and is stored.
 
 The comparisons run on the camera's own integers for ``uint16`` (no float copy of the chunk) and on ``float32``
 data as it is; any other dtype is converted to ``float32`` first (the only two compiled variants, which keeps the
@@ -32,10 +35,10 @@ the same number, bit for bit, whichever of the two variants ran.
 
 from __future__ import annotations
 
-import numpy as np
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 from numba import config, njit
 
 IDENTIFICATION_DTYPE = np.dtype(
@@ -182,9 +185,7 @@ def _identify_blocks(frames, r, i_lo, i_hi, j_lo, j_hi, block_rows, min_ng, kern
     either; only the rest get :func:`net_gradient_at`, whose value alone decides and is stored.
     """
     h, w = frames.shape[1], frames.shape[2]
-    n_frames = frames.shape[0]
     n_blocks = (i_hi - i_lo + block_rows - 1) // block_rows
-    n_tasks = n_frames * n_blocks
     width = j_hi - j_lo
     b = 2 * r + 1
     cap = out_y.shape[1]
