@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 
 TESTS = Path(__file__).parent
+#: the test data committed with the repository (origin and licences: data/LICENSES.md)
 DATA = TESTS / "data"
-#: the project's shared sample data, beside the checkout (CI lays a copy there too)
-SHARED_SAMPLES = TESTS.parent.parent / "shared" / "sample_data"
 
 
 @pytest.fixture(scope="session")
@@ -19,10 +18,11 @@ def data_dir() -> Path:
     return DATA
 
 
-def shared_sample(*parts) -> Path:
-    path = SHARED_SAMPLES.joinpath(*parts)
+def sample(*parts) -> Path:
+    """A real sample file committed under ``tests/data`` (see ``tests/data/LICENSES.md``)."""
+    path = DATA.joinpath(*parts)
     if not path.exists():
-        pytest.fail(f"sample file {path} is missing: the shared sample data must lie beside the checkout")
+        pytest.fail(f"sample file {path} is missing from the checkout")
     return path
 
 
