@@ -11,8 +11,8 @@ import time
 import numpy as np
 
 from . import __version__
-from .core.parameters import LocalizeParameters, fit_document, identify_document
 from .core.locs import locs_dtype
+from .core.parameters import LocalizeParameters, fit_document, identify_document
 from .core.pipeline import CancelToken, LocalizeStats, iter_localize, localize
 from .io.locs import LocsWriter, locs_paths
 from .io.movies import ArrayMovie, Movie, open_movie

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 
-
 from .core.parameters import LocalizeParameters
 from .core.pipeline import LocalizeStats
 
@@ -43,7 +42,8 @@ def _client(scheduler: str, workers: int | None):
     return Client(scheduler), None
 
 
-def localize_files_distributed(paths, p: LocalizeParameters | dict, scheduler: str = "local", workers: int | None = None,
+def localize_files_distributed(paths, p: LocalizeParameters | dict, scheduler: str = "local",
+                               workers: int | None = None,
                                suffix: str = "", output_dir=None, movie_options: dict | None = None,
                                frames_per_task: int = FRAMES_PER_TASK, on_done=None):
     """Localize movie files on a Dask cluster and write each movie's ``_locs.hdf5`` + ``.yaml``.
@@ -58,7 +58,7 @@ def localize_files_distributed(paths, p: LocalizeParameters | dict, scheduler: s
     from .io.movies import open_movie
 
     movie_options = movie_options or {}
-    params = p if isinstance(p, dict) else {path: p for path in paths}
+    params = p if isinstance(p, dict) else dict.fromkeys(paths, p)
     client, cluster = _client(scheduler, workers)
     results = []
     try:

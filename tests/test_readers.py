@@ -13,8 +13,14 @@ import pytest
 import tifffile
 import yaml
 
-from napari_localize.io.movies import (MOVIE_EXTENSIONS, MovieChoiceError, MovieError, is_movie_path,
-                                       list_movies, open_movie)
+from napari_localize.io.movies import (
+    MOVIE_EXTENSIONS,
+    MovieChoiceError,
+    MovieError,
+    is_movie_path,
+    list_movies,
+    open_movie,
+)
 from tests.conftest import DATA, sample
 
 NDTIFF = ["ndtiff3.2_11bit_1", "12_bit_pycromanager_mda", "ndtiffv3.0_test", "ndtiff3.2_monochrome",
