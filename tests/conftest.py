@@ -46,3 +46,15 @@ def match_truth(locs, truth, radius=1.0):
             if d.min() < radius:
                 idx[i] = cand[d.argmin()]
     return idx
+
+
+def run_and_wait(qtbot, start, timeout=120_000):
+    """Call ``start`` (a widget's ``run``/``calibrate``), which starts a real napari thread worker, and wait for
+    the worker's ``finished`` signal (the widget's own finish handler, connected first, has run by then).
+
+    Returns the worker, or ``None`` when nothing was started."""
+    worker = start()
+    if worker is not None:
+        with qtbot.waitSignal(worker.finished, timeout=timeout):
+            pass
+    return worker

@@ -25,13 +25,8 @@ from ..core.pipeline import (
 )
 from ..io.locs import locs_paths, save_locs
 
-SYNC_ENV = "NAPARI_LOCALIZE_SYNC"
 #: pixels per chunk in the viewer: 1 Mpx (64 frames of 128x128) keeps cancel and progress prompt
 GUI_CHUNK_PIXELS = 1 << 20
-
-
-def run_synchronously() -> bool:
-    return os.environ.get(SYNC_ENV, "").strip().lower() in ("1", "true", "yes")
 
 
 class Cancelled:
@@ -124,39 +119,8 @@ def calibrate_steps(movie, p, step_nm: float, magnification_factor: float, track
             movie.close()
 
 
-class SyncWorker:
-    """Runs a generator on the calling thread with the signals of napari's GeneratorWorker that we use."""
-
-    def __init__(self, gen, on_yield, on_return, on_error, on_finish):
-        self._gen = gen
-        self._cb = (on_yield, on_return, on_error, on_finish)
-        self.abort_requested = False
-
-    def quit(self):
-        self.abort_requested = True
-
-    def start(self):
-        on_yield, on_return, on_error, on_finish = self._cb
-        try:
-            while True:
-                try:
-                    value = next(self._gen)
-                except StopIteration as stop:
-                    on_return(stop.value)
-                    break
-                on_yield(value)
-        except Exception as exc:  # noqa: BLE001  (reported to the user like the threaded path does)
-            on_error(exc)
-        finally:
-            on_finish()
-
-
 def start_localize(gen, on_yield, on_return, on_error, on_finish):
-    """Run ``gen`` in a napari thread worker (or synchronously if :data:`SYNC_ENV` is set); return the worker."""
-    if run_synchronously():
-        worker = SyncWorker(gen, on_yield, on_return, on_error, on_finish)
-        worker.start()
-        return worker
+    """Run ``gen`` in a napari thread worker (napari's activity dock shows it); return the started worker."""
     from napari.qt.threading import thread_worker
 
     @thread_worker(start_thread=False)
