@@ -49,12 +49,16 @@ def match_truth(locs, truth, radius=1.0):
 
 
 def run_and_wait(qtbot, start, timeout=120_000):
-    """Call ``start`` (a widget's ``run``/``calibrate``), which starts a real napari thread worker, and wait for
-    the worker's ``finished`` signal (the widget's own finish handler, connected first, has run by then).
+    """Call ``start`` (a widget's bound ``run``/``calibrate``), which starts a real napari thread worker, and
+    process Qt events until the widget's finish handler (connected to ``worker.finished``) has run.
 
+    Waiting on the widget's state, not on a blocker connected after the start, cannot miss a fast run's signal.
     Returns the worker, or ``None`` when nothing was started."""
+    from napari.qt.threading import WorkerBase
+
+    widget = start.__self__
     worker = start()
     if worker is not None:
-        with qtbot.waitSignal(worker.finished, timeout=timeout):
-            pass
+        assert isinstance(worker, WorkerBase) and widget.running
+        qtbot.waitUntil(lambda: not widget.running, timeout=timeout)
     return worker
