@@ -143,7 +143,12 @@ def test_run_gives_the_same_localizations_as_the_cli(make_napari_viewer, tmp_pat
     w["Identification"].session.update(**PHOTON, frame_range=(2, 25), fit_method="lq")
     w["Localize"].render_method.value = "histogram"
     run_and_wait(qtbot, w["Localize"].run)
-    assert w["Localize"].status.value.endswith("localizations in 24 frames")
+    result = w["Localize"].session.result
+    found, fitted = result.stats.identified, len(result.locs)
+    # what happened to every spot: found = fitted + dropped, and why they were dropped
+    assert w["Localize"].status.value.startswith(f"{found} found, {fitted} fitted, {found - fitted} dropped")
+    assert w["Localize"].status.value.endswith(", 24 frames") and result.stats.frames == 24
+    assert found - fitted == result.stats.not_converged + result.stats.not_sane
     assert cli_main(["localize", path, "--suffix", "_cli", "--baseline", "100", "--sensitivity", "1",
                      "--gain", "1", "--min-net-gradient", str(MIN_NG), "--frames", "2", "25",
                      "--fit-method", "lq"]) == 0
@@ -259,7 +264,8 @@ def test_sample_data_and_demo(make_napari_viewer):
     assert layers[0].data.shape == (SAMPLE.n_frames, SAMPLE.height, SAMPLE.width)
     viewer.layers.clear()
     viewer, widgets = open_demo(viewer)
-    assert set(widgets) == {"Identification", "Photon conversion", "Fit", "Localize", "3D (astigmatism)"}
+    assert set(widgets) == {"Identification", "Photon conversion", "Fit", "Localize", "3D (astigmatism)",
+                            "Batch (folder)", "panel"}
     assert widgets["Identification"].count.value.endswith("spots in this frame")
     assert widgets["Photon conversion"].baseline.value == SAMPLE.baseline
 

@@ -156,7 +156,9 @@ def test_fit_z_run_matches_api_and_truth(make_napari_viewer, cli_calibration, bl
     assert zw.session.wants_3d()
     loc.chunk_frames = 5  # several chunks: the result must not depend on them
     run_and_wait(qtbot, loc.run)
-    assert loc.status.value == f"{len(loc.session.result.locs)} 3D localizations in {len(frames)} frames"
+    stats, n = loc.session.result.stats, len(loc.session.result.locs)
+    assert loc.status.value.startswith(f"{stats.identified} found, {n} fitted in 3D, {stats.identified - n} dropped")
+    assert loc.status.value.endswith(f", {len(frames)} frames")
     with h5py.File(folder / "blink.ome_locs.hdf5") as f:
         gui = f["locs"][...]
     docs = list(yaml.safe_load_all((folder / "blink.ome_locs.yaml").read_text()))

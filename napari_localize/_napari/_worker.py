@@ -34,7 +34,7 @@ class Cancelled:
 
 
 def localize_steps(movie, p, cancel: CancelToken, movie_path: str | None, chunk_frames: int | None = None,
-                   close_movie: bool = False, z=None):
+                   close_movie: bool = False, z=None, suffix: str = ""):
     """Generator: localize ``movie`` with ``p``, yielding ``(frames_done, frames_total)`` per chunk.
 
     Returns ``(locs, info, stats, paths)``; ``paths`` is ``None`` when ``movie_path`` is ``None`` (nothing
@@ -42,15 +42,16 @@ def localize_steps(movie, p, cancel: CancelToken, movie_path: str | None, chunk_
     :class:`Cancelled` instance if ``cancel`` was set before the end. ``close_movie``: close ``movie`` when
     done, whatever the outcome. ``z``: ``(calibration, z_options, calibration_path)`` for a 3D run
     (:func:`~napari_localize.api.iter_localize_3d`, the code of ``localize_movie_3d``), ``None`` for 2D.
+    ``suffix``: file names ``<movie><suffix>_locs.hdf5`` (as ``localize --suffix``).
     """
     try:
-        return (yield from _localize_steps(movie, p, cancel, movie_path, chunk_frames, z))
+        return (yield from _localize_steps(movie, p, cancel, movie_path, chunk_frames, z, suffix))
     finally:
         if close_movie:
             movie.close()
 
 
-def _localize_steps(movie, p, cancel, movie_path, chunk_frames, z=None):
+def _localize_steps(movie, p, cancel, movie_path, chunk_frames, z=None, suffix=""):
     n_frames, height, width = movie.shape
     p.validate(n_frames, height, width)
     start, stop = p.frame_span(n_frames)
@@ -79,7 +80,7 @@ def _localize_steps(movie, p, cancel, movie_path, chunk_frames, z=None):
         locs, info = finish_localize_3d(parts, movie.info, p, calibration, z_options, stats, calibration_path)
     paths = None
     if movie_path is not None:
-        hdf5_path, _ = locs_paths(movie_path)
+        hdf5_path, _ = locs_paths(movie_path, suffix)
         paths = save_locs(hdf5_path, locs, info)
     return locs, info, stats, paths
 
