@@ -46,8 +46,9 @@ class CameraWidget(Container):
     changed = Signal(dict)
 
     def __init__(self, config=None, discover: bool = True, **kwargs):
-        self._config_file = FileEdit(label="camera config (optional)", mode="r", filter="*.yaml *.yml", nullable=True,
-                                     tooltip="a config.yaml in Picasso's schema describing the lab's cameras")
+        self._config_file = FileEdit(label="camera config", mode="r", filter="*.yaml *.yml", nullable=True,
+                                     tooltip="optional: a config.yaml in Picasso's schema describing the lab's "
+                                             "cameras; without one the values below are used as typed")
         self._camera = ComboBox(label="camera", choices=[], nullable=False,
                                 tooltip="the config's camera; chosen from the movie's metadata when it matches")
         self._categories = Container(labels=True, name="sensitivity_categories")

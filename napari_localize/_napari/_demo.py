@@ -62,7 +62,10 @@ def screenshot_scene(viewer=None, size=(1920, 1080), roi=(20, 20, 108, 108), tim
     while loc.running and time.monotonic() < deadline:
         QApplication.processEvents()
         time.sleep(0.02)
-    viewer.layers.selection.active = viewer.layers["super-resolution"]
+    sr = viewer.layers["super-resolution"]
+    sr.contrast_limits = (0.0, sr.contrast_limits[1] / 4)  # the sites stand out over the raw frame
+    viewer.layers[0].opacity = 0.7
+    viewer.layers.selection.active = sr
     viewer.reset_view()
     QApplication.processEvents()
     return viewer, widgets

@@ -9,7 +9,7 @@ all bound to the viewer's one :class:`~._state.LocalizeSession`.
 from __future__ import annotations
 
 from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QFrame, QGroupBox, QScrollArea, QTabWidget, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QFrame, QGroupBox, QScrollArea, QSizePolicy, QTabWidget, QVBoxLayout, QWidget
 
 #: (title, attribute) of the scrolling settings sections, in workflow order
 SECTIONS = (
@@ -71,6 +71,8 @@ class LocalizePanel(QWidget):
         tab_layout.setContentsMargins(0, 0, 0, 0)
         tab_layout.addWidget(self.scroll, 1)
         self.run_section = _group("5  Run and results", self.localize)
+        # never squeezed below its content (wrapped status lines included): the settings above scroll instead
+        self.run_section.setSizePolicy(QSizePolicy.Preferred, QSizePolicy.Minimum)
         tab_layout.addWidget(self.run_section, 0)
 
         batch_scroll = QScrollArea()

@@ -426,9 +426,15 @@ class LocalizeWidget(CancellableRun, Container):
         self.progress_bar.setTextVisible(True)
         self.status = Label(label="", value="ready")
         self.files = Label(label="", value="")
-        self.extend([self.render_method, self.oversampling, self.suffix, self.run_button])
-        self.native.layout().addWidget(self.progress_bar)
-        self.extend([self.status, self.files])
+        self.extend([self.render_method, self.oversampling, self.suffix, self.run_button, self.status, self.files])
+        layout = self.native.layout()
+        for i in range(layout.count()):  # the progress bar right below the Localize button
+            row = layout.itemAt(i).widget()
+            if row is not None and (row is self.run_button.native or row.isAncestorOf(self.run_button.native)):
+                layout.insertWidget(i + 1, self.progress_bar)
+                break
+        else:
+            layout.addWidget(self.progress_bar)
         for label in (self.status, self.files):
             label.native.setWordWrap(True)
         self.run_button.changed.connect(lambda *_: self._run_or_cancel(self.run))
@@ -529,8 +535,7 @@ class LocalizeWidget(CancellableRun, Container):
         self.session.result = result
         self._show_result(result)
         if paths is None:
-            self.files.value = "not written: this layer has no movie file; save the localizations layer " \
-                               "with File > Save Selected Layers (.hdf5)"
+            self.files.value = "not written (the layer has no file): File > Save Selected Layers (.hdf5)"
             show_info("napari-localize: the movie layer has no file, so no _locs.hdf5 was written beside it")
         else:
             self.files.value = f"written: {paths[0]}\n{os.path.basename(paths[1])}"
