@@ -339,7 +339,8 @@ def test_cli_lists_channels(capsys):
     _, first = _ndtiff_file("12_bit_pycromanager_mda")
     assert main(["localize", first]) == 1
     err = capsys.readouterr().err
-    assert "2 channels (0: 0, 1: 1)" in err and "--channel" in err
+    # NDTiff keeps the channel names per image (Axes: {"channel": ...}); they are offered by name
+    assert "2 channels (0: DAPI, 1: FITC)" in err and "--channel" in err
     assert main(["localize", first, "--channel", "5"]) == 1
     assert "channel 5 does not exist" in capsys.readouterr().err
 
