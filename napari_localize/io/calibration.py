@@ -13,6 +13,8 @@ import tempfile
 import numpy as np
 import yaml
 
+from . import safe_yaml
+
 from ..core.zfit import ZCalibration
 
 
@@ -56,8 +58,8 @@ def load_calibration(path, magnification_factor: float | None = None) -> ZCalibr
         raise CalibrationFileError(f"{path}: no such z calibration file")
     try:
         with open(path) as fh:
-            d = yaml.safe_load(fh)
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            d = safe_yaml.load(fh)
+    except (yaml.YAMLError, UnicodeDecodeError, OSError) as exc:
         raise CalibrationFileError(f"{path}: not a valid YAML z calibration ({exc})") from None
     if not isinstance(d, dict):
         raise CalibrationFileError(f"{path}: not a z calibration (expected a mapping with X/Y Coefficients)")

@@ -13,11 +13,14 @@ A broken file raises :class:`CameraConfigError` naming the file, the camera and 
 from __future__ import annotations
 
 import importlib.util
+import io
 import os
 import sys
 from pathlib import Path
 
 import yaml
+
+from . import safe_yaml
 
 from ..core.camera import CameraConfig, CameraConfigError, CameraSpec
 
@@ -120,7 +123,7 @@ def load_camera_config(path) -> CameraConfig:
     except (OSError, UnicodeDecodeError) as exc:
         raise CameraConfigError(f"camera config {path}: cannot be read ({exc})") from None
     try:
-        data = yaml.safe_load(text)
+        data = safe_yaml.load(io.StringIO(text))
     except yaml.YAMLError as exc:
         raise CameraConfigError(f"camera config {path}: not valid YAML ({exc})".replace("\n", " ")) from None
     return parse_camera_config(data, source=os.path.abspath(path))

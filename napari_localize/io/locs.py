@@ -13,6 +13,8 @@ import h5py
 import numpy as np
 import yaml
 
+from . import safe_yaml
+
 #: older or GUI spellings of metadata keys, mapped to the API spelling
 KEY_ALIASES = {
     "Box size": "Box Size",
@@ -206,7 +208,7 @@ def load_info(yaml_path) -> list[dict]:
     """All documents of a ``_locs.yaml`` (ours or Picasso's), with old key spellings normalised."""
     with open(yaml_path) as fh:
         try:
-            docs = [d for d in yaml.load_all(fh, Loader=_LenientLoader) if d is not None]
+            docs = [d for d in safe_yaml.load_all(fh, _LenientLoader) if d is not None]
         except yaml.YAMLError as exc:
             raise LocsFileError(f"{yaml_path}: not valid YAML ({exc})") from None
     out = []
@@ -252,8 +254,9 @@ def get_metadata(info: list[dict], key, default=None):
     return default
 
 
-class _LenientLoader(yaml.SafeLoader):
-    """Safe loading that tolerates the python/ tags some Picasso versions write (as plain data)."""
+class _LenientLoader(safe_yaml.LimitedSafeLoader):
+    """Safe loading (with the alias-expansion limit) that tolerates the python/ tags some Picasso versions write
+    (as plain data)."""
 
 
 def _construct_unknown(loader, tag_suffix, node):

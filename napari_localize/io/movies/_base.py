@@ -53,8 +53,21 @@ class Movie:
 
     def __array__(self, dtype=None, copy=None):
         with self._io_lock:
-            data = self._read(0, self.shape[0])
+            data = self._checked_read(0, self.shape[0])
         return data if dtype is None else data.astype(dtype)
+
+    def _checked_read(self, start, stop):
+        """:meth:`_read`, with any failure of a format library turned into a MovieError naming the file."""
+        try:
+            return self._read(start, stop)
+        except MovieError:
+            raise
+        except MemoryError:
+            raise MovieError(f"{self.path}: frames {start}..{stop - 1} do not fit in memory; read fewer frames "
+                             "at a time") from None
+        except Exception as exc:  # noqa: BLE001 (tifffile, h5py and nd2 raise many types on damaged data)
+            raise MovieError(f"{self.path}: frames {start}..{stop - 1} cannot be read; the file is damaged "
+                             f"({type(exc).__name__}: {' '.join(str(exc).split())[:300]})") from None
 
     def __getitem__(self, key):
         with self._io_lock:
@@ -65,7 +78,7 @@ class Movie:
         n = self.shape[0]
         key = _expand_key(key, 3)
         if key is None:  # an index numpy treats specially (a scalar boolean): read everything, let numpy decide
-            return np.asarray(self._read(0, n))[_as_tuple(key)]
+            return np.asarray(self._checked_read(0, n))[_as_tuple(key)]
         at = next((k for k, item in enumerate(key) if item is not None), None)
         if at is None:
             key, at = key + (slice(None),), len(key)
@@ -93,7 +106,7 @@ class Movie:
             return self._empty()
         breaks = np.nonzero(np.diff(frames) != 1)[0] + 1
         runs = np.split(frames, breaks)
-        parts = [self._read(int(r[0]), int(r[-1]) + 1) for r in runs]
+        parts = [self._checked_read(int(r[0]), int(r[-1]) + 1) for r in runs]
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     def _empty(self):

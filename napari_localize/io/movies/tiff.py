@@ -212,6 +212,10 @@ class TiffMovie(Movie):
         if broken or (expected is not None and expected > npages):
             raise self._truncated(npages, expected, broken[0] if broken else None)
         self._audit_page_count(npages)
+        other = [m for m in capture.messages if m not in broken and not any(k in m for k in _METADATA_WARNINGS)]
+        if other:
+            warnings.warn(f"{self.path}: tifffile reports damage ({other[0]}); check the frame count against the "
+                          "acquisition", stacklevel=4)
 
         # frames whose page is missing (an acquisition stopped early): drop trailing ones, warn about others
         if self._pages is not None:
@@ -263,27 +267,48 @@ class TiffMovie(Movie):
                 counts["its OME-XML"] = planes
             except (AttributeError, TypeError, ValueError):
                 pass
-        if self._pages is not None and not tif.is_ome:
-            own = sum(1 for p in self._pages if p is not None and p.parent is tif)
-            if own == len(self._pages) and len(tif.series) == 1:
-                try:
-                    ifds = len(tif.pages)
-                except Exception:  # noqa: BLE001 (a damaged IFD chain was reported when the pages were read)
-                    ifds = None
-                if ifds is not None and ifds > own:
-                    counts["its IFD chain"] = ifds
+        own = npages if self._pages is None else sum(1 for p in self._pages if p is not None and p.parent is tif)
+        single_file = self._pages is None or own == len(self._pages)
+        if single_file and len(tif.series) == 1 and not tif.is_ome:
+            try:
+                ifds = len(tif.pages)
+            except Exception:  # noqa: BLE001 (a damaged IFD chain was reported when the pages were read)
+                ifds = None
+            if ifds is not None and ifds > own:
+                counts["its IFD chain"] = ifds
+        if single_file and not tif.is_micromanager and not tif.is_ndtiff:
+            self._audit_file_size(own)
         if len(tif.series) > 1:
             warnings.warn(f"{self.path}: the file holds {len(tif.series)} image series; reading series "
                           f"{self._series_index} only ({npages} image(s)); open_movie(path, series=k) reads another",
                           stacklevel=4)
             counts.pop("its OME-XML", None)
         for where, n in counts.items():
-            n_read = npages if where != "its IFD chain" else len(self._pages)
+            n_read = npages if where != "its IFD chain" else own
             if n > n_read and not (where == "its OME-XML" and self._ome_multifile()):
                 raise MovieError(
                     f"{self.path}: {where} lists {n} images but only {n_read} can be read as one series "
                     f"({'index or ' if tif.is_ndtiff else ''}metadata damaged?); refusing to read a part of the "
                     "movie silently. Copy the file again, or re-save it (e.g. with tifffile or Fiji).")
+
+    def _audit_file_size(self, own):
+        """Warn when the file holds far more bytes than the pages read account for (a cut IFD chain hides the
+        frames after the cut; nothing else records how many there were)."""
+        tif = self._tif
+        try:
+            kf = self._series.keyframe
+            frame_bytes = int(sum(kf.databytecounts))
+            size = tif.filehandle.size
+            meta = len(kf.description or "") + 256 * own + 2048  # descriptions, tags, IFDs
+        except Exception:  # noqa: BLE001 (advisory)
+            return
+        if kf.compression != 1 or frame_bytes <= 0:
+            return
+        spare = size - own * frame_bytes - meta
+        if spare >= 2 * frame_bytes and spare > 0.05 * size:
+            warnings.warn(f"{self.path}: {own} frame(s) read, but the file has room for about "
+                          f"{own + spare // frame_bytes} ({spare} bytes unaccounted for); its page chain may be "
+                          "damaged and frames lost. Check the frame count against the acquisition.", stacklevel=5)
 
     def _ome(self):
         """The OME-XML as a dict (``tifffile.xml2dict``), or None when the file has none or it does not parse."""
