@@ -67,13 +67,13 @@ def save_parameters(p: LocalizeParameters) -> str | None:
     values = dataclasses.asdict(p)
     values.pop("roi")
     values.pop("frame_range")
+    from ..core.errors import OutputError
+    from ..io.publish import write_text
+
     try:
         os.makedirs(folder, exist_ok=True)
-        tmp = path + ".tmp"
-        with open(tmp, "w") as fh:
-            json.dump(values, fh, indent=1)
-        os.replace(tmp, path)
-    except OSError:
+        write_text(path, json.dumps(values, indent=1))
+    except (OSError, OutputError):
         return None
     return path
 

@@ -46,9 +46,9 @@ def write_raw_info(path, byte_order, data_type, frames, height, width) -> str:
     info_path = raw_info_path(path)
     doc = {"Byte Order": byte_order, "Data Type": str(np.dtype(data_type).name), "Frames": int(frames),
            "Height": int(height), "Width": int(width)}
-    with open(info_path, "w") as fh:
-        yaml.safe_dump(doc, fh, default_flow_style=False)
-    return info_path
+    from ..publish import write_text
+
+    return write_text(info_path, yaml.safe_dump(doc, default_flow_style=False))
 
 
 def _count(path, sidecar, key, value) -> int:

@@ -95,6 +95,13 @@ class TiffMovie(Movie):
         self._parts: list[TiffMovie] = []
         capture = _LogCapture()
         tlog = logging.getLogger("tifffile")
+        # tifffile reports damaged pages only through its logger: make sure the records are made even where a
+        # logging configuration (dictConfig, a host application) disabled or silenced it
+        saved = tlog.disabled, tlog.level, logging.root.manager.disable
+        tlog.disabled = False
+        tlog.setLevel(logging.WARNING)
+        if logging.root.manager.disable >= logging.WARNING:
+            logging.disable(logging.NOTSET)
         tlog.addHandler(capture)
         try:
             try:
@@ -118,6 +125,10 @@ class TiffMovie(Movie):
                 raise
         finally:
             tlog.removeHandler(capture)
+            tlog.disabled, _, disabled = saved
+            tlog.setLevel(saved[1])
+            if disabled != logging.root.manager.disable:
+                logging.disable(disabled)
         if follow_on:
             try:
                 self._add_follow_on_files(channel, position)
@@ -305,6 +316,10 @@ class TiffMovie(Movie):
         if kf.compression != 1 or frame_bytes <= 0:
             return
         spare = size - own * frame_bytes - meta
+        if spare >= 2 * frame_bytes and spare > 0.25 * size:
+            raise MovieError(f"{self.path}: only {own} frame(s) can be read, but the file holds room for about "
+                             f"{own + spare // frame_bytes} ({spare} bytes unaccounted for): its page chain is "
+                             "damaged and frames would be lost. Copy the file again from the acquisition computer.")
         if spare >= 2 * frame_bytes and spare > 0.05 * size:
             warnings.warn(f"{self.path}: {own} frame(s) read, but the file has room for about "
                           f"{own + spare // frame_bytes} ({spare} bytes unaccounted for); its page chain may be "
