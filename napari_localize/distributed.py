@@ -33,9 +33,23 @@ def _localize_block(path, p: LocalizeParameters, start: int, stop: int, movie_op
         return locs, stats, movie.info
 
 
+def _message(exc, path) -> str:
+    """One line for a movie's failure: a project error as it is; anything else with its type and the file."""
+    from .core.errors import LocalizeError
+
+    text = " ".join(str(exc).split())
+    if isinstance(exc, LocalizeError):
+        return text
+    return f"{path}: {type(exc).__name__}: {text[:300]}"
+
+
 def _client(scheduler: str, workers: int | None):
     from dask.distributed import Client, LocalCluster
 
+    if workers is not None and (isinstance(workers, bool) or int(workers) != workers or workers < 1):
+        from .core.errors import ParameterError
+
+        raise ParameterError(f"workers must be a whole number >= 1, got {workers!r}")
     if scheduler == "local":
         cluster = LocalCluster(n_workers=workers or max(1, (os.cpu_count() or 2) // 2), threads_per_worker=None,
                                host="127.0.0.1", dashboard_address=None, processes=True)
@@ -54,7 +68,7 @@ def localize_files_distributed(paths, p: LocalizeParameters | dict, scheduler: s
     """
     from .api import metadata_documents
     from .core.locs import locs_dtype
-    from .io.locs import LocsWriter, locs_paths
+    from .io.locs import LocsWriter, choice_suffix, locs_paths
     from .io.movies import open_movie
 
     movie_options = movie_options or {}
@@ -68,20 +82,21 @@ def localize_files_distributed(paths, p: LocalizeParameters | dict, scheduler: s
             try:
                 with open_movie(path, **movie_options) as movie:
                     shape = movie.shape
+                    out_suffix = choice_suffix(movie) + suffix
                 p.validate(*shape)
                 first, last = p.frame_span(shape[0])
                 blocks = [(a, min(a + frames_per_task, last)) for a in range(first, last, frames_per_task)]
                 futures = [client.submit(_localize_block, os.path.abspath(path), p, a, b, movie_options, pure=False)
                            for a, b in blocks]
-                plans.append((path, futures, None))
-            except (ValueError, OSError) as exc:
-                plans.append((path, [], str(exc)))
-        for path, futures, error in plans:
+                plans.append((path, futures, None, out_suffix))
+            except Exception as exc:  # noqa: BLE001 (this movie's failure is reported; the others run)
+                plans.append((path, [], _message(exc, path), suffix))
+        for path, futures, error, out_suffix in plans:
             p = params[path]
             if error is None:
                 try:
                     stats = LocalizeStats()
-                    hdf5_path, _ = locs_paths(path, suffix, output_dir)
+                    hdf5_path, _ = locs_paths(path, out_suffix, output_dir)
                     movie_info = None
                     with LocsWriter(hdf5_path, locs_dtype(p.fit_method)) as writer:
                         for future in futures:  # in frame order; each block is written, then let go
@@ -95,8 +110,10 @@ def localize_files_distributed(paths, p: LocalizeParameters | dict, scheduler: s
                                 stats.seconds[key] += value
                         written = writer.commit(metadata_documents(movie_info, p, stats))[0]
                     results.append((path, written, stats, None))
-                except (ValueError, OSError) as exc:
-                    results.append((path, None, None, str(exc)))
+                except Exception as exc:  # noqa: BLE001 (a worker's failure: reported, the batch goes on)
+                    for future in futures:
+                        future.release()
+                    results.append((path, None, None, _message(exc, path)))
             else:
                 results.append((path, None, None, error))
             if on_done is not None:

@@ -145,23 +145,29 @@ class LocalizeParameters:
 def _real(name, value, valid: str, lo=None, hi=None, lo_open=False) -> float:
     """``value`` as a finite float within the bounds, or a ParameterError naming it and the valid range."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ParameterError(f"{name} must be a number, {valid}; got {value!r} ({type(value).__name__})")
+        raise _error(name, f"{name} must be a number, {valid}; got {value!r} ({type(value).__name__})")
     v = float(value)
     if not math.isfinite(v) or (lo is not None and (v <= lo if lo_open else v < lo)) or \
             (hi is not None and v > hi):
-        raise ParameterError(f"{name} must be {valid}; got {value!r}")
+        raise _error(name, f"{name} must be {valid}; got {value!r}")
     return v
+
+
+def _error(name, message) -> ParameterError:
+    exc = ParameterError(message)
+    exc.parameter = name  # which value: the CLI names its flag
+    return exc
 
 
 def _integer(name, value, lo, valid: str) -> int:
     """``value`` as an int (integral floats such as 7.0 accepted), or a ParameterError."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ParameterError(f"{name} must be {valid}; got {value!r} ({type(value).__name__})")
+        raise _error(name, f"{name} must be {valid}; got {value!r} ({type(value).__name__})")
     if not math.isfinite(float(value)) or float(value) != int(value):
-        raise ParameterError(f"{name} must be {valid}; got {value!r}")
+        raise _error(name, f"{name} must be {valid}; got {value!r}")
     v = int(value)
     if lo is not None and v < lo:
-        raise ParameterError(f"{name} must be {valid}; got {value!r}")
+        raise _error(name, f"{name} must be {valid}; got {value!r}")
     return v
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib.util
 import io
+import math
 import os
 import sys
 from pathlib import Path
@@ -177,6 +178,8 @@ def _number(value, what, fail, positive=True):
         out = float(value)
     except ValueError:
         fail(f"{what} must be a number, got {value!r}")
+    if not math.isfinite(out):
+        fail(f"{what} must be a finite number, got {value!r}")
     if positive and not out > 0:
         fail(f"{what} must be > 0, got {value!r}")
     return out

@@ -44,6 +44,30 @@ def locs_paths(movie_path, suffix: str = "", output_dir=None) -> tuple[str, str]
     return base + "_locs.hdf5", base + "_locs.yaml"
 
 
+def choice_suffix(movie) -> str:
+    """The part of the output name that tells which channel/position of a multi-channel or multi-position movie
+    was localized: ``_ch<k>`` and ``_pos<k>`` (0-based, as ``--channel``/``--position``); empty for movies with
+    one of each, so their names stay Picasso's."""
+    out = ""
+    names = getattr(movie, "channel_names", None) or []
+    if len(names) > 1:
+        out += f"_ch{int(getattr(movie, 'channel', 0))}"
+    names = getattr(movie, "position_names", None) or []
+    if len(names) > 1:
+        out += f"_pos{int(getattr(movie, 'position', 0))}"
+    return out
+
+
+def output_collisions(plans) -> list[tuple[str, list[str]]]:
+    """``[(output path, [movies])]`` for every output that more than one movie of ``plans`` (``(movie, output
+    path)`` pairs) would write; case-insensitively, since macOS and Windows folders are."""
+    seen: dict[str, list] = {}
+    for movie, out in plans:
+        key = os.path.normcase(os.path.abspath(out)).lower()
+        seen.setdefault(key, [out, []])[1].append(movie)
+    return [(out, movies) for out, movies in seen.values() if len(movies) > 1]
+
+
 def _plain(value):
     """numpy scalars and tuples to plain Python, so any YAML reader (safe ones included) can load them."""
     if isinstance(value, dict):
