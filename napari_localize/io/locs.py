@@ -8,6 +8,8 @@ half-written file or destroys an earlier result, and concurrent writers never mi
 from __future__ import annotations
 
 import contextlib
+import errno
+import io
 import os
 
 import h5py
@@ -119,25 +121,56 @@ class LocsWriter:
         self._tmp_h5 = None
         self._file = None
         self._dataset = None
+        self._buffer: list[np.ndarray] = []  # the first rows, until they fill a chunk
         self.committed = False
 
     def __enter__(self):
         self._publisher = Publisher([self.hdf5_path, self.yaml_path])
         try:
             self._tmp_h5 = self._publisher.temp(self.hdf5_path)
-            self._file = h5py.File(self._tmp_h5, "w")
-            self._dataset = self._file.create_dataset("locs", shape=(0,), maxshape=(None,), dtype=self.dtype,
-                                                      chunks=(self.CHUNK_ROWS,))
-        except BaseException as exc:
+        except BaseException:
             self.abort()
-            if isinstance(exc, (OSError, RuntimeError, ValueError)) and not isinstance(exc, LocalizeError):
-                raise OutputError(_write_error(exc, self.hdf5_path)) from None
             raise
         return self
 
+    # HDF5 cannot recover from a write that fails (a full disk, a file-size limit): closing the file afterwards
+    # can crash the process. So HDF5 never writes past what is reserved: the first chunk's rows stay in memory
+    # (a small table is built in memory and written by Python), and before the on-disk table grows, the space
+    # is reserved with posix_fallocate, which fails cleanly (ENOSPC, EFBIG) before HDF5 touches the disk.
+    def _chunk_bytes(self) -> int:
+        return self.CHUNK_ROWS * self.dtype.itemsize
+
+    def _reserve(self, rows: int):
+        need = (-(-rows // self.CHUNK_ROWS) + 1) * self._chunk_bytes() + (1 << 20)
+        try:
+            if os.path.getsize(self._tmp_h5) >= need:
+                return
+            fd = os.open(self._tmp_h5, os.O_WRONLY)
+            try:
+                os.posix_fallocate(fd, 0, need)
+            finally:
+                os.close(fd)
+        except (AttributeError, NotImplementedError):
+            return  # no posix_fallocate (Windows, macOS): HDF5 reports the failure itself
+        except OSError as exc:
+            if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                return
+            raise OutputError(describe_os_error(exc, self.hdf5_path)) from None
+
+    def _open_table(self):
+        with _writing(self.hdf5_path):
+            self._file = h5py.File(self._tmp_h5, "w")
+            self._dataset = self._file.create_dataset("locs", shape=(0,), maxshape=(None,), dtype=self.dtype,
+                                                      chunks=(self.CHUNK_ROWS,))
+            buffered = np.concatenate(self._buffer) if self._buffer else np.zeros(0, self.dtype)
+            self._buffer = []
+            if len(buffered):
+                self._dataset.resize((len(buffered),))
+                self._dataset[:] = buffered
+
     def append(self, locs: np.ndarray):
         """Add rows (a structured array of this writer's dtype) at the end of the table."""
-        if self._dataset is None:
+        if self._publisher is None or self.committed:
             raise LocsFileError(f"{self.hdf5_path}: the writer is not open (use it in a with block)")
         locs = np.asarray(locs)
         if locs.dtype != self.dtype:
@@ -146,6 +179,13 @@ class LocsWriter:
         if len(locs) == 0:
             return
         n = self.rows + len(locs)
+        if self._dataset is None and n <= self.CHUNK_ROWS:
+            self._buffer.append(locs.copy())
+            self.rows = n
+            return
+        self._reserve(n)
+        if self._dataset is None:
+            self._open_table()
         with _writing(self.hdf5_path):
             self._dataset.resize((n,))
             self._dataset[self.rows:n] = locs
@@ -157,6 +197,11 @@ class LocsWriter:
         The table is compacted in place block by block, so a whole-run filter (one that needs a statistic of
         every row, like the z outlier rule) never needs the table in memory.
         """
+        if self._dataset is None:
+            rows = np.concatenate(self._buffer) if self._buffer else np.zeros(0, self.dtype)
+            self._buffer = [rows[np.asarray(predicate(rows), bool)]] if len(rows) else []
+            self.rows = sum(len(b) for b in self._buffer)
+            return
         kept_rows = 0
         with _writing(self.hdf5_path):
             for a in range(0, self.rows, self.CHUNK_ROWS):
@@ -170,19 +215,19 @@ class LocsWriter:
     def commit(self, info: list[dict]) -> tuple[str, str]:
         """Close the table, write the metadata documents and publish both files together; return the paths.
 
-        A table smaller than one chunk is rewritten with one chunk of its own size, so a small result is a small
+        A table of less than one chunk is written with one chunk of its own size, so a small result is a small
         file (not a 4 MB chunk).
         """
-        with _writing(self.hdf5_path):
-            small = None
-            if self.rows < self.CHUNK_ROWS:
-                small = self._dataset[: self.rows]
-            self._dataset = None
-            f, self._file = self._file, None
-            f.close()
-            if small is not None:
-                self._tmp_h5 = self._publisher.replace_temp(self.hdf5_path)
-                _write_table(self._tmp_h5, small, extendable=True)
+        if self._dataset is None:
+            rows = np.concatenate(self._buffer) if self._buffer else np.zeros(0, self.dtype)
+            _write_bytes(self._tmp_h5, _table_bytes(rows, extendable=True), self.hdf5_path)
+        else:
+            self._reserve(self.rows)
+            with _writing(self.hdf5_path):
+                self._dataset = None
+                f, self._file = self._file, None
+                f.close()
+                _trim_to_hdf5_end(self._tmp_h5)
         _write_yaml(self._publisher.temp(self.yaml_path), info, self.yaml_path)
         self._publisher.commit()
         self._tmp_h5 = None
@@ -192,10 +237,9 @@ class LocsWriter:
     def abort(self):
         """Drop everything written so far (an earlier result under the target name stays); never raises."""
         self._dataset = None
+        self._buffer = []
         f, self._file = self._file, None
         if f is not None:
-            # after a failed write (full disk, file-size limit) HDF5 cannot flush; closing must not take the
-            # process down, and the temporary file goes whatever happens
             with contextlib.suppress(Exception):
                 f.close()
         if self._publisher is not None:
@@ -230,13 +274,39 @@ def _writing(path):
         raise OutputError(_write_error(exc, path)) from None
 
 
-def _write_table(tmp_path, locs, extendable: bool = False):
-    """``locs`` as the dataset ``locs``; ``extendable``: chunked and resizable, one chunk sized to the data."""
-    with h5py.File(tmp_path, "w") as f:
+def _table_bytes(locs, extendable: bool = False) -> bytes:
+    """The whole ``_locs.hdf5`` (dataset ``locs``) built in memory; ``extendable``: chunked and resizable with
+    one chunk sized to the data (as a streamed table is, but small)."""
+    buf = io.BytesIO()
+    with h5py.File(buf, "w") as f:
         if extendable:
             f.create_dataset("locs", data=np.ascontiguousarray(locs), maxshape=(None,), chunks=(max(len(locs), 1),))
         else:
             f.create_dataset("locs", data=np.ascontiguousarray(locs))
+    return buf.getvalue()
+
+
+def _trim_to_hdf5_end(path):
+    """Cut the space reserved beyond the end of a closed HDF5 file (its superblock's end-of-file address)."""
+    with open(path, "rb") as fh:
+        head = fh.read(64)
+    if head[:8] != b"\x89HDF\r\n\x1a\n":
+        return
+    version = head[8]
+    at = {0: 40, 1: 44, 2: 28, 3: 28}.get(version)
+    if at is None or (version < 2 and (head[13] != 8)):  # only 8-byte offsets (what h5py writes)
+        return
+    end = int.from_bytes(head[at: at + 8], "little")
+    if 0 < end < os.path.getsize(path):
+        os.truncate(path, end)
+
+
+def _write_bytes(tmp_path, data: bytes, target):
+    try:
+        with open(tmp_path, "wb") as fh:
+            fh.write(data)
+    except OSError as exc:
+        raise OutputError(describe_os_error(exc, target)) from None
 
 
 def _write_yaml(tmp_path, info, target):
@@ -259,7 +329,8 @@ def save_locs(hdf5_path, locs: np.ndarray, info: list[dict]) -> tuple[str, str]:
                             f"y, ...), got dtype {locs.dtype}")
     with Publisher([hdf5_path, yaml_path]) as pub:
         with _writing(hdf5_path):
-            _write_table(pub.temp(hdf5_path), locs)
+            data = _table_bytes(locs)
+        _write_bytes(pub.temp(hdf5_path), data, hdf5_path)
         _write_yaml(pub.temp(yaml_path), info, yaml_path)
         pub.commit()
     return hdf5_path, yaml_path
