@@ -79,9 +79,8 @@ class LocalizeParameters:
         """Raise :class:`ParameterError` with an actionable message if a value cannot work."""
         b = self.box_size = _integer("box size", self.box_size, 3, "an odd integer >= 3 (pixels), e.g. 7")
         if b % 2 == 0:
-            raise ParameterError(
-                f"box size must be odd so that the box has a centre pixel, got {b}; use {b - 1} or {b + 1}"
-            )
+            raise _error("box size", f"box size must be odd so that the box has a centre pixel, got {b}; use "
+                                     f"{b - 1} or {b + 1}")
         if self.fit_method not in FIT_METHODS:
             raise ParameterError(f"fit method must be one of {', '.join(FIT_METHODS)}, got {self.fit_method!r}")
         self.min_net_gradient = _real("minimum net gradient", self.min_net_gradient, ">= 0 (camera counts)",

@@ -109,8 +109,8 @@ def check_name(target) -> None:
     except (OSError, ValueError):
         limit = 255
     if len(os.fsencode(name)) > limit:
-        raise OutputError(f"{target}: the output name has {len(os.fsencode(name))} bytes, more than the "
-                          f"{limit} the file system allows; rename the movie or give a shorter --suffix")
+        raise OutputError(f"{target}: the output name is too long ({len(os.fsencode(name))} bytes; the file "
+                          f"system allows {limit}); rename the movie or give a shorter --suffix")
 
 
 class Publisher:
