@@ -185,8 +185,9 @@ class LocalizeSession:
         path = self.movie_path()
         layer = self.movie_layer
         if path is not None and layer is not None and os.path.exists(path):
-            try:
-                movie = open_movie(path)
+            meta = layer.metadata or {}
+            try:  # the layer's own channel/position of a multi-channel/-position file
+                movie = open_movie(path, channel=meta.get("movie_channel"), position=meta.get("movie_position"))
             except (ValueError, OSError):
                 return self.movie(), False
             if tuple(movie.shape) == tuple(int(s) for s in layer.data.shape[-3:]):

@@ -23,7 +23,7 @@ from ..core.pipeline import (
     chunk_frames_for,
     iter_localize,
 )
-from ..io.locs import locs_paths, save_locs
+from ..io.locs import choice_suffix, locs_paths, save_locs
 
 SYNC_ENV = "NAPARI_LOCALIZE_SYNC"
 #: pixels per chunk in the viewer: 1 Mpx (64 frames of 128x128) keeps cancel and progress prompt
@@ -84,7 +84,7 @@ def _localize_steps(movie, p, cancel, movie_path, chunk_frames, z=None):
         locs, info = finish_localize_3d(parts, movie.info, p, calibration, z_options, stats, calibration_path)
     paths = None
     if movie_path is not None:
-        hdf5_path, _ = locs_paths(movie_path)
+        hdf5_path, _ = locs_paths(movie_path, choice_suffix(movie))  # _ch<k>/_pos<k>: channels never collide
         paths = save_locs(hdf5_path, locs, info)
     return locs, info, stats, paths
 

@@ -57,7 +57,8 @@ def write_movie(path, chunks, shape, dtype, pixelsize_nm=None, extra_info: dict 
         try:
             with tifffile.TiffWriter(pub.temp(path), bigtiff=nbytes > 2**31 - 2**25, ome=lower.endswith(
                     (".ome.tif", ".ome.tiff"))) as tw:
-                tw.write(frames(), shape=tuple(shape), dtype=dtype, metadata=metadata, contiguous=True)
+                tw.write(frames(), shape=tuple(shape), dtype=dtype, metadata=metadata, contiguous=True,
+                         photometric="minisblack")  # grey frames, even 3 or 4 pixels wide
         except OSError as exc:
             raise OutputError(describe_os_error(exc, path)) from None
         pub.commit()
