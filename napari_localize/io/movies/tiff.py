@@ -280,7 +280,7 @@ class TiffMovie(Movie):
                 pass
         own = npages if self._pages is None else sum(1 for p in self._pages if p is not None and p.parent is tif)
         single_file = self._pages is None or own == len(self._pages)
-        if single_file and len(tif.series) == 1 and not tif.is_ome:
+        if single_file and len(tif.series) == 1:  # OME too: a damaged OME-XML can hide pages
             try:
                 ifds = len(tif.pages)
             except Exception:  # noqa: BLE001 (a damaged IFD chain was reported when the pages were read)
