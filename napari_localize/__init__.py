@@ -5,11 +5,19 @@ Find blinking spots, fit them to nanometre precision and write Picasso-compatibl
 
 __version__ = "0.1.0"
 
-from .core.parameters import LocalizeParameters, ParameterError  # noqa: E402
-from .core.pipeline import CancelToken, LocalizeCancelled, localize  # noqa: E402
+_LAZY = {
+    # loaded on first use, so that `napari-localize --help` (and Ctrl-C at start-up) does not wait for numba
+    "LocalizeParameters": "core.parameters", "ParameterError": "core.errors", "MovieError": "core.errors",
+    "LocalizeError": "core.errors", "OutputError": "core.errors", "CancelToken": "core.pipeline",
+    "LocalizeCancelled": "core.pipeline", "localize": "core.pipeline",
+}
 
 
 def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     # the file-level API imports h5py/tifffile; load it on first use only
     if name in ("localize_file", "localize_movie"):
         from . import api
@@ -27,6 +35,6 @@ def __getattr__(name):
 
 
 __all__ = [
-    "CancelToken", "LocalizeCancelled", "LocalizeParameters", "ParameterError", "__version__", "load_locs",
+    "LocalizeError", "MovieError", "OutputError", "CancelToken", "LocalizeCancelled", "LocalizeParameters", "ParameterError", "__version__", "load_locs",
     "localize", "localize_file", "localize_movie", "open_movie", "save_locs",
 ]

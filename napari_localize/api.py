@@ -10,10 +10,11 @@ import os
 import numpy as np
 
 from . import __version__
+from .core.errors import OutputError
 from .core.parameters import LocalizeParameters
 from .core.pipeline import CancelToken, LocalizeStats
 from .core.run import MemorySink, RunResult, ZRun, run, run_documents, run_dtype, run_steps  # noqa: F401
-from .io.locs import LocsWriter, locs_paths
+from .io.locs import LocsWriter, choice_suffix, locs_paths
 from .io.movies import ArrayMovie, Movie, open_movie
 
 GENERATED_BY = f"napari-localize v{__version__}"
@@ -47,15 +48,19 @@ def localize_file(path, p: LocalizeParameters | None = None, suffix: str = "", o
                   z_options=None, calibration_path=None):
     """Localize the movie at ``path`` and write ``<base><suffix>_locs.hdf5`` and ``.yaml``.
 
+    For one channel/position of a multi-channel/-position movie the name gets ``_ch<k>``/``_pos<k>`` before
+    ``suffix`` (see :func:`~napari_localize.io.locs.choice_suffix`), so runs of different channels never
+    overwrite each other.
+
     Localizations are streamed to disk chunk by chunk (:func:`localize_to_file`), so memory does not grow
     with the movie; nothing is published unless the whole run succeeds. With a ``calibration`` the run is 3D
     (see :func:`localize_movie_3d`). Returns ``(hdf5_path, yaml_path, stats)``.
     """
     p = p or LocalizeParameters()
-    hdf5_path, _ = locs_paths(path, suffix, output_dir)
     if output_dir is not None and not os.path.isdir(output_dir):
-        raise FileNotFoundError(f"output folder {output_dir} does not exist")
+        raise OutputError(f"output folder {output_dir} does not exist")
     with open_movie(path, **(movie_options or {})) as movie:
+        hdf5_path, _ = locs_paths(path, choice_suffix(movie) + suffix, output_dir)
         written, stats = localize_to_file(movie, p, hdf5_path, progress, cancel, calibration, z_options,
                                           calibration_path)
     return written[0], written[1], stats

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 
 from . import __version__
@@ -112,20 +113,17 @@ def _camera_document(config, match) -> dict:
     return doc
 
 
-def cmd_localize(args) -> int:
-    from .api import localize_to_file
-    from .io.locs import locs_paths
-    from .io.movies import open_movie
+def _plan(args, files, config):
+    """Open every movie once, up front: its parameters, its output path and its camera match, or its error.
 
-    if args.output_dir is not None and not os.path.isdir(args.output_dir):
-        raise CliError(f"--output-dir {args.output_dir}: no such folder")
-    files = _movie_files(args.paths)
-    _set_device(args.device)
-    calibration, z_options = _z_setup(args)
-    config = _camera_config(args)
-    if args.scheduler:
-        return _localize_distributed(args, files, config, calibration, z_options)
-    failures = 0
+    Returns ``[(path, output hdf5 or None, parameters or None, match, error or None)]``. Two movies that would
+    write one output are refused here, before anything runs (``m.tif`` + ``m.tiff``, ``m.raw`` + ``m.tif``).
+    """
+    from .io.locs import choice_suffix, locs_paths, output_collisions
+    from .io.movies import open_movie
+    from .io.publish import check_name
+
+    plans = []
     for path in files:
         try:
             with open_movie(path, channel=args.channel, position=args.position) as movie:
@@ -134,11 +132,51 @@ def cmd_localize(args) -> int:
                     from .core.camera import match_camera
 
                     match = match_camera(config, movie.info, camera=args.camera)
-                    for notice in match.notices:
-                        print(f"napari-localize: note: {path}: {notice}", file=sys.stderr)
                 p = _parameters(args, movie.info, match)
                 p.validate(*movie.shape)
-                hdf5_path, _ = locs_paths(path, args.suffix, args.output_dir)
+                hdf5_path, _ = locs_paths(path, choice_suffix(movie) + args.suffix, args.output_dir)
+            check_name(hdf5_path)
+            check_name(os.path.splitext(hdf5_path)[0] + ".yaml")
+            plans.append((path, hdf5_path, p, match, None))
+        except Exception as exc:  # noqa: BLE001 (reported per movie; the batch goes on)
+            plans.append((path, None, None, None, exc))
+    clashes = output_collisions([(pl[0], pl[1]) for pl in plans if pl[1] is not None])
+    if clashes:
+        out, movies = clashes[0]
+        more = f" (and {len(clashes) - 1} more collision(s))" if len(clashes) > 1 else ""
+        raise CliError(f"{' and '.join(movies)} would all write {out}{more}; localize them separately with "
+                       "different --suffix values, or use --output-dir, or rename one")
+    return plans
+
+
+def cmd_localize(args) -> int:
+    from .api import localize_to_file
+
+    if args.output_dir is not None and not os.path.isdir(args.output_dir):
+        raise CliError(f"--output-dir {args.output_dir}: no such folder")
+    if args.workers is not None and args.workers < 1:
+        raise CliError(f"--workers must be a whole number >= 1, got {args.workers}")
+    _check_flags(args)
+    files = _movie_files(args.paths)
+    _set_device(args.device)
+    calibration, z_options = _z_setup(args)
+    config = _camera_config(args)
+    if args.scheduler:
+        return _localize_distributed(args, files, config, calibration, z_options)
+    plans = _plan(args, files, config)
+    failures = 0
+    for path, hdf5_path, p, match, error in plans:
+        if error is not None:
+            failures += 1
+            report_error(error, path, args.debug)
+            continue
+        from .io.movies import open_movie
+
+        try:
+            with open_movie(path, channel=args.channel, position=args.position) as movie:
+                if match is not None:
+                    for notice in match.notices:
+                        print(f"napari-localize: note: {path}: {notice}", file=sys.stderr)
                 camera_doc = _camera_document(config, match) if match is not None else None
                 bar = ProgressBar(os.path.basename(path))
                 try:
@@ -148,9 +186,9 @@ def cmd_localize(args) -> int:
                         extra_fit_info=camera_doc)
                 finally:
                     bar.close()
-        except (ValueError, OSError) as exc:
+        except Exception as exc:  # noqa: BLE001 (one movie's failure is reported; the batch goes on)
             failures += 1
-            print(f"napari-localize: error: {exc}", file=sys.stderr)
+            report_error(exc, path, args.debug)
             continue
         t = stats.seconds
         print(
@@ -159,7 +197,54 @@ def cmd_localize(args) -> int:
             f"[read {t['read']:.2f} s, identify {t['identify']:.2f} s, fit {t['fit']:.2f} s, "
             f"write {t['write']:.2f} s]"
         )
+    if failures and len(plans) > 1:
+        print(f"napari-localize: {failures} of {len(plans)} movies failed (see above)", file=sys.stderr)
     return 0 if failures == 0 else 1
+
+
+def _check_flags(args):
+    """Refuse nonsense numbers once, up front, with the flag named (the same rules as the API)."""
+    from .core.parameters import ParameterError
+
+    flags = {"baseline": "--baseline", "sensitivity": "--sensitivity", "EM gain": "--gain",
+             "quantum efficiency": "--qe", "pixel size": "--pixelsize", "minimum net gradient": "--min-net-gradient",
+             "box size": "--box-size", "convergence": "--convergence", "max iterations": "--max-iterations"}
+    try:
+        _parameters(args, {}).validate()
+    except ParameterError as exc:
+        flag = flags.get(getattr(exc, "parameter", None))
+        if flag is None or getattr(args, flag[2:].replace("-", "_"), None) is None:
+            return  # a default that a camera config may still replace: checked per movie
+        raise CliError(f"{flag}: {exc}") from None
+
+
+def report_error(exc, path=None, debug=False):
+    """One line on stderr for a failure (the full trace with --debug)."""
+    from .core.errors import LocalizeError
+
+    if debug:
+        import traceback
+
+        traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+    print(f"napari-localize: error: {describe_error(exc, path)}", file=sys.stderr)
+
+
+def describe_error(exc, path=None) -> str:
+    """The one-line message of a failure: a project error as it is; anything else with its type and the file."""
+    from .core.errors import LocalizeError
+
+    text = " ".join(str(exc).split())
+    if isinstance(exc, LocalizeError):
+        return text
+    if isinstance(exc, MemoryError):
+        return f"{path + ': ' if path else ''}out of memory; close other programs or process fewer frames at once"
+    if isinstance(exc, OSError) and exc.errno is not None:
+        from .io.publish import describe_os_error
+
+        return describe_os_error(exc, exc.filename or path or "a file")
+    where = f"{path}: " if path and path not in text else ""
+    return (f"{where}unexpected {type(exc).__name__}: {text[:300]} (run again with --debug for the full trace, and "
+            "please report it)")
 
 
 def _set_device(device):
@@ -192,13 +277,13 @@ def _localize_distributed(args, files, config, calibration=None, z_options=None)
 
                     match = match_camera(config, movie.info, camera=args.camera)
                 params[path] = _parameters(args, movie.info, match)
-        except (ValueError, OSError):
-            params[path] = _parameters(args, {})  # the worker reports the error for this movie
+        except Exception:  # noqa: BLE001 (the run reports this movie's error and goes on)
+            params[path] = _parameters(args, {})
     p = params
 
     def report(path, hdf5_path, stats, error):
         if error:
-            print(f"napari-localize: error: {error}", file=sys.stderr)
+            print(f"napari-localize: error: {' '.join(str(error).split())}", file=sys.stderr)
         else:
             print(f"{path}: {stats.localized} localizations in {stats.frames} frames -> {hdf5_path}")
 
@@ -207,7 +292,10 @@ def _localize_distributed(args, files, config, calibration=None, z_options=None)
                                          calibration=calibration, z_options=z_options,
                                          calibration_path=os.path.abspath(args.zcalib) if calibration is not None
                                          else None)
-    return 0 if all(r[3] is None for r in results) else 1
+    failed = sum(1 for r in results if r[3] is not None)
+    if failed and len(results) > 1:
+        print(f"napari-localize: {failed} of {len(results)} movies failed (see above)", file=sys.stderr)
+    return 0 if failed == 0 else 1
 
 
 def _z_setup(args):
@@ -507,20 +595,92 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    """Run the command line; return the exit status.
+
+    Failures print one line (``--debug``: the full trace too) and exit 2 (bad input) or 1 (some movies of a
+    batch failed). Ctrl-C, SIGTERM and SIGHUP stop the run the same way: no temporary file is left, an earlier
+    result is kept, and the exit status is 128 + the signal number.
+    """
+    from .core.errors import LocalizeError, RunInterrupted
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+    restore = _install_signal_handlers()
     try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        args.debug = debug
         return args.func(args)
     except CliError as exc:
         print(f"napari-localize: error: {exc}", file=sys.stderr)
         return 2
+    except (KeyboardInterrupt, RunInterrupted) as exc:
+        signum = getattr(exc, "signum", signal.SIGINT)
+        name = getattr(exc, "name", "") or signal.Signals(signum).name
+        if debug:
+            import traceback
+
+            traceback.print_exc()
+        print(f"napari-localize: interrupted ({name}); nothing was written for the unfinished movie and earlier "
+              "results are unchanged", file=sys.stderr)
+        return 128 + int(signum)
+    except SystemExit:
+        raise
+    except Exception as exc:  # noqa: BLE001 (the one place that turns any failure into one line)
+        if debug:
+            import traceback
+
+            traceback.print_exc()
+        print(f"napari-localize: error: {describe_error(exc)}", file=sys.stderr)
+        return 2 if isinstance(exc, (LocalizeError, OSError)) else 1
+    finally:
+        restore()
+
+
+def _install_signal_handlers():
+    """SIGTERM and SIGHUP (a SLURM time limit, ``timeout``, a closed ssh session) raise :class:`RunInterrupted`
+    in the main thread, as Ctrl-C raises KeyboardInterrupt, so every ``with`` block cleans up on the way out.
+    Returns a function that puts the previous handlers back."""
+    import threading
+
+    from .core.errors import RunInterrupted
+
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = {}
+
+    def handler(signum, frame):
+        raise RunInterrupted(signum, signal.Signals(signum).name)
+
+    for name in ("SIGTERM", "SIGHUP"):
+        sig = getattr(signal, name, None)
+        if sig is None:
+            continue
+        try:
+            previous[sig] = signal.signal(sig, handler)
+        except (ValueError, OSError):
+            pass
+
+    def restore():
+        for sig, old in previous.items():
+            try:
+                signal.signal(sig, old)
+            except (ValueError, OSError, TypeError):
+                pass
+
+    return restore
+
+
+def entry_point():
+    """The console script: :func:`main`, with Ctrl-C during start-up (imports) handled too."""
+    try:
+        code = main()
     except KeyboardInterrupt:
-        print("napari-localize: interrupted; nothing was written for the unfinished movie", file=sys.stderr)
-        return 130
-    except (ValueError, OSError) as exc:
-        print(f"napari-localize: error: {exc}", file=sys.stderr)
-        return 2
+        print("napari-localize: interrupted (SIGINT)", file=sys.stderr)
+        code = 130
+    sys.exit(code)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry_point()

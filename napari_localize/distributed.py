@@ -41,9 +41,23 @@ def _localize_block(path, p: LocalizeParameters, start: int, stop: int, movie_op
         return res.locs, res.stats, movie.info, d2
 
 
+def _message(exc, path) -> str:
+    """One line for a movie's failure: a project error as it is; anything else with its type and the file."""
+    from .core.errors import LocalizeError
+
+    text = " ".join(str(exc).split())
+    if isinstance(exc, LocalizeError):
+        return text
+    return f"{path}: {type(exc).__name__}: {text[:300]}"
+
+
 def _client(scheduler: str, workers: int | None):
     from dask.distributed import Client, LocalCluster
 
+    if workers is not None and (isinstance(workers, bool) or int(workers) != workers or workers < 1):
+        from .core.errors import ParameterError
+
+        raise ParameterError(f"workers must be a whole number >= 1, got {workers!r}")
     if scheduler == "local":
         cluster = LocalCluster(n_workers=workers or max(1, (os.cpu_count() or 2) // 2), threads_per_worker=None,
                                host="127.0.0.1", dashboard_address=None, processes=True)
@@ -109,7 +123,7 @@ def iter_files_distributed(paths, p: LocalizeParameters | dict, scheduler: str =
     from dask.distributed import as_completed
 
     from .core.run import ZRun
-    from .io.locs import locs_paths
+    from .io.locs import choice_suffix, locs_paths
     from .io.movies import open_movie
 
     movie_options = movie_options or {}
@@ -124,16 +138,17 @@ def iter_files_distributed(paths, p: LocalizeParameters | dict, scheduler: str =
             try:
                 with open_movie(path, **movie_options) as movie:
                     shape = movie.shape
+                    out_suffix = choice_suffix(movie) + suffix  # _ch<k>/_pos<k>: channels never collide
                 q.validate(*shape)
                 first, last = q.frame_span(shape[0])
                 blocks = [(a, min(a + frames_per_task, last)) for a in range(first, last, frames_per_task)]
-                hdf5_path, _ = locs_paths(path, suffix, output_dir)
+                hdf5_path, _ = locs_paths(path, out_suffix, output_dir)
                 movies[path] = _Movie(path, q, hdf5_path, z, len(blocks))
                 for index, (a, b) in enumerate(blocks):
                     f = client.submit(_localize_block, os.path.abspath(path), q, a, b, movie_options, z, pure=False)
                     futures[f] = (path, index)
-            except (ValueError, OSError) as exc:
-                yield path, None, None, str(exc)
+            except Exception as exc:  # noqa: BLE001 (this movie's failure is reported; the others run)
+                yield path, None, None, _message(exc, path)
         failed = set()
         for future in as_completed(list(futures)):
             if cancel is not None and cancel.cancelled:
@@ -150,11 +165,11 @@ def iter_files_distributed(paths, p: LocalizeParameters | dict, scheduler: str =
                     written, stats = m.finish()
                     del movies[path]
                     yield path, written, stats, None
-            except (ValueError, OSError) as exc:
+            except Exception as exc:  # noqa: BLE001 (a worker's failure: reported, the batch goes on)
                 m.abort(exc)
                 failed.add(path)
                 del movies[path]
-                yield path, None, None, str(exc)
+                yield path, None, None, _message(exc, path)
     finally:
         for m in movies.values():
             m.abort()

@@ -59,10 +59,13 @@ def test_folder_and_several_files(sim_movie, tmp_path):
     (tmp_path / "notes.txt").write_text("not a movie")
     out = tmp_path / "out"
     out.mkdir()
+    # both movies would write out/sim.ome_locs.hdf5: refused up front (issue 11), nothing written
     assert main(["localize", str(tmp_path), str(b), "--baseline", "100", "--min-net-gradient", "1500",
-                 "--output-dir", str(out)]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["sim.ome_locs.hdf5", "sim.ome_locs.yaml"]
-    assert not (tmp_path / "sim.ome_locs.hdf5").exists()
+                 "--output-dir", str(out)]) == 2
+    assert list(out.iterdir()) == []
+    # beside each movie they do not collide: a folder and a file in one run
+    assert main(["localize", str(tmp_path), str(b), "--baseline", "100", "--min-net-gradient", "1500"]) == 0
+    assert (tmp_path / "sim.ome_locs.hdf5").exists() and (sub / "sim.ome_locs.hdf5").exists()
     assert a.exists()
 
 

@@ -210,7 +210,9 @@ def test_bad_calibration_files(tmp_path):
     with pytest.raises(CalibrationFileError, match="missing key"):
         load_calibration(bad)
     old = tmp_path / "old.yaml"
-    old.write_text("X Coefficients: [1, 2]\nY Coefficients: [1, 2]\nNumber of frames: 10\nStep size in nm: 5\n")
+    # a (non-degenerate) calibration without a magnification factor: widths 2 -/+ z/1000 px
+    old.write_text("X Coefficients: [0.001, 2]\nY Coefficients: [-0.001, 2]\nNumber of frames: 10\n"
+                   "Step size in nm: 5\n")
     with pytest.raises(CalibrationFileError, match="magnification factor"):
         load_calibration(old)
     assert load_calibration(old, 0.79).magnification_factor == 0.79

@@ -59,13 +59,13 @@ def save_parameters(p: LocalizeParameters) -> str | None:
     values = dataclasses.asdict(p)
     values.pop("roi")
     values.pop("frame_range")
+    from ..core.errors import OutputError
+    from ..io.publish import write_text
+
     try:
         os.makedirs(folder, exist_ok=True)
-        tmp = path + ".tmp"
-        with open(tmp, "w") as fh:
-            json.dump(values, fh, indent=1)
-        os.replace(tmp, path)
-    except OSError:
+        write_text(path, json.dumps(values, indent=1))
+    except (OSError, OutputError):
         return None
     return path
 
@@ -177,8 +177,9 @@ class LocalizeSession:
         path = self.movie_path()
         layer = self.movie_layer
         if path is not None and layer is not None and os.path.exists(path):
-            try:
-                movie = open_movie(path)
+            meta = layer.metadata or {}
+            try:  # the layer's own channel/position of a multi-channel/-position file
+                movie = open_movie(path, channel=meta.get("movie_channel"), position=meta.get("movie_position"))
             except (ValueError, OSError):
                 return self.movie(), False
             if tuple(movie.shape) == tuple(int(s) for s in layer.data.shape[-3:]):

@@ -16,7 +16,7 @@ import os
 from ..api import calibrate_z_steps
 from ..core.pipeline import CancelToken, LocalizeCancelled, chunk_frames_for
 from ..core.run import MemorySink, TeeSink, ZRun, run_dtype, run_steps
-from ..io.locs import LocsWriter, locs_paths
+from ..io.locs import LocsWriter, choice_suffix, locs_paths
 
 #: pixels per chunk in the viewer: 1 Mpx (64 frames of 128x128) keeps cancel and progress prompt
 GUI_CHUNK_PIXELS = 1 << 20
@@ -52,7 +52,8 @@ def _localize_steps(movie, p, cancel, movie_path, chunk_frames, z=None, suffix="
     zrun = None if z is None else ZRun(*z)
     sink = MemorySink(run_dtype(p, zrun))
     if movie_path is not None:
-        sink = TeeSink(sink, LocsWriter(locs_paths(movie_path, suffix)[0], sink.dtype))
+        # the panel's suffix (by default the channel's name), else _ch<k>/_pos<k>: channels never collide
+        sink = TeeSink(sink, LocsWriter(locs_paths(movie_path, suffix or choice_suffix(movie))[0], sink.dtype))
     try:
         res = yield from run_steps(movie, p, sink, zrun, cancel, step)
     except LocalizeCancelled:

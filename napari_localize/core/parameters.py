@@ -7,6 +7,8 @@ with Picasso's key spelling (see :func:`identify_document` and :func:`fit_docume
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from dataclasses import dataclass
 
 FIT_METHODS = ("mle", "lq", "avg")
@@ -14,8 +16,7 @@ FIT_METHODS = ("mle", "lq", "avg")
 PICASSO_FIT_METHOD = {"mle": "gaussmle", "lq": "gausslq", "avg": "avg"}
 
 
-class ParameterError(ValueError):
-    """A parameter that cannot work; the message says which one and what to do."""
+from .errors import ParameterError  # noqa: F401  (defined with the project's other error types)
 
 
 @dataclass
@@ -76,23 +77,40 @@ class LocalizeParameters:
 
     def validate(self, n_frames: int | None = None, height: int | None = None, width: int | None = None):
         """Raise :class:`ParameterError` with an actionable message if a value cannot work."""
-        b = self.box_size
-        if int(b) != b or b < 3:
-            raise ParameterError(f"box size must be an odd integer >= 3, got {b}")
+        b = self.box_size = _integer("box size", self.box_size, 3, "an odd integer >= 3 (pixels), e.g. 7")
         if b % 2 == 0:
-            raise ParameterError(
-                f"box size must be odd so that the box has a centre pixel, got {b}; use {b - 1} or {b + 1}"
-            )
+            raise _error("box size", f"box size must be odd so that the box has a centre pixel, got {b}; use "
+                                     f"{b - 1} or {b + 1}")
         if self.fit_method not in FIT_METHODS:
             raise ParameterError(f"fit method must be one of {', '.join(FIT_METHODS)}, got {self.fit_method!r}")
-        if not self.sensitivity > 0:
-            raise ParameterError(f"sensitivity (electrons per ADU) must be > 0, got {self.sensitivity}")
-        if not self.em_gain >= 1:
-            raise ParameterError(f"EM gain must be >= 1 (1 for sCMOS/CCD), got {self.em_gain}")
-        if not self.pixelsize > 0:
-            raise ParameterError(f"pixel size (nm) must be > 0, got {self.pixelsize}")
-        if not self.convergence > 0 or self.max_iterations < 1:
-            raise ParameterError("convergence must be > 0 and max iterations >= 1")
+        self.min_net_gradient = _real("minimum net gradient", self.min_net_gradient, ">= 0 (camera counts)",
+                                      lo=0.0)
+        self.baseline = _real("baseline", self.baseline, "a finite number of camera counts (ADU)")
+        self.sensitivity = _real("sensitivity", self.sensitivity, "> 0 (electrons per ADU)", lo=0.0, lo_open=True)
+        self.em_gain = _real("EM gain", self.em_gain, ">= 1 (1 for sCMOS/CCD)", lo=1.0)
+        self.qe = _real("quantum efficiency", self.qe, "in (0, 1]", lo=0.0, lo_open=True, hi=1.0)
+        self.pixelsize = _real("pixel size", self.pixelsize, "> 0 (nm)", lo=0.0, lo_open=True)
+        self.convergence = _real("convergence", self.convergence, "> 0 (pixels), e.g. 0.001", lo=0.0,
+                                 lo_open=True)
+        self.max_iterations = _integer("max iterations", self.max_iterations, 1, "an integer >= 1, e.g. 100")
+        if self.roi is not None:
+            try:
+                roi = tuple(self.roi)
+            except TypeError:
+                roi = ()
+            if len(roi) != 4:
+                raise ParameterError(f"ROI must be 4 integers (y0 x0 y1 x1) in pixels, got {self.roi!r}")
+            self.roi = tuple(_integer("ROI " + n, v, 0, "an integer pixel index >= 0")
+                             for n, v in zip(("y0", "x0", "y1", "x1"), roi))
+        if self.frame_range is not None:
+            try:
+                fr = tuple(self.frame_range)
+            except TypeError:
+                fr = ()
+            if len(fr) != 2:
+                raise ParameterError(f"frame range must be 2 integers (first last), got {self.frame_range!r}")
+            self.frame_range = tuple(_integer("frame range " + n, v, None, "an integer frame number")
+                                     for n, v in zip(("first", "last"), fr))
         if height is not None and width is not None:
             if height < b or width < b:
                 raise ParameterError(f"frames of {height}x{width} px are smaller than the box size {b}")
@@ -121,6 +139,35 @@ class LocalizeParameters:
             return 0, n_frames
         first, last = self.frame_range
         return first, min(last + 1, n_frames)
+
+
+def _real(name, value, valid: str, lo=None, hi=None, lo_open=False) -> float:
+    """``value`` as a finite float within the bounds, or a ParameterError naming it and the valid range."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise _error(name, f"{name} must be a number, {valid}; got {value!r} ({type(value).__name__})")
+    v = float(value)
+    if not math.isfinite(v) or (lo is not None and (v <= lo if lo_open else v < lo)) or \
+            (hi is not None and v > hi):
+        raise _error(name, f"{name} must be {valid}; got {value!r}")
+    return v
+
+
+def _error(name, message) -> ParameterError:
+    exc = ParameterError(message)
+    exc.parameter = name  # which value: the CLI names its flag
+    return exc
+
+
+def _integer(name, value, lo, valid: str) -> int:
+    """``value`` as an int (integral floats such as 7.0 accepted), or a ParameterError."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise _error(name, f"{name} must be {valid}; got {value!r} ({type(value).__name__})")
+    if not math.isfinite(float(value)) or float(value) != int(value):
+        raise _error(name, f"{name} must be {valid}; got {value!r}")
+    v = int(value)
+    if lo is not None and v < lo:
+        raise _error(name, f"{name} must be {valid}; got {value!r}")
+    return v
 
 
 def identify_document(p: LocalizeParameters, generated_by: str) -> dict:

@@ -20,6 +20,7 @@ from .fit_avg import fit_avg
 from .fit_lq import fit_lq
 from .fit_mle import fit_mle
 from .identify import identify
+from .inputs import as_movie_input
 from .locs import ellipticity, locs_dtype, sane
 from .parameters import LocalizeParameters
 from .spots import cut_spots
@@ -162,6 +163,7 @@ def iter_localize(movie, p: LocalizeParameters, cancel: CancelToken | None = Non
     (a :class:`~napari_localize.io.movies.Movie`, a numpy array or memmap, a dask array). Cancelling the
     token raises :class:`LocalizeCancelled` before the next chunk (within one chunk's time).
     """
+    movie = as_movie_input(movie)
     n_frames, height, width = (int(s) for s in movie.shape[-3:])
     p.validate(n_frames, height, width)
     stats = stats if stats is not None else LocalizeStats()
@@ -200,6 +202,7 @@ def localize(movie, p: LocalizeParameters | None = None, progress=None, cancel: 
     ``progress(frames_done, frames_total)`` is called after every chunk.
     """
     p = p or LocalizeParameters()
+    movie = as_movie_input(movie)
     stats = LocalizeStats()
     n_frames = int(movie.shape[-3])
     p.validate(n_frames, int(movie.shape[-2]), int(movie.shape[-1]))

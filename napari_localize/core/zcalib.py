@@ -24,6 +24,10 @@ DEFAULT_EXTRAPOLATION = 0.25
 _MIN_WIDTH = 0.3
 
 # ------------------------------------------------------------------------------------------ calibration
+#: the most frames a z calibration stack may have (a YAML claiming more is damaged)
+MAX_Z_FRAMES = 1_000_000
+
+
 @dataclass
 class ZCalibration:
     """An astigmatic calibration: width polynomials of the height in calibration space.
@@ -61,13 +65,27 @@ class ZCalibration:
         for name, c in (("X Coefficients", self.x_coefficients), ("Y Coefficients", self.y_coefficients)):
             if c.size < 2 or not np.all(np.isfinite(c)):
                 raise ValueError(f"z calibration: {name} must be at least 2 finite numbers, got {c.tolist()}")
-        if not self.step_nm > 0:
-            raise ValueError(f"z calibration: the step size must be positive (nm), got {self.step_nm}")
-        if int(self.n_frames) < 2:
-            raise ValueError(f"z calibration: the number of frames must be at least 2, got {self.n_frames}")
-        if not self.magnification_factor > 0:
+        if not (np.isfinite(self.step_nm) and self.step_nm > 0):
+            raise ValueError(f"z calibration: the step size must be a positive number of nm, got {self.step_nm}")
+        n = self.n_frames
+        if isinstance(n, bool) or not np.isfinite(float(n)) or float(n) != int(n) or not 2 <= int(n) <= MAX_Z_FRAMES:
+            raise ValueError(f"z calibration: the number of frames must be a whole number from 2 to {MAX_Z_FRAMES}, "
+                             f"got {n!r}")
+        self.n_frames = int(n)
+        if not (np.isfinite(self.magnification_factor) and self.magnification_factor > 0):
             raise ValueError(f"z calibration: the magnification factor must be positive, got "
                              f"{self.magnification_factor}")
+        lo, hi = self.z_range
+        z = np.linspace(lo, hi, 201)
+        for name, w in zip(("X", "Y"), self.widths(z)):
+            if not np.all(np.isfinite(w)) or w.min() <= 0:
+                raise ValueError(f"z calibration: the {name} width curve is not positive over the calibrated range "
+                                 f"{lo:g}..{hi:g} nm (min {np.nanmin(w):.3g} px); the calibration is degenerate: "
+                                 "calibrate again")
+        wx, wy = self.widths(z)
+        if np.ptp(wx - wy) < 1e-3:
+            raise ValueError("z calibration: sx - sy does not change over the calibrated range, so the widths "
+                             "cannot tell heights apart (constant or identical curves); calibrate again")
 
     @property
     def z_range(self) -> tuple[float, float]:

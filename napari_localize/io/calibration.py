@@ -8,15 +8,18 @@ Picasso loads our calibrations and we load Picasso's.
 from __future__ import annotations
 
 import os
-import tempfile
 
 import numpy as np
 import yaml
 
+from ..core.errors import LocalizeError
+from . import safe_yaml
+from .publish import Publisher, write_text
+
 from ..core.zfit import ZCalibration
 
 
-class CalibrationFileError(ValueError):
+class CalibrationFileError(LocalizeError):
     """A calibration file that cannot be read or written; the message names the file."""
 
 
@@ -34,18 +37,7 @@ def save_calibration(path, cal: ZCalibration) -> str:
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise CalibrationFileError(f"{path}: the folder {folder} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".yaml", dir=folder)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            yaml.safe_dump(cal.as_picasso_dict(), fh, default_flow_style=False, sort_keys=True)
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    write_text(path, yaml.safe_dump(cal.as_picasso_dict(), default_flow_style=False, sort_keys=True))
     return path
 
 
@@ -56,8 +48,8 @@ def load_calibration(path, magnification_factor: float | None = None) -> ZCalibr
         raise CalibrationFileError(f"{path}: no such z calibration file")
     try:
         with open(path) as fh:
-            d = yaml.safe_load(fh)
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            d = safe_yaml.load(fh)
+    except (yaml.YAMLError, UnicodeDecodeError, OSError) as exc:
         raise CalibrationFileError(f"{path}: not a valid YAML z calibration ({exc})") from None
     if not isinstance(d, dict):
         raise CalibrationFileError(f"{path}: not a z calibration (expected a mapping with X/Y Coefficients)")
@@ -131,5 +123,7 @@ def plot_calibration(cal: ZCalibration, png_path) -> str:
     fig.suptitle(d.get("method", ""), fontsize=9)
     fig.tight_layout()
     png_path = os.fspath(png_path)
-    fig.savefig(png_path, dpi=150)
+    with Publisher([png_path]) as pub:
+        fig.savefig(pub.temp(png_path), dpi=150, format="png")
+        pub.commit()
     return png_path

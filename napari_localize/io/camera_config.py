@@ -13,10 +13,14 @@ A broken file raises :class:`CameraConfigError` naming the file, the camera and 
 from __future__ import annotations
 
 import importlib.util
+import io
+import math
 import os
 from pathlib import Path
 
 import yaml
+
+from . import safe_yaml
 
 from ..core.camera import CameraConfig, CameraConfigError, CameraSpec
 
@@ -115,7 +119,7 @@ def load_camera_config(path) -> CameraConfig:
     except (OSError, UnicodeDecodeError) as exc:
         raise CameraConfigError(f"camera config {path}: cannot be read ({exc})") from None
     try:
-        data = yaml.safe_load(text)
+        data = safe_yaml.load(io.StringIO(text))
     except yaml.YAMLError as exc:
         raise CameraConfigError(f"camera config {path}: not valid YAML ({exc})".replace("\n", " ")) from None
     return parse_camera_config(data, source=os.path.abspath(path))
@@ -169,6 +173,8 @@ def _number(value, what, fail, positive=True):
         out = float(value)
     except ValueError:
         fail(f"{what} must be a number, got {value!r}")
+    if not math.isfinite(out):
+        fail(f"{what} must be a finite number, got {value!r}")
     if positive and not out > 0:
         fail(f"{what} must be > 0, got {value!r}")
     return out

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import os
 import re
+import stat
+import struct
+
+import numpy as np
 
 from ._base import ArrayMovie, Movie, MovieError, movie_info
 from .metadata import MovieChoiceError
@@ -58,8 +62,39 @@ def open_movie(path, channel=None, position=None, **options) -> Movie:
         With a message naming the file and what to do.
     """
     path = os.fspath(path)
+    try:
+        movie = _open(path, channel, position, **options)
+    except MovieError:
+        raise
+    except MemoryError:
+        raise MovieError(f"{path}: the file describes images too large for this computer's memory; it is "
+                         "damaged or not a single-molecule movie") from None
+    except (ValueError, OSError, RuntimeError, KeyError, IndexError, TypeError, ZeroDivisionError,
+            OverflowError, AttributeError, AssertionError, EOFError, UnicodeError, struct.error) as exc:
+        raise MovieError(f"{path}: cannot be read; the file is damaged or not a movie of its type "
+                         f"({type(exc).__name__}: {_one_line(exc)})") from None
+    frame_bytes = int(movie.shape[1]) * int(movie.shape[2]) * np.dtype(movie.dtype).itemsize
+    if frame_bytes > MAX_FRAME_BYTES:
+        movie.close()
+        raise MovieError(f"{path}: a frame of {movie.shape[1]} x {movie.shape[2]} {movie.dtype} pixels "
+                         f"({frame_bytes / 2**30:.1f} GiB) is larger than napari-localize handles "
+                         f"({MAX_FRAME_BYTES / 2**30:.0f} GiB); the file is damaged, or crop it first")
+    return movie
+
+
+#: the largest frame a reader accepts (a damaged header can claim 200000 x 200000 pixels)
+MAX_FRAME_BYTES = 4 << 30
+
+
+def _one_line(exc) -> str:
+    return " ".join(str(exc).split())[:300]
+
+
+def _open(path, channel=None, position=None, **options) -> Movie:
     if not os.path.exists(path):
         raise MovieError(f"{path}: no such file")
+    if not os.path.isdir(path) and not stat.S_ISREG(os.stat(path).st_mode):
+        raise MovieError(f"{path}: not a regular file (a pipe, device or socket); copy the movie to a file first")
     if os.path.isdir(path):
         if is_ndtiff_folder(path):
             path = _ndtiff_first(path)

@@ -7,8 +7,7 @@ import threading
 import numpy as np
 
 
-class MovieError(ValueError):
-    """A movie that cannot be read as asked; the message names the file and what to do."""
+from ...core.errors import MovieError  # noqa: F401  (the reader layer's error; defined with the others)
 
 
 class Movie:
@@ -54,36 +53,61 @@ class Movie:
 
     def __array__(self, dtype=None, copy=None):
         with self._io_lock:
-            data = self._read(0, self.shape[0])
+            data = self._checked_read(0, self.shape[0])
         return data if dtype is None else data.astype(dtype)
+
+    def _checked_read(self, start, stop):
+        """:meth:`_read`, with any failure of a format library turned into a MovieError naming the file."""
+        try:
+            return self._read(start, stop)
+        except MovieError:
+            raise
+        except MemoryError:
+            raise MovieError(f"{self.path}: frames {start}..{stop - 1} do not fit in memory; read fewer frames "
+                             "at a time") from None
+        except Exception as exc:  # noqa: BLE001 (tifffile, h5py and nd2 raise many types on damaged data)
+            raise MovieError(f"{self.path}: frames {start}..{stop - 1} cannot be read; the file is damaged "
+                             f"({type(exc).__name__}: {' '.join(str(exc).split())[:300]})") from None
 
     def __getitem__(self, key):
         with self._io_lock:
             return self._getitem(key)
 
     def _getitem(self, key):
-        rest = ()
-        if isinstance(key, tuple):
-            key, rest = key[0], key[1:]
+        """``movie[key]`` with numpy's semantics exactly, reading only the frames the key selects."""
         n = self.shape[0]
-        if isinstance(key, (int, np.integer)):
-            i = int(key)
-            if i < 0:
-                i += n
-            if not 0 <= i < n:
-                raise IndexError(f"frame {key} is outside the movie's {n} frames")
-            data = self._read(i, i + 1)[0]
-        elif isinstance(key, slice):
-            start, stop, step = key.indices(n)
-            if step == 1:
-                data = self._read(start, stop) if stop > start else self._empty()
-            else:
-                data = np.stack([self._read(i, i + 1)[0] for i in range(start, stop, step)]) \
-                    if len(range(start, stop, step)) else self._empty()
+        key = _expand_key(key, 3)
+        if key is None:  # an index numpy treats specially (a scalar boolean): read everything, let numpy decide
+            return np.asarray(self._checked_read(0, n))[_as_tuple(key)]
+        at = next((k for k, item in enumerate(key) if item is not None), None)
+        if at is None:
+            key, at = key + (slice(None),), len(key)
+        first = key[at]
+        try:
+            frames = np.arange(n)[first]  # numpy's own checks and errors for the frame index
+        except IndexError as exc:
+            raise IndexError(f"{exc} (the movie has {n} frames)") from None
+        if isinstance(first, slice):
+            order = np.asarray(frames).ravel()
+            data = self._read_frames(order)
+            local = slice(None)
         else:
-            idx = np.arange(n)[key]
-            data = np.stack([self._read(int(i), int(i) + 1)[0] for i in idx]) if len(idx) else self._empty()
-        return data[rest] if rest else data
+            wanted = np.unique(np.asarray(frames).ravel())
+            data = self._read_frames(wanted)
+            local = np.searchsorted(wanted, frames)
+            if np.ndim(first) == 0 and not isinstance(first, np.ndarray):
+                local = int(local)
+        return data[key[:at] + (local,) + key[at + 1:]]
+
+    def _read_frames(self, frames) -> np.ndarray:
+        """The frames at the (1D, int) positions ``frames``, in that order, read in contiguous runs."""
+        frames = np.asarray(frames, np.intp)
+        if frames.size == 0:
+            return self._empty()
+        breaks = np.nonzero(np.diff(frames) != 1)[0] + 1
+        runs = np.split(frames, breaks)
+        parts = [self._checked_read(int(r[0]), int(r[-1]) + 1) for r in runs]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     def _empty(self):
         return np.zeros((0,) + tuple(self.shape[1:]), self.dtype)
@@ -99,14 +123,46 @@ class Movie:
         return f"<{type(self).__name__} {self.path!r} shape={self.shape} dtype={self.dtype}>"
 
 
+def _as_tuple(key):
+    return key if isinstance(key, tuple) else (key,)
+
+
+def _expand_key(key, ndim):
+    """``key`` as a tuple of basic indices (int, slice, None) and integer arrays, with the Ellipsis expanded and
+    every boolean array replaced by its ``nonzero()`` (numpy's own equivalence); ``None`` for a key numpy treats
+    specially (a scalar boolean), which the caller evaluates on the whole array."""
+    out = []
+    for item in _as_tuple(key):
+        if isinstance(item, (bool, np.bool_)):
+            return None
+        if isinstance(item, (list, np.ndarray)) or (hasattr(item, "__array__") and not isinstance(item, Movie)):
+            arr = np.asarray(item)
+            if arr.dtype == bool:
+                if arr.ndim == 0:
+                    return None
+                out.extend(arr.nonzero())
+                continue
+            if arr.size == 0 and arr.dtype.kind not in "iu":
+                arr = arr.astype(np.intp)  # numpy takes an empty list as an empty integer index
+            out.append(arr)
+        else:
+            out.append(item)
+    if sum(1 for item in out if item is Ellipsis) > 1:
+        raise IndexError("an index can only have a single ellipsis ('...')")
+    if Ellipsis in [i for i in out if not isinstance(i, np.ndarray)]:
+        k = next(k for k, i in enumerate(out) if not isinstance(i, np.ndarray) and i is Ellipsis)
+        used = sum(1 for i in out if i is not None and not (not isinstance(i, np.ndarray) and i is Ellipsis))
+        out[k:k + 1] = [slice(None)] * max(ndim - used, 0)
+    return tuple(out)
+
+
 class ArrayMovie(Movie):
     """Wrap an in-memory or lazy array (numpy, memmap, dask, a napari layer's data) as a :class:`Movie`."""
 
     def __init__(self, data, info: dict | None = None, path: str | None = None):
-        if data.ndim == 2:
-            data = data[None]
-        if data.ndim != 3:
-            raise MovieError(f"expected an array of shape (frames, height, width), got shape {data.shape}")
+        from ...core.inputs import as_movie_input
+
+        data = as_movie_input(data)
         self._data = data
         self.shape = tuple(int(s) for s in data.shape)
         self.dtype = np.dtype(data.dtype)
@@ -168,8 +224,10 @@ class FrameFile:
             self._fh.seek(self.offset + start * self.frame_bytes)
             got = self._fh.readinto(memoryview(buf).cast("B"))
         if got != buf.nbytes:
-            raise MovieError(f"{self.path}: frame {start + got // max(self.frame_bytes, 1)} is missing or "
-                             "incomplete; the file is truncated")
+            whole = start + got // max(self.frame_bytes, 1)
+            raise MovieError(f"{self.path}: the file is truncated: frames {start}..{stop - 1} were asked for but "
+                             f"it ends inside frame {whole} (frames 0..{whole - 1} are complete)" if whole else
+                             f"{self.path}: the file is truncated: it ends before frame 0 is complete")
         return buf if buf.dtype == np.dtype(out_dtype) else buf.astype(out_dtype)
 
     def close(self):

@@ -86,6 +86,7 @@ class Nd2Movie(Movie):
         for a in seq_axes:
             full.append(np.full(frames, pi) if a == "P" else next(gi))
         self._seq = np.ravel_multi_index(full, seq_shape).astype(np.intp) if seq_axes else np.zeros(1, np.intp)
+        self._audit_frame_count(int(np.prod(seq_shape)) if seq_shape else 1)
         self._c_axis = [k for k in sizes if k not in seq_axes and k not in ("Y", "X", "S")].index("C") \
             if "C" in sizes else None
         self._ci = ci
@@ -109,6 +110,32 @@ class Nd2Movie(Movie):
         if pos_names:
             extra["Position"] = pos_names[pi]
         self.info = movie_info(self.shape, self.dtype, self.path, **extra)
+
+    def _audit_frame_count(self, n_read: int):
+        """Compare the images the file's attributes and chunk map count with the loops it reads; refuse a read
+        that would silently drop images, or one whose images are missing from the file."""
+        f = self._f
+        counts = {}
+        try:
+            counts["its attributes (sequenceCount)"] = int(f.attributes.sequenceCount)
+        except Exception:  # noqa: BLE001 (damaged attributes: the other counts decide)
+            pass
+        try:
+            offsets = f._rdr._frame_offsets  # the image chunks the file's chunk map lists
+            counts["its chunk map"] = sum(1 for o in (offsets.values() if isinstance(offsets, dict) else offsets)
+                                          if o is not None)
+        except Exception:  # noqa: BLE001 (private API of nd2; advisory)
+            pass
+        for where, n in counts.items():
+            if n > n_read:
+                raise MovieError(f"{self.path}: {where} counts {n} images but the experiment loops describe only "
+                                 f"{n_read}; the file's metadata is damaged; refusing to read a part of the movie "
+                                 "silently. Export the movie again from NIS-Elements.")
+        chunks = counts.get("its chunk map")
+        if chunks is not None and chunks < n_read:
+            raise MovieError(f"{self.path}: the file is truncated or damaged: {chunks} of the {n_read} images its "
+                             "experiment describes are in the file. Copy the file again from the acquisition "
+                             "computer.")
 
     def _read(self, start, stop):
         out = np.empty((max(stop - start, 0),) + self.shape[1:], self.dtype)

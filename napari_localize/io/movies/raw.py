@@ -7,6 +7,7 @@ import os
 import numpy as np
 import yaml
 
+from .. import safe_yaml
 from ._base import FrameFile, Movie, MovieError, movie_info
 
 RAW_KEYS = ("Byte Order", "Data Type", "Frames", "Height", "Width")
@@ -25,11 +26,12 @@ def read_raw_info(path) -> dict:
             "'Byte Order: <' (or '>'), 'Data Type: uint16', 'Frames: N', 'Height: H', 'Width: W' "
             f"at {info_path} (or use write_raw_info)."
         )
-    with open(info_path) as fh:
-        try:
-            docs = [d for d in yaml.safe_load_all(fh) if d is not None]
-        except yaml.YAMLError as exc:
-            raise MovieError(f"{info_path}: not valid YAML ({exc})") from None
+    try:
+        docs = [d for d in safe_yaml.load_all(info_path) if d is not None]
+    except yaml.YAMLError as exc:
+        raise MovieError(f"{info_path}: not valid YAML ({' '.join(str(exc).split())})") from None
+    except (OSError, UnicodeError) as exc:
+        raise MovieError(f"{info_path}: cannot be read ({exc})") from None
     if not docs or not isinstance(docs[0], dict):
         raise MovieError(f"{info_path}: empty; it needs {', '.join(RAW_KEYS)}")
     info = dict(docs[0])
@@ -44,9 +46,18 @@ def write_raw_info(path, byte_order, data_type, frames, height, width) -> str:
     info_path = raw_info_path(path)
     doc = {"Byte Order": byte_order, "Data Type": str(np.dtype(data_type).name), "Frames": int(frames),
            "Height": int(height), "Width": int(width)}
-    with open(info_path, "w") as fh:
-        yaml.safe_dump(doc, fh, default_flow_style=False)
-    return info_path
+    from ..publish import write_text
+
+    return write_text(info_path, yaml.safe_dump(doc, default_flow_style=False))
+
+
+def _count(path, sidecar, key, value) -> int:
+    """A positive integer from the sidecar, or a MovieError naming the key and the value."""
+    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and np.isfinite(value) and \
+        float(value) == int(value) and 1 <= value <= 2**40
+    if not ok:
+        raise MovieError(f"{path}: {key} in {sidecar} must be a positive whole number, got {value!r}")
+    return int(value)
 
 
 class RawMovie(Movie):
@@ -55,20 +66,28 @@ class RawMovie(Movie):
     def __init__(self, path, info: dict | None = None):
         self.path = os.fspath(path)
         raw = dict(info) if info is not None else read_raw_info(path)
+        sidecar = raw_info_path(self.path) if info is None else "the info given"
         order = raw["Byte Order"]
-        if order not in ("<", ">", "little", "big"):
-            raise MovieError(f"{self.path}: Byte Order must be '<' or '>', got {order!r}")
+        if not isinstance(order, str) or order not in ("<", ">", "little", "big"):
+            raise MovieError(f"{self.path}: Byte Order in {sidecar} must be '<' (little-endian) or '>' "
+                             f"(big-endian), got {order!r}")
         order = {"little": "<", "big": ">"}.get(order, order)
+        dtype_name = raw["Data Type"]
         try:
-            native = np.dtype(str(raw["Data Type"]))
+            if not isinstance(dtype_name, str):
+                raise TypeError
+            native = np.dtype(dtype_name)
         except TypeError:
-            raise MovieError(f"{self.path}: unknown Data Type {raw['Data Type']!r}") from None
-        if native.kind not in "uif":
-            raise MovieError(f"{self.path}: unsupported Data Type {native} (need an integer or float type)")
-        frames, height, width = int(raw["Frames"]), int(raw["Height"]), int(raw["Width"])
-        if min(frames, height, width) < 1:
-            raise MovieError(f"{self.path}: Frames, Height and Width must be positive, got "
-                             f"{frames}, {height}, {width}")
+            raise MovieError(f"{self.path}: unknown Data Type {dtype_name!r} in {sidecar}; use a numpy type name "
+                             "such as uint16, uint8, int16, float32") from None
+        if native.byteorder in "<>" or dtype_name.startswith(("<", ">", "=", "|")):
+            raise MovieError(f"{self.path}: Data Type {dtype_name!r} in {sidecar} carries a byte order; write "
+                             f"the type alone (e.g. {native.newbyteorder('=').name}) and the order as "
+                             "'Byte Order: <' or '>'")
+        if native.kind not in "uif" or native.itemsize > 8:
+            raise MovieError(f"{self.path}: unsupported Data Type {native} in {sidecar} (need an integer or float "
+                             "type such as uint16 or float32)")
+        frames, height, width = (_count(self.path, sidecar, k, raw[k]) for k in ("Frames", "Height", "Width"))
         on_disk = native.newbyteorder(order)
         expected = frames * height * width * on_disk.itemsize
         size = os.path.getsize(self.path)

@@ -22,6 +22,9 @@ from .metadata import MovieChoiceError, choose, flatten_propval, mm_pixelsize_nm
 #: a Micro-Manager follow-on ("rollover") file: <base>_<n>.ome.tif / <base>_NDTiffStack_<n>.tif
 _FOLLOW_ON = re.compile(r"^(?P<base>.+)_(?P<n>\d+)(?P<ext>\.ome\.tiff?|\.tiff?)$", re.IGNORECASE)
 _PAGE_ERRORS = ("invalid page offset", "corrupted", "invalid value offset", "failed to read", "truncated")
+#: tifffile warnings about optional metadata (a Micro-Manager header, OME-XML, ImageJ tags): not damaged pixels
+_METADATA_WARNINGS = ("read_micromanager_metadata", "micromanager", "MicroManager", "summary", "header",
+                      "ome_metadata", "OME", "imagej", "ImageJ", "shaped", "metaseries", "xml")
 _CHANNEL_AXES = "C"
 _POSITION_AXES = "R"
 
@@ -92,6 +95,13 @@ class TiffMovie(Movie):
         self._parts: list[TiffMovie] = []
         capture = _LogCapture()
         tlog = logging.getLogger("tifffile")
+        # tifffile reports damaged pages only through its logger: make sure the records are made even where a
+        # logging configuration (dictConfig, a host application) disabled or silenced it
+        saved = tlog.disabled, tlog.level, logging.root.manager.disable
+        tlog.disabled = False
+        tlog.setLevel(logging.WARNING)
+        if logging.root.manager.disable >= logging.WARNING:
+            logging.disable(logging.NOTSET)
         tlog.addHandler(capture)
         try:
             try:
@@ -107,6 +117,7 @@ class TiffMovie(Movie):
                 self.close()
                 raise MovieError(f"{self.path}: series {series} does not exist (the file has {len(all_series)})")
             self._series = all_series[series]
+            self._series_index = series
             try:
                 self._setup(channel, position, capture)
             except BaseException:
@@ -114,6 +125,10 @@ class TiffMovie(Movie):
                 raise
         finally:
             tlog.removeHandler(capture)
+            tlog.disabled, _, disabled = saved
+            tlog.setLevel(saved[1])
+            if disabled != logging.root.manager.disable:
+                logging.disable(disabled)
         if follow_on:
             try:
                 self._add_follow_on_files(channel, position)
@@ -171,7 +186,8 @@ class TiffMovie(Movie):
         on_disk = np.dtype(s.dtype).newbyteorder(self._tif.byteorder)
         filesize = self._tif.filehandle.size
         frame_bytes = height * width * on_disk.itemsize
-        broken = [m for m in capture.messages if any(e in m for e in _PAGE_ERRORS)]
+        broken = [m for m in capture.messages if any(e in m for e in _PAGE_ERRORS)
+                  and not any(k in m for k in _METADATA_WARNINGS)]
         expected = self._expected_pages()
         if s.dataoffset is not None and s.keyframe.compression == 1 and "S" not in axes:
             end = s.dataoffset + npages * frame_bytes
@@ -206,6 +222,11 @@ class TiffMovie(Movie):
                     raise self._truncated(whole, npages)
         if broken or (expected is not None and expected > npages):
             raise self._truncated(npages, expected, broken[0] if broken else None)
+        self._audit_page_count(npages)
+        other = [m for m in capture.messages if m not in broken and not any(k in m for k in _METADATA_WARNINGS)]
+        if other:
+            warnings.warn(f"{self.path}: tifffile reports damage ({other[0]}); check the frame count against the "
+                          "acquisition", stacklevel=4)
 
         # frames whose page is missing (an acquisition stopped early): drop trailing ones, warn about others
         if self._pages is not None:
@@ -229,11 +250,97 @@ class TiffMovie(Movie):
         self.info["Byte Order"] = self._tif.byteorder
 
     def _truncated(self, whole, expected, detail=None):
-        exp = f" of {expected} expected" if expected else ""
         more = f" ({detail})" if detail else ""
-        return MovieError(f"{self.path}: the file is truncated or damaged: frame {whole} (0-based){exp} is "
-                          f"missing or incomplete{more}; only frames 0..{max(whole - 1, 0)} are intact. "
+        if expected and expected > whole:
+            intact = f"frames 0..{whole - 1} are intact" if whole > 1 else "frame 0 is intact" if whole else \
+                "no frame is intact"
+            found = f"it should hold {expected} frames; {intact} and {expected - whole} are missing from frame " \
+                    f"{whole} on"
+        else:
+            found = f"frame {whole} and later are damaged ({whole} intact)" if whole else "no frame is intact"
+        return MovieError(f"{self.path}: the file is truncated or damaged: {found}{more}. "
                           "Copy the file again from the acquisition computer.")
+
+    def _audit_page_count(self, npages):
+        """Compare every image count the file states (OME-XML, the Micro-Manager summary, the IFD chain, an
+        NDTiff index) with the pages the series reads; refuse when the series would silently drop images."""
+        tif = self._tif
+        counts = {}
+        ome = self._ome()
+        if ome is not None:
+            try:
+                images = ome.get("Image")
+                images = images if isinstance(images, list) else [images]
+                planes = 0
+                for im in images:
+                    px = im.get("Pixels", {})
+                    planes += int(px.get("SizeT", 1)) * int(px.get("SizeZ", 1)) * int(px.get("SizeC", 1))
+                counts["its OME-XML"] = planes
+            except (AttributeError, TypeError, ValueError):
+                pass
+        own = npages if self._pages is None else sum(1 for p in self._pages if p is not None and p.parent is tif)
+        single_file = self._pages is None or own == len(self._pages)
+        if single_file and len(tif.series) == 1:  # OME too: a damaged OME-XML can hide pages
+            try:
+                ifds = len(tif.pages)
+            except Exception:  # noqa: BLE001 (a damaged IFD chain was reported when the pages were read)
+                ifds = None
+            if ifds is not None and ifds > own:
+                counts["its IFD chain"] = ifds
+        if single_file and not tif.is_micromanager and not tif.is_ndtiff:
+            self._audit_file_size(own)
+        if len(tif.series) > 1:
+            warnings.warn(f"{self.path}: the file holds {len(tif.series)} image series; reading series "
+                          f"{self._series_index} only ({npages} image(s)); open_movie(path, series=k) reads another",
+                          stacklevel=4)
+            counts.pop("its OME-XML", None)
+        for where, n in counts.items():
+            n_read = npages if where != "its IFD chain" else own
+            if n > n_read and not (where == "its OME-XML" and self._ome_multifile()):
+                raise MovieError(
+                    f"{self.path}: {where} lists {n} images but only {n_read} can be read as one series "
+                    f"({'index or ' if tif.is_ndtiff else ''}metadata damaged?); refusing to read a part of the "
+                    "movie silently. Copy the file again, or re-save it (e.g. with tifffile or Fiji).")
+
+    def _audit_file_size(self, own):
+        """Warn when the file holds far more bytes than the pages read account for (a cut IFD chain hides the
+        frames after the cut; nothing else records how many there were)."""
+        tif = self._tif
+        try:
+            kf = self._series.keyframe
+            frame_bytes = int(sum(kf.databytecounts))
+            size = tif.filehandle.size
+            meta = len(kf.description or "") + 256 * own + 2048  # descriptions, tags, IFDs
+        except Exception:  # noqa: BLE001 (advisory)
+            return
+        if kf.compression != 1 or frame_bytes <= 0:
+            return
+        spare = size - own * frame_bytes - meta
+        if spare >= 2 * frame_bytes and spare > 0.25 * size:
+            raise MovieError(f"{self.path}: only {own} frame(s) can be read, but the file holds room for about "
+                             f"{own + spare // frame_bytes} ({spare} bytes unaccounted for): its page chain is "
+                             "damaged and frames would be lost. Copy the file again from the acquisition computer.")
+        if spare >= 2 * frame_bytes and spare > 0.05 * size:
+            warnings.warn(f"{self.path}: {own} frame(s) read, but the file has room for about "
+                          f"{own + spare // frame_bytes} ({spare} bytes unaccounted for); its page chain may be "
+                          "damaged and frames lost. Check the frame count against the acquisition.", stacklevel=5)
+
+    def _ome(self):
+        """The OME-XML as a dict (``tifffile.xml2dict``), or None when the file has none or it does not parse."""
+        tif = self._tif
+        text = tif.ome_metadata if tif.is_ome else None
+        if not text:
+            return None
+        try:
+            d = tifffile.xml2dict(text)
+        except Exception:  # noqa: BLE001 (damaged XML: metadata only; the page counts decide)
+            return None
+        return d.get("OME") if isinstance(d, dict) else None
+
+    def _ome_multifile(self) -> bool:
+        ome = self._ome() or {}
+        text = str(ome)
+        return "UUID" in text and ("FileName" in text or "BinaryOnly" in text)
 
     def _expected_pages(self):
         """Pages the writer announced (ImageJ ``images=``, tifffile ``shape``), or ``None`` if unknown."""
@@ -278,7 +385,7 @@ class TiffMovie(Movie):
             n = outer_shape[outer_axes.index(_CHANNEL_AXES)]
             names = summary.get("ChNames") if isinstance(summary.get("ChNames"), list) else None
             if not names and self._tif.is_ome:
-                names = re.findall(r'<Channel [^>]*?Name="([^"]*)"', self._tif.ome_metadata or "")
+                names = self._ome_channel_names()
             if not names and self._tif.is_micromanager:
                 names = self._ndtiff_channel_names(n)
             if names and len(names) >= n:
@@ -327,6 +434,25 @@ class TiffMovie(Movie):
             extra["Position"] = self.position_names[self.position]
         return extra
 
+    def _ome_pixels(self):
+        ome = self._ome()
+        if not ome:
+            return None
+        images = ome.get("Image")
+        images = images if isinstance(images, list) else [images]
+        k = min(getattr(self, "_series_index", 0), len(images) - 1)
+        px = images[k].get("Pixels") if isinstance(images[k], dict) else None
+        return px if isinstance(px, dict) else None
+
+    def _ome_channel_names(self):
+        px = self._ome_pixels()
+        if px is None:
+            return []
+        ch = px.get("Channel")
+        ch = ch if isinstance(ch, list) else [ch] if ch is not None else []
+        names = [c.get("Name") for c in ch if isinstance(c, dict)]
+        return [str(n) for n in names] if names and all(n is not None for n in names) else []
+
     def _first_page(self):
         if self._pages is not None:
             p = self._pages[int(self._page_index[0])] if len(self._page_index) else None
@@ -336,13 +462,12 @@ class TiffMovie(Movie):
     def _pixelsize_nm(self):
         tif = self._tif
         try:
-            if tif.is_ome and tif.ome_metadata:
-                m = re.search(r'PhysicalSizeX="([0-9.eE+-]+)"', tif.ome_metadata)
-                unit = re.search(r'PhysicalSizeXUnit="([^"]+)"', tif.ome_metadata)
-                if m:
-                    factor = {"nm": 1.0, "µm": 1000.0, "um": 1000.0, "mm": 1e6}.get(
-                        unit.group(1) if unit else "µm", 1000.0)
-                    return float(m.group(1)) * factor
+            pixels = self._ome_pixels()
+            if pixels is not None and pixels.get("PhysicalSizeX") is not None:
+                unit = str(pixels.get("PhysicalSizeXUnit", "µm"))
+                factor = {"nm": 1.0, "µm": 1000.0, "um": 1000.0, "mm": 1e6}.get(unit, 1000.0)
+                size = float(pixels["PhysicalSizeX"]) * factor
+                return size if np.isfinite(size) and size > 0 else None
             if tif.is_imagej and tif.imagej_metadata:
                 unit = str(tif.imagej_metadata.get("unit", "")).replace("\\u00B5", "µ")
                 res = self._series.keyframe.tags.get("XResolution")

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-import tempfile
 
 import numpy as np
 import tifffile
 
-from ..locs import _FILE_MODE
-from .raw import write_raw_info
+from ...core.errors import OutputError
+from ..publish import Publisher, describe_os_error
+from .raw import raw_info_path
 
 
 def write_movie(path, chunks, shape, dtype, pixelsize_nm=None, extra_info: dict | None = None):
@@ -19,43 +19,47 @@ def write_movie(path, chunks, shape, dtype, pixelsize_nm=None, extra_info: dict 
     TIFF reader also opens. ``.raw``: little-endian frames plus the ``.yaml`` Picasso needs.
     """
     path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
     dtype = np.dtype(dtype)
     lower = path.lower()
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1], dir=folder)
-    os.close(fd)
-    os.chmod(tmp, _FILE_MODE)
-    try:
-        if lower.endswith(".raw"):
-            with open(tmp, "wb") as fh:
-                for chunk in chunks:
-                    np.ascontiguousarray(chunk, dtype.newbyteorder("<")).tofile(fh)
-            os.replace(tmp, path)
-            write_raw_info(path, "<", dtype, *shape)
-            if extra_info:
-                import yaml
+    if not lower.endswith((".raw", ".tif", ".tiff")):
+        raise OutputError(f"{path}: write .ome.tif, .tif, .tiff or .raw")
+    if lower.endswith(".raw"):
+        import yaml
 
-                with open(os.path.splitext(path)[0] + ".yaml", "a") as fh:
-                    fh.write("---\n")
-                    yaml.safe_dump(extra_info, fh, default_flow_style=False)
-        elif lower.endswith((".tif", ".tiff")):
-            nbytes = int(np.prod(shape)) * dtype.itemsize
-            metadata = {"axes": "TYX"}
-            if pixelsize_nm:
-                metadata.update({"PhysicalSizeX": pixelsize_nm / 1000, "PhysicalSizeY": pixelsize_nm / 1000,
-                                 "PhysicalSizeXUnit": "µm", "PhysicalSizeYUnit": "µm"})
+        sidecar = raw_info_path(path)
+        doc = {"Byte Order": "<", "Data Type": str(dtype.name), "Frames": int(shape[0]), "Height": int(shape[1]),
+               "Width": int(shape[2])}
+        text = yaml.safe_dump(doc, default_flow_style=False)
+        if extra_info:
+            text += "---\n" + yaml.safe_dump(extra_info, default_flow_style=False)
+        with Publisher([path, sidecar]) as pub:  # the movie and its sidecar appear together
+            try:
+                with open(pub.temp(path), "wb") as fh:
+                    for chunk in chunks:
+                        np.ascontiguousarray(chunk, dtype.newbyteorder("<")).tofile(fh)
+                with open(pub.temp(sidecar), "w", encoding="utf-8") as fh:
+                    fh.write(text)
+            except OSError as exc:
+                raise OutputError(describe_os_error(exc, path)) from None
+            pub.commit()
+        return path
+    nbytes = int(np.prod(shape)) * dtype.itemsize
+    metadata = {"axes": "TYX"}
+    if pixelsize_nm:
+        metadata.update({"PhysicalSizeX": pixelsize_nm / 1000, "PhysicalSizeY": pixelsize_nm / 1000,
+                         "PhysicalSizeXUnit": "µm", "PhysicalSizeYUnit": "µm"})
 
-            def frames():
-                for chunk in chunks:
-                    yield from np.asarray(chunk, dtype)
+    def frames():
+        for chunk in chunks:
+            yield from np.asarray(chunk, dtype)
 
-            with tifffile.TiffWriter(tmp, bigtiff=nbytes > 2**31 - 2**25, ome=lower.endswith(
+    with Publisher([path]) as pub:
+        try:
+            with tifffile.TiffWriter(pub.temp(path), bigtiff=nbytes > 2**31 - 2**25, ome=lower.endswith(
                     (".ome.tif", ".ome.tiff"))) as tw:
-                tw.write(frames(), shape=tuple(shape), dtype=dtype, metadata=metadata, contiguous=True)
-            os.replace(tmp, path)
-        else:
-            raise ValueError(f"{path}: write .ome.tif, .tif, .tiff or .raw")
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+                tw.write(frames(), shape=tuple(shape), dtype=dtype, metadata=metadata, contiguous=True,
+                         photometric="minisblack")  # grey frames, even 3 or 4 pixels wide
+        except OSError as exc:
+            raise OutputError(describe_os_error(exc, path)) from None
+        pub.commit()
     return path
