@@ -359,3 +359,122 @@ def match_camera(config: CameraConfig, info: dict | None = None, camera: str | N
         m.notices.append(f"camera {name!r}: pixel size {spec.pixelsize:g} nm from the config, "
                          f"the movie says {movie_px:g} nm")
     return m
+
+
+# ------------------------------------------------------------------------------------------------ sCMOS maps
+def adu_to_photons_per_pixel(adu, offset, sensitivity, em_gain=1.0):
+    """Per-pixel :func:`adu_to_photons`: ``(ADU - offset) * sensitivity / em_gain``, float32.
+
+    ``offset`` (ADU) and ``sensitivity`` (e-/ADU, i.e. ``1 / gain`` of an sCMOS calibration) are maps that
+    broadcast against ``adu`` (a frame, a stack, or cut boxes), or scalars.
+    """
+    out = np.asarray(adu, dtype=np.float32) - np.asarray(offset, dtype=np.float32)
+    out *= np.asarray(sensitivity, dtype=np.float32) / np.float32(em_gain)
+    return out
+
+
+def readout_variance_photons(variance, sensitivity, em_gain=1.0):
+    """Readout variance in photoelectrons² from ADU²: ``variance * (sensitivity / em_gain)²`` (Huang's var/g²)."""
+    s = np.asarray(sensitivity, dtype=np.float32) / np.float32(em_gain)
+    return (np.asarray(variance, dtype=np.float32) * s * s).astype(np.float32)
+
+
+def _roi_numbers(value):
+    """``[x, y, width, height]`` from Micro-Manager's ``"x-y-w-h"`` string or a list; ``None`` otherwise."""
+    value = metadata_value(value) if isinstance(value, dict) else value
+    if isinstance(value, str):
+        parts = re.findall(r"\d+", value)
+    elif isinstance(value, (list, tuple)):
+        parts = list(value)
+    else:
+        return None
+    try:
+        numbers = [int(float(p)) for p in parts]
+    except (TypeError, ValueError):
+        return None
+    return numbers if len(numbers) == 4 and min(numbers) >= 0 else None
+
+
+def movie_sensor_origin(info: dict) -> tuple[int, int] | None:
+    """Sensor row and column of a movie's pixel (0, 0), from its metadata; ``None`` if it does not say.
+
+    Read, in this order: ``Sensor origin`` ([row, column], written by napari-localize), the Micro-Manager
+    per-image ``ROI`` (``"x-y-width-height"``) or summary ``ROI`` ([x, y, width, height]) and the ``Camera ROI``
+    entry of a ``.raw`` movie's YAML ([x, y, width, height]).
+    """
+    info = info or {}
+    origin = info.get("Sensor origin")
+    if isinstance(origin, (list, tuple)) and len(origin) == 2:
+        try:
+            return int(origin[0]), int(origin[1])
+        except (TypeError, ValueError):
+            pass
+    mm = info.get("Micro-Manager Metadata") or {}
+    candidates = [mm.get("ROI") if isinstance(mm, dict) else None, info.get("Camera ROI")]
+    summary = mm.get("Summary") if isinstance(mm, dict) else None
+    if isinstance(summary, dict):
+        candidates.append(summary.get("ROI"))
+    for value in candidates:
+        roi = _roi_numbers(value)
+        if roi is not None:
+            return roi[1], roi[0]
+    if isinstance(mm, dict) and "ROI-X-start" in mm and "ROI-Y-start" in mm:
+        try:
+            return int(float(metadata_value(mm["ROI-Y-start"]))), int(float(metadata_value(mm["ROI-X-start"])))
+        except (TypeError, ValueError):
+            pass
+    return None
+
+
+def calibration_for_movie(calibration, movie_shape, info: dict | None = None, origin=None):
+    """The part of an sCMOS calibration under a movie's pixels.
+
+    Parameters
+    ----------
+    calibration : :class:`~napari_localize.core.camera_calibration.CameraCalibration`
+        Full-chip (or larger-ROI) maps; ``calibration.origin`` is the sensor position of its pixel (0, 0).
+    movie_shape : (height, width) or (frames, height, width)
+    info : dict, optional
+        Movie metadata; its camera ROI (:func:`movie_sensor_origin`) places a cropped movie on the chip.
+    origin : (row, column), optional
+        Sensor position of the movie's pixel (0, 0), explicitly (CLI ``--camera-calibration-offset Y X``);
+        wins over the metadata.
+
+    Returns
+    -------
+    (CameraCalibration of the movie's size, str describing how it was placed)
+
+    Raises
+    ------
+    CameraCalibrationError
+        When the sizes differ and nothing says where the movie lies, or the movie lies outside the maps.
+    """
+    from .camera_calibration import CameraCalibrationError
+
+    h, w = (int(s) for s in tuple(movie_shape)[-2:])
+    ch, cw = calibration.shape
+    how = "explicit offset"
+    if origin is None:
+        origin = movie_sensor_origin(info or {})
+        how = "the movie's camera ROI metadata"
+        if origin is not None and (ch, cw) == (h, w) and tuple(origin) != tuple(calibration.origin):
+            # same size: a metadata ROI the calibration does not record (e.g. both full-chip) is no shift
+            if tuple(calibration.origin) == (0, 0) and calibration.metadata.get("Sensor origin") is None:
+                origin = None
+    if origin is None:
+        if (ch, cw) == (h, w):
+            return calibration, "same size as the movie"
+        if h > ch or w > cw:
+            raise CameraCalibrationError(
+                f"the movie ({h}x{w} pixels) does not lie inside the {ch}x{cw} camera calibration: it was "
+                "recorded with a larger camera ROI (or other binning) than the calibration; record a calibration "
+                "that covers it")
+        raise CameraCalibrationError(
+            f"the camera calibration is {ch}x{cw} pixels but the movie is {h}x{w}, and the movie's metadata "
+            "does not say where its camera ROI lies on the sensor; give its top-left sensor pixel with "
+            "--camera-calibration-offset Y X (API: camera_calibration_offset=(y, x)), or use a calibration "
+            "recorded with the movie's ROI")
+    y, x = int(origin[0]) - calibration.origin[0], int(origin[1]) - calibration.origin[1]
+    if (y, x) == (0, 0) and (ch, cw) == (h, w):
+        return calibration, f"same size as the movie ({how})"
+    return calibration.crop(y, x, h, w), f"rows {y}..{y + h - 1}, columns {x}..{x + w - 1} of the maps ({how})"

@@ -12,12 +12,19 @@ from ..locs import _FILE_MODE
 from .raw import write_raw_info
 
 
-def write_movie(path, chunks, shape, dtype, pixelsize_nm=None, extra_info: dict | None = None):
+def write_movie(path, chunks, shape, dtype, pixelsize_nm=None, extra_info: dict | None = None,
+                sensor_origin=None):
     """Write frames from an iterable of ``(n, height, width)`` chunks to ``path`` atomically.
 
     ``.ome.tif``/``.tif``/``.tiff``: one uncompressed, contiguous series (BigTIFF above 2 GB), which Picasso's own
     TIFF reader also opens. ``.raw``: little-endian frames plus the ``.yaml`` Picasso needs.
+    ``sensor_origin`` (row, column) records a camera ROI acquisition as ``Camera ROI`` ([x, y, width, height])
+    in the ``.raw`` YAML; TIFF files written here carry no camera ROI (tifffile cannot write Micro-Manager's
+    header), so a cropped TIFF needs the explicit offset (``--camera-calibration-offset``).
     """
+    roi = None
+    if sensor_origin is not None:
+        roi = [int(sensor_origin[1]), int(sensor_origin[0]), int(shape[2]), int(shape[1])]
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     dtype = np.dtype(dtype)
@@ -31,7 +38,15 @@ def write_movie(path, chunks, shape, dtype, pixelsize_nm=None, extra_info: dict 
                 for chunk in chunks:
                     np.ascontiguousarray(chunk, dtype.newbyteorder("<")).tofile(fh)
             os.replace(tmp, path)
-            write_raw_info(path, "<", dtype, *shape)
+            info_path = write_raw_info(path, "<", dtype, *shape)
+            if roi is not None:
+                import yaml
+
+                with open(info_path) as fh:
+                    doc = yaml.safe_load(fh)
+                doc["Camera ROI"] = roi
+                with open(info_path, "w") as fh:
+                    yaml.safe_dump(doc, fh, default_flow_style=False)
             if extra_info:
                 import yaml
 
