@@ -299,3 +299,26 @@ def test_cli_refuses_a_short_dark_movie_and_writes_nothing(tmp_path, capsys):
     assert "40 frames" in err and "at least 100" in err
     assert not (tmp_path / "short_scmos_calib.hdf5").exists()
     assert main(["camera-calibrate", os.fspath(dark), "--output", os.fspath(tmp_path / "x.txt")]) == 2
+
+
+def test_camera_config_names_a_calibration_per_camera(tmp_path):
+    from napari_localize.core.camera import match_camera
+    from napari_localize.io.camera_config import CameraConfigError, load_camera_config
+
+    (tmp_path / "cfg.yaml").write_text(
+        "Cameras:\n"
+        "  Zyla:\n    Sensitivity: 0.5\n    Baseline: 100\n"
+        "  Flash:\n    Sensitivity: 0.47\n    Quantum Efficiency: {525: 0.8, 595: 0.8}\n"
+        "camera-calibrations:\n"
+        "  Zyla: maps/zyla_scmos_calib.hdf5\n"
+        "  Flash: {525: /data/flash_525.hdf5, 595: /data/flash_595.hdf5}\n")
+    config = load_camera_config(tmp_path / "cfg.yaml")
+    m = match_camera(config, {"Camera": "Zyla"})
+    assert m.camera_calibration == os.path.normpath(tmp_path / "maps" / "zyla_scmos_calib.hdf5")
+    m = match_camera(config, {"Camera": "Flash"}, wavelength="595")
+    assert m.camera_calibration == os.path.normpath("/data/flash_595.hdf5")
+    m = match_camera(config, {"Camera": "Flash"}, wavelength="700")
+    assert m.camera_calibration is None and any("no sCMOS calibration" in n for n in m.notices)
+    (tmp_path / "bad.yaml").write_text("Cameras:\n  Zyla:\n    Sensitivity: 0.5\ncamera-calibrations:\n  Other: x.hdf5\n")
+    with pytest.raises(CameraConfigError, match="names camera 'Other'"):
+        load_camera_config(tmp_path / "bad.yaml")

@@ -77,6 +77,9 @@ class CameraSpec:
         ``(full metadata key, {filter label: wavelength string})``; the key is *not* camera-prefixed.
     z_calibrations : dict
         Emission wavelength (nm, as a string) to the path of a 3D calibration YAML.
+    camera_calibrations : dict
+        Emission wavelength (nm, as a string) to the path of an sCMOS calibration (``_scmos_calib.hdf5``);
+        the key ``"*"`` serves every wavelength (the config's ``camera-calibrations``).
     """
 
     name: str
@@ -90,12 +93,14 @@ class CameraSpec:
     pixelsize: float | None = None
     channel_device: tuple[str, dict] | None = None
     z_calibrations: dict = field(default_factory=dict)
+    camera_calibrations: dict = field(default_factory=dict)
 
     @property
     def wavelengths(self) -> list[str]:
         """The emission wavelengths (nm, strings) the config knows for this camera, sorted."""
         names = set(self.qe) if isinstance(self.qe, dict) else set()
         names |= set(self.z_calibrations)
+        names |= {k for k in self.camera_calibrations if k != "*"}
         if self.channel_device is not None:
             names |= set(self.channel_device[1].values())
         return sorted(names, key=natural_key)
@@ -142,6 +147,7 @@ class CameraMatch:
     selections: dict[str, str] = field(default_factory=dict)
     wavelength: str | None = None
     z_calibration: str | None = None
+    camera_calibration: str | None = None
     notices: list[str] = field(default_factory=list)
 
     def values(self) -> dict:
@@ -350,6 +356,11 @@ def match_camera(config: CameraConfig, info: dict | None = None, camera: str | N
     if isinstance(spec.qe, dict):
         m.qe = spec.qe.get(m.wavelength)
     m.z_calibration = spec.z_calibrations.get(m.wavelength)
+    m.camera_calibration = spec.camera_calibrations.get(m.wavelength, spec.camera_calibrations.get("*"))
+    if spec.camera_calibrations and m.camera_calibration is None:
+        m.notices.append(f"camera {name!r}: 'camera-calibrations' has no sCMOS calibration for emission "
+                         f"wavelength {m.wavelength!r} ({', '.join(spec.camera_calibrations)}); scalar photon "
+                         "conversion")
 
     # pixel size: the config describes the lab's optics; else the movie's own calibration
     movie_px = _float_or_none(info.get("Pixelsize"))
