@@ -216,6 +216,11 @@ class PhotonWidget(Container):
         self.camera.set_value_fields_visible(False)
         self.camera.changed.connect(self._on_camera_values)
         self.embed_camera(self.camera)
+        # sCMOS: per-pixel maps instead of the scalar baseline/sensitivity; a camera config may name them
+        from ._scmos_widget import SCMOSCalibrationWidget
+
+        self.scmos = SCMOSCalibrationWidget(napari_viewer)
+        self.insert(1, self.scmos)
         self.session.movie_changed.connect(self._on_movie)
         if self.session.movie_layer is not None:
             self._on_movie(self.session.movie_layer)
@@ -228,6 +233,9 @@ class PhotonWidget(Container):
     def _on_camera_values(self, values: dict):
         if self.camera.config is None:
             return  # without a config the user's own values stand (the movie's pixel size is applied below)
+        named = getattr(self.camera.last_match, "camera_calibration", None)
+        if named and named != self.scmos.path:
+            self.scmos.load(named)  # the camera's sCMOS maps, as the config names them
         self.session.update(baseline=values["baseline"], sensitivity=values["sensitivity"],
                             em_gain=max(values["em_gain"], 1.0), qe=values["qe"], pixelsize=values["pixelsize"],
                             camera=values["camera"])
@@ -236,6 +244,9 @@ class PhotonWidget(Container):
         info = (layer.metadata or {}).get("movie_info") if layer is not None else None
         if not info:
             return
+        from ..core.camera import movie_sensor_origin
+
+        self.scmos.movie_origin = movie_sensor_origin(info) or (0, 0)
         if self.camera.config is not None:
             self.camera.match_movie(info)
         elif info.get("Pixelsize"):
