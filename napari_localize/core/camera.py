@@ -489,3 +489,58 @@ def calibration_for_movie(calibration, movie_shape, info: dict | None = None, or
     if (y, x) == (0, 0) and (ch, cw) == (h, w):
         return calibration, f"same size as the movie ({how})"
     return calibration.crop(y, x, h, w), f"rows {y}..{y + h - 1}, columns {x}..{x + w - 1} of the maps ({how})"
+
+
+@dataclass
+class CameraMaps:
+    """The per-pixel camera of one movie, ready for a run: what replaces ``baseline`` and ``sensitivity``.
+
+    Attributes
+    ----------
+    offset : float32 (height, width)
+        ADU; replaces the scalar baseline.
+    sensitivity : float32 (height, width)
+        e-/ADU: ``1 / gain`` of the calibration, or the scalar sensitivity everywhere when it has no gain map.
+    variance : float32 (height, width)
+        Readout variance in photoelectrons² (Huang's ``var / g²``), the sCMOS noise model's per-pixel term.
+    em_gain : float
+    source : dict
+        What ``_locs.yaml`` records about the calibration (:func:`napari_localize.io.camera_calibration.
+        calibration_record`), filled by the caller.
+    """
+
+    offset: np.ndarray
+    sensitivity: np.ndarray
+    variance: np.ndarray
+    em_gain: float = 1.0
+    source: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_calibration(cls, calibration, scalar_sensitivity: float, em_gain: float = 1.0, source=None):
+        """Maps of a calibration already windowed to the movie (:func:`calibration_for_movie`)."""
+        sens = np.broadcast_to(np.asarray(calibration.sensitivity(scalar_sensitivity), np.float32),
+                               calibration.shape)
+        return cls(np.ascontiguousarray(calibration.offset, np.float32), np.ascontiguousarray(sens),
+                   readout_variance_photons(calibration.variance, sens, em_gain), float(em_gain), dict(source or {}))
+
+    @property
+    def shape(self):
+        return self.offset.shape
+
+    @property
+    def median_sensitivity(self) -> float:
+        return float(np.median(self.sensitivity))
+
+    def cut(self, name: str, y, x, box_size: int) -> np.ndarray:
+        """``(n, box, box)`` float32 windows of map ``name`` centred on rows ``y``, columns ``x``."""
+        from .spots import cut_spots
+
+        y = np.asarray(y, np.int64)
+        return cut_spots(getattr(self, name)[None], np.zeros(len(y), np.int64), y, x, box_size)
+
+    def boxes_to_photons(self, spots, y, x):
+        """Cut spots (ADU) at centres ``y``, ``x`` in photoelectrons, and their readout-variance boxes (e-²)."""
+        box = int(np.shape(spots)[-1])
+        photons = adu_to_photons_per_pixel(spots, self.cut("offset", y, x, box), self.cut("sensitivity", y, x, box),
+                                           self.em_gain)
+        return photons, self.cut("variance", y, x, box)
