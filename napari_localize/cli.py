@@ -120,6 +120,37 @@ def _camera_document(config, match) -> dict:
     return doc
 
 
+def _camera_maps(args, movie, p, match=None):
+    """The sCMOS maps of one movie (``None`` without a calibration): from ``--camera-calibration``, else the
+    camera config's ``camera-calibrations`` entry for the matched camera; windowed to the movie's camera ROI
+    (its metadata, or ``--camera-calibration-offset``)."""
+    from .core.camera import CameraMaps, calibration_for_movie
+    from .core.camera_calibration import CameraCalibrationError
+    from .io.camera_calibration import calibration_record, load_camera_calibration
+
+    path = getattr(args, "camera_calibration", None)
+    if path is None and match is not None:
+        path = match.camera_calibration
+    if path is None:
+        if getattr(args, "camera_calibration_offset", None) is not None:
+            raise CliError("--camera-calibration-offset needs --camera-calibration (or a camera config that "
+                           "names one)")
+        return None
+    cache = args.__dict__.setdefault("_calibrations", {})
+    if path not in cache:
+        cache[path] = load_camera_calibration(path)
+    cal = cache[path]
+    offset = getattr(args, "camera_calibration_offset", None)
+    try:
+        window, placement = calibration_for_movie(cal, movie.shape, movie.info, offset)
+    except CameraCalibrationError as exc:
+        raise CameraCalibrationError(f"{movie.path or 'movie'}: {exc}") from None
+    if p.em_gain > 1:
+        raise CliError(f"--camera-calibration models an sCMOS camera (no EM gain) but the EM gain is {p.em_gain:g}; "
+                       "use --gain 1")
+    return CameraMaps.from_calibration(window, p.sensitivity, p.em_gain, calibration_record(window, placement))
+
+
 def cmd_localize(args) -> int:
     from .api import localize_to_file
     from .io.locs import locs_paths
@@ -309,6 +340,14 @@ def add_localize_parser(sub):
                              "the user's camera_config.yaml, else Picasso's config.yaml. Values not given as "
                              "flags come from the camera matched by the movie's metadata")
     photon.add_argument("--camera", metavar="NAME", help="use this camera of the config instead of matching it")
+    photon.add_argument("--camera-calibration", metavar="CALIB.hdf5",
+                        help="per-pixel sCMOS maps (camera-calibrate's or Picasso 0.11's _scmos_calib.hdf5): the "
+                             "offset map replaces --baseline, the gain map --sensitivity; identification is "
+                             "variance-aware and MLE uses the sCMOS likelihood (Huang et al. 2013). Default: the "
+                             "camera config's camera-calibrations entry for the matched camera, if any")
+    photon.add_argument("--camera-calibration-offset", type=int, nargs=2, metavar=("Y", "X"),
+                        help="sensor row and column of the movie's pixel (0, 0), for a movie recorded with a "
+                             "camera ROI smaller than the calibration (default: from the movie's metadata)")
     g = p.add_argument_group("output")
     g.add_argument("--suffix", default="", help="inserted before _locs.hdf5")
     g.add_argument("--output-dir", help="write here instead of beside each movie")
