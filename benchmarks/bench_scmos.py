@@ -66,28 +66,6 @@ def env_picasso():
 
 
 # ------------------------------------------------------------------------------------------------ evaluation
-def match(truth, locs, radius=1.0):
-    """Greedy nearest matching per frame: (index into truth for each loc, -1 if unmatched)."""
-    idx = np.full(len(locs), -1)
-    by_frame = {}
-    for i, f in enumerate(truth["frame"]):
-        by_frame.setdefault(int(f), []).append(i)
-    order = np.argsort(locs["frame"], kind="stable")
-    used = np.zeros(len(truth), bool)
-    for j in order:
-        cand = by_frame.get(int(locs["frame"][j]), [])
-        if not cand:
-            continue
-        cand = np.array(cand)
-        d = np.hypot(truth["x"][cand] - locs["x"][j], truth["y"][cand] - locs["y"][j])
-        d[used[cand]] = np.inf
-        k = int(np.argmin(d))
-        if d[k] < radius:
-            idx[j] = cand[k]
-            used[cand[k]] = True
-    return idx
-
-
 def crlb_scmos_xy(truth, variance_e, box=7):
     """Mean Cramér-Rao bound (pixels, x and y) of the free-width Gaussian fit at the true parameters, with each
     box's per-pixel readout variance (photoelectrons²), from the engine's sCMOS Fisher information."""
@@ -109,21 +87,21 @@ def crlb_scmos_xy(truth, variance_e, box=7):
 
 
 def score(truth, locs, hot):
-    idx = match(truth, locs)
-    tp = int((idx >= 0).sum())
-    fp = int((idx < 0).sum())
-    fn = len(truth) - tp
+    """Jaccard (Hungarian matching within 1 px per frame), FPs on hot pixels, RMSE of matched x and y."""
+    from napari_localize.core.evaluate import match
+
+    m = match(truth, locs, 1.0)
+    unmatched = np.ones(len(locs), bool)
+    unmatched[m.locs_index] = False
     fp_hot = 0
     h, w = hot.shape
-    for j in np.nonzero(idx < 0)[0]:
+    for j in np.nonzero(unmatched)[0]:
         y, x = int(round(float(locs["y"][j]))), int(round(float(locs["x"][j])))
         fp_hot += bool(hot[max(y - 1, 0):min(y + 2, h), max(x - 1, 0):min(x + 2, w)].any())
-    m = idx >= 0
-    ex = locs["x"][m] - truth["x"][idx[m]]
-    ey = locs["y"][m] - truth["y"][idx[m]]
-    return {"jaccard": tp / max(tp + fp + fn, 1), "tp": tp, "fp": fp, "fn": fn, "fp_hot": fp_hot,
-            "rmse_x": float(np.sqrt(np.mean(ex**2))), "rmse_y": float(np.sqrt(np.mean(ey**2))),
-            "matched": idx}
+    ex = locs["x"][m.locs_index] - truth["x"][m.truth_index]
+    ey = locs["y"][m.locs_index] - truth["y"][m.truth_index]
+    return {"jaccard": m.jaccard, "tp": m.true_positives, "fp": m.false_positives, "fn": m.false_negatives,
+            "fp_hot": fp_hot, "rmse_x": float(np.sqrt(np.mean(ex**2))), "rmse_y": float(np.sqrt(np.mean(ey**2)))}
 
 
 def load(path):
@@ -184,8 +162,8 @@ def main(argv=None):
         movie = os.path.join(work, f"blink{int(photons)}.ome.tif")
         write_movie(movie, [frames], frames.shape, frames.dtype)
         q = SimulationParameters(**{**p.as_dict(), "sensitivity": 1.0 / model.gain})
-        threshold = suggested_min_net_gradient(q)
-        scalar = ["--baseline", f"{np.median(cam.offset):.3f}", "--sensitivity", f"{1 / np.median(cam.gain):.5f}"]
+        threshold = float(round(suggested_min_net_gradient(q)))  # Picasso takes an integer
+        scalar = ["--baseline", f"{round(float(np.median(cam.offset)))}", "--sensitivity", f"{1 / np.median(cam.gain):.5f}"]
         common = ["--box-size", "7", "--min-net-gradient", f"{threshold:.1f}", "--fit-method", "mle"]
         runs = {
             "napari-localize sCMOS": ours("localize", movie, *common, *scalar, "--camera-calibration",
@@ -198,8 +176,8 @@ def main(argv=None):
             wall, rss, _ = run(cmd, env_ours())
             suffix = "_scmos" if "sCMOS" in name else "_scalar"
             result[name] = (load(os.path.splitext(movie)[0] + suffix + "_locs.hdf5"), wall, rss)
-        cmd = picasso("localize", movie, "-b", "7", "-g", f"{threshold:.1f}", "-a", "mle", "-bl",
-                      f"{np.median(cam.offset):.3f}", "-s", f"{1 / np.median(cam.gain):.5f}", "-ga", "1",
+        cmd = picasso("localize", movie, "-b", "7", "-g", f"{threshold:.0f}", "-a", "mle", "-bl",
+                      f"{round(float(np.median(cam.offset)))}", "-s", f"{1 / np.median(cam.gain):.5f}", "-ga", "1",
                       "-cm", os.path.join(work, "picasso_calib.hdf5"), "-sf", "_picasso", "-d", "0")
         wall, rss, _ = run(cmd, env_picasso(), cwd=work)
         base = os.path.splitext(movie)[0]

@@ -322,3 +322,32 @@ def test_camera_config_names_a_calibration_per_camera(tmp_path):
     (tmp_path / "bad.yaml").write_text("Cameras:\n  Zyla:\n    Sensitivity: 0.5\ncamera-calibrations:\n  Other: x.hdf5\n")
     with pytest.raises(CameraConfigError, match="names camera 'Other'"):
         load_camera_config(tmp_path / "bad.yaml")
+
+
+def test_picasso_localizes_with_our_calibration(tmp_path):
+    """``picasso localize -cm OURS`` runs on a movie of the chip and finds its spots (Picasso uses our maps)."""
+    from napari_localize.core.simulate import SimulationParameters
+    from napari_localize.core.simulate_scmos import simulate_scmos_movie
+
+    model = SCMOSModel(chip_height=40, chip_width=40, seed=4, hot_fraction=0.0)
+    cam = SCMOSCamera(model)
+    cal = calibrate_camera([cam.frames(200, 0.0)], [[cam.frames(100, lv, seed=i + 1)] for i, lv in
+                                                     enumerate((40.0, 120.0, 300.0))])
+    save_camera_calibration(tmp_path / "ours.hdf5", cal)
+    p = SimulationParameters(n_frames=10, height=40, width=40, spots_per_frame=3, photons=3000, bg=10, seed=1)
+    frames, truth = simulate_scmos_movie(p, model)
+    write_movie(tmp_path / "m.ome.tif", [frames], frames.shape, frames.dtype)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    r = subprocess.run([sys.executable, "-m", "picasso", "localize", "m.ome.tif", "-b", "7", "-g", "3000", "-a",
+                        "mle", "-cm", "ours.hdf5", "-d", "0"], cwd=tmp_path, env=env, capture_output=True,
+                       text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "Loaded sCMOS camera calibration (offset, variance and gain maps, 40x40 pixels" in r.stdout
+    with h5py.File(tmp_path / "m.ome_locs.hdf5") as f:
+        locs = f["locs"][()]
+    from napari_localize.core.evaluate import match
+
+    m = match(truth, locs, 0.5)
+    assert m.jaccard > 0.9
+    # photons come out in photoelectrons: our gain map was applied
+    assert np.median(locs["photons"][m.locs_index] / truth["photons"][m.truth_index]) == pytest.approx(1.0, abs=0.1)
