@@ -12,11 +12,12 @@ in a form that leaves ordinary pixels untouched so that a threshold chosen on a 
 
        d' = a * d + (1 - a) * m,        a = n / (n + e)
 
-   where ``e = max(var_i - var_typ, 0)`` is the pixel's readout variance *in excess of the chip's typical*
-   (median, photoelectrons²) and ``n = max(m, 0) + var_typ`` the noise a typical pixel would have there (shot
-   noise of the local level plus typical read noise). A pixel with the typical variance keeps ``a = 1`` (its own
-   value, exactly); a pixel 100x noisier than typical is replaced almost entirely by its neighbours. Neighbours
-   are weighted by ``1 / (n + e_j)``, so a hot neighbour hardly enters ``m`` either.
+   where ``e = max(var_i - 2 var_typ, 0)`` is the pixel's readout variance *in excess of twice the chip's
+   typical* (median) and ``n = max(m, 0) + var_typ`` the noise a typical pixel would have there (shot noise of
+   the local level plus typical read noise). An ordinary pixel (variance up to twice the median: all but the
+   top few % of a healthy chip) keeps ``a = 1``, its own value exactly, and costs nothing; a pixel 100x noisier
+   than typical is replaced almost entirely by its neighbours. Neighbours are weighted by ``1 / (n + e_j)``,
+   so a hot neighbour hardly enters ``m`` either. Only the noisy pixels are visited.
 3. **Back to counts.** ``d'`` is expressed in the ADU of a pixel with the chip's median sensitivity
    (``d' * em_gain / median(sensitivity)``), and :func:`~napari_localize.core.identify.identify` scores it with
    Picasso's net gradient unchanged. On a camera with uniform offset, gain and variance this image equals the
@@ -34,37 +35,48 @@ from .identify import identify
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def _shrink(photons, var_e, var_typ, out):
-    n_frames, h, w = photons.shape
+def _prepare(adu, offset, scale, noisy_y, noisy_x, noisy_e, var_typ, k_shot, excess, out, fixed):
+    """``out = (adu - offset) * scale`` for every pixel, then the shrinkage of the noisy pixels (see the module
+    docstring), all in counts of a median-sensitivity pixel. ``excess`` is the full map of ``e`` (0 for
+    ordinary pixels); ``k_shot`` turns a level in counts into its shot-noise variance in counts²."""
+    n_frames, h, w = adu.shape
+    n_noisy = noisy_y.shape[0]
     for f in prange(n_frames):
-        img = photons[f]
+        img = out[f]
         for i in range(h):
             for j in range(w):
-                # typical-pixel noise of the local level: from the unweighted 8-neighbour mean first
-                s = 0.0
-                c = 0
-                for k in range(max(i - 1, 0), min(i + 2, h)):
-                    for m in range(max(j - 1, 0), min(j + 2, w)):
-                        if k != i or m != j:
-                            s += img[k, m]
-                            c += 1
-                level = max(s / c, 0.0)
-                sw = 0.0
-                swd = 0.0
-                for k in range(max(i - 1, 0), min(i + 2, h)):
-                    for m in range(max(j - 1, 0), min(j + 2, w)):
-                        if k != i or m != j:
-                            wgt = 1.0 / (level + var_typ + max(var_e[k, m] - var_typ, 0.0))
-                            sw += wgt
-                            swd += wgt * img[k, m]
-                mean_n = swd / sw
-                excess = var_e[i, j] - var_typ
-                if excess <= 0.0:
-                    out[f, i, j] = img[i, j]
-                else:
-                    noise = max(mean_n, 0.0) + var_typ
-                    a = noise / (noise + excess)
-                    out[f, i, j] = a * img[i, j] + (1.0 - a) * mean_n
+                img[i, j] = (adu[f, i, j] - offset[i, j]) * scale[i, j]
+        for q in range(n_noisy):
+            i = noisy_y[q]
+            j = noisy_x[q]
+            s = 0.0
+            c = 0
+            for kk in range(max(i - 1, 0), min(i + 2, h)):
+                for mm in range(max(j - 1, 0), min(j + 2, w)):
+                    if kk != i or mm != j:
+                        s += img[kk, mm]
+                        c += 1
+            level = max(s / c, 0.0) * k_shot + var_typ
+            sw = 0.0
+            swd = 0.0
+            for kk in range(max(i - 1, 0), min(i + 2, h)):
+                for mm in range(max(j - 1, 0), min(j + 2, w)):
+                    if kk != i or mm != j:
+                        wgt = 1.0 / (level + excess[kk, mm])
+                        sw += wgt
+                        swd += wgt * img[kk, mm]
+            mean_n = swd / sw
+            noise = max(mean_n, 0.0) * k_shot + var_typ
+            a = noise / (noise + noisy_e[q])
+            fixed[f, q] = a * img[i, j] + (1.0 - a) * mean_n
+        # written back only now: every noisy pixel was estimated from unshrunk neighbours
+        for q in range(n_noisy):
+            img[noisy_y[q], noisy_x[q]] = fixed[f, q]
+
+
+#: a pixel whose readout variance is at most this multiple of the chip's median is ordinary (left untouched);
+#: above it, the variance in excess of this level decides how much of it is replaced by its neighbours
+ORDINARY_VARIANCE_FACTOR = 2.0
 
 
 def identification_image(frames, offset, sensitivity, variance_e, em_gain=1.0):
@@ -86,20 +98,25 @@ def identification_image(frames, offset, sensitivity, variance_e, em_gain=1.0):
     -------
     float32 array of ``frames``' shape, in camera counts of a median-sensitivity pixel, offset removed.
     """
-    from .camera import adu_to_photons_per_pixel
-
     stack = np.asarray(frames)
     squeeze = stack.ndim == 2
     if squeeze:
         stack = stack[None]
-    photons = np.ascontiguousarray(adu_to_photons_per_pixel(stack, offset, sensitivity, em_gain), np.float64)
-    var_e = np.ascontiguousarray(np.broadcast_to(variance_e, stack.shape[1:]), np.float64)
-    var_typ = float(np.median(var_e))
-    out = np.empty_like(photons)
-    if photons.size:
-        _shrink(photons, var_e, var_typ, out)
-    to_counts = float(em_gain) / float(np.median(sensitivity))
-    out = (out * to_counts).astype(np.float32)
+    shape = stack.shape[1:]
+    sens = np.broadcast_to(np.asarray(sensitivity, np.float32), shape)
+    med = float(np.median(sens))
+    to_counts = float(em_gain) / med  # photoelectrons -> counts of a median pixel
+    scale = np.ascontiguousarray(sens / np.float32(med), np.float32)
+    var_c = np.broadcast_to(np.asarray(variance_e, np.float64), shape) * to_counts**2
+    var_typ = float(np.median(var_c))
+    excess = np.maximum(var_c - ORDINARY_VARIANCE_FACTOR * var_typ, 0.0)
+    noisy_y, noisy_x = np.nonzero(excess > 0)
+    out = np.empty(stack.shape, np.float32)
+    fixed = np.empty((stack.shape[0], len(noisy_y)), np.float32)
+    if stack.size:
+        _prepare(np.ascontiguousarray(stack), np.ascontiguousarray(np.broadcast_to(offset, shape), np.float32),
+                 scale, noisy_y.astype(np.int64), noisy_x.astype(np.int64), excess[noisy_y, noisy_x],
+                 var_typ, to_counts, np.ascontiguousarray(excess), out, fixed)
     return out[0] if squeeze else out
 
 
