@@ -624,6 +624,9 @@ def cmd_simulate(args) -> int:
     print(f"{out}: {p.n_frames} frames of {p.height}x{p.width}, {len(truth)} spots; ground truth -> {truth_path}")
     if model is not None:  # what the suggestion below assumes: a pixel of median gain
         p.baseline, p.sensitivity = model.offset, 1.0 / model.gain
+        print(f"localize it with the chip's true maps: napari-localize localize {out} --camera-calibration "
+              f"{maps_path} --min-net-gradient {suggested_min_net_gradient(p):.0f} (or measure them: simulate "
+              "--dark and --flat movies with the same --scmos options, then camera-calibrate)")
     print(f"localize it with: napari-localize localize {out} --baseline {p.baseline:g} "
           f"--sensitivity {p.sensitivity:g} --gain {p.em_gain:g} --min-net-gradient "
           f"{suggested_min_net_gradient(p):.0f}")
