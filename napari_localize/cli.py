@@ -624,8 +624,10 @@ def cmd_simulate(args) -> int:
     print(f"{out}: {p.n_frames} frames of {p.height}x{p.width}, {len(truth)} spots; ground truth -> {truth_path}")
     if model is not None:  # what the suggestion below assumes: a pixel of median gain
         p.baseline, p.sensitivity = model.offset, 1.0 / model.gain
+        crop = "" if out.lower().endswith(".raw") or (model.chip_height, model.chip_width) == (p.height, p.width) \
+            else f" --camera-calibration-offset {camera.origin[0]} {camera.origin[1]}"
         print(f"localize it with the chip's true maps: napari-localize localize {out} --camera-calibration "
-              f"{maps_path} --min-net-gradient {suggested_min_net_gradient(p):.0f} (or measure them: simulate "
+              f"{maps_path}{crop} --min-net-gradient {suggested_min_net_gradient(p):.0f} (or measure them: simulate "
               "--dark and --flat movies with the same --scmos options, then camera-calibrate)")
     print(f"localize it with: napari-localize localize {out} --baseline {p.baseline:g} "
           f"--sensitivity {p.sensitivity:g} --gain {p.em_gain:g} --min-net-gradient "
