@@ -120,35 +120,41 @@ def _camera_document(config, match) -> dict:
     return doc
 
 
-def _camera_maps(args, movie, p, match=None):
-    """The sCMOS maps of one movie (``None`` without a calibration): from ``--camera-calibration``, else the
-    camera config's ``camera-calibrations`` entry for the matched camera; windowed to the movie's camera ROI
-    (its metadata, or ``--camera-calibration-offset``)."""
-    from .core.camera import CameraMaps, calibration_for_movie
+def _load_camera_calibration(args, path):
+    """A calibration file, loaded once per run (``args`` caches it); a bad file is a CliError."""
     from .core.camera_calibration import CameraCalibrationError
-    from .io.camera_calibration import calibration_record, load_camera_calibration
+    from .io.camera_calibration import load_camera_calibration
 
-    path = getattr(args, "camera_calibration", None)
-    if path is None and match is not None:
-        path = match.camera_calibration
-    if path is None:
-        if getattr(args, "camera_calibration_offset", None) is not None:
-            raise CliError("--camera-calibration-offset needs --camera-calibration (or a camera config that "
-                           "names one)")
-        return None
     cache = args.__dict__.setdefault("_calibrations", {})
     if path not in cache:
-        cache[path] = load_camera_calibration(path)
-    cal = cache[path]
-    offset = getattr(args, "camera_calibration_offset", None)
-    try:
-        window, placement = calibration_for_movie(cal, movie.shape, movie.info, offset)
-    except CameraCalibrationError as exc:
-        raise CameraCalibrationError(f"{movie.path or 'movie'}: {exc}") from None
+        try:
+            cache[path] = load_camera_calibration(path)
+        except CameraCalibrationError as exc:
+            raise CliError(f"--camera-calibration {exc}") from None
+    return cache[path]
+
+
+def _camera_maps(args, movie, p, match=None, three_d=False):
+    """The sCMOS maps of one movie (``None`` without a calibration): from ``--camera-calibration``, else the
+    camera config's ``camera-calibrations`` entry for the matched camera; windowed to the movie's camera ROI
+    (its metadata, or ``--camera-calibration-offset``). A size mismatch raises (a ValueError: this movie fails)."""
+    from .api import camera_maps
+
+    path = getattr(args, "camera_calibration", None)
+    if path is None and match is not None and match.camera_calibration is not None:
+        if three_d:
+            print(f"napari-localize: note: {movie.path}: the camera config names the sCMOS calibration "
+                  f"{match.camera_calibration}; the 3D fit does not use per-pixel maps yet (scalar conversion)",
+                  file=sys.stderr)
+            return None
+        path = match.camera_calibration
+    if path is None:
+        return None
     if p.em_gain > 1:
-        raise CliError(f"--camera-calibration models an sCMOS camera (no EM gain) but the EM gain is {p.em_gain:g}; "
-                       "use --gain 1")
-    return CameraMaps.from_calibration(window, p.sensitivity, p.em_gain, calibration_record(window, placement))
+        raise ValueError(f"{movie.path}: an sCMOS calibration models a camera without EM gain, but the EM gain is "
+                         f"{p.em_gain:g}; use --gain 1")
+    offset = getattr(args, "camera_calibration_offset", None)
+    return camera_maps(_load_camera_calibration(args, path), movie, p, offset)
 
 
 def cmd_localize(args) -> int:
@@ -162,6 +168,15 @@ def cmd_localize(args) -> int:
     _set_device(args.device)
     calibration, z_options = _z_setup(args)
     config = _camera_config(args)
+    if args.camera_calibration is not None:
+        if calibration is not None:
+            raise CliError("--camera-calibration works with 2D localization for now; the 3D fit (--zcalib) uses "
+                           "the scalar --baseline/--sensitivity")
+        if args.scheduler:
+            raise CliError("--camera-calibration runs on this machine for now; drop --scheduler")
+        _load_camera_calibration(args, args.camera_calibration)  # a bad file stops the run before any movie
+    elif args.camera_calibration_offset is not None:
+        raise CliError("--camera-calibration-offset needs --camera-calibration")
     if args.scheduler:
         return _localize_distributed(args, files, config, calibration, z_options)
     failures = 0
@@ -179,12 +194,13 @@ def cmd_localize(args) -> int:
                 p.validate(*movie.shape)
                 hdf5_path, _ = locs_paths(path, args.suffix, args.output_dir)
                 camera_doc = _camera_document(config, match) if match is not None else None
+                maps = _camera_maps(args, movie, p, match, three_d=calibration is not None)
                 bar = ProgressBar(os.path.basename(path))
                 try:
                     written, stats = localize_to_file(
                         movie, p, hdf5_path, progress=bar, calibration=calibration, z_options=z_options,
                         calibration_path=os.path.abspath(args.zcalib) if calibration is not None else None,
-                        extra_fit_info=camera_doc)
+                        extra_fit_info=camera_doc, camera=maps)
                 finally:
                     bar.close()
         except (ValueError, OSError) as exc:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -72,3 +74,47 @@ def test_the_camera_config_names_the_calibration(make_napari_viewer, calibration
     assert widget.scmos.movie_origin == (4, 8)
     layers = widget.scmos.show_maps()
     assert tuple(layers[0].translate) == (-4, -8)  # the chip's maps drawn under the cropped movie's pixels
+
+
+def test_the_run_and_the_preview_use_the_loaded_calibration(make_napari_viewer, tmp_path, monkeypatch):
+    """Photon conversion panel: load the chip's maps; the Localize run records them and the preview's spots
+    are those of the variance-aware identification (not the hot pixels)."""
+    from napari_localize.cli import suggested_min_net_gradient
+    from napari_localize.core.camera import CameraMaps
+    from napari_localize.core.camera_calibration import CameraCalibration
+    from napari_localize.core.identify_scmos import identify_scmos
+    from napari_localize.core.simulate import SimulationParameters
+    from napari_localize.core.simulate_scmos import simulate_scmos_movie
+    from napari_localize.io.movies.write import write_movie
+
+    monkeypatch.setenv("NAPARI_LOCALIZE_SYNC", "1")
+    model = SCMOSModel(chip_height=48, chip_width=48, hot_fraction=0.04, seed=6)
+    p = SimulationParameters(n_frames=20, height=48, width=48, spots_per_frame=3, photons=500, bg=10, seed=2)
+    frames, truth = simulate_scmos_movie(p, model)
+    offset, variance, gain, _ = model.maps()
+    cal_path = save_camera_calibration(tmp_path / "chip_scmos_calib.hdf5", CameraCalibration(offset, variance, gain))
+    movie = tmp_path / "m.ome.tif"
+    write_movie(movie, [frames], frames.shape, frames.dtype)
+    viewer = make_napari_viewer()
+    from napari_localize._napari._widgets import dock_all
+
+    w = dock_all(viewer)
+    (layer,) = viewer.open(str(movie), plugin="napari-localize")
+    threshold = suggested_min_net_gradient(SimulationParameters(**{**p.as_dict(), "sensitivity": 0.5}))
+    w["Identification"].session.update(min_net_gradient=threshold, baseline=100.0, sensitivity=0.5)
+    w["Photon conversion"].scmos.load(cal_path)
+    session = w["Identification"].session
+    assert session.camera_calibration is w["Photon conversion"].scmos.calibration
+    # the preview on the frame shown
+    w["Identification"].preview.value = True
+    w["Identification"].preview_controller.refresh()
+    maps = CameraMaps.from_calibration(CameraCalibration(offset, variance, gain), 0.5)
+    f = session.current_frame()
+    expected = identify_scmos(frames[f], 7, threshold, maps.offset, maps.sensitivity, maps.variance)
+    assert w["Identification"].preview_controller.last_count == len(expected)
+    # the run
+    w["Localize"].run()
+    result = session.result
+    assert result is not None and len(result.locs) >= 0.97 * len(truth)
+    fit_doc = next(d for d in result.info if "Camera calibration path" in d)
+    assert fit_doc["Camera calibration path"] == os.path.abspath(cal_path)

@@ -221,6 +221,7 @@ class PhotonWidget(Container):
 
         self.scmos = SCMOSCalibrationWidget(napari_viewer)
         self.insert(1, self.scmos)
+        self.scmos.changed.connect(self.session.set_camera_calibration)
         self.session.movie_changed.connect(self._on_movie)
         if self.session.movie_layer is not None:
             self._on_movie(self.session.movie_layer)
@@ -336,6 +337,17 @@ class LocalizeWidget(CancellableRun, Container):
             show_error(f"napari-localize: {exc}")
             self.status.value = f"not started: {exc}"
             return None
+        try:
+            camera = session.camera_maps_for(movie)
+            if camera is not None and session.wants_3d():
+                raise ValueError("the sCMOS calibration is used by 2D runs only for now; turn Fit z off or clear "
+                                 "the calibration in the camera panel")
+        except ValueError as exc:
+            if owned:
+                movie.close()
+            show_error(f"napari-localize: {exc}")
+            self.status.value = f"not started: {exc}"
+            return None
         path = session.movie_path()
         self.progress_values = []
         start, stop = p.frame_span(movie.shape[0])
@@ -345,7 +357,7 @@ class LocalizeWidget(CancellableRun, Container):
             z = (session.zcalibration, session.z_options, session.zcalibration_path)
         self.status.value = "localizing in 3D..." if z is not None else "localizing..."
         self.files.value = ""
-        gen = localize_steps(movie, p, self._cancel, path, self.chunk_frames, close_movie=owned, z=z)
+        gen = localize_steps(movie, p, self._cancel, path, self.chunk_frames, close_movie=owned, z=z, camera=camera)
         self.worker = start_localize(gen, self._on_progress, self._on_returned, self._on_error,
                                      self._on_finished)
         return self.worker

@@ -32,7 +32,7 @@ class Cancelled:
 
 
 def localize_steps(movie, p, cancel: CancelToken, movie_path: str | None, chunk_frames: int | None = None,
-                   close_movie: bool = False, z=None):
+                   close_movie: bool = False, z=None, camera=None):
     """Generator: localize ``movie`` with ``p``, yielding ``(frames_done, frames_total)`` per chunk.
 
     Returns ``(locs, info, stats, paths)``; ``paths`` is ``None`` when ``movie_path`` is ``None`` (nothing
@@ -40,15 +40,16 @@ def localize_steps(movie, p, cancel: CancelToken, movie_path: str | None, chunk_
     :class:`Cancelled` instance if ``cancel`` was set before the end. ``close_movie``: close ``movie`` when
     done, whatever the outcome. ``z``: ``(calibration, z_options, calibration_path)`` for a 3D run
     (:func:`~napari_localize.api.iter_localize_3d`, the code of ``localize_movie_3d``), ``None`` for 2D.
+    ``camera``: per-pixel sCMOS maps (:func:`~napari_localize.api.camera_maps`).
     """
     try:
-        return (yield from _localize_steps(movie, p, cancel, movie_path, chunk_frames, z))
+        return (yield from _localize_steps(movie, p, cancel, movie_path, chunk_frames, z, camera))
     finally:
         if close_movie:
             movie.close()
 
 
-def _localize_steps(movie, p, cancel, movie_path, chunk_frames, z=None):
+def _localize_steps(movie, p, cancel, movie_path, chunk_frames, z=None, camera=None):
     # the one run (core/run.py) into memory, and with a movie path also into the streamed _locs.hdf5 beside it
     n_frames, height, width = movie.shape
     p.validate(n_frames, height, width)
@@ -58,7 +59,7 @@ def _localize_steps(movie, p, cancel, movie_path, chunk_frames, z=None):
     if movie_path is not None:
         sink = TeeSink(sink, LocsWriter(locs_paths(movie_path)[0], sink.dtype))
     try:
-        res = yield from run_steps(movie, p, sink, zrun, cancel, step)
+        res = yield from run_steps(movie, p, sink, zrun, cancel, step, camera=camera)
     except LocalizeCancelled:
         return Cancelled()
     return res.locs, res.info, res.stats, res.paths
