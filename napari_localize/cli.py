@@ -246,6 +246,10 @@ def _localize_distributed(args, files, config, calibration=None, z_options=None)
                     from .core.camera import match_camera
 
                     match = match_camera(config, movie.info, camera=args.camera)
+                    if match.camera_calibration is not None:
+                        print(f"napari-localize: note: {path}: the camera config names the sCMOS calibration "
+                              f"{match.camera_calibration}, which --scheduler runs do not use yet (scalar "
+                              "conversion); run without --scheduler to use it", file=sys.stderr)
                 params[path] = _parameters(args, movie.info, match)
         except (ValueError, OSError):
             params[path] = _parameters(args, {})  # the worker reports the error for this movie
