@@ -33,13 +33,15 @@ def _as_movie(movie):
     return movie if isinstance(movie, Movie) else ArrayMovie(movie)
 
 
-def localize_movie(movie, p: LocalizeParameters | None = None, progress=None, cancel: CancelToken | None = None):
+def localize_movie(movie, p: LocalizeParameters | None = None, progress=None, cancel: CancelToken | None = None,
+                   camera=None):
     """Localize a :class:`Movie` or an array ``(frames, height, width)``; return ``(locs, info, stats)``.
 
-    ``info`` is the list of metadata documents that :func:`save_locs` writes to ``_locs.yaml``.
+    ``info`` is the list of metadata documents that :func:`save_locs` writes to ``_locs.yaml``. ``camera``:
+    per-pixel sCMOS maps (:func:`camera_maps`).
     """
     p = p or LocalizeParameters()
-    res = run(_as_movie(movie), p, MemorySink(run_dtype(p)), None, progress, cancel)
+    res = run(_as_movie(movie), p, MemorySink(run_dtype(p)), None, progress, cancel, camera=camera)
     return res.locs, res.info, res.stats
 
 
@@ -75,30 +77,45 @@ def locs_dtype_for(p: LocalizeParameters, z_options=None) -> np.dtype:
 
 def localize_to_file(movie, p: LocalizeParameters, hdf5_path, progress=None, cancel: CancelToken | None = None,
                      calibration=None, z_options=None, calibration_path=None, extra_fit_info: dict | None = None,
-                     chunk_frames: int | None = None):
+                     chunk_frames: int | None = None, camera=None):
     """Localize ``movie`` (2D, or 3D with a ``calibration``) straight into ``hdf5_path`` and its YAML.
 
     Each chunk's localizations are appended to a temporary file as soon as they are fitted, so peak memory
     is one chunk of frames whatever the movie's length; the files are renamed into place only at the end
     (a failed or cancelled run leaves an earlier result untouched and no partial file).
     ``progress(frames_done, frames_total)`` is called after each chunk. Returns
-    ``((hdf5_path, yaml_path), stats)``.
+    ``((hdf5_path, yaml_path), stats)``. ``camera``: per-pixel sCMOS maps (:func:`camera_maps`).
     """
     z = _zrun(calibration, z_options, calibration_path)
     res = run(_as_movie(movie), p, LocsWriter(hdf5_path, run_dtype(p, z)), z, progress, cancel, chunk_frames,
-              extra_fit_info)
+              extra_fit_info, camera=camera)
     return res.paths, res.stats
 
 
 def localize_to_file_steps(movie, p: LocalizeParameters, hdf5_path, cancel: CancelToken | None = None,
                            calibration=None, z_options=None, calibration_path=None,
-                           extra_fit_info: dict | None = None, chunk_frames: int | None = None):
+                           extra_fit_info: dict | None = None, chunk_frames: int | None = None, camera=None):
     """Generator form of :func:`localize_to_file` for GUI workers: yields ``(frames_done, frames_total)``
     (first ``(0, total)``, then after each chunk) and returns ``((hdf5_path, yaml_path), stats)``."""
     z = _zrun(calibration, z_options, calibration_path)
     res = yield from run_steps(_as_movie(movie), p, LocsWriter(hdf5_path, run_dtype(p, z)), z, cancel,
-                               chunk_frames, extra_fit_info)
+                               chunk_frames, extra_fit_info, camera=camera)
     return res.paths, res.stats
+
+
+def camera_maps(calibration, movie, p: LocalizeParameters, origin=None):
+    """The per-pixel sCMOS maps for ``movie``: ``calibration`` (a path or a
+    :class:`~napari_localize.core.camera_calibration.CameraCalibration`) windowed to the movie's camera ROI
+    (its metadata, or ``origin`` = sensor (row, column) of its pixel (0, 0)), with ``p.sensitivity`` where the
+    calibration has no gain map. The result goes to :func:`localize_movie` / :func:`localize_to_file` as
+    ``camera``; what it records in ``_locs.yaml`` is in its ``source``."""
+    from .core.camera import CameraMaps, calibration_for_movie
+    from .io.camera_calibration import calibration_record, load_camera_calibration
+
+    cal = calibration if hasattr(calibration, "offset") else load_camera_calibration(calibration)
+    movie = _as_movie(movie)
+    window, placement = calibration_for_movie(cal, movie.shape, getattr(movie, "info", {}), origin)
+    return CameraMaps.from_calibration(window, p.sensitivity, p.em_gain, calibration_record(window, placement))
 
 
 # ------------------------------------------------------------------------------------------------ 3D

@@ -113,6 +113,43 @@ def _camera_document(config, match) -> dict:
     return doc
 
 
+def _load_camera_calibration(args, path):
+    """A calibration file, loaded once per run (``args`` caches it); a bad file is a CliError."""
+    from .core.camera_calibration import CameraCalibrationError
+    from .io.camera_calibration import load_camera_calibration
+
+    cache = args.__dict__.setdefault("_calibrations", {})
+    if path not in cache:
+        try:
+            cache[path] = load_camera_calibration(path)
+        except CameraCalibrationError as exc:
+            raise CliError(f"--camera-calibration {exc}") from None
+    return cache[path]
+
+
+def _camera_maps(args, movie, p, match=None, three_d=False):
+    """The sCMOS maps of one movie (``None`` without a calibration): from ``--camera-calibration``, else the
+    camera config's ``camera-calibrations`` entry for the matched camera; windowed to the movie's camera ROI
+    (its metadata, or ``--camera-calibration-offset``). A size mismatch raises (a ValueError: this movie fails)."""
+    from .api import camera_maps
+
+    path = getattr(args, "camera_calibration", None)
+    if path is None and match is not None and match.camera_calibration is not None:
+        if three_d:
+            print(f"napari-localize: note: {movie.path}: the camera config names the sCMOS calibration "
+                  f"{match.camera_calibration}; the 3D fit does not use per-pixel maps yet (scalar conversion)",
+                  file=sys.stderr)
+            return None
+        path = match.camera_calibration
+    if path is None:
+        return None
+    if p.em_gain > 1:
+        raise ValueError(f"{movie.path}: an sCMOS calibration models a camera without EM gain, but the EM gain is "
+                         f"{p.em_gain:g}; use --gain 1")
+    offset = getattr(args, "camera_calibration_offset", None)
+    return camera_maps(_load_camera_calibration(args, path), movie, p, offset)
+
+
 def _plan(args, files, config):
     """Open every movie once, up front: its parameters, its output path and its camera match, or its error.
 
@@ -161,6 +198,15 @@ def cmd_localize(args) -> int:
     _set_device(args.device)
     calibration, z_options = _z_setup(args)
     config = _camera_config(args)
+    if args.camera_calibration is not None:
+        if calibration is not None:
+            raise CliError("--camera-calibration works with 2D localization for now; the 3D fit (--zcalib) uses "
+                           "the scalar --baseline/--sensitivity")
+        if args.scheduler:
+            raise CliError("--camera-calibration runs on this machine for now; drop --scheduler")
+        _load_camera_calibration(args, args.camera_calibration)  # a bad file stops the run before any movie
+    elif args.camera_calibration_offset is not None:
+        raise CliError("--camera-calibration-offset needs --camera-calibration")
     if args.scheduler:
         return _localize_distributed(args, files, config, calibration, z_options)
     plans = _plan(args, files, config)
@@ -178,12 +224,13 @@ def cmd_localize(args) -> int:
                     for notice in match.notices:
                         print(f"napari-localize: note: {path}: {notice}", file=sys.stderr)
                 camera_doc = _camera_document(config, match) if match is not None else None
+                maps = _camera_maps(args, movie, p, match, three_d=calibration is not None)
                 bar = ProgressBar(os.path.basename(path))
                 try:
                     written, stats = localize_to_file(
                         movie, p, hdf5_path, progress=bar, calibration=calibration, z_options=z_options,
                         calibration_path=os.path.abspath(args.zcalib) if calibration is not None else None,
-                        extra_fit_info=camera_doc)
+                        extra_fit_info=camera_doc, camera=maps)
                 finally:
                     bar.close()
         except Exception as exc:  # noqa: BLE001 (one movie's failure is reported; the batch goes on)
@@ -276,6 +323,10 @@ def _localize_distributed(args, files, config, calibration=None, z_options=None)
                     from .core.camera import match_camera
 
                     match = match_camera(config, movie.info, camera=args.camera)
+                    if match.camera_calibration is not None:
+                        print(f"napari-localize: note: {path}: the camera config names the sCMOS calibration "
+                              f"{match.camera_calibration}, which --scheduler runs do not use yet (scalar "
+                              "conversion); run without --scheduler to use it", file=sys.stderr)
                 params[path] = _parameters(args, movie.info, match)
         except Exception:  # noqa: BLE001 (the run reports this movie's error and goes on)
             params[path] = _parameters(args, {})
@@ -390,6 +441,14 @@ def add_localize_parser(sub):
                              "the user's camera_config.yaml, else Picasso's config.yaml. Values not given as "
                              "flags come from the camera matched by the movie's metadata")
     photon.add_argument("--camera", metavar="NAME", help="use this camera of the config instead of matching it")
+    photon.add_argument("--camera-calibration", metavar="CALIB.hdf5",
+                        help="per-pixel sCMOS maps (camera-calibrate's or Picasso 0.11's _scmos_calib.hdf5): the "
+                             "offset map replaces --baseline, the gain map --sensitivity; identification is "
+                             "variance-aware and MLE uses the sCMOS likelihood (Huang et al. 2013). Default: the "
+                             "camera config's camera-calibrations entry for the matched camera, if any")
+    photon.add_argument("--camera-calibration-offset", type=int, nargs=2, metavar=("Y", "X"),
+                        help="sensor row and column of the movie's pixel (0, 0), for a movie recorded with a "
+                             "camera ROI smaller than the calibration (default: from the movie's metadata)")
     g = p.add_argument_group("output")
     g.add_argument("--suffix", default="", help="inserted before _locs.hdf5")
     g.add_argument("--output-dir", help="write here instead of beside each movie")
@@ -461,6 +520,125 @@ def add_calibrate_parser(sub):
     p.set_defaults(func=cmd_calibrate_z)
 
 
+# ------------------------------------------------------------------------------------------------ camera-calibrate
+def _frame_chunks(movie, progress=None, max_bytes: int = 64 << 20):
+    """The movie's frames in chunks of at most ``max_bytes`` (as float64): bounded memory for any length."""
+    n, h, w = movie.shape
+    step = max(1, max_bytes // (8 * h * w))
+    for a in range(0, n, step):
+        yield movie[a:min(a + step, n)]
+        if progress is not None:
+            progress(min(a + step, n), n)
+
+
+def cmd_camera_calibrate(args) -> int:
+    from .core.camera_calibration import CameraCalibrationError, calibrate_camera, validate_calibration
+    from .core.camera import movie_sensor_origin
+    from .io.camera_calibration import (default_calibration_path, load_camera_calibration,
+                                        plot_camera_calibration, plot_path, save_camera_calibration)
+    from .io.movies import open_movie
+
+    for path in [args.dark] + list(args.light or []):
+        if not os.path.isfile(path) and not os.path.isdir(path):
+            raise CliError(f"{path}: no such movie")
+    if args.validate:
+        if args.light:
+            raise CliError("--validate checks a calibration against a fresh dark movie; it takes no --light")
+        cal = load_camera_calibration(args.validate)
+        with open_movie(args.dark) as movie:
+            if movie.shape[0] < 100:
+                raise CliError(f"{args.dark}: {movie.shape[0]} frames; validation needs 100 or more "
+                               "(1000 recommended)")
+            bar = ProgressBar("validate")
+            try:
+                report = validate_calibration(cal, _frame_chunks(movie, bar))
+            except CameraCalibrationError as exc:
+                raise CliError(f"{args.dark}: {exc}") from None
+            finally:
+                bar.close()
+        print(f"{args.validate} against {args.dark}: {report['Frames']} frames, {report['Pixels']} pixels; mean "
+              f"p-value {report['Mean p-value']:.3f} (0.5 +- 0.1 expected), {100 * report['Fraction p < 0.05']:.1f}"
+              f" % of pixels below 0.05, {100 * report['Fraction p > 0.95']:.1f} % above 0.95; offset shift "
+              f"{report['Offset shift median (ADU)']:+.2f} ADU, variance ratio {report['Variance ratio median']:.3f}")
+        print(("valid: " if report["Valid"] else "NOT valid: ") + report["Reason"])
+        return 0 if report["Valid"] else 1
+
+    out = args.output or default_calibration_path(args.dark)
+    if not out.lower().endswith((".hdf5", ".h5")):
+        raise CliError(f"--output {out}: a camera calibration is written as .hdf5")
+    if not os.path.isdir(os.path.dirname(os.path.abspath(out))):
+        raise CliError(f"--output {out}: the folder does not exist")
+    movies = []
+    try:
+        dark = open_movie(args.dark)
+        movies.append(dark)
+        lights = []
+        for path in args.light or []:
+            m = open_movie(path)
+            movies.append(m)
+            if m.shape[1:] != dark.shape[1:]:
+                raise CliError(f"{path}: frames of {m.shape[1]}x{m.shape[2]} pixels, the dark movie's are "
+                               f"{dark.shape[1]}x{dark.shape[2]}; record every movie of a calibration with "
+                               "the same camera ROI and binning")
+            lights.append(m)
+        meta = {"Generated by": f"napari-localize v{__version__} camera-calibrate",
+                "Dark movie": os.path.basename(args.dark),
+                "Light movies": [os.path.basename(p) for p in args.light or []]}
+        bars = [ProgressBar("dark")] + [ProgressBar(f"light {i + 1}") for i in range(len(lights))]
+        try:
+            cal = calibrate_camera(
+                _frame_chunks(dark, bars[0]), [_frame_chunks(m, b) for m, b in zip(lights, bars[1:])],
+                dark_frames=dark.shape[0], light_frames=[m.shape[0] for m in lights], metadata=meta)
+        except CameraCalibrationError as exc:
+            raise CliError(str(exc)) from None
+        finally:
+            for b in bars:
+                b.close()
+        origin = movie_sensor_origin(dark.info)
+        if origin is not None and tuple(origin) != (0, 0):
+            cal.origin = tuple(origin)
+    finally:
+        for m in movies:
+            m.close()
+    save_camera_calibration(out, cal)
+    png = plot_camera_calibration(cal, plot_path(out))
+    m = cal.metadata
+    for notice in m.get("Notices", []):
+        print(f"napari-localize: note: {notice}", file=sys.stderr)
+    print(f"{args.dark}: {m['Frames']} dark frames, {cal.shape[0]}x{cal.shape[1]} pixels")
+    print(f"  offset   median {m['Offset median (ADU)']:.2f} ADU (range {m['Offset min (ADU)']:.2f} .. "
+          f"{m['Offset max (ADU)']:.2f})")
+    print(f"  variance median {m['Variance median (ADU^2)']:.2f} ADU^2, 99.9th percentile "
+          f"{m['Variance 99.9 percentile (ADU^2)']:.1f}, max {m['Variance max (ADU^2)']:.1f}")
+    print(f"  hot pixels {m['Hot pixels']} ({100 * m['Hot pixels'] / cal.offset.size:.2f} %) above "
+          f"{m['Hot pixel threshold (ADU^2)']:.1f} ADU^2")
+    if cal.has_gain:
+        print(f"  gain     median {m['Gain median (ADU/e-)']:.4f} ADU/e- (range {m['Gain min (ADU/e-)']:.4f} .. "
+              f"{m['Gain max (ADU/e-)']:.4f}) from {m['Gain levels']} light levels at "
+              + ", ".join(f"{v:.1f}" for v in m["Level median signal (ADU)"]) + " ADU above the offset")
+    else:
+        print("  no light movies: no gain map (the run's scalar --sensitivity converts counts to photons)")
+    print(f"-> {out}, {png}")
+    print(f"use it with: napari-localize localize MOVIE --camera-calibration {out}")
+    return 0
+
+
+def add_camera_calibrate_parser(sub):
+    p = sub.add_parser("camera-calibrate", help="sCMOS per-pixel offset, variance and gain maps (Picasso 0.11 file)",
+                       description="Measure an sCMOS camera: offset and readout variance of every pixel from a "
+                                   "dark movie, its gain from the photon-transfer slope through light movies at "
+                                   "a few illumination levels (Huang et al. 2013). Writes Picasso 0.11's "
+                                   "_scmos_calib.hdf5 and a PNG of the maps and histograms. With --validate, "
+                                   "checks an existing calibration against a fresh dark movie instead.")
+    p.add_argument("dark", metavar="DARK", help="dark movie (no light; 1000+ frames; same settings as the data)")
+    p.add_argument("--light", metavar="MOVIE", action="append",
+                   help="a quasi-uniformly lit movie; repeat for 3+ illumination levels (gain map)")
+    p.add_argument("--output", metavar="PATH", help="calibration to write (default <dark base>_scmos_calib.hdf5)")
+    p.add_argument("--validate", metavar="CALIB",
+                   help="check this calibration against DARK (a fresh dark movie); exit 1 if it no longer fits")
+    p.set_defaults(func=cmd_camera_calibrate)
+
+
 # ------------------------------------------------------------------------------------------------ simulate
 def cmd_simulate(args) -> int:
     from .core.locs import ellipticity
@@ -483,20 +661,54 @@ def cmd_simulate(args) -> int:
     )
     if min(p.n_frames, p.height, p.width) < 1:
         raise CliError("--frames, --height and --width must be positive")
+    if args.dark and args.flat is not None:
+        raise CliError("--dark and --flat are two kinds of movie; give one")
+    camera, model = None, None
+    if args.scmos:
+        camera, model = _scmos_camera(args, p)
+    elif args.chip_size or args.chip_origin or args.hot_pixel_fraction is not None:
+        raise CliError("--chip-size, --chip-origin and --hot-pixel-fraction describe the sCMOS model: add --scmos")
+    uniform = args.dark or args.flat is not None
+    if uniform:
+        if args.flat is not None and not args.flat > 0:
+            raise CliError(f"--flat must be positive (photons per pixel), got {args.flat}")
+        p.spots_per_frame, p.bg = 0.0, 0.0 if args.dark else float(args.flat)
     truths = []
     step = max(1, (8 << 20) // (p.height * p.width))
     bar = ProgressBar("simulate")
 
     def chunks():
         for a in range(0, p.n_frames, step):
-            frames, truth = simulate_frames(p, a, a + step)
-            truths.append(truth)
+            if uniform and camera is not None:
+                from .core.simulate_scmos import flat_field
+
+                mu = 0.0 if args.dark else flat_field((p.height, p.width), args.flat)
+                frames = camera.frames(p.n_frames, mu, p.seed, a, a + step)
+            else:
+                frames, truth = simulate_frames(p, a, a + step, camera=camera)
+                truths.append(truth)
             bar(min(a + step, p.n_frames), p.n_frames)
             yield frames
 
     shape = (p.n_frames, p.height, p.width)
-    write_movie(out, chunks(), shape, p.dtype, pixelsize_nm=args.pixelsize)
+    write_movie(out, chunks(), shape, p.dtype, pixelsize_nm=args.pixelsize,
+                sensor_origin=camera.origin if camera is not None and (
+                    any(camera.origin) or (model.chip_height, model.chip_width) != (p.height, p.width)) else None)
     bar.close()
+    if model is not None:
+        from .core.camera_calibration import CameraCalibration
+        from .io.camera_calibration import save_camera_calibration
+
+        offset, variance, gain, hot = model.maps()
+        truth_cal = CameraCalibration(offset, variance, gain, {
+            "Generated by": f"napari-localize v{__version__} simulate (true maps)", "model": "scmos-noise",
+            "Frames": 0, "Hot pixels (true)": int(hot.sum()), "Simulation": model.as_dict()})
+        maps_path = save_camera_calibration(os.path.splitext(out)[0] + "_camera_truth.hdf5", truth_cal)
+        print(f"{out}: true sCMOS maps of the {model.chip_height}x{model.chip_width} chip -> {maps_path}")
+    if uniform:
+        kind = "dark" if args.dark else f"flat ({args.flat:g} photons per pixel)"
+        print(f"{out}: {p.n_frames} {kind} frames of {p.height}x{p.width}")
+        return 0
     import numpy as np
 
     from .core.locs import locs_dtype
@@ -511,6 +723,13 @@ def cmd_simulate(args) -> int:
     save_locs(truth_path, table, [info, {"Generated by": f"napari-localize v{__version__} simulate",
                                          "Simulation": p.as_dict()}])
     print(f"{out}: {p.n_frames} frames of {p.height}x{p.width}, {len(truth)} spots; ground truth -> {truth_path}")
+    if model is not None:  # what the suggestion below assumes: a pixel of median gain
+        p.baseline, p.sensitivity = model.offset, 1.0 / model.gain
+        crop = "" if out.lower().endswith(".raw") or (model.chip_height, model.chip_width) == (p.height, p.width) \
+            else f" --camera-calibration-offset {camera.origin[0]} {camera.origin[1]}"
+        print(f"localize it with the chip's true maps: napari-localize localize {out} --camera-calibration "
+              f"{maps_path}{crop} --min-net-gradient {suggested_min_net_gradient(p):.0f} (or measure them: simulate "
+              "--dark and --flat movies with the same --scmos options, then camera-calibrate)")
     print(f"localize it with: napari-localize localize {out} --baseline {p.baseline:g} "
           f"--sensitivity {p.sensitivity:g} --gain {p.em_gain:g} --min-net-gradient "
           f"{suggested_min_net_gradient(p):.0f}")
@@ -557,7 +776,41 @@ def add_simulate_parser(sub):
                    help="Poisson-distributed number of spots per frame (mean --spots-per-frame)")
     p.add_argument("--pixelsize", type=float, default=130.0, help="pixel size in nm (metadata)")
     p.add_argument("--seed", type=int, default=d.seed)
+    g = p.add_argument_group("sCMOS camera (per-pixel offset, gain and variance maps)")
+    g.add_argument("--scmos", action="store_true",
+                   help="read the frames with a simulated sCMOS chip instead of --baseline/--sensitivity/"
+                        "--read-noise; also writes the true maps as <base>_camera_truth.hdf5")
+    g.add_argument("--scmos-gain", type=float, default=2.0, help="median gain, ADU per photoelectron (default 2)")
+    g.add_argument("--scmos-read-noise", type=float, default=1.6, help="median read noise, e- rms (default 1.6)")
+    g.add_argument("--hot-pixel-fraction", type=float, help="fraction of hot pixels (default 0.02)")
+    g.add_argument("--chip-size", type=int, nargs=2, metavar=("H", "W"),
+                   help="sensor size (default: the movie's); the movie is the camera ROI --chip-origin")
+    g.add_argument("--chip-origin", type=int, nargs=2, metavar=("Y", "X"),
+                   help="sensor row and column of the movie's pixel (0, 0) (default 0 0); written as the "
+                        "movie's camera ROI metadata")
+    g.add_argument("--camera-seed", type=int, default=7, help="seed of the chip's maps (default 7)")
+    g.add_argument("--dark", action="store_true", help="a dark movie (no spots, no light)")
+    g.add_argument("--flat", type=float, metavar="PHOTONS",
+                   help="a flat-field movie: quasi-uniform light of this many photons per pixel, no spots")
     p.set_defaults(func=cmd_simulate)
+
+
+def _scmos_camera(args, p):
+    from .core.simulate_scmos import SCMOSCamera, SCMOSModel
+
+    chip = tuple(args.chip_size) if args.chip_size else (p.height, p.width)
+    origin = tuple(args.chip_origin) if args.chip_origin else (0, 0)
+    if origin[0] < 0 or origin[1] < 0 or origin[0] + p.height > chip[0] or origin[1] + p.width > chip[1]:
+        raise CliError(f"a {p.height}x{p.width} movie at --chip-origin {origin[0]} {origin[1]} does not fit the "
+                       f"{chip[0]}x{chip[1]} chip (--chip-size)")
+    frac = 0.02 if args.hot_pixel_fraction is None else args.hot_pixel_fraction
+    if not 0 <= frac < 1:
+        raise CliError(f"--hot-pixel-fraction must be in [0, 1), got {frac}")
+    if not args.scmos_gain > 0 or args.scmos_read_noise < 0:
+        raise CliError("--scmos-gain must be positive and --scmos-read-noise >= 0")
+    model = SCMOSModel(chip_height=chip[0], chip_width=chip[1], gain=args.scmos_gain,
+                       read_noise=args.scmos_read_noise, hot_fraction=frac, seed=args.camera_seed, dtype=p.dtype)
+    return SCMOSCamera(model, origin, (p.height, p.width)), model
 
 
 # ------------------------------------------------------------------------------------------------ demo
@@ -589,6 +842,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     add_localize_parser(sub)
     add_calibrate_parser(sub)
+    add_camera_calibrate_parser(sub)
     add_simulate_parser(sub)
     add_demo_parser(sub)
     return parser

@@ -59,14 +59,16 @@ def batch_parameters(p, whole_movies: bool):
     return p.replace(roi=None, frame_range=None) if whole_movies else p
 
 
-def batch_steps(paths, p, cancel: CancelToken, suffix: str = "", skip_existing: bool = False, z=None):
+def batch_steps(paths, p, cancel: CancelToken, suffix: str = "", skip_existing: bool = False, z=None,
+                camera_calibration=None):
     """Generator: localize ``paths`` one after the other in this process, streaming each to disk.
 
     ``z``: ``(calibration, z_options, calibration_path)`` for 3D (the session's Fit z), None for 2D.
+    ``camera_calibration``: sCMOS maps (2D), windowed to each movie; a movie it does not fit fails alone.
     Yields :class:`BatchEvent` after every chunk; returns the list of :class:`BatchOutcome` (``None`` rows
     are never returned: every path gets one). A cancel stops before the next chunk and returns what finished.
     """
-    from ..api import localize_to_file_steps
+    from ..api import camera_maps, localize_to_file_steps
 
     calibration, z_options, calibration_path = z if z is not None else (None, None, None)
     outcomes = []
@@ -78,8 +80,9 @@ def batch_steps(paths, p, cancel: CancelToken, suffix: str = "", skip_existing: 
             continue
         try:
             with open_movie(path) as movie:
+                camera = None if camera_calibration is None else camera_maps(camera_calibration, movie, p)
                 steps = localize_to_file_steps(movie, p, hdf5_path, cancel, calibration, z_options,
-                                               calibration_path)
+                                               calibration_path, camera=camera)
                 while True:
                     try:
                         done, total = next(steps)
@@ -178,6 +181,11 @@ class BatchWidget(CancellableRun, Container):
             self.status.value = "not started: no movies (choose a folder with movie files)"
             return None
         p = batch_parameters(self.session.parameters, self.whole_movies.value)
+        cal = getattr(self.session, "camera_calibration", None)
+        if cal is not None and (self.scheduler.value.strip() or self.session.wants_3d()):
+            self.status.value = ("not started: the sCMOS calibration is used by 2D runs on this machine only for "
+                                 "now (clear the scheduler and Fit z, or the calibration)")
+            return None
         self.outcomes = []
         self.events = []
         self._begin_run(len(self.paths), "batch")
@@ -191,7 +199,7 @@ class BatchWidget(CancellableRun, Container):
             gen = dask_batch_steps(self.paths, p, self._cancel, scheduler, self.suffix.value,
                                    self.skip_existing.value, z)
         else:
-            gen = batch_steps(self.paths, p, self._cancel, self.suffix.value, self.skip_existing.value, z)
+            gen = batch_steps(self.paths, p, self._cancel, self.suffix.value, self.skip_existing.value, z, cal)
         self.worker = start_localize(gen, self._on_event, self._on_returned, self._on_error, self._on_finished)
         return self.worker
 

@@ -77,6 +77,8 @@ class CameraWidget(Container):
         self._updating = False
         self._config: CameraConfig | None = None
         self._info: dict | None = None
+        #: the last :class:`CameraMatch` shown (its ``camera_calibration`` names the camera's sCMOS maps)
+        self.last_match: CameraMatch | None = None
         self.notices: list[str] = []
         self._set_fields(DEFAULT_PHOTON_PARAMETERS)
 
@@ -183,6 +185,7 @@ class CameraWidget(Container):
 
     def _apply(self, m: CameraMatch):
         """Show a match: camera, category menus, wavelength, values; then emit once."""
+        self.last_match = m
         spec = self._config[m.camera]
         with self._quiet():
             self._camera.value = m.camera

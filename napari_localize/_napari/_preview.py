@@ -124,7 +124,18 @@ class PreviewController:
         except ValueError as exc:
             self.on_count(str(exc))
             return
-        ids = identify(frame, p.box_size, p.min_net_gradient, p.roi, frame_index)
+        try:
+            maps = self._camera_maps(layer, frame.shape[-2:])
+        except ValueError as exc:
+            self.on_count(f"sCMOS calibration: {exc}")
+            return
+        if maps is None:
+            ids = identify(frame, p.box_size, p.min_net_gradient, p.roi, frame_index)
+        else:  # as the run does: offset/gain-corrected, variance-aware
+            from ..core.identify_scmos import identify_scmos
+
+            ids = identify_scmos(frame, p.box_size, p.min_net_gradient, maps.offset, maps.sensitivity, maps.variance,
+                                 maps.em_gain, p.roi, frame_index)
         # a 2D layer (y, x) refreshed per frame: box-sized points in a 3D layer would stretch the frame axis
         coords = np.column_stack([ids["y"], ids["x"]]).astype(float)
         points = self._points_layer(create=True, ndim=2)
@@ -133,6 +144,30 @@ class PreviewController:
         points.features = {"net_gradient": ids["net_gradient"]}
         self.last_count = len(ids)
         self.on_count(f"{len(ids)} spots in this frame")
+
+    def _camera_maps(self, layer, shape):
+        """The session's sCMOS maps windowed to the layer's movie (cached), or None without a calibration."""
+        session = self.session
+        cal = getattr(session, "camera_calibration", None)
+        if cal is None:
+            return None
+        from ..api import camera_maps
+        from ..io.movies import ArrayMovie
+
+        p = session.parameters
+        info = dict((layer.metadata or {}).get("movie_info") or {})
+        key = (id(cal), tuple(shape), p.sensitivity, p.em_gain, repr(info.get("Micro-Manager Metadata", {}).get("ROI")
+                                                                       if isinstance(info.get("Micro-Manager Metadata"),
+                                                                                     dict) else None),
+               repr(info.get("Camera ROI")), repr(info.get("Sensor origin")))
+        cached = getattr(self, "_maps_cache", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        stub = ArrayMovie(np.zeros((1,) + tuple(shape), np.uint8), info={k: v for k, v in info.items()
+                                                                          if k not in ("Frames", "Height", "Width")})
+        maps = camera_maps(cal, stub, p)
+        self._maps_cache = (key, maps)
+        return maps
 
     def _points_layer(self, create: bool, ndim: int = 2):
         viewer = self.session.viewer

@@ -100,6 +100,8 @@ class LocalizeSession:
         Whether the next run fits z (only with a calibration; see :meth:`wants_3d`).
     z_options : ZFitOptions
         How z is fitted (method, outlier filter, out-of-range policy).
+    camera_calibration : CameraCalibration or None
+        Per-pixel sCMOS maps for 2D runs (the camera panel loads them); windowed to each movie at run time.
     """
 
     #: emitted with the new parameters after :meth:`update`
@@ -120,6 +122,7 @@ class LocalizeSession:
         self.zcalibration_path: str | None = None
         self.fit_z = False
         self.z_options = ZFitOptions()
+        self.camera_calibration = None
 
     @property
     def viewer(self):
@@ -141,6 +144,18 @@ class LocalizeSession:
         if calibration is None:
             self.fit_z = False
         self.zcalibration_changed.emit(calibration)
+
+    def set_camera_calibration(self, calibration):
+        """Use ``calibration`` (a :class:`~napari_localize.core.camera_calibration.CameraCalibration`, or None)."""
+        self.camera_calibration = calibration
+
+    def camera_maps_for(self, movie):
+        """The sCMOS maps of ``movie`` for the next run (None without a calibration); ValueError on a mismatch."""
+        if self.camera_calibration is None:
+            return None
+        from ..api import camera_maps
+
+        return camera_maps(self.camera_calibration, movie, self.parameters)
 
     def wants_3d(self) -> bool:
         """True when the next run fits z: Fit z is on and a calibration is loaded."""

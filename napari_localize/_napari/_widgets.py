@@ -258,6 +258,12 @@ class PhotonWidget(Container):
         self.camera.set_value_fields_visible(False)
         self.camera.changed.connect(self._on_camera_values)
         self.embed_camera(self.camera)
+        # sCMOS: per-pixel maps instead of the scalar baseline/sensitivity; a camera config may name them
+        from ._scmos_widget import SCMOSCalibrationWidget
+
+        self.scmos = SCMOSCalibrationWidget(napari_viewer)
+        self.insert(1, self.scmos)
+        self.scmos.changed.connect(self.session.set_camera_calibration)
         self.session.movie_changed.connect(self._on_movie)
         if self.session.movie_layer is not None:
             self._on_movie(self.session.movie_layer)
@@ -270,6 +276,9 @@ class PhotonWidget(Container):
     def _on_camera_values(self, values: dict):
         if self.camera.config is None:
             return  # without a config the user's own values stand (the movie's pixel size is applied below)
+        named = getattr(self.camera.last_match, "camera_calibration", None)
+        if named and named != self.scmos.path:
+            self.scmos.load(named)  # the camera's sCMOS maps, as the config names them
         self.session.update(baseline=values["baseline"], sensitivity=values["sensitivity"],
                             em_gain=max(values["em_gain"], 1.0), qe=values["qe"], pixelsize=values["pixelsize"],
                             camera=values["camera"])
@@ -278,6 +287,9 @@ class PhotonWidget(Container):
         info = (layer.metadata or {}).get("movie_info") if layer is not None else None
         if not info:
             return
+        from ..core.camera import movie_sensor_origin
+
+        self.scmos.movie_origin = movie_sensor_origin(info) or (0, 0)
         if self.camera.config is not None:
             self.camera.match_movie(info)
         elif info.get("Pixelsize"):
@@ -481,6 +493,17 @@ class LocalizeWidget(CancellableRun, Container):
             show_error(f"napari-localize: {exc}")
             self.status.value = f"not started: {exc}"
             return None
+        try:
+            camera = session.camera_maps_for(movie)
+            if camera is not None and session.wants_3d():
+                raise ValueError("the sCMOS calibration is used by 2D runs only for now; turn Fit z off or clear "
+                                 "the calibration in the camera panel")
+        except ValueError as exc:
+            if owned:
+                movie.close()
+            show_error(f"napari-localize: {exc}")
+            self.status.value = f"not started: {exc}"
+            return None
         path = session.movie_path()
         self.progress_values = []
         start, stop = p.frame_span(movie.shape[0])
@@ -500,7 +523,7 @@ class LocalizeWidget(CancellableRun, Container):
             self.status.value = f"{what}: compiling kernels (first run only)..."
         self.files.value = ""
         gen = localize_steps(movie, p, self._cancel, path, self.chunk_frames, close_movie=owned, z=z,
-                             suffix=self.suffix.value.strip())
+                             suffix=self.suffix.value.strip(), camera=camera)
         self.worker = start_localize(gen, self._on_progress, self._on_returned, self._on_error,
                                      self._on_finished)
         return self.worker

@@ -27,7 +27,7 @@ class Cancelled:
 
 
 def localize_steps(movie, p, cancel: CancelToken, movie_path: str | None, chunk_frames: int | None = None,
-                   close_movie: bool = False, z=None, suffix: str = ""):
+                   close_movie: bool = False, z=None, suffix: str = "", camera=None):
     """Generator: localize ``movie`` with ``p``, yielding ``(frames_done, frames_total)`` per chunk.
 
     Returns ``(locs, info, stats, paths)``; ``paths`` is ``None`` when ``movie_path`` is ``None`` (nothing
@@ -36,15 +36,16 @@ def localize_steps(movie, p, cancel: CancelToken, movie_path: str | None, chunk_
     done, whatever the outcome. ``z``: ``(calibration, z_options, calibration_path)`` for a 3D run
     (:func:`~napari_localize.api.iter_localize_3d`, the code of ``localize_movie_3d``), ``None`` for 2D.
     ``suffix``: file names ``<movie><suffix>_locs.hdf5`` (as ``localize --suffix``).
+    ``camera``: per-pixel sCMOS maps (:func:`~napari_localize.api.camera_maps`).
     """
     try:
-        return (yield from _localize_steps(movie, p, cancel, movie_path, chunk_frames, z, suffix))
+        return (yield from _localize_steps(movie, p, cancel, movie_path, chunk_frames, z, suffix, camera))
     finally:
         if close_movie:
             movie.close()
 
 
-def _localize_steps(movie, p, cancel, movie_path, chunk_frames, z=None, suffix=""):
+def _localize_steps(movie, p, cancel, movie_path, chunk_frames, z=None, suffix="", camera=None):
     # the one run (core/run.py) into memory, and with a movie path also into the streamed _locs.hdf5 beside it
     n_frames, height, width = movie.shape
     p.validate(n_frames, height, width)
@@ -55,7 +56,7 @@ def _localize_steps(movie, p, cancel, movie_path, chunk_frames, z=None, suffix="
         # the panel's suffix (by default the channel's name), else _ch<k>/_pos<k>: channels never collide
         sink = TeeSink(sink, LocsWriter(locs_paths(movie_path, suffix or choice_suffix(movie))[0], sink.dtype))
     try:
-        res = yield from run_steps(movie, p, sink, zrun, cancel, step)
+        res = yield from run_steps(movie, p, sink, zrun, cancel, step, camera=camera)
     except LocalizeCancelled:
         return Cancelled()
     return res.locs, res.info, res.stats, res.paths

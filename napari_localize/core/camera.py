@@ -77,6 +77,9 @@ class CameraSpec:
         ``(full metadata key, {filter label: wavelength string})``; the key is *not* camera-prefixed.
     z_calibrations : dict
         Emission wavelength (nm, as a string) to the path of a 3D calibration YAML.
+    camera_calibrations : dict
+        Emission wavelength (nm, as a string) to the path of an sCMOS calibration (``_scmos_calib.hdf5``);
+        the key ``"*"`` serves every wavelength (the config's ``camera-calibrations``).
     """
 
     name: str
@@ -90,12 +93,14 @@ class CameraSpec:
     pixelsize: float | None = None
     channel_device: tuple[str, dict] | None = None
     z_calibrations: dict = field(default_factory=dict)
+    camera_calibrations: dict = field(default_factory=dict)
 
     @property
     def wavelengths(self) -> list[str]:
         """The emission wavelengths (nm, strings) the config knows for this camera, sorted."""
         names = set(self.qe) if isinstance(self.qe, dict) else set()
         names |= set(self.z_calibrations)
+        names |= {k for k in self.camera_calibrations if k != "*"}
         if self.channel_device is not None:
             names |= set(self.channel_device[1].values())
         return sorted(names, key=natural_key)
@@ -142,6 +147,7 @@ class CameraMatch:
     selections: dict[str, str] = field(default_factory=dict)
     wavelength: str | None = None
     z_calibration: str | None = None
+    camera_calibration: str | None = None
     notices: list[str] = field(default_factory=list)
 
     def values(self) -> dict:
@@ -350,6 +356,11 @@ def match_camera(config: CameraConfig, info: dict | None = None, camera: str | N
     if isinstance(spec.qe, dict):
         m.qe = spec.qe.get(m.wavelength)
     m.z_calibration = spec.z_calibrations.get(m.wavelength)
+    m.camera_calibration = spec.camera_calibrations.get(m.wavelength, spec.camera_calibrations.get("*"))
+    if spec.camera_calibrations and m.camera_calibration is None:
+        m.notices.append(f"camera {name!r}: 'camera-calibrations' has no sCMOS calibration for emission "
+                         f"wavelength {m.wavelength!r} ({', '.join(spec.camera_calibrations)}); scalar photon "
+                         "conversion")
 
     # pixel size: the config describes the lab's optics; else the movie's own calibration
     movie_px = _float_or_none(info.get("Pixelsize"))
@@ -359,3 +370,177 @@ def match_camera(config: CameraConfig, info: dict | None = None, camera: str | N
         m.notices.append(f"camera {name!r}: pixel size {spec.pixelsize:g} nm from the config, "
                          f"the movie says {movie_px:g} nm")
     return m
+
+
+# ------------------------------------------------------------------------------------------------ sCMOS maps
+def adu_to_photons_per_pixel(adu, offset, sensitivity, em_gain=1.0):
+    """Per-pixel :func:`adu_to_photons`: ``(ADU - offset) * sensitivity / em_gain``, float32.
+
+    ``offset`` (ADU) and ``sensitivity`` (e-/ADU, i.e. ``1 / gain`` of an sCMOS calibration) are maps that
+    broadcast against ``adu`` (a frame, a stack, or cut boxes), or scalars.
+    """
+    out = np.asarray(adu, dtype=np.float32) - np.asarray(offset, dtype=np.float32)
+    out *= np.asarray(sensitivity, dtype=np.float32) / np.float32(em_gain)
+    return out
+
+
+def readout_variance_photons(variance, sensitivity, em_gain=1.0):
+    """Readout variance in photoelectrons² from ADU²: ``variance * (sensitivity / em_gain)²`` (Huang's var/g²)."""
+    s = np.asarray(sensitivity, dtype=np.float32) / np.float32(em_gain)
+    return (np.asarray(variance, dtype=np.float32) * s * s).astype(np.float32)
+
+
+def _roi_numbers(value):
+    """``[x, y, width, height]`` from Micro-Manager's ``"x-y-w-h"`` string or a list; ``None`` otherwise."""
+    value = metadata_value(value) if isinstance(value, dict) else value
+    if isinstance(value, str):
+        parts = re.findall(r"\d+", value)
+    elif isinstance(value, (list, tuple)):
+        parts = list(value)
+    else:
+        return None
+    try:
+        numbers = [int(float(p)) for p in parts]
+    except (TypeError, ValueError):
+        return None
+    return numbers if len(numbers) == 4 and min(numbers) >= 0 else None
+
+
+def movie_sensor_origin(info: dict) -> tuple[int, int] | None:
+    """Sensor row and column of a movie's pixel (0, 0), from its metadata; ``None`` if it does not say.
+
+    Read, in this order: ``Sensor origin`` ([row, column], written by napari-localize), the Micro-Manager
+    per-image ``ROI`` (``"x-y-width-height"``) or summary ``ROI`` ([x, y, width, height]) and the ``Camera ROI``
+    entry of a ``.raw`` movie's YAML ([x, y, width, height]).
+    """
+    info = info or {}
+    origin = info.get("Sensor origin")
+    if isinstance(origin, (list, tuple)) and len(origin) == 2:
+        try:
+            return int(origin[0]), int(origin[1])
+        except (TypeError, ValueError):
+            pass
+    mm = info.get("Micro-Manager Metadata") or {}
+    candidates = [mm.get("ROI") if isinstance(mm, dict) else None, info.get("Camera ROI")]
+    summary = mm.get("Summary") if isinstance(mm, dict) else None
+    if isinstance(summary, dict):
+        candidates.append(summary.get("ROI"))
+    for value in candidates:
+        roi = _roi_numbers(value)
+        if roi is not None:
+            return roi[1], roi[0]
+    if isinstance(mm, dict) and "ROI-X-start" in mm and "ROI-Y-start" in mm:
+        try:
+            return int(float(metadata_value(mm["ROI-Y-start"]))), int(float(metadata_value(mm["ROI-X-start"])))
+        except (TypeError, ValueError):
+            pass
+    return None
+
+
+def calibration_for_movie(calibration, movie_shape, info: dict | None = None, origin=None):
+    """The part of an sCMOS calibration under a movie's pixels.
+
+    Parameters
+    ----------
+    calibration : :class:`~napari_localize.core.camera_calibration.CameraCalibration`
+        Full-chip (or larger-ROI) maps; ``calibration.origin`` is the sensor position of its pixel (0, 0).
+    movie_shape : (height, width) or (frames, height, width)
+    info : dict, optional
+        Movie metadata; its camera ROI (:func:`movie_sensor_origin`) places a cropped movie on the chip.
+    origin : (row, column), optional
+        Sensor position of the movie's pixel (0, 0), explicitly (CLI ``--camera-calibration-offset Y X``);
+        wins over the metadata.
+
+    Returns
+    -------
+    (CameraCalibration of the movie's size, str describing how it was placed)
+
+    Raises
+    ------
+    CameraCalibrationError
+        When the sizes differ and nothing says where the movie lies, or the movie lies outside the maps.
+    """
+    from .camera_calibration import CameraCalibrationError
+
+    h, w = (int(s) for s in tuple(movie_shape)[-2:])
+    ch, cw = calibration.shape
+    how = "explicit offset"
+    if origin is None:
+        origin = movie_sensor_origin(info or {})
+        how = "the movie's camera ROI metadata"
+        if origin is not None and (ch, cw) == (h, w) and tuple(origin) != tuple(calibration.origin):
+            # same size: a metadata ROI the calibration does not record (e.g. both full-chip) is no shift
+            if tuple(calibration.origin) == (0, 0) and calibration.metadata.get("Sensor origin") is None:
+                origin = None
+    if origin is None:
+        if (ch, cw) == (h, w):
+            return calibration, "same size as the movie"
+        if h > ch or w > cw:
+            raise CameraCalibrationError(
+                f"the movie ({h}x{w} pixels) does not lie inside the {ch}x{cw} camera calibration: it was "
+                "recorded with a larger camera ROI (or other binning) than the calibration; record a calibration "
+                "that covers it")
+        raise CameraCalibrationError(
+            f"the camera calibration is {ch}x{cw} pixels but the movie is {h}x{w}, and the movie's metadata "
+            "does not say where its camera ROI lies on the sensor; give its top-left sensor pixel with "
+            "--camera-calibration-offset Y X (API: camera_calibration_offset=(y, x)), or use a calibration "
+            "recorded with the movie's ROI")
+    y, x = int(origin[0]) - calibration.origin[0], int(origin[1]) - calibration.origin[1]
+    if (y, x) == (0, 0) and (ch, cw) == (h, w):
+        return calibration, f"same size as the movie ({how})"
+    return calibration.crop(y, x, h, w), f"rows {y}..{y + h - 1}, columns {x}..{x + w - 1} of the maps ({how})"
+
+
+@dataclass
+class CameraMaps:
+    """The per-pixel camera of one movie, ready for a run: what replaces ``baseline`` and ``sensitivity``.
+
+    Attributes
+    ----------
+    offset : float32 (height, width)
+        ADU; replaces the scalar baseline.
+    sensitivity : float32 (height, width)
+        e-/ADU: ``1 / gain`` of the calibration, or the scalar sensitivity everywhere when it has no gain map.
+    variance : float32 (height, width)
+        Readout variance in photoelectrons² (Huang's ``var / g²``), the sCMOS noise model's per-pixel term.
+    em_gain : float
+    source : dict
+        What ``_locs.yaml`` records about the calibration (:func:`napari_localize.io.camera_calibration.
+        calibration_record`), filled by the caller.
+    """
+
+    offset: np.ndarray
+    sensitivity: np.ndarray
+    variance: np.ndarray
+    em_gain: float = 1.0
+    source: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_calibration(cls, calibration, scalar_sensitivity: float, em_gain: float = 1.0, source=None):
+        """Maps of a calibration already windowed to the movie (:func:`calibration_for_movie`)."""
+        sens = np.broadcast_to(np.asarray(calibration.sensitivity(scalar_sensitivity), np.float32),
+                               calibration.shape)
+        return cls(np.ascontiguousarray(calibration.offset, np.float32), np.ascontiguousarray(sens),
+                   readout_variance_photons(calibration.variance, sens, em_gain), float(em_gain), dict(source or {}))
+
+    @property
+    def shape(self):
+        return self.offset.shape
+
+    @property
+    def median_sensitivity(self) -> float:
+        return float(np.median(self.sensitivity))
+
+    def cut(self, name: str, y, x, box_size: int) -> np.ndarray:
+        """``(n, box, box)`` float32 windows of map ``name`` centred on rows ``y``, columns ``x``."""
+        from .spots import cut_spots
+
+        y = np.asarray(y, np.int64)
+        return cut_spots(getattr(self, name)[None], np.zeros(len(y), np.int64), y, x, box_size)
+
+    def boxes_to_photons(self, spots, y, x):
+        """Cut spots (ADU) at centres ``y``, ``x`` in photoelectrons, and their readout-variance boxes (e-²)."""
+        box = int(np.shape(spots)[-1])
+        photons = adu_to_photons_per_pixel(spots, self.cut("offset", y, x, box), self.cut("sensitivity", y, x, box),
+                                           self.em_gain)
+        return photons, self.cut("variance", y, x, box)

@@ -96,7 +96,7 @@ def select_device(box_size: int, fit_method: str = "mle", choice: str | None = N
     return "cuda" if cuda_available() else "cpu"
 
 
-def fit_spots(spots, mode, eps, max_iterations, device: str | None = None):
+def fit_spots(spots, mode, eps, max_iterations, device: str | None = None, variance=None):
     """:func:`psf.fit_spots` on the chosen engine (``device`` None: :func:`select_device` decides).
 
     Same arguments and returns as :func:`napari_localize.core.psf.fit_spots`.
@@ -105,7 +105,7 @@ def fit_spots(spots, mode, eps, max_iterations, device: str | None = None):
         method = "mle" if mode == psf.MODE_POISSON else "lq"
         device = select_device(int(spots.shape[-1]), method)
     if device == "cuda" and int(spots.shape[-1]) <= MAX_BOX:
-        return psf.fit_spots(spots, mode, eps, max_iterations, device="cuda")
+        return psf.fit_spots(spots, mode, eps, max_iterations, device="cuda", variance=variance)
     if device not in ("cpu", "cuda"):
         raise DeviceError(f"device must be 'cpu' or 'cuda', not {device!r}")
-    return psf.fit_spots(spots, mode, eps, max_iterations)
+    return psf.fit_spots(spots, mode, eps, max_iterations, variance=variance)

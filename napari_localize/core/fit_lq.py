@@ -27,19 +27,24 @@ def mortensen_precision(photons, bg, s, s_perp, em=False):
         return np.sqrt(np.where(var > 0, var, np.nan))
 
 
-def fit_lq(spots, convergence=0.001, max_iterations=100, em=False, device=None):
+def fit_lq(spots, convergence=0.001, max_iterations=100, em=False, device=None, variance=None):
     """Fit ``(n, box, box)`` photon spots by least squares; return a dict of per-spot columns.
 
     ``device`` is ``"cpu"``, ``"cuda"`` or None (chosen by :func:`napari_localize.core.device.select_device`).
+    ``variance``: per-pixel readout-variance boxes (photons², sCMOS): each pixel is weighted by the inverse of
+    its data plus readout variance, and the box's mean readout variance enters the precision as background
+    variance (Mortensen's ``b``), as for a camera with read noise.
     """
     spots = np.asarray(spots)
     box = spots.shape[-1]
     r = box // 2
-    theta, _, obj, iterations, converged = fit_spots(spots, MODE_LSQ, convergence, max_iterations, device)
+    theta, _, obj, iterations, converged = fit_spots(spots, MODE_LSQ, convergence, max_iterations, device,
+                                                     variance)
     photons = theta[:, IN]
     bg = theta[:, IB]
     sx = theta[:, ISX]
     sy = theta[:, ISY]
+    noise_bg = bg if variance is None else bg + np.asarray(variance, float).reshape(len(bg), -1).mean(axis=1)
     return {
         "dx": theta[:, IX] - r,
         "dy": theta[:, IY] - r,
@@ -47,8 +52,8 @@ def fit_lq(spots, convergence=0.001, max_iterations=100, em=False, device=None):
         "bg": bg,
         "sx": sx,
         "sy": sy,
-        "lpx": mortensen_precision(photons, bg, sx, sy, em),
-        "lpy": mortensen_precision(photons, bg, sy, sx, em),
+        "lpx": mortensen_precision(photons, noise_bg, sx, sy, em),
+        "lpy": mortensen_precision(photons, noise_bg, sy, sx, em),
         "residual_sum_squares": -2.0 * obj,
         "iterations": iterations,
         "converged": converged,

@@ -13,18 +13,20 @@ from .device import fit_spots
 from .psf import IB, IN, ISX, ISY, IX, IY, MODE_POISSON
 
 
-def fit_mle(spots, convergence=0.001, max_iterations=100, em=False, device=None):
+def fit_mle(spots, convergence=0.001, max_iterations=100, em=False, device=None, variance=None):
     """Fit ``(n, box, box)`` photon spots; return a dict of per-spot columns.
 
     Positions ``dx``, ``dy`` are relative to the box centre pixel (pixels). Also returns photons, bg
     (photons per pixel), sx, sy (pixels), lpx, lpy (pixels), photons_unc, bg_unc, sx_unc, sy_unc,
     log_likelihood, iterations and converged. ``device`` is ``"cpu"``, ``"cuda"`` or None (chosen by
-    :func:`napari_localize.core.device.select_device`).
+    :func:`napari_localize.core.device.select_device`). ``variance``: per-pixel readout-variance boxes
+    (photons², sCMOS): the likelihood and the CRLB become those of Huang et al. (2013).
     """
     spots = np.asarray(spots)
     box = spots.shape[-1]
     r = box // 2
-    theta, var, ll, iterations, converged = fit_spots(spots, MODE_POISSON, convergence, max_iterations, device)
+    theta, var, ll, iterations, converged = fit_spots(spots, MODE_POISSON, convergence, max_iterations, device,
+                                                       variance)
     if em:
         var = var * 2.0
     with np.errstate(invalid="ignore"):

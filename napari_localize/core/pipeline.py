@@ -93,20 +93,28 @@ class Chunk:
     frames: np.ndarray | None = None
 
 
-def fit_spots_by_method(spots_photons, p: LocalizeParameters, device: str | None = None):
-    """Fit photon spots with ``p.fit_method`` on ``device`` ("cpu", "cuda"; None: chosen automatically)."""
+def fit_spots_by_method(spots_photons, p: LocalizeParameters, device: str | None = None, variance=None):
+    """Fit photon spots with ``p.fit_method`` on ``device`` ("cpu", "cuda"; None: chosen automatically).
+
+    ``variance``: per-pixel readout-variance boxes (photons², sCMOS); the MLE then uses the sCMOS likelihood.
+    """
     em = p.em_gain > 1
     if device is None:
         device = select_device(p.box_size, p.fit_method)
     if p.fit_method == "mle":
-        return fit_mle(spots_photons, p.convergence, p.max_iterations, em, device)
+        return fit_mle(spots_photons, p.convergence, p.max_iterations, em, device, variance)
     if p.fit_method == "lq":
-        return fit_lq(spots_photons, p.convergence, p.max_iterations, em, device)
+        return fit_lq(spots_photons, p.convergence, p.max_iterations, em, device, variance)
     return fit_avg(spots_photons, em)
 
 
-def localize_frames(frames, p: LocalizeParameters, first_frame: int = 0, stats: LocalizeStats | None = None):
+def localize_frames(frames, p: LocalizeParameters, first_frame: int = 0, stats: LocalizeStats | None = None,
+                    camera=None):
     """Localize spots in an in-memory stack ``(n, height, width)`` of camera counts (ADU).
+
+    ``camera``: per-pixel :class:`~napari_localize.core.camera.CameraMaps` of these frames (sCMOS); they replace
+    ``p.baseline`` and ``p.sensitivity``, identification becomes variance-aware
+    (:mod:`~napari_localize.core.identify_scmos`) and the fit uses the per-pixel readout variance.
 
     Returns the structured localization array (Picasso fields for ``p.fit_method``), frame numbers offset by
     ``first_frame``. Fits that did not converge and rows failing Picasso's sanity filter are dropped and
@@ -120,11 +128,20 @@ def localize_frames(frames, p: LocalizeParameters, first_frame: int = 0, stats: 
         frames = frames[None]
     n, height, width = frames.shape
     t0 = time.perf_counter()
-    ids = identify(frames, p.box_size, p.min_net_gradient, p.roi, first_frame)
+    if camera is None:
+        ids = identify(frames, p.box_size, p.min_net_gradient, p.roi, first_frame)
+    else:
+        from .identify_scmos import identify_scmos
+
+        ids = identify_scmos(frames, p.box_size, p.min_net_gradient, camera.offset, camera.sensitivity,
+                             camera.variance, camera.em_gain, p.roi, first_frame)
     t1 = time.perf_counter()
     spots = cut_spots(frames, ids["frame"] - first_frame, ids["y"], ids["x"], p.box_size)
-    photons = adu_to_photons(spots, p.baseline, p.sensitivity, p.em_gain)
-    fit = fit_spots_by_method(photons, p, stats.device)
+    if camera is None:
+        photons, variance = adu_to_photons(spots, p.baseline, p.sensitivity, p.em_gain), None
+    else:
+        photons, variance = camera.boxes_to_photons(spots, ids["y"], ids["x"])
+    fit = fit_spots_by_method(photons, p, stats.device, variance)
     t2 = time.perf_counter()
     stats.seconds["identify"] += t1 - t0
     stats.seconds["fit"] += t2 - t1
@@ -156,7 +173,7 @@ def chunk_frames_for(height: int, width: int) -> int:
 
 
 def iter_localize(movie, p: LocalizeParameters, cancel: CancelToken | None = None,
-                  chunk_frames: int | None = None, stats: LocalizeStats | None = None):
+                  chunk_frames: int | None = None, stats: LocalizeStats | None = None, camera=None):
     """Localize a movie chunk by chunk, yielding a :class:`Chunk` after each.
 
     ``movie`` is anything of shape ``(frames, height, width)`` whose slices along the first axis give arrays
@@ -166,6 +183,9 @@ def iter_localize(movie, p: LocalizeParameters, cancel: CancelToken | None = Non
     movie = as_movie_input(movie)
     n_frames, height, width = (int(s) for s in movie.shape[-3:])
     p.validate(n_frames, height, width)
+    if camera is not None and tuple(camera.shape) != (height, width):
+        raise ValueError(f"the camera maps are {camera.shape[0]}x{camera.shape[1]} pixels but the movie's frames "
+                         f"are {height}x{width}")
     stats = stats if stats is not None else LocalizeStats()
     if not stats.device:
         # the engine is chosen (and a missing GPU reported) before the first frame is read
@@ -188,7 +208,7 @@ def iter_localize(movie, p: LocalizeParameters, cancel: CancelToken | None = Non
                 raise LocalizeCancelled("localization cancelled")
             frames = pending.result()
             pending = reader.submit(read, *bounds[i + 1]) if i + 1 < len(bounds) else None
-            locs = localize_frames(frames, p, a, stats)
+            locs = localize_frames(frames, p, a, stats, camera)
             yield Chunk(a, b, locs, frames)
             del frames
         if cancel is not None:
@@ -196,7 +216,7 @@ def iter_localize(movie, p: LocalizeParameters, cancel: CancelToken | None = Non
 
 
 def localize(movie, p: LocalizeParameters | None = None, progress=None, cancel: CancelToken | None = None,
-             chunk_frames: int | None = None):
+             chunk_frames: int | None = None, camera=None):
     """Localize a whole movie; return ``(locs, stats)``.
 
     ``progress(frames_done, frames_total)`` is called after every chunk.
@@ -208,7 +228,7 @@ def localize(movie, p: LocalizeParameters | None = None, progress=None, cancel: 
     p.validate(n_frames, int(movie.shape[-2]), int(movie.shape[-1]))
     start, stop = p.frame_span(n_frames)
     parts = []
-    for chunk in iter_localize(movie, p, cancel, chunk_frames, stats):
+    for chunk in iter_localize(movie, p, cancel, chunk_frames, stats, camera):
         parts.append(chunk.locs)
         if progress is not None:
             progress(chunk.stop - start, stop - start)

@@ -13,7 +13,8 @@ from __future__ import annotations
 import numpy as np
 
 from .engine import (
-    IB, IN, ISX, ISY, IX, IY, MODEL_GAUSS, NOISE_LSQ, NOISE_POISSON, SIGMA_MIN, curvature, fit_boxes,
+    IB, IN, ISX, ISY, IX, IY, MODEL_GAUSS, NOISE_LSQ, NOISE_POISSON, NOISE_SCMOS, NOISE_WLSQ, SIGMA_MIN, curvature,
+    fit_boxes,
 )
 
 N_PARAMS = 6
@@ -24,18 +25,24 @@ __all__ = ["N_PARAMS", "IX", "IY", "IN", "IB", "ISX", "ISY", "MODE_POISSON", "MO
            "fit_spots", "fisher_information", "crlb"]
 
 
-def fit_spots(spots, mode, eps, max_iterations, device: str = "cpu", batch_spots: int | None = None):
+def fit_spots(spots, mode, eps, max_iterations, device: str = "cpu", batch_spots: int | None = None,
+              variance=None):
     """Fit every spot of a ``(n, box, box)`` stack (photons) with the free-width integrated Gaussian.
 
     Returns ``theta`` (n, 6) in box coordinates, the diagonal of the inverse curvature (n, 6), the final
     objective (n), iteration counts (n) and convergence flags (n). ``mode``: :data:`MODE_POISSON` or
-    :data:`MODE_LSQ`.
+    :data:`MODE_LSQ`. ``variance``: per-pixel readout-variance boxes (photons², sCMOS): the Poisson mode
+    becomes the sCMOS likelihood of Huang et al. (2013) (its CRLB in the second return), least squares is
+    weighted by the per-pixel variance (data + readout variance).
     """
     spots = np.asarray(spots)
     if spots.ndim != 3 or spots.shape[1] != spots.shape[2]:
         raise ValueError("spots must be square boxes")
-    r = fit_boxes(spots, MODEL_GAUSS, int(mode), eps=eps, max_iterations=max_iterations, device=device,
-                  batch_boxes=batch_spots)
+    noise = int(mode)
+    if variance is not None:
+        noise = NOISE_SCMOS if noise == NOISE_POISSON else NOISE_WLSQ
+    r = fit_boxes(spots, MODEL_GAUSS, noise, eps=eps, max_iterations=max_iterations, device=device,
+                  batch_boxes=batch_spots, variance=variance)
     return r.theta, r.crlb, r.objective, r.iterations, r.converged
 
 

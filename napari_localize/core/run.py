@@ -196,7 +196,7 @@ def finish_run(sink, movie_info: dict, p: LocalizeParameters, stats: LocalizeSta
 
 def run_steps(movie, p: LocalizeParameters, sink, z: ZRun | None = None, cancel=None,
               chunk_frames: int | None = None, extra_fit_info: dict | None = None,
-              stats: LocalizeStats | None = None):
+              stats: LocalizeStats | None = None, camera=None):
     """Generator: the run of ``movie`` into ``sink`` (entered here); yields ``(frames_done, frames_total)``
     (first ``(0, total)``, then after each chunk) and returns a :class:`RunResult`.
 
@@ -204,7 +204,16 @@ def run_steps(movie, p: LocalizeParameters, sink, z: ZRun | None = None, cancel=
     and ``.info`` (an array has no info: pass an ``ArrayMovie``). Cancelling ``cancel`` raises
     :class:`~napari_localize.core.pipeline.LocalizeCancelled` before the next chunk; the sink is then left
     uncommitted (a file sink removes its temporary file).
+
+    ``camera``: per-pixel sCMOS :class:`~napari_localize.core.camera.CameraMaps` of the movie (they replace
+    ``p.baseline``/``p.sensitivity``; identification and fit use the variance map); its ``source`` is recorded
+    in the fit document.
     """
+    if camera is not None and z is not None:
+        raise ValueError("per-pixel sCMOS maps (--camera-calibration) are not used by the 3D fit yet; localize in "
+                         "2D with them, or in 3D with the scalar baseline and sensitivity")
+    if camera is not None and camera.source:
+        extra_fit_info = {**(extra_fit_info or {}), **camera.source}
     stats = stats if stats is not None else LocalizeStats()
     n_frames = int(movie.shape[-3])
     p.validate(n_frames, int(movie.shape[-2]), int(movie.shape[-1]))
@@ -213,7 +222,7 @@ def run_steps(movie, p: LocalizeParameters, sink, z: ZRun | None = None, cancel=
     yield 0, total
     d_sum_sq = 0.0
     with sink:
-        for chunk in iter_localize(movie, p, cancel, chunk_frames, stats):
+        for chunk in iter_localize(movie, p, cancel, chunk_frames, stats, camera):
             locs = chunk.locs
             if z is not None:
                 t = time.perf_counter()
@@ -232,9 +241,9 @@ def run_steps(movie, p: LocalizeParameters, sink, z: ZRun | None = None, cancel=
 
 
 def run(movie, p: LocalizeParameters, sink, z: ZRun | None = None, progress=None, cancel=None,
-        chunk_frames: int | None = None, extra_fit_info: dict | None = None) -> RunResult:
+        chunk_frames: int | None = None, extra_fit_info: dict | None = None, camera=None) -> RunResult:
     """:func:`run_steps` driven to the end; ``progress(frames_done, frames_total)`` after each chunk."""
-    steps = run_steps(movie, p, sink, z, cancel, chunk_frames, extra_fit_info)
+    steps = run_steps(movie, p, sink, z, cancel, chunk_frames, extra_fit_info, camera=camera)
     while True:
         try:
             done, total = next(steps)

@@ -165,8 +165,13 @@ def _truth_rows(dtype, frame, x, y, photons, sx, sy, bg, z=None):
     return t
 
 
-def simulate_frames(p: SimulationParameters, start: int = 0, stop: int | None = None):
-    """Frames ``start .. stop-1`` in camera counts and their ground truth (structured :data:`TRUTH_DTYPE`)."""
+def simulate_frames(p: SimulationParameters, start: int = 0, stop: int | None = None, camera=None):
+    """Frames ``start .. stop-1`` in camera counts and their ground truth (structured :data:`TRUTH_DTYPE`).
+
+    ``camera``, if given, replaces the scalar camera model: ``camera(mu, rng)`` turns the expected
+    photoelectrons of one frame into counts of ``p.dtype`` (e.g. the per-pixel sCMOS model of
+    :mod:`napari_localize.core.simulate_scmos`).
+    """
     stop = p.n_frames if stop is None else min(stop, p.n_frames)
     sites = _sites(p) if p.n_sites > 0 else None
     dtype = np.dtype(p.dtype)
@@ -191,7 +196,7 @@ def simulate_frames(p: SimulationParameters, start: int = 0, stop: int | None = 
         else:
             sx, sy = p.sigma, p.sigma
         mu = expected_image(p.height, p.width, x, y, photons, sx, sy, p.bg)
-        frames[f - start] = _camera(mu, rng, p, dtype, info)
+        frames[f - start] = _camera(mu, rng, p, dtype, info) if camera is None else camera(mu, rng)
         truths.append(_truth_rows(truth_dtype, f, x, y, photons, sx, sy, p.bg, z if astig else None))
     truth = np.concatenate(truths) if truths else np.zeros(0, truth_dtype)
     return frames, truth

@@ -150,10 +150,17 @@ def parse_camera_config(data, source: str | None = None) -> CameraConfig:
     for name in zcal:
         if str(name) not in {str(c) for c in cameras}:
             fail(f"'z-calibrations' names camera {name!r}, which is not under 'Cameras'")
+    ccal = data.get("camera-calibrations") or {}
+    if not isinstance(ccal, dict):
+        fail("'camera-calibrations' must map camera names to a calibration path or {wavelength: path}")
+    for name in ccal:
+        if str(name) not in {str(c) for c in cameras}:
+            fail(f"'camera-calibrations' names camera {name!r}, which is not under 'Cameras'")
     specs = {}
     for name, entry in cameras.items():
         name = str(name)
         specs[name] = _camera_spec(name, entry, zcal.get(name), folder, fail)
+        specs[name].camera_calibrations = _camera_calibrations(name, ccal.get(name), folder, fail)
     priority = data.get("CameraPriority") or []
     if isinstance(priority, str):
         priority = [priority]
@@ -164,6 +171,22 @@ def parse_camera_config(data, source: str | None = None) -> CameraConfig:
         if p not in specs:
             fail(f"'CameraPriority' names camera {p!r}, which is not under 'Cameras' ({', '.join(specs)})")
     return CameraConfig(cameras=specs, priority=priority, source=source)
+
+
+def _camera_calibrations(name, entry, folder, fail) -> dict:
+    """``camera-calibrations`` of one camera (Picasso 0.11): one sCMOS calibration path for every wavelength
+    (stored under ``"*"``), or a mapping emission wavelength (nm) to path; relative paths from the config."""
+    if entry is None:
+        return {}
+
+    def path(value):
+        if not isinstance(value, str) or not value.strip():
+            fail(f"'camera-calibrations'[{name!r}] must be a path to a _scmos_calib.hdf5, got {value!r}")
+        return os.path.normpath(os.path.join(folder, os.path.expanduser(value)))
+
+    if isinstance(entry, dict):
+        return {_key(k): path(v) for k, v in entry.items()}
+    return {"*": path(entry)}
 
 
 def _number(value, what, fail, positive=True):

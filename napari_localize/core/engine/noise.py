@@ -2,7 +2,9 @@
 
 ``NOISE_POISSON``  Poisson maximum likelihood (Fisher scoring; Laurence & Chromy, Nat. Methods 7, 338 (2010)).
 ``NOISE_LSQ``      least squares.
-``NOISE_WLSQ``     weighted least squares, weight 1 / max(data, 1) (the data's Poisson variance).
+``NOISE_WLSQ``     weighted least squares, weight 1 / max(max(data, 0) + v, 1): the data's Poisson variance plus,
+                   with a variance box (sCMOS), the pixel's readout variance ``v`` (photons^2); without one,
+                   1 / max(data, 1).
 ``NOISE_SCMOS``    Huang et al., Nat. Methods 10, 653 (2013): Poisson likelihood of ``data + v`` given
                    ``mu + v``, with ``v`` the pixel's readout variance / gain^2 (photons^2) from the variance box.
 
@@ -37,6 +39,13 @@ def _shifted(noise, x, mu, v):
 
 
 @register_jitable
+def _wlsq_weight(x, v):
+    # inverse variance of a pixel: Poisson (estimated by the data, floored at 0) plus the readout variance v
+    var = (x if x > 0.0 else 0.0) + v
+    return 1.0 / (var if var > 1.0 else 1.0)
+
+
+@register_jitable
 def objective_term(noise, x, mu, v):
     """One pixel's contribution to the objective (data ``x``, model ``mu``, variance term ``v``)."""
     xf, m = _shifted(noise, x, mu, v)
@@ -46,7 +55,7 @@ def objective_term(noise, x, mu, v):
         return -m
     d = xf - m
     if noise == NOISE_WLSQ:
-        return -(0.5 * d * d / (xf if xf > 1.0 else 1.0))
+        return -(0.5 * d * d * _wlsq_weight(xf, v))
     return -(0.5 * d * d)
 
 
@@ -60,7 +69,7 @@ def gradient_weights(noise, x, mu, v):
     if noise == NOISE_SCMOS:
         w = 1.0 / m
         return (xf if xf > 0.0 else 0.0) * w - 1.0, w
-    w = 1.0 / (xf if xf > 1.0 else 1.0) if noise == NOISE_WLSQ else 1.0
+    w = _wlsq_weight(xf, v) if noise == NOISE_WLSQ else 1.0
     return (xf - m) * w, w
 
 

@@ -12,12 +12,19 @@ from ..publish import Publisher, describe_os_error
 from .raw import raw_info_path
 
 
-def write_movie(path, chunks, shape, dtype, pixelsize_nm=None, extra_info: dict | None = None):
+def write_movie(path, chunks, shape, dtype, pixelsize_nm=None, extra_info: dict | None = None,
+                sensor_origin=None):
     """Write frames from an iterable of ``(n, height, width)`` chunks to ``path`` atomically.
 
     ``.ome.tif``/``.tif``/``.tiff``: one uncompressed, contiguous series (BigTIFF above 2 GB), which Picasso's own
     TIFF reader also opens. ``.raw``: little-endian frames plus the ``.yaml`` Picasso needs.
+    ``sensor_origin`` (row, column) records a camera ROI acquisition as ``Camera ROI`` ([x, y, width, height])
+    in the ``.raw`` YAML; TIFF files written here carry no camera ROI (tifffile cannot write Micro-Manager's
+    header), so a cropped TIFF needs the explicit offset (``--camera-calibration-offset``).
     """
+    roi = None
+    if sensor_origin is not None:
+        roi = [int(sensor_origin[1]), int(sensor_origin[0]), int(shape[2]), int(shape[1])]
     path = os.fspath(path)
     dtype = np.dtype(dtype)
     lower = path.lower()
@@ -29,6 +36,8 @@ def write_movie(path, chunks, shape, dtype, pixelsize_nm=None, extra_info: dict 
         sidecar = raw_info_path(path)
         doc = {"Byte Order": "<", "Data Type": str(dtype.name), "Frames": int(shape[0]), "Height": int(shape[1]),
                "Width": int(shape[2])}
+        if roi is not None:
+            doc["Camera ROI"] = roi
         text = yaml.safe_dump(doc, default_flow_style=False)
         if extra_info:
             text += "---\n" + yaml.safe_dump(extra_info, default_flow_style=False)
