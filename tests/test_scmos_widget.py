@@ -11,6 +11,8 @@ from napari_localize.core.simulate_scmos import SCMOSCamera, SCMOSModel
 from napari_localize.core.camera_calibration import calibrate_camera
 from napari_localize.io.camera_calibration import save_camera_calibration
 
+from conftest import run_and_wait
+
 pytestmark = pytest.mark.gui
 
 
@@ -76,7 +78,7 @@ def test_the_camera_config_names_the_calibration(make_napari_viewer, calibration
     assert tuple(layers[0].translate) == (-4, -8)  # the chip's maps drawn under the cropped movie's pixels
 
 
-def test_the_run_and_the_preview_use_the_loaded_calibration(make_napari_viewer, tmp_path, monkeypatch):
+def test_the_run_and_the_preview_use_the_loaded_calibration(make_napari_viewer, qtbot, tmp_path):
     """Photon conversion panel: load the chip's maps; the Localize run records them and the preview's spots
     are those of the variance-aware identification (not the hot pixels)."""
     from napari_localize.cli import suggested_min_net_gradient
@@ -87,7 +89,6 @@ def test_the_run_and_the_preview_use_the_loaded_calibration(make_napari_viewer, 
     from napari_localize.core.simulate_scmos import simulate_scmos_movie
     from napari_localize.io.movies.write import write_movie
 
-    monkeypatch.setenv("NAPARI_LOCALIZE_SYNC", "1")
     model = SCMOSModel(chip_height=48, chip_width=48, hot_fraction=0.04, seed=6)
     p = SimulationParameters(n_frames=20, height=48, width=48, spots_per_frame=3, photons=500, bg=10, seed=2)
     frames, truth = simulate_scmos_movie(p, model)
@@ -113,7 +114,7 @@ def test_the_run_and_the_preview_use_the_loaded_calibration(make_napari_viewer, 
     expected = identify_scmos(frames[f], 7, threshold, maps.offset, maps.sensitivity, maps.variance)
     assert w["Identification"].preview_controller.last_count == len(expected)
     # the run
-    w["Localize"].run()
+    run_and_wait(qtbot, w["Localize"].run)  # a real thread worker
     result = session.result
     assert result is not None and len(result.locs) >= 0.97 * len(truth)
     fit_doc = next(d for d in result.info if "Camera calibration path" in d)

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 
 import h5py
 import numpy as np
 
 from ..core.camera_calibration import CameraCalibration, CameraCalibrationError
-from .locs import _FILE_MODE
+from ..core.errors import OutputError
+from .publish import Publisher, describe_os_error
 
 MAPS = ("offset", "variance", "gain")
 
@@ -57,21 +57,17 @@ def save_camera_calibration(path, cal: CameraCalibration) -> str:
     if tuple(cal.origin) != (0, 0):
         meta["Sensor origin"] = list(cal.origin)
     meta["Path"] = os.path.abspath(path)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".hdf5", dir=folder)
-    os.close(fd)
-    try:
-        with h5py.File(tmp, "w") as f:
-            for name in MAPS:
-                data = getattr(cal, name)
-                if data is not None:
-                    f.create_dataset(name, data=np.ascontiguousarray(data, np.float32))
-            f.attrs["metadata"] = json.dumps(meta, default=_json_default)
-        os.chmod(tmp, _FILE_MODE)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with Publisher([path]) as pub:  # the one atomic publisher: no temp file left, an earlier file kept on failure
+        try:
+            with h5py.File(pub.temp(path), "w") as f:
+                for name in MAPS:
+                    data = getattr(cal, name)
+                    if data is not None:
+                        f.create_dataset(name, data=np.ascontiguousarray(data, np.float32))
+                f.attrs["metadata"] = json.dumps(meta, default=_json_default)
+        except OSError as exc:
+            raise OutputError(describe_os_error(exc, path)) from None
+        pub.commit()
     return path
 
 
