@@ -88,7 +88,7 @@ def locs_dtype_for(p: LocalizeParameters, z_options=None) -> np.dtype:
     """The dtype of the table a run with ``p`` writes: 2D, or with ``z_options`` (a
     :class:`~napari_localize.core.zfit.ZFitOptions`) the 3D fields ``z``, ``d_zcalib``, ``lpz`` (+ ``z_gof``
     for the z MLE)."""
-    dtype = locs_dtype(p.fit_method)
+    dtype = locs_dtype(p.fit_method, p.max_emitters)
     if z_options is not None:
         from .core.zfit import with_z_fields
 
@@ -205,7 +205,7 @@ def calibrate_z_steps(movie, p: LocalizeParameters, step_nm: float, magnificatio
     for chunk in iter_localize(movie, q, cancel, chunk_frames):
         parts.append(chunk.locs)
         yield chunk.stop, n_frames
-    locs = np.concatenate(parts) if parts else np.zeros(0, locs_dtype(q.fit_method))
+    locs = np.concatenate(parts) if parts else np.zeros(0, locs_dtype(q.fit_method, q.max_emitters))
     if len(locs) == 0:
         raise ValueError("no spots found in the calibration stack: lower the minimum net gradient")
     if track_beads:

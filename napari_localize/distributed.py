@@ -83,7 +83,7 @@ def localize_files_distributed(paths, p: LocalizeParameters | dict, scheduler: s
                     stats = LocalizeStats()
                     hdf5_path, _ = locs_paths(path, suffix, output_dir)
                     movie_info = None
-                    with LocsWriter(hdf5_path, locs_dtype(p.fit_method)) as writer:
+                    with LocsWriter(hdf5_path, locs_dtype(p.fit_method, p.max_emitters)) as writer:
                         for future in futures:  # in frame order; each block is written, then let go
                             locs, s, movie_info = future.result()
                             future.release()

@@ -77,7 +77,7 @@ def _localize_steps(movie, p, cancel, movie_path, chunk_frames, z=None):
     if cancel.cancelled:
         return Cancelled()
     if z is None:
-        locs = np.concatenate(parts) if parts else np.zeros(0, locs_dtype(p.fit_method))
+        locs = np.concatenate(parts) if parts else np.zeros(0, locs_dtype(p.fit_method, p.max_emitters))
         info = metadata_documents(movie.info, p, stats)
     else:
         calibration, z_options, calibration_path = z

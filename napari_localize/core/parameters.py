@@ -55,6 +55,11 @@ class LocalizeParameters:
         Iteration limit of the MLE and LQ fits; a fit that reaches it is reported as not converged.
     camera : str or None
         Name of the camera the photon parameters came from (recorded only).
+    max_emitters : int
+        MLE and LQ: most emitters fitted together in one box (1 .. 5). With more than 1 (the default, 5),
+        neighbours are fitted jointly or as fixed light and further emitters are found in the fit residual and
+        kept by a likelihood-ratio test (``docs/algorithms.md``); 1 fits one emitter per identified box, as
+        Picasso does.
     """
 
     box_size: int = 7
@@ -70,6 +75,7 @@ class LocalizeParameters:
     convergence: float = 0.001
     max_iterations: int = 100
     camera: str | None = None
+    max_emitters: int = 5
 
     def replace(self, **changes) -> LocalizeParameters:
         return dataclasses.replace(self, **changes)
@@ -91,6 +97,12 @@ class LocalizeParameters:
             raise ParameterError(f"EM gain must be >= 1 (1 for sCMOS/CCD), got {self.em_gain}")
         if not self.pixelsize > 0:
             raise ParameterError(f"pixel size (nm) must be > 0, got {self.pixelsize}")
+        from .multi_emitter import MAX_EMITTERS
+
+        if int(self.max_emitters) != self.max_emitters or not 1 <= self.max_emitters <= MAX_EMITTERS:
+            raise ParameterError(
+                f"max emitters per box must be an integer from 1 (one emitter per box, Picasso's behaviour) to "
+                f"{MAX_EMITTERS}, got {self.max_emitters}")
         if not self.convergence > 0 or self.max_iterations < 1:
             raise ParameterError("convergence must be > 0 and max iterations >= 1")
         if height is not None and width is not None:
@@ -152,6 +164,17 @@ def fit_document(p: LocalizeParameters, generated_by: str) -> dict:
         doc["Convergence criterion"] = float(p.convergence)
         doc["Max iterations"] = int(p.max_iterations)
         doc["PSF model"] = "pixel-integrated Gaussian, free sx and sy"
+        doc["Max emitters per box"] = int(p.max_emitters)
+        if p.max_emitters > 1:
+            from .crowded import CrowdedOptions
+
+            o = CrowdedOptions(max_emitters=p.max_emitters)
+            doc["Multi-emitter fit"] = {
+                "Rounds of residual re-identification": int(o.rounds),
+                "Candidate significance (sd)": float(o.candidate_z),
+                "Min. 2 log-likelihood ratio": float(o.llr_threshold),
+                "Joint fit within (PSF widths)": float(o.join_sigmas),
+            }
     if p.fit_method == "avg":
         doc["PSF model"] = "none: box sum minus border background"
     return doc

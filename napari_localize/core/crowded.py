@@ -1,0 +1,605 @@
+"""Crowded fields: neighbours fitted together, further emitters found in the residual, kept by a likelihood test.
+
+The orchestration around the multi-emitter model (:mod:`.multi_emitter`), per chunk of frames:
+
+1. Every identified box is fitted with one emitter (the single-emitter fit; nothing else happens to a box
+   with no neighbour in reach and nothing significant left in its residual, so sparse data give exactly the
+   single-emitter results).
+2. Rounds of:
+   a. **Groups.** Emitters of a frame closer than ``join_sigmas`` PSF widths are joined into one group
+      (nearest pairs first) as long as the group keeps at most ``max_emitters`` emitters and fits a box with a
+      pixel to spare. A group is fitted jointly in one box centred on it (several emitters in one model).
+   b. **Other light.** The light of every emitter outside a group that reaches its box is added to that box's
+      model as fixed light (each neighbour's latest fit), so a neighbour 4-6 px away no longer pulls the fit.
+      Groups with such light, new groups and failed fits are refitted.
+   c. **Residual re-identification** (as 3D-DAOSTORM, Babcock et al. 2012): in each box the residual
+      ``data - model`` is scanned with a PSF-weighted matched filter; a peak whose significance exceeds
+      ``candidate_z`` (standard deviations of the Poisson noise of the model) becomes a candidate emitter, at
+      any distance from the others (peaks closer than the box are found this way).
+   d. **Model selection** (nested models, as ThunderSTORM's multi-emitter fitting, Ovesny et al. 2014, with
+      the likelihood-ratio test of Huang et al. 2011): the box is refitted with one emitter more; the candidate
+      is kept if twice the log-likelihood gain exceeds ``llr_threshold`` and the fit converged with every
+      emitter in the box and apart from the others.
+3. A last pass refits every group whose neighbours changed.
+
+The likelihood test always uses the Poisson log-likelihood of the fitted expected image, whatever the fit's
+noise model.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from numba import njit, prange
+from scipy.spatial import cKDTree
+
+from .multi_emitter import MAX_EMITTERS, MAX_PARAMS, emitter_index, fit_boxes_multi, me_expected
+from .psf import MODE_POISSON
+
+
+@dataclass
+class CrowdedOptions:
+    """How crowded boxes are handled (see the module docstring)."""
+
+    #: most emitters fitted together in one box; 1 fits one emitter per identified box (Picasso's behaviour)
+    max_emitters: int = 5
+    #: rounds of residual re-identification
+    rounds: int = 3
+    #: significance (Poisson standard deviations of a PSF-weighted sum) of a residual peak to try an emitter
+    candidate_z: float = 5.0
+    #: 2 x log-likelihood gain an extra emitter must bring
+    llr_threshold: float = 30.0
+    #: emitters closer than this many PSF widths are fitted jointly in one box
+    join_sigmas: float = 3.0
+    #: two emitters of a model closer than this many PSF widths are one emitter
+    min_separation_sigmas: float = 0.7
+    #: passes refitting every box with neighbour light after the last round (neighbours' light settles)
+    polish_passes: int = 1
+    #: neighbour light below this many photons per box is ignored (the box is not refitted for it)
+    light_floor: float = 0.5
+
+    def validate(self):
+        if not 1 <= int(self.max_emitters) <= MAX_EMITTERS:
+            raise ValueError(f"max emitters must be 1 .. {MAX_EMITTERS}, got {self.max_emitters}")
+
+
+# ------------------------------------------------------------------------------------------ numba helpers
+@njit(cache=True, nogil=True)
+def _add_light(out, box, x, y, photons, sx, sy, ex):
+    """Add a pixel-integrated Gaussian at box coordinates (x, y) to ``out`` (box*box, flattened)."""
+    if not (sx > 0.0 and sy > 0.0 and photons > 0.0):
+        return
+    kx = 1.0 / (math.sqrt(2.0) * sx)
+    ky = 1.0 / (math.sqrt(2.0) * sy)
+    for m in range(box):
+        ex[m] = 0.5 * (math.erf((m + 0.5 - x) * kx) - math.erf((m - 0.5 - x) * kx))
+    for k in range(box):
+        ey = 0.5 * (math.erf((k + 0.5 - y) * ky) - math.erf((k - 0.5 - y) * ky))
+        if ey < 1e-12:
+            continue
+        for m in range(box):
+            out[k * box + m] += photons * ey * ex[m]
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _group_boxes(frames, gframe, gcy, gcx, egroup, order, fstarts, ex, ey, eN, esx, esy, box, data, other):
+    """Cut each group's box (photons) and render the light of every other emitter of its frame into it."""
+    r = box // 2
+    for g in prange(gframe.shape[0]):
+        f = gframe[g]
+        cy = gcy[g]
+        cx = gcx[g]
+        for k in range(box):
+            for m in range(box):
+                data[g, k * box + m] = frames[f, cy - r + k, cx - r + m]
+                other[g, k * box + m] = 0.0
+        buf = np.empty(box)
+        for a in range(fstarts[f], fstarts[f + 1]):
+            j = order[a]
+            if egroup[j] == g:
+                continue
+            reach = r + 0.5 + 5.0 * max(esx[j], esy[j])
+            if abs(ex[j] - cx) > reach or abs(ey[j] - cy) > reach:
+                continue
+            _add_light(other[g], box, ex[j] - cx + r, ey[j] - cy + r, eN[j], esx[j], esy[j], buf)
+
+
+@njit(cache=True, nogil=True)
+def _poisson_ll(data, mu):
+    s = 0.0
+    for p in range(data.shape[0]):
+        x = data[p]
+        m = mu[p]
+        if x > 0:
+            s += x * math.log(m / x) - m + x
+        else:
+            s -= m
+    return s
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _residual_peaks(data, other, K, theta, box, out):
+    """Per box: Poisson log-likelihood of the model and the most significant residual peak.
+
+    ``out[g] = (loglik, z, row, column, photons)``: z is the PSF-weighted residual sum over its Poisson standard
+    deviation at the best pixel, (row, column) the residual's centroid around it (box pixels) and photons a
+    rough estimate of the missing spot's photons.
+    """
+    npx = box * box
+    for g in prange(data.shape[0]):
+        mu = np.empty(npx)
+        me_expected(theta[g], K[g], box, other[g], mu)
+        out[g, 0] = _poisson_ll(data[g], mu)
+        sx = theta[g, 4]
+        sy = theta[g, 5]
+        rw = max(1, int(round(1.0 * max(sx, sy))))
+        best = -1e300
+        bk = 0
+        bm = 0
+        for k in range(box):
+            for m in range(box):
+                s = 0.0
+                v = 0.0
+                wsum = 0.0
+                for a in range(max(0, k - rw), min(box, k + rw + 1)):
+                    for b in range(max(0, m - rw), min(box, m + rw + 1)):
+                        w = math.exp(-0.5 * ((a - k) ** 2 / (sx * sx) + (b - m) ** 2 / (sy * sy)))
+                        p = a * box + b
+                        s += w * (data[g, p] - mu[p])
+                        v += w * w * mu[p]
+                        wsum += w
+                z = s / math.sqrt(max(v, 1e-12))
+                if z > best:
+                    best = z
+                    bk = k
+                    bm = m
+        # centroid of the positive residual around the peak, and the photons it holds
+        tot = 0.0
+        ck = 0.0
+        cm = 0.0
+        for a in range(max(0, bk - 1), min(box, bk + 2)):
+            for b in range(max(0, bm - 1), min(box, bm + 2)):
+                d = data[g, a * box + b] - mu[a * box + b]
+                if d > 0:
+                    tot += d
+                    ck += d * a
+                    cm += d * b
+        if tot > 0:
+            ck /= tot
+            cm /= tot
+        else:
+            ck = bk
+            cm = bm
+        fx = math.erf(1.5 / (math.sqrt(2.0) * sx))
+        fy = math.erf(1.5 / (math.sqrt(2.0) * sy))
+        out[g, 1] = best
+        out[g, 2] = ck
+        out[g, 3] = cm
+        out[g, 4] = max(tot / max(fx * fy, 0.05), 10.0)
+
+
+# ------------------------------------------------------------------------------------------ orchestration
+class _Emitters:
+    """Growing per-emitter state (frame coordinates)."""
+
+    def __init__(self, frame, x, y, N, bg, sx, sy, ng):
+        self.frame = np.asarray(frame, np.int64)
+        self.x = np.asarray(x, float)
+        self.y = np.asarray(y, float)
+        self.N = np.asarray(N, float)
+        self.bg = np.asarray(bg, float)
+        self.sx = np.asarray(sx, float)
+        self.sy = np.asarray(sy, float)
+        self.ng = np.asarray(ng, np.float32)
+        self.added = np.zeros(len(self.x), bool)
+
+    def __len__(self):
+        return len(self.x)
+
+    def append(self, frame, x, y, N, bg, sx, sy, ng):
+        for name, v in (("frame", frame), ("x", x), ("y", y), ("N", N), ("bg", bg), ("sx", sx), ("sy", sy),
+                        ("ng", ng)):
+            cur = getattr(self, name)
+            setattr(self, name, np.concatenate([cur, np.asarray(v, cur.dtype)]))
+        self.added = np.concatenate([self.added, np.ones(len(np.atleast_1d(x)), bool)])
+
+
+class _Groups:
+    """Groups of emitters fitted in one box: CSR membership, box centres and the latest fit."""
+
+    def __init__(self, frame, cy, cx, start, members):
+        self.frame = np.asarray(frame, np.int64)
+        self.cy = np.asarray(cy, np.int64)
+        self.cx = np.asarray(cx, np.int64)
+        self.start = np.asarray(start, np.int64)
+        self.members = np.asarray(members, np.int64)
+        G = len(self.frame)
+        self.K = np.diff(self.start).astype(np.int64)
+        self.theta = np.zeros((G, MAX_PARAMS))
+        self.var = np.full((G, MAX_PARAMS), np.nan)
+        self.obj = np.zeros(G)
+        self.iterations = np.zeros(G, np.int64)
+        self.converged = np.zeros(G, bool)
+        self.llr = np.zeros(G)
+        self.fitted = np.zeros(G, bool)
+
+    def __len__(self):
+        return len(self.frame)
+
+    def member_list(self, g):
+        return self.members[self.start[g]:self.start[g + 1]]
+
+
+def _frame_index(E, n_frames, alive):
+    idx = np.flatnonzero(alive)
+    order = idx[np.argsort(E.frame[idx], kind="stable")]
+    fstarts = np.searchsorted(E.frame[order], np.arange(n_frames + 1)).astype(np.int64)
+    return order.astype(np.int64), fstarts
+
+
+@njit(cache=True, nogil=True)
+def _join(a, b, x, y, n, max_emitters, span_max):
+    """Union-find over the edges (a[k], b[k]) taken in order, keeping groups small and box-sized."""
+    parent = np.arange(n)
+    size = np.ones(n, np.int64)
+    x0 = x.copy()
+    x1 = x.copy()
+    y0 = y.copy()
+    y1 = y.copy()
+    for k in range(a.shape[0]):
+        i = a[k]
+        while parent[i] != i:
+            i = parent[i]
+        j = b[k]
+        while parent[j] != j:
+            j = parent[j]
+        if i == j or size[i] + size[j] > max_emitters:
+            continue
+        nx0 = min(x0[i], x0[j])
+        nx1 = max(x1[i], x1[j])
+        ny0 = min(y0[i], y0[j])
+        ny1 = max(y1[i], y1[j])
+        if nx1 - nx0 > span_max or ny1 - ny0 > span_max:
+            continue
+        parent[j] = i
+        size[i] += size[j]
+        x0[i], x1[i], y0[i], y1[i] = nx0, nx1, ny0, ny1
+    root = np.empty(n, np.int64)
+    for i in range(n):
+        j = i
+        while parent[j] != j:
+            j = parent[j]
+        root[i] = j
+    return root
+
+
+def _make_groups(E, alive, box, height, width, max_emitters, join_px):
+    """Join emitters of one frame closer than ``join_px``, nearest pairs first, within the size limits."""
+    idx = np.flatnonzero(alive)
+    n = len(E)
+    a = b = np.zeros(0, np.int64)
+    if max_emitters > 1 and len(idx) > 1:
+        # frames far apart in a combined coordinate so one tree serves the chunk
+        pts = np.column_stack([E.x[idx] + E.frame[idx] * 1e5, E.y[idx]])
+        pairs = cKDTree(pts).query_pairs(join_px, output_type="ndarray")
+        if len(pairs):
+            a, b = idx[pairs[:, 0]], idx[pairs[:, 1]]
+            o = np.argsort(np.hypot(E.x[a] - E.x[b], E.y[a] - E.y[b]), kind="stable")
+            a, b = a[o].astype(np.int64), b[o].astype(np.int64)
+    root = _join(a, b, E.x, E.y, n, int(max_emitters), float(box - 3))
+    members = idx[np.lexsort((idx, root[idx]))]
+    rs = root[members]
+    start = np.concatenate([[0], np.flatnonzero(np.diff(rs)) + 1, [len(members)]]).astype(np.int64)
+    r = box // 2
+    if len(members):
+        s0 = start[:-1]
+        cx = np.rint(0.5 * (np.minimum.reduceat(E.x[members], s0) + np.maximum.reduceat(E.x[members], s0)))
+        cy = np.rint(0.5 * (np.minimum.reduceat(E.y[members], s0) + np.maximum.reduceat(E.y[members], s0)))
+        cx = np.clip(cx, r, width - r - 1).astype(np.int64)
+        cy = np.clip(cy, r, height - r - 1).astype(np.int64)
+        frame = E.frame[members[s0]]
+    else:
+        cx = cy = frame = np.zeros(0, np.int64)
+    return _Groups(frame, cy, cx, start, members)
+
+
+def _slots(G, gsel):
+    """For groups ``gsel``: row (into gsel), emitter, theta index of x, for every member."""
+    K = G.K[gsel]
+    rows = np.repeat(np.arange(len(gsel)), K)
+    first = np.repeat(G.start[gsel], K)
+    pos = np.arange(len(rows)) - np.repeat(np.cumsum(K) - K, K)
+    mem = G.members[first + pos]
+    j = np.where(pos == 0, 0, 6 + 3 * (pos - 1))
+    return rows, mem, j
+
+
+def _theta_from_emitters(E, G, gsel, box):
+    """Start parameters of groups ``gsel`` from their members' latest values."""
+    r = box // 2
+    theta = np.zeros((len(gsel), MAX_PARAMS))
+    if len(gsel) == 0:
+        return theta
+    rows, mem, j = _slots(G, gsel)
+    theta[rows, j] = E.x[mem] - G.cx[gsel][rows] + r
+    theta[rows, j + 1] = E.y[mem] - G.cy[gsel][rows] + r
+    theta[rows, j + 2] = np.maximum(E.N[mem], 10.0)
+    w = np.maximum(E.N[mem], 1.0)
+    wsum = np.bincount(rows, w, len(gsel))
+    theta[:, 3] = np.maximum(np.bincount(rows, w * E.bg[mem], len(gsel)) / wsum, 1e-2)
+    theta[:, 4] = np.bincount(rows, w * E.sx[mem], len(gsel)) / wsum
+    theta[:, 5] = np.bincount(rows, w * E.sy[mem], len(gsel)) / wsum
+    return theta
+
+
+def _store(E, G, gsel, theta, box):
+    """Write the fitted parameters of groups ``gsel`` back to their members."""
+    r = box // 2
+    if len(gsel) == 0:
+        return
+    rows, mem, j = _slots(G, gsel)
+    E.x[mem] = theta[rows, j] + G.cx[gsel][rows] - r
+    E.y[mem] = theta[rows, j + 1] + G.cy[gsel][rows] - r
+    E.N[mem] = theta[rows, j + 2]
+    E.bg[mem] = theta[rows, 3]
+    E.sx[mem] = theta[rows, 4]
+    E.sy[mem] = theta[rows, 5]
+
+
+def _inherit(G_old, G_new, n, alive):
+    """Copy the fit of every old group whose members (in order) and box are unchanged into ``G_new``."""
+    og = np.full(n, -1, np.int64)
+    og[G_old.members] = np.repeat(np.arange(len(G_old)), G_old.K)
+    if len(G_new) == 0:
+        return
+    first = G_new.members[G_new.start[:-1]]
+    cand = og[first]
+    same = (cand >= 0)
+    c = np.where(same, cand, 0)
+    same &= G_old.fitted[c] & (G_old.K[c] == G_new.K) & (G_old.cy[c] == G_new.cy) & (G_old.cx[c] == G_new.cx)
+    # every member in the same old group, at the same place
+    rows = np.repeat(np.arange(len(G_new)), G_new.K)
+    pos = np.arange(len(rows)) - np.repeat(G_new.start[:-1], G_new.K)
+    mem = G_new.members
+    ok_mem = (og[mem] == c[rows]) & (G_old.members[np.minimum(G_old.start[c[rows]] + pos, len(G_old.members) - 1)]
+                                      == mem) & alive[mem]
+    same &= np.bincount(rows, ~ok_mem, len(G_new)) == 0
+    s = np.flatnonzero(same)
+    src = c[s]
+    G_new.theta[s], G_new.var[s], G_new.obj[s] = G_old.theta[src], G_old.var[src], G_old.obj[src]
+    G_new.iterations[s], G_new.converged[s], G_new.llr[s] = G_old.iterations[src], G_old.converged[src], \
+        G_old.llr[src]
+    G_new.fitted[s] = True
+
+
+def fit_crowded(frames, ids, fit0, p, options: CrowdedOptions, mode=MODE_POISSON):
+    """Emitters of a chunk: the single-emitter fits ``fit0`` of the identified boxes ``ids``, refined.
+
+    ``frames`` are the chunk's frames in photons ``(n, height, width)``; ``ids`` the identification with
+    ``frame`` relative to the chunk; ``fit0`` the dict of :func:`~napari_localize.core.fit_mle.fit_mle` (or
+    ``fit_lq``) for those boxes. Returns a dict of per-emitter columns: ``frame``, ``x``, ``y`` (frame pixels),
+    the fit columns of ``fit0`` (per emitter; box-wide bg, widths and log-likelihood), ``converged``,
+    ``net_gradient``, ``n_emitters`` (emitters fitted in that box) and ``llr`` (twice the log-likelihood gain
+    of the box's last accepted extra emitter; 0 for a box of one).
+    """
+    frames = np.ascontiguousarray(frames, np.float32)
+    n_frames, height, width = frames.shape
+    box = int(p.box_size)
+    r = box // 2
+    npx = box * box
+    conv0 = np.asarray(fit0["converged"], bool)
+    E = _Emitters(ids["frame"], ids["x"] + np.where(conv0, fit0["dx"], 0.0), ids["y"] + np.where(conv0, fit0["dy"], 0.0),
+                  fit0["photons"], fit0["bg"], fit0["sx"], fit0["sy"], ids["net_gradient"])
+    ok_w = conv0 & np.isfinite(fit0["sx"])
+    sigma = float(np.median(0.5 * (fit0["sx"][ok_w] + fit0["sy"][ok_w]))) if ok_w.any() else 1.0
+    # failed single fits restart from their box's moments
+    bad = ~conv0 | ~np.isfinite(E.x) | ~np.isfinite(E.N)
+    E.x[bad] = ids["x"][bad]
+    E.y[bad] = ids["y"][bad]
+    E.sx[bad] = sigma
+    E.sy[bad] = sigma
+    E.N[bad] = np.where(np.isfinite(E.N[bad]) & (E.N[bad] > 10), E.N[bad], 100.0)
+    E.bg[bad] = np.where(np.isfinite(E.bg[bad]) & (E.bg[bad] > 0), E.bg[bad], 1.0)
+    alive = np.ones(len(E), bool)
+
+    # the identified boxes as singleton groups, with their single-emitter fits
+    G = _Groups(ids["frame"], ids["y"], ids["x"], np.arange(len(E) + 1), np.arange(len(E)))
+    G.theta[:, :6] = np.column_stack([fit0["dx"] + r, fit0["dy"] + r, fit0["photons"], fit0["bg"], fit0["sx"],
+                                      fit0["sy"]])
+    nan = np.full(len(E), np.nan)
+    var0 = np.column_stack([fit0["lpx"], fit0["lpy"]] + [fit0.get(k, nan) for k in
+                                                         ("photons_unc", "bg_unc", "sx_unc", "sy_unc")]) ** 2
+    G.var[:, :6] = var0
+    G.obj[:] = fit0["log_likelihood"] if "log_likelihood" in fit0 else -0.5 * fit0["residual_sum_squares"]
+    G.iterations[:] = fit0["iterations"]
+    G.converged[:] = conv0
+    G.fitted[:] = conv0
+    dirty = ~conv0
+    join_px = options.join_sigmas * sigma
+    min_sep = options.min_separation_sigmas * sigma
+    max_em = int(options.max_emitters)
+
+    def boxes(G):
+        order, fstarts = _frame_index(E, n_frames, alive)
+        egroup = np.full(len(E), -1, np.int64)
+        for g in range(len(G)):
+            egroup[G.member_list(g)] = g
+        data = np.empty((len(G), npx))
+        other = np.empty((len(G), npx))
+        _group_boxes(frames, G.frame, G.cy, G.cx, egroup, order, fstarts, E.x, E.y, E.N, E.sx, E.sy, box,
+                     data, other)
+        return data, other
+
+    def fit(G, gsel, data, other, theta0=None):
+        theta = _theta_from_emitters(E, G, gsel, box) if theta0 is None else theta0
+        var = np.full((len(gsel), MAX_PARAMS), np.nan)
+        obj = np.empty(len(gsel))
+        its = np.zeros(len(gsel), np.int64)
+        conv = np.zeros(len(gsel), np.bool_)
+        K = G.K[gsel] if theta0 is None else theta0_K[0]
+        if len(gsel):
+            fit_boxes_multi(data[gsel], other[gsel], np.ascontiguousarray(K), box, mode, float(p.convergence),
+                            int(p.max_iterations), theta, var, obj, its, conv)
+        return theta, var, obj, its, conv
+
+    theta0_K = [None]
+    rounds = options.rounds if max_em > 1 else 0
+
+    def regroup(G):
+        Gn = _make_groups(E, alive, box, height, width, max_em, join_px)
+        _inherit(G, Gn, len(E), alive)
+        return Gn
+
+    rnd = 0
+    passes = 0
+    polish = 0
+    while True:
+        passes += 1
+        data, other = boxes(G)
+        lit = other.sum(axis=1) > options.light_floor
+        gsel = np.flatnonzero(dirty | lit)
+        if len(gsel):
+            theta, var, obj, its, conv = fit(G, gsel, data, other)
+            G.theta[gsel], G.var[gsel], G.obj[gsel], G.iterations[gsel], G.converged[gsel] = theta, var, obj, its, conv
+            G.fitted[gsel] = True
+            okg = gsel[conv]
+            _store(E, G, okg, theta[conv], box)
+        # two emitters on one spot (two boxes whose fits ran to the same place) are one: keep the brighter
+        ai = np.flatnonzero(alive)
+        killed = False
+        if len(ai) > 1 and passes < 2 * rounds + 4:
+            pairs = cKDTree(np.column_stack([E.x[ai] + E.frame[ai] * 1e5, E.y[ai]])).query_pairs(
+                min_sep, output_type="ndarray")
+            for a, b in pairs:
+                i, j = ai[a], ai[b]
+                if alive[i] and alive[j]:
+                    alive[j if E.N[j] < E.N[i] else i] = False
+                    killed = True
+        if killed:
+            G = regroup(G)
+            dirty = ~G.fitted
+            continue
+        if rnd >= rounds:
+            if polish < options.polish_passes:
+                polish += 1
+                continue
+            break
+        rnd += 1
+        # residual re-identification in every converged box with room for one emitter more
+        cand_g = np.flatnonzero(G.converged & (G.K < max_em))
+        if len(cand_g) == 0:
+            rnd = rounds
+            continue
+        res = np.zeros((len(cand_g), 5))
+        _residual_peaks(data[cand_g], other[cand_g], np.ascontiguousarray(G.K[cand_g]), G.theta[cand_g], box, res)
+        hit = res[:, 1] > options.candidate_z
+        cand_g, res = cand_g[hit], res[hit]
+        if len(cand_g) == 0:
+            rnd = rounds
+            continue
+        cx = res[:, 3] + G.cx[cand_g] - r
+        cy = res[:, 2] + G.cy[cand_g] - r
+        cf = G.frame[cand_g]
+        # one candidate per place: the most significant; none on top of an emitter
+        keep = np.ones(len(cand_g), bool)
+        order_z = np.argsort(-res[:, 1], kind="stable")
+        tree_pts = np.column_stack([cx + cf * 1e5, cy])
+        tree = cKDTree(tree_pts)
+        for a in order_z:
+            if not keep[a]:
+                continue
+            for b in tree.query_ball_point(tree_pts[a], 1.0 * sigma + 0.5):
+                if b != a and keep[b] and res[b, 1] <= res[a, 1]:
+                    keep[b] = False
+        ai = np.flatnonzero(alive)
+        etree = cKDTree(np.column_stack([E.x[ai] + E.frame[ai] * 1e5, E.y[ai]]))
+        dist, _ = etree.query(tree_pts, k=1)
+        keep &= dist > min_sep
+        cand_g, res, cx, cy = cand_g[keep], res[keep], cx[keep], cy[keep]
+        if len(cand_g) == 0:
+            rnd = rounds
+            continue
+        # nested models: the box with one emitter more
+        K1 = G.K[cand_g] + 1
+        theta1 = G.theta[cand_g].copy()
+        for row, g in enumerate(cand_g):
+            j = emitter_index(int(G.K[g]))
+            theta1[row, j] = res[row, 3]
+            theta1[row, j + 1] = res[row, 2]
+            theta1[row, j + 2] = res[row, 4]
+        theta0_K[0] = K1
+        t1, v1, o1, it1, c1 = fit(G, cand_g, data, other, theta1)
+        theta0_K[0] = None
+        res1 = np.zeros((len(cand_g), 5))
+        _residual_peaks(data[cand_g], other[cand_g], np.ascontiguousarray(K1), t1, box, res1)
+        llr = 2.0 * (res1[:, 0] - res[:, 0])
+        accept = c1 & (llr > options.llr_threshold)
+        for row in np.flatnonzero(accept):
+            pos = np.array([[t1[row, emitter_index(e)], t1[row, emitter_index(e) + 1]] for e in range(K1[row])])
+            d = np.hypot(*(pos[:, None, :] - pos[None, :, :]).transpose(2, 0, 1))
+            d[np.diag_indices(len(pos))] = np.inf
+            if d.min() < min_sep:
+                accept[row] = False
+        acc = np.flatnonzero(accept)
+        if len(acc) == 0:
+            rnd = rounds
+            continue
+        # the accepted emitters join the emitter list; their boxes keep the new fit
+        g_acc = cand_g[acc]
+        n_old = len(E)
+        new_idx = np.arange(n_old, n_old + len(acc))
+        jn = np.array([emitter_index(int(G.K[g])) for g in g_acc])
+        E.append(G.frame[g_acc], t1[acc, jn] + G.cx[g_acc] - r, t1[acc, jn + 1] + G.cy[g_acc] - r,
+                 t1[acc, jn + 2], t1[acc, 3], t1[acc, 4], t1[acc, 5],
+                 np.zeros(len(acc), np.float32))
+        alive = np.concatenate([alive, np.ones(len(acc), bool)])
+        # the accepted boxes: their members, new emitter last, and the joint fit
+        members = [G.member_list(g) for g in range(len(G))]
+        for row, g in enumerate(g_acc):
+            members[g] = np.append(members[g], new_idx[row])
+        K_old = G.K.copy()
+        G2 = _Groups(G.frame, G.cy, G.cx, np.concatenate([[0], np.cumsum([len(m) for m in members])]),
+                     np.concatenate(members) if members else np.zeros(0, np.int64))
+        for name in ("theta", "var", "obj", "iterations", "converged", "llr", "fitted"):
+            setattr(G2, name, getattr(G, name))
+        G2.theta[g_acc], G2.var[g_acc], G2.obj[g_acc] = t1[acc], v1[acc], o1[acc]
+        G2.iterations[g_acc], G2.converged[g_acc], G2.llr[g_acc] = it1[acc], True, llr[acc]
+        G2.fitted[g_acc] = True
+        _store(E, G2, g_acc, t1[acc], box)
+        G = regroup(G2)
+        dirty = ~G.fitted
+    return _columns(E, G, alive, box)
+
+
+def _columns(E, G, alive, box):
+    """Per-emitter output columns from the latest group fits."""
+    r = box // 2
+    rows = []
+    for g in range(len(G)):
+        for e, i in enumerate(G.member_list(g)):
+            rows.append((g, e, i))
+    n = len(rows)
+    gi = np.array([t[0] for t in rows], np.int64)
+    ei = np.array([t[1] for t in rows], np.int64)
+    ii = np.array([t[2] for t in rows], np.int64)
+    j = np.where(ei == 0, 0, 6 + 3 * (ei - 1)).astype(np.int64)
+    th = G.theta[gi] if n else np.zeros((0, MAX_PARAMS))
+    var = G.var[gi] if n else np.zeros((0, MAX_PARAMS))
+    with np.errstate(invalid="ignore"):
+        sd = np.sqrt(np.where(var > 0, var, np.nan))
+    take = np.arange(n)
+    out = {
+        "frame": G.frame[gi],
+        "x": th[take, j] + G.cx[gi] - r,
+        "y": th[take, j + 1] + G.cy[gi] - r,
+        "photons": th[take, j + 2],
+        "bg": th[:, 3], "sx": th[:, 4], "sy": th[:, 5],
+        "lpx": sd[take, j], "lpy": sd[take, j + 1], "photons_unc": sd[take, j + 2],
+        "bg_unc": sd[:, 3], "sx_unc": sd[:, 4], "sy_unc": sd[:, 5],
+        "log_likelihood": G.obj[gi], "iterations": G.iterations[gi], "converged": G.converged[gi],
+        "net_gradient": E.ng[ii], "n_emitters": G.K[gi], "llr": G.llr[gi], "added": E.added[ii],
+    }
+    order = np.lexsort((out["x"], out["frame"]))
+    return {k: v[order] for k, v in out.items()}
