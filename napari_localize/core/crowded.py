@@ -55,6 +55,9 @@ class CrowdedOptions:
     join_sigmas: float = 3.0
     #: two emitters of a model closer than this many PSF widths are one emitter
     min_separation_sigmas: float = 0.7
+    #: a single emitter fitted wider than this many PSF widths is also tried as two (a pair closer than the
+    #: residual shows)
+    split_width: float = 1.12
     #: passes refitting every box with neighbour light after the last round (neighbours' light settles)
     polish_passes: int = 1
     #: neighbour light below this many photons per box is ignored (the box is not refitted for it)
@@ -180,6 +183,32 @@ def _residual_peaks(data, other, K, theta, box, out):
         out[g, 4] = max(tot / max(fx * fy, 0.05), 10.0)
 
 
+def _split_starts(data, theta, box, sigma):
+    """Start parameters of two emitters for one-emitter fits ``theta`` that came out wider than the PSF.
+
+    The pair lies along the elongation: half-separations ``sqrt(s^2 - sigma^2)`` in x and y from the fitted
+    widths, the diagonal's sign from the data's xy moment about the fitted centre.
+    """
+    out = np.zeros((len(theta), MAX_PARAMS))
+    if len(theta) == 0:
+        return out
+    d = data.reshape(len(theta), box, box) - theta[:, 3][:, None, None]
+    k, m = np.mgrid[0:box, 0:box]
+    cxy = np.sum(d * (m[None] - theta[:, 0][:, None, None]) * (k[None] - theta[:, 1][:, None, None]), axis=(1, 2))
+    ax = np.sqrt(np.maximum(theta[:, 4] ** 2 - sigma**2, 0.0))
+    ay = np.sqrt(np.maximum(theta[:, 5] ** 2 - sigma**2, 0.0)) * np.where(cxy < 0, -1.0, 1.0)
+    out[:, 0] = theta[:, 0] - ax
+    out[:, 1] = theta[:, 1] - ay
+    out[:, 2] = 0.5 * theta[:, 2]
+    out[:, 3] = theta[:, 3]
+    out[:, 4] = sigma
+    out[:, 5] = sigma
+    out[:, 6] = theta[:, 0] + ax
+    out[:, 7] = theta[:, 1] + ay
+    out[:, 8] = 0.5 * theta[:, 2]
+    return out
+
+
 # ------------------------------------------------------------------------------------------ orchestration
 class _Emitters:
     """Growing per-emitter state (frame coordinates)."""
@@ -194,6 +223,8 @@ class _Emitters:
         self.sy = np.asarray(sy, float)
         self.ng = np.asarray(ng, np.float32)
         self.added = np.zeros(len(self.x), bool)
+        #: twice the log-likelihood gain that accepted this emitter (0: identified, not added)
+        self.llr = np.zeros(len(self.x))
 
     def __len__(self):
         return len(self.x)
@@ -204,6 +235,7 @@ class _Emitters:
             cur = getattr(self, name)
             setattr(self, name, np.concatenate([cur, np.asarray(v, cur.dtype)]))
         self.added = np.concatenate([self.added, np.ones(len(np.atleast_1d(x)), bool)])
+        self.llr = np.concatenate([self.llr, np.zeros(len(np.atleast_1d(x)))])
 
 
 class _Groups:
@@ -393,7 +425,8 @@ def fit_crowded(frames, ids, fit0, p, options: CrowdedOptions, mode=MODE_POISSON
     E = _Emitters(ids["frame"], ids["x"] + np.where(conv0, fit0["dx"], 0.0), ids["y"] + np.where(conv0, fit0["dy"], 0.0),
                   fit0["photons"], fit0["bg"], fit0["sx"], fit0["sy"], ids["net_gradient"])
     ok_w = conv0 & np.isfinite(fit0["sx"])
-    sigma = float(np.median(0.5 * (fit0["sx"][ok_w] + fit0["sy"][ok_w]))) if ok_w.any() else 1.0
+    # the PSF width: the narrower fitted width of a typical spot (blends of two spots widen one axis)
+    sigma = float(np.median(np.minimum(fit0["sx"][ok_w], fit0["sy"][ok_w]))) if ok_w.any() else 1.0
     # failed single fits restart from their box's moments
     bad = ~conv0 | ~np.isfinite(E.x) | ~np.isfinite(E.N)
     E.x[bad] = ids["x"][bad]
@@ -494,44 +527,49 @@ def fit_crowded(frames, ids, fit0, p, options: CrowdedOptions, mode=MODE_POISSON
             continue
         res = np.zeros((len(cand_g), 5))
         _residual_peaks(data[cand_g], other[cand_g], np.ascontiguousarray(G.K[cand_g]), G.theta[cand_g], box, res)
+        base_ll = dict(zip(cand_g.tolist(), res[:, 0].tolist()))
         hit = res[:, 1] > options.candidate_z
+        # a single emitter fitted wider than the PSF may be two closer than the residual shows: split it
+        th = G.theta[cand_g]
+        wide = ~hit & (G.K[cand_g] == 1) & (np.maximum(th[:, 4], th[:, 5]) > options.split_width * sigma)
+        split_g, split_th = cand_g[wide], th[wide]
         cand_g, res = cand_g[hit], res[hit]
-        if len(cand_g) == 0:
-            rnd = rounds
-            continue
         cx = res[:, 3] + G.cx[cand_g] - r
         cy = res[:, 2] + G.cy[cand_g] - r
         cf = G.frame[cand_g]
         # one candidate per place: the most significant; none on top of an emitter
         keep = np.ones(len(cand_g), bool)
-        order_z = np.argsort(-res[:, 1], kind="stable")
-        tree_pts = np.column_stack([cx + cf * 1e5, cy])
-        tree = cKDTree(tree_pts)
-        for a in order_z:
-            if not keep[a]:
-                continue
-            for b in tree.query_ball_point(tree_pts[a], 1.0 * sigma + 0.5):
-                if b != a and keep[b] and res[b, 1] <= res[a, 1]:
-                    keep[b] = False
-        ai = np.flatnonzero(alive)
-        etree = cKDTree(np.column_stack([E.x[ai] + E.frame[ai] * 1e5, E.y[ai]]))
-        dist, _ = etree.query(tree_pts, k=1)
-        keep &= dist > min_sep
-        cand_g, res, cx, cy = cand_g[keep], res[keep], cx[keep], cy[keep]
-        if len(cand_g) == 0:
-            rnd = rounds
-            continue
-        # nested models: the box with one emitter more
-        K1 = G.K[cand_g] + 1
-        theta1 = G.theta[cand_g].copy()
+        if len(cand_g):
+            order_z = np.argsort(-res[:, 1], kind="stable")
+            tree_pts = np.column_stack([cx + cf * 1e5, cy])
+            tree = cKDTree(tree_pts)
+            for a in order_z:
+                if not keep[a]:
+                    continue
+                for b in tree.query_ball_point(tree_pts[a], 1.0 * sigma + 0.5):
+                    if b != a and keep[b] and res[b, 1] <= res[a, 1]:
+                        keep[b] = False
+            ai = np.flatnonzero(alive)
+            etree = cKDTree(np.column_stack([E.x[ai] + E.frame[ai] * 1e5, E.y[ai]]))
+            dist, _ = etree.query(tree_pts, k=1)
+            keep &= dist > min_sep
+        cand_g, res = cand_g[keep], res[keep]
+        # nested models: the box with one emitter more, started at the residual peak or from a split
+        theta1 = np.concatenate([G.theta[cand_g], _split_starts(data[split_g], split_th, box, sigma)])
         for row, g in enumerate(cand_g):
             j = emitter_index(int(G.K[g]))
             theta1[row, j] = res[row, 3]
             theta1[row, j + 1] = res[row, 2]
             theta1[row, j + 2] = res[row, 4]
+        cand_g = np.concatenate([cand_g, split_g]).astype(np.int64)
+        if len(cand_g) == 0:
+            rnd = rounds
+            continue
+        K1 = G.K[cand_g] + 1
         theta0_K[0] = K1
         t1, v1, o1, it1, c1 = fit(G, cand_g, data, other, theta1)
         theta0_K[0] = None
+        res = np.array([[base_ll[int(g)]] for g in cand_g])
         res1 = np.zeros((len(cand_g), 5))
         _residual_peaks(data[cand_g], other[cand_g], np.ascontiguousarray(K1), t1, box, res1)
         llr = 2.0 * (res1[:, 0] - res[:, 0])
@@ -555,6 +593,7 @@ def fit_crowded(frames, ids, fit0, p, options: CrowdedOptions, mode=MODE_POISSON
                  t1[acc, jn + 2], t1[acc, 3], t1[acc, 4], t1[acc, 5],
                  np.zeros(len(acc), np.float32))
         alive = np.concatenate([alive, np.ones(len(acc), bool)])
+        E.llr[new_idx] = llr[acc]
         # the accepted boxes: their members, new emitter last, and the joint fit
         members = [G.member_list(g) for g in range(len(G))]
         for row, g in enumerate(g_acc):
@@ -590,6 +629,11 @@ def _columns(E, G, alive, box):
     with np.errstate(invalid="ignore"):
         sd = np.sqrt(np.where(var > 0, var, np.nan))
     take = np.arange(n)
+    # a box's likelihood ratio: the weakest of its added emitters' (the last emitter a test accepted)
+    box_llr = np.full(len(G), np.inf)
+    if n:
+        np.minimum.at(box_llr, gi, np.where(E.llr[ii] > 0, E.llr[ii], np.inf))
+    box_llr[~np.isfinite(box_llr)] = 0.0
     out = {
         "frame": G.frame[gi],
         "x": th[take, j] + G.cx[gi] - r,
@@ -599,7 +643,8 @@ def _columns(E, G, alive, box):
         "lpx": sd[take, j], "lpy": sd[take, j + 1], "photons_unc": sd[take, j + 2],
         "bg_unc": sd[:, 3], "sx_unc": sd[:, 4], "sy_unc": sd[:, 5],
         "log_likelihood": G.obj[gi], "iterations": G.iterations[gi], "converged": G.converged[gi],
-        "net_gradient": E.ng[ii], "n_emitters": G.K[gi], "llr": G.llr[gi], "added": E.added[ii],
+        "net_gradient": E.ng[ii], "n_emitters": G.K[gi], "llr": box_llr[gi], "added": E.added[ii],
     }
-    order = np.lexsort((out["x"], out["frame"]))
+    # frame, then box in row-major order (the identification's order), then emitter
+    order = np.lexsort((ei, G.cx[gi], G.cy[gi], G.frame[gi]))
     return {k: v[order] for k, v in out.items()}
