@@ -58,8 +58,10 @@ class CrowdedOptions:
     #: a single emitter fitted wider than this many PSF widths is also tried as two (a pair closer than the
     #: residual shows)
     split_width: float = 1.12
+    #: passes refitting every box with neighbour light before the first residual search
+    settle_passes: int = 2
     #: passes refitting every box with neighbour light after the last round (neighbours' light settles)
-    polish_passes: int = 1
+    polish_passes: int = 0
     #: neighbour light below this many photons per box is ignored (the box is not refitted for it)
     light_floor: float = 0.5
 
@@ -488,6 +490,7 @@ def fit_crowded(frames, ids, fit0, p, options: CrowdedOptions, mode=MODE_POISSON
     rnd = 0
     passes = 0
     polish = 0
+    settle = 0
     while True:
         passes += 1
         data, other = boxes(G)
@@ -513,6 +516,10 @@ def fit_crowded(frames, ids, fit0, p, options: CrowdedOptions, mode=MODE_POISSON
         if killed:
             G = regroup(G)
             dirty = ~G.fitted
+            continue
+        if rnd == 0 and settle < options.settle_passes and lit.any():
+            # let the neighbours' light settle (each refit with the others' refits) before reading residuals
+            settle += 1
             continue
         if rnd >= rounds:
             if polish < options.polish_passes:
