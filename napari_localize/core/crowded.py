@@ -258,6 +258,8 @@ class _Groups:
         self.converged = np.zeros(G, bool)
         self.llr = np.zeros(G)
         self.fitted = np.zeros(G, bool)
+        #: photons of other light in the box when it was last fitted
+        self.light = np.zeros(G)
 
     def __len__(self):
         return len(self.frame)
@@ -406,6 +408,7 @@ def _inherit(G_old, G_new, n, alive):
     G_new.iterations[s], G_new.converged[s], G_new.llr[s] = G_old.iterations[src], G_old.converged[src], \
         G_old.llr[src]
     G_new.fitted[s] = True
+    G_new.light[s] = G_old.light[src]
 
 
 def fit_crowded(frames, ids, fit0, p, options: CrowdedOptions, mode=MODE_POISSON):
@@ -494,12 +497,15 @@ def fit_crowded(frames, ids, fit0, p, options: CrowdedOptions, mode=MODE_POISSON
     while True:
         passes += 1
         data, other = boxes(G)
-        lit = other.sum(axis=1) > options.light_floor
-        gsel = np.flatnonzero(dirty | lit)
+        light = other.sum(axis=1)
+        lit = light > options.light_floor
+        # refit new boxes, failed ones, and boxes whose neighbours' light changed since their last fit
+        gsel = np.flatnonzero(dirty | (np.abs(light - G.light) > options.light_floor))
         if len(gsel):
             theta, var, obj, its, conv = fit(G, gsel, data, other)
             G.theta[gsel], G.var[gsel], G.obj[gsel], G.iterations[gsel], G.converged[gsel] = theta, var, obj, its, conv
             G.fitted[gsel] = True
+            G.light[gsel] = light[gsel]
             okg = gsel[conv]
             _store(E, G, okg, theta[conv], box)
         # two emitters on one spot (two boxes whose fits ran to the same place) are one: keep the brighter
@@ -608,11 +614,12 @@ def fit_crowded(frames, ids, fit0, p, options: CrowdedOptions, mode=MODE_POISSON
         K_old = G.K.copy()
         G2 = _Groups(G.frame, G.cy, G.cx, np.concatenate([[0], np.cumsum([len(m) for m in members])]),
                      np.concatenate(members) if members else np.zeros(0, np.int64))
-        for name in ("theta", "var", "obj", "iterations", "converged", "llr", "fitted"):
+        for name in ("theta", "var", "obj", "iterations", "converged", "llr", "fitted", "light"):
             setattr(G2, name, getattr(G, name))
         G2.theta[g_acc], G2.var[g_acc], G2.obj[g_acc] = t1[acc], v1[acc], o1[acc]
         G2.iterations[g_acc], G2.converged[g_acc], G2.llr[g_acc] = it1[acc], True, llr[acc]
         G2.fitted[g_acc] = True
+        G2.light[g_acc] = light[g_acc]
         _store(E, G2, g_acc, t1[acc], box)
         G = regroup(G2)
         dirty = ~G.fitted
