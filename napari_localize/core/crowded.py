@@ -39,6 +39,9 @@ from .multi_emitter import MAX_EMITTERS, MAX_PARAMS, emitter_index, fit_boxes_mu
 from .psf import MODE_POISSON
 
 
+_DEBUG = bool(__import__("os").environ.get("NAPARI_LOCALIZE_DEBUG_CROWDED"))
+
+
 @dataclass
 class CrowdedOptions:
     """How crowded boxes are handled (see the module docstring)."""
@@ -88,17 +91,46 @@ def _add_light(out, box, x, y, photons, sx, sy, ex):
             out[k * box + m] += photons * ey * ex[m]
 
 
+#: batches smaller than this run on one thread (a parallel launch costs more than the work)
+SERIAL_BELOW = 4096
+
+
+def _group_boxes(frames, baseline, factor, sel, *args):
+    """Cut each group's box (camera counts to photons: ``(counts - baseline) * factor``) and render the light of
+    every other emitter of its frame into it; only the groups ``sel``."""
+    if len(sel) < SERIAL_BELOW:
+        _group_boxes_serial(frames, baseline, factor, sel, *args)
+    else:
+        _group_boxes_parallel(frames, baseline, factor, sel, *args)
+
+
 @njit(cache=True, nogil=True, parallel=True)
-def _group_boxes(frames, gframe, gcy, gcx, egroup, order, fstarts, ex, ey, eN, esx, esy, box, data, other):
-    """Cut each group's box (photons) and render the light of every other emitter of its frame into it."""
+def _group_boxes_parallel(frames, baseline, factor, sel, gframe, gcy, gcx, egroup, order, fstarts, ex, ey, eN, esx,
+                          esy, box, data, other):
+    for q in prange(sel.shape[0]):
+        _group_box(frames, baseline, factor, sel[q], gframe, gcy, gcx, egroup, order, fstarts, ex, ey, eN, esx,
+                   esy, box, data, other)
+
+
+@njit(cache=True, nogil=True)
+def _group_boxes_serial(frames, baseline, factor, sel, gframe, gcy, gcx, egroup, order, fstarts, ex, ey, eN, esx,
+                        esy, box, data, other):
+    for q in range(sel.shape[0]):
+        _group_box(frames, baseline, factor, sel[q], gframe, gcy, gcx, egroup, order, fstarts, ex, ey, eN, esx,
+                   esy, box, data, other)
+
+
+@njit(cache=True, nogil=True)
+def _group_box(frames, baseline, factor, g, gframe, gcy, gcx, egroup, order, fstarts, ex, ey, eN, esx, esy, box,
+               data, other):
     r = box // 2
-    for g in prange(gframe.shape[0]):
+    if True:
         f = gframe[g]
         cy = gcy[g]
         cx = gcx[g]
         for k in range(box):
             for m in range(box):
-                data[g, k * box + m] = frames[f, cy - r + k, cx - r + m]
+                data[g, k * box + m] = (float(frames[f, cy - r + k, cx - r + m]) - baseline) * factor
                 other[g, k * box + m] = 0.0
         buf = np.empty(box)
         for a in range(fstarts[f], fstarts[f + 1]):
@@ -124,7 +156,6 @@ def _poisson_ll(data, mu):
     return s
 
 
-@njit(cache=True, nogil=True, parallel=True)
 def _residual_peaks(data, other, K, theta, box, out):
     """Per box: Poisson log-likelihood of the model and the most significant residual peak.
 
@@ -132,14 +163,39 @@ def _residual_peaks(data, other, K, theta, box, out):
     deviation at the best pixel, (row, column) the residual's centroid around it (box pixels) and photons a
     rough estimate of the missing spot's photons.
     """
-    npx = box * box
+    if len(data) < SERIAL_BELOW:
+        _residual_peaks_serial(data, other, K, theta, box, out)
+    else:
+        _residual_peaks_parallel(data, other, K, theta, box, out)
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _residual_peaks_parallel(data, other, K, theta, box, out):
     for g in prange(data.shape[0]):
+        _residual_peak(data, other, K, theta, box, out, g)
+
+
+@njit(cache=True, nogil=True)
+def _residual_peaks_serial(data, other, K, theta, box, out):
+    for g in range(data.shape[0]):
+        _residual_peak(data, other, K, theta, box, out, g)
+
+
+@njit(cache=True, nogil=True)
+def _residual_peak(data, other, K, theta, box, out, g):
+    npx = box * box
+    if True:
         mu = np.empty(npx)
         me_expected(theta[g], K[g], box, other[g], mu)
         out[g, 0] = _poisson_ll(data[g], mu)
         sx = theta[g, 4]
         sy = theta[g, 5]
         rw = max(1, int(round(1.0 * max(sx, sy))))
+        wx = np.empty(2 * rw + 1)
+        wy = np.empty(2 * rw + 1)
+        for t in range(-rw, rw + 1):
+            wx[t + rw] = math.exp(-0.5 * t * t / (sx * sx))
+            wy[t + rw] = math.exp(-0.5 * t * t / (sy * sy))
         best = -1e300
         bk = 0
         bm = 0
@@ -150,7 +206,7 @@ def _residual_peaks(data, other, K, theta, box, out):
                 wsum = 0.0
                 for a in range(max(0, k - rw), min(box, k + rw + 1)):
                     for b in range(max(0, m - rw), min(box, m + rw + 1)):
-                        w = math.exp(-0.5 * ((a - k) ** 2 / (sx * sx) + (b - m) ** 2 / (sy * sy)))
+                        w = wy[a - k + rw] * wx[b - m + rw]
                         p = a * box + b
                         s += w * (data[g, p] - mu[p])
                         v += w * w * mu[p]
@@ -225,6 +281,9 @@ class _Emitters:
         self.sy = np.asarray(sy, float)
         self.ng = np.asarray(ng, np.float32)
         self.added = np.zeros(len(self.x), bool)
+        #: the box an emitter alone is fitted in: its identified pixel (an added emitter: its nearest pixel)
+        self.hx = np.rint(self.x).astype(np.int64)
+        self.hy = np.rint(self.y).astype(np.int64)
         #: twice the log-likelihood gain that accepted this emitter (0: identified, not added)
         self.llr = np.zeros(len(self.x))
 
@@ -237,6 +296,8 @@ class _Emitters:
             cur = getattr(self, name)
             setattr(self, name, np.concatenate([cur, np.asarray(v, cur.dtype)]))
         self.added = np.concatenate([self.added, np.ones(len(np.atleast_1d(x)), bool)])
+        self.hx = np.concatenate([self.hx, np.rint(np.atleast_1d(x)).astype(np.int64)])
+        self.hy = np.concatenate([self.hy, np.rint(np.atleast_1d(y)).astype(np.int64)])
         self.llr = np.concatenate([self.llr, np.zeros(len(np.atleast_1d(x)))])
 
 
@@ -260,6 +321,8 @@ class _Groups:
         self.fitted = np.zeros(G, bool)
         #: photons of other light in the box when it was last fitted
         self.light = np.zeros(G)
+        #: the residual of the latest fit was searched (and gave no emitter that passed the test)
+        self.checked = np.zeros(G, bool)
 
     def __len__(self):
         return len(self.frame)
@@ -333,6 +396,13 @@ def _make_groups(E, alive, box, height, width, max_emitters, join_px):
         s0 = start[:-1]
         cx = np.rint(0.5 * (np.minimum.reduceat(E.x[members], s0) + np.maximum.reduceat(E.x[members], s0)))
         cy = np.rint(0.5 * (np.minimum.reduceat(E.y[members], s0) + np.maximum.reduceat(E.y[members], s0)))
+        # an emitter alone stays in its own box while it lies a pixel inside it (sparse spots keep the box,
+        # and so the fit, of the identification)
+        one = np.diff(start) == 1
+        m0 = members[s0]
+        home = one & (np.abs(E.x[m0] - E.hx[m0]) <= 1.0) & (np.abs(E.y[m0] - E.hy[m0]) <= 1.0)
+        cx = np.where(home, E.hx[m0], cx)
+        cy = np.where(home, E.hy[m0], cy)
         cx = np.clip(cx, r, width - r - 1).astype(np.int64)
         cy = np.clip(cy, r, height - r - 1).astype(np.int64)
         frame = E.frame[members[s0]]
@@ -409,19 +479,20 @@ def _inherit(G_old, G_new, n, alive):
         G_old.llr[src]
     G_new.fitted[s] = True
     G_new.light[s] = G_old.light[src]
+    G_new.checked[s] = G_old.checked[src]
 
 
-def fit_crowded(frames, ids, fit0, p, options: CrowdedOptions, mode=MODE_POISSON):
+def fit_crowded(frames, ids, fit0, p, options: CrowdedOptions, mode=MODE_POISSON, baseline=0.0, factor=1.0):
     """Emitters of a chunk: the single-emitter fits ``fit0`` of the identified boxes ``ids``, refined.
 
-    ``frames`` are the chunk's frames in photons ``(n, height, width)``; ``ids`` the identification with
+    ``frames`` are the chunk's frames ``(n, height, width)``, photons = ``(frames - baseline) * factor``; ``ids`` the identification with
     ``frame`` relative to the chunk; ``fit0`` the dict of :func:`~napari_localize.core.fit_mle.fit_mle` (or
     ``fit_lq``) for those boxes. Returns a dict of per-emitter columns: ``frame``, ``x``, ``y`` (frame pixels),
     the fit columns of ``fit0`` (per emitter; box-wide bg, widths and log-likelihood), ``converged``,
     ``net_gradient``, ``n_emitters`` (emitters fitted in that box) and ``llr`` (twice the log-likelihood gain
     of the box's last accepted extra emitter; 0 for a box of one).
     """
-    frames = np.ascontiguousarray(frames, np.float32)
+    frames = np.ascontiguousarray(frames)
     n_frames, height, width = frames.shape
     box = int(p.box_size)
     r = box // 2
@@ -429,6 +500,8 @@ def fit_crowded(frames, ids, fit0, p, options: CrowdedOptions, mode=MODE_POISSON
     conv0 = np.asarray(fit0["converged"], bool)
     E = _Emitters(ids["frame"], ids["x"] + np.where(conv0, fit0["dx"], 0.0), ids["y"] + np.where(conv0, fit0["dy"], 0.0),
                   fit0["photons"], fit0["bg"], fit0["sx"], fit0["sy"], ids["net_gradient"])
+    E.hx = np.asarray(ids["x"], np.int64).copy()
+    E.hy = np.asarray(ids["y"], np.int64).copy()
     ok_w = conv0 & np.isfinite(fit0["sx"])
     # the PSF width: the narrower fitted width of a typical spot (blends of two spots widen one axis)
     sigma = float(np.median(np.minimum(fit0["sx"][ok_w], fit0["sy"][ok_w]))) if ok_w.any() else 1.0
@@ -459,14 +532,35 @@ def fit_crowded(frames, ids, fit0, p, options: CrowdedOptions, mode=MODE_POISSON
     min_sep = options.min_separation_sigmas * sigma
     max_em = int(options.max_emitters)
 
-    def boxes(G):
+    def boxes(G, extra=None, data=None, other=None):
+        """Data and other light of the groups that can have other light or need a fit (or ``extra``, filled
+        into ``data`` and ``other``)."""
         order, fstarts = _frame_index(E, n_frames, alive)
         egroup = np.full(len(E), -1, np.int64)
-        for g in range(len(G)):
-            egroup[G.member_list(g)] = g
-        data = np.empty((len(G), npx))
-        other = np.empty((len(G), npx))
-        _group_boxes(frames, G.frame, G.cy, G.cx, egroup, order, fstarts, E.x, E.y, E.N, E.sx, E.sy, box,
+        egroup[G.members] = np.repeat(np.arange(len(G)), G.K)
+        near = np.zeros(len(G), bool)
+        ai = np.flatnonzero(alive)
+        if len(ai) > 1:
+            # an emitter lights a box within r + 1/2 + 5 widths of its centre (as _group_boxes renders it), and
+            # a group's members lie within (box - 3) / sqrt(2) of its centre
+            w = np.minimum(np.maximum(E.sx[ai], E.sy[ai]), r + 0.5)
+            reach = r + 0.5 + 5.0 * w + (box - 3) / math.sqrt(2.0)
+            pts = np.column_stack([E.x[ai] + E.frame[ai] * 1e5, E.y[ai]])
+            pairs = cKDTree(pts).query_pairs(float(reach.max()), output_type="ndarray")
+            if len(pairs):
+                a_, b_ = pairs[:, 0], pairs[:, 1]
+                d = np.hypot(*(pts[a_] - pts[b_]).T)
+                ga, gb = egroup[ai[a_]], egroup[ai[b_]]
+                differ = (ga != gb) & (d <= np.maximum(reach[a_], reach[b_]))
+                near[ga[differ]] = True
+                near[gb[differ]] = True
+        if extra is None:
+            sel = np.flatnonzero(near | dirty).astype(np.int64)
+            data = np.zeros((len(G), npx))
+            other = np.zeros((len(G), npx))
+        else:
+            sel = np.asarray(extra, np.int64)
+        _group_boxes(frames, float(baseline), float(factor), sel, G.frame, G.cy, G.cx, egroup, order, fstarts, E.x, E.y, E.N, E.sx, E.sy, box,
                      data, other)
         return data, other
 
@@ -501,11 +595,14 @@ def fit_crowded(frames, ids, fit0, p, options: CrowdedOptions, mode=MODE_POISSON
         lit = light > options.light_floor
         # refit new boxes, failed ones, and boxes whose neighbours' light changed since their last fit
         gsel = np.flatnonzero(dirty | (np.abs(light - G.light) > options.light_floor))
+        if _DEBUG:
+            print("pass", passes, "round", rnd, "groups", len(G), "refit", len(gsel), "dirty", int(dirty.sum()))
         if len(gsel):
             theta, var, obj, its, conv = fit(G, gsel, data, other)
             G.theta[gsel], G.var[gsel], G.obj[gsel], G.iterations[gsel], G.converged[gsel] = theta, var, obj, its, conv
             G.fitted[gsel] = True
             G.light[gsel] = light[gsel]
+            G.checked[gsel] = False
             okg = gsel[conv]
             _store(E, G, okg, theta[conv], box)
         # two emitters on one spot (two boxes whose fits ran to the same place) are one: keep the brighter
@@ -534,7 +631,12 @@ def fit_crowded(frames, ids, fit0, p, options: CrowdedOptions, mode=MODE_POISSON
             break
         rnd += 1
         # residual re-identification in every converged box with room for one emitter more
-        cand_g = np.flatnonzero(G.converged & (G.K < max_em))
+        cand_g = np.flatnonzero(G.converged & (G.K < max_em) & ~G.checked)
+        G.checked[cand_g] = True
+        # boxes not cut yet this pass (no neighbour in reach, fit unchanged): cut them for the residual search
+        missing = cand_g[~np.any(data[cand_g] != 0.0, axis=1)]
+        if len(missing):
+            boxes(G, missing, data, other)
         if len(cand_g) == 0:
             rnd = rounds
             continue
@@ -579,6 +681,8 @@ def fit_crowded(frames, ids, fit0, p, options: CrowdedOptions, mode=MODE_POISSON
             rnd = rounds
             continue
         K1 = G.K[cand_g] + 1
+        if _DEBUG:
+            print("   trials", len(cand_g), "splits", len(split_g))
         theta0_K[0] = K1
         t1, v1, o1, it1, c1 = fit(G, cand_g, data, other, theta1)
         theta0_K[0] = None
@@ -608,18 +712,18 @@ def fit_crowded(frames, ids, fit0, p, options: CrowdedOptions, mode=MODE_POISSON
         alive = np.concatenate([alive, np.ones(len(acc), bool)])
         E.llr[new_idx] = llr[acc]
         # the accepted boxes: their members, new emitter last, and the joint fit
-        members = [G.member_list(g) for g in range(len(G))]
-        for row, g in enumerate(g_acc):
-            members[g] = np.append(members[g], new_idx[row])
-        K_old = G.K.copy()
-        G2 = _Groups(G.frame, G.cy, G.cx, np.concatenate([[0], np.cumsum([len(m) for m in members])]),
-                     np.concatenate(members) if members else np.zeros(0, np.int64))
-        for name in ("theta", "var", "obj", "iterations", "converged", "llr", "fitted", "light"):
+        o = np.argsort(g_acc, kind="stable")
+        members = np.insert(G.members, G.start[g_acc[o] + 1], new_idx[o])
+        grew = np.zeros(len(G) + 1, np.int64)
+        grew[g_acc + 1] = 1
+        G2 = _Groups(G.frame, G.cy, G.cx, G.start + np.cumsum(grew), members)
+        for name in ("theta", "var", "obj", "iterations", "converged", "llr", "fitted", "light", "checked"):
             setattr(G2, name, getattr(G, name))
         G2.theta[g_acc], G2.var[g_acc], G2.obj[g_acc] = t1[acc], v1[acc], o1[acc]
         G2.iterations[g_acc], G2.converged[g_acc], G2.llr[g_acc] = it1[acc], True, llr[acc]
         G2.fitted[g_acc] = True
         G2.light[g_acc] = light[g_acc]
+        G2.checked[g_acc] = False
         _store(E, G2, g_acc, t1[acc], box)
         G = regroup(G2)
         dirty = ~G.fitted
@@ -629,15 +733,9 @@ def fit_crowded(frames, ids, fit0, p, options: CrowdedOptions, mode=MODE_POISSON
 def _columns(E, G, alive, box):
     """Per-emitter output columns from the latest group fits."""
     r = box // 2
-    rows = []
-    for g in range(len(G)):
-        for e, i in enumerate(G.member_list(g)):
-            rows.append((g, e, i))
-    n = len(rows)
-    gi = np.array([t[0] for t in rows], np.int64)
-    ei = np.array([t[1] for t in rows], np.int64)
-    ii = np.array([t[2] for t in rows], np.int64)
-    j = np.where(ei == 0, 0, 6 + 3 * (ei - 1)).astype(np.int64)
+    gi, ii, j = _slots(G, np.arange(len(G)))
+    n = len(gi)
+    ei = np.arange(n) - np.repeat(G.start[:-1], G.K)
     th = G.theta[gi] if n else np.zeros((0, MAX_PARAMS))
     var = G.var[gi] if n else np.zeros((0, MAX_PARAMS))
     with np.errstate(invalid="ignore"):

@@ -231,9 +231,26 @@ def me_fit(data, other, box, K, mode, eps, max_iterations, theta, var):
     return obj, iterations, converged
 
 
-@njit(cache=True, nogil=True, parallel=True)
 def fit_boxes_multi(data, other, K, box, mode, eps, max_iterations, theta, var, obj, iterations, converged):
     """Fit every box ``g`` (``data[g]``: box*box photons, ``other[g]`` fixed light) with ``K[g]`` emitters."""
+    args = (data, other, K, box, mode, eps, max_iterations, theta, var, obj, iterations, converged)
+    if len(data) < 256:
+        _fit_boxes_serial(*args)
+    else:
+        _fit_boxes_parallel(*args)
+
+
+@njit(cache=True, nogil=True)
+def _fit_boxes_serial(data, other, K, box, mode, eps, max_iterations, theta, var, obj, iterations, converged):
+    for g in range(data.shape[0]):
+        o, it, ok = me_fit(data[g], other[g], box, K[g], mode, eps, max_iterations, theta[g], var[g])
+        obj[g] = o
+        iterations[g] = it
+        converged[g] = ok
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _fit_boxes_parallel(data, other, K, box, mode, eps, max_iterations, theta, var, obj, iterations, converged):
     for g in prange(data.shape[0]):
         o, it, ok = me_fit(data[g], other[g], box, K[g], mode, eps, max_iterations, theta[g], var[g])
         obj[g] = o

@@ -160,12 +160,11 @@ def _fit_crowded(frames, ids, fit, p: LocalizeParameters, first_frame: int):
     from .identify import IDENTIFICATION_DTYPE
     from .psf import MODE_LSQ, MODE_POISSON
 
-    photons = adu_to_photons(np.asarray(frames, np.float32), p.baseline, p.sensitivity, p.em_gain)
     local = ids.copy()
     local["frame"] -= first_frame
     mle = p.fit_method == "mle"
-    out = fit_crowded(photons, local, fit, p, CrowdedOptions(max_emitters=p.max_emitters),
-                      MODE_POISSON if mle else MODE_LSQ)
+    out = fit_crowded(frames, local, fit, p, CrowdedOptions(max_emitters=p.max_emitters),
+                      MODE_POISSON if mle else MODE_LSQ, p.baseline, p.sensitivity / p.em_gain)
     em = p.em_gain > 1
     if mle and em:
         for name in ("lpx", "lpy", "photons_unc", "bg_unc", "sx_unc", "sy_unc"):
@@ -184,13 +183,13 @@ def _fit_crowded(frames, ids, fit, p: LocalizeParameters, first_frame: int):
         # an emitter found in the residual is scored like an identified one: the net gradient at its pixel
         from .identify import net_gradient_at
 
-        f32 = np.asarray(frames, np.float32)
-        h, w = f32.shape[-2:]
+        h, w = frames.shape[-2:]
         r = p.box_size // 2
         for i in np.flatnonzero(added):
             y = min(max(int(new_ids["y"][i]), 0), h - 1)
             x = min(max(int(new_ids["x"][i]), 0), w - 1)
-            new_ids["net_gradient"][i] = net_gradient_at(f32[int(out["frame"][i])], y, x, r)
+            new_ids["net_gradient"][i] = net_gradient_at(np.asarray(frames[int(out["frame"][i])], np.float32), y, x,
+                                                         r)
     return out, new_ids
 
 
