@@ -33,7 +33,7 @@ def simulate(density, n_frames, photons=2000.0, seed=11, min_separation=0.0, siz
 
 
 def params(sp, **kw):
-    return LocalizeParameters(baseline=BASELINE, min_net_gradient=suggested_min_net_gradient(sp), **kw)
+    return LocalizeParameters(baseline=BASELINE, min_net_gradient=round(suggested_min_net_gradient(sp)), **kw)
 
 
 def crlb_x_sd(truth, box=7):
@@ -81,7 +81,7 @@ def test_isolated_spots_at_the_crlb_among_20_per_frame(photons):
 
 def _picasso(movie, method, suffix, ng):
     cmd = [sys.executable, "-m", "picasso", "localize", str(movie), "-a", method, "-b", "7", "-g", str(ng),
-           "-bl", str(BASELINE), "-s", "1", "-ga", "1", "-d", "0", "-sf", suffix]
+           "-bl", str(int(BASELINE)), "-s", "1", "-ga", "1", "-d", "0", "-sf", suffix]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     locs, _ = load_locs(movie.parent / f"{movie.name[:-len('.ome.tif')]}.ome{suffix}_locs.hdf5")
@@ -97,7 +97,7 @@ def test_dense_fields_beat_picasso_by_a_tenth_in_jaccard(tmp_path):
     frames = np.concatenate([f80, f150])
     movie = tmp_path / "dense.ome.tif"
     write_movie(movie, [frames], frames.shape, frames.dtype)
-    ng = suggested_min_net_gradient(sp)
+    ng = round(suggested_min_net_gradient(sp))
     ours, _, _ = localize_movie(frames, params(sp))
     theirs = {m: _picasso(movie, m, "_" + m, ng) for m in ("lq", "mle")}
     for truth, lo, hi in ((t80, 0, 30), (t150, 30, 50)):
