@@ -1,6 +1,8 @@
 """Crowded fields: neighbours fitted together, further emitters found in the residual, kept by a likelihood test.
 
-The orchestration around the multi-emitter model (:mod:`.multi_emitter`), per chunk of frames:
+The orchestration around the fit engine's multi-emitter model (``MODEL_MULTI`` of :mod:`.engine.models`: K
+pixel-integrated Gaussians in one box, one background and one pair of widths, fixed "other light"; the joint
+Fisher matrix gives each emitter's CRLB), per chunk of frames:
 
 1. Every identified box is fitted with one emitter (the single-emitter fit; nothing else happens to a box
    with no neighbour in reach and nothing significant left in its residual, so sparse data give exactly the
@@ -35,8 +37,8 @@ import numpy as np
 from numba import njit, prange
 from scipy.spatial import cKDTree
 
-from .multi_emitter import MAX_EMITTERS, MAX_PARAMS, emitter_index, fit_boxes_multi, me_expected
-from .psf import MODE_POISSON
+from .engine import MAX_EMITTERS, MAX_PARAMS, MODEL_MULTI, NOISE_POISSON, emitter_index, fit_boxes
+from .engine.models import SCRATCH_ROWS, pixel, prepare
 
 
 _DEBUG = bool(__import__("os").environ.get("NAPARI_LOCALIZE_DEBUG_CROWDED"))
@@ -144,6 +146,19 @@ def _group_box(frames, baseline, factor, g, gframe, gcy, gcx, egroup, order, fst
 
 
 @njit(cache=True, nogil=True)
+def _expected(theta, K, box, other, mu):
+    """Expected photons of a fitted box (the engine's multi-emitter model) plus its other light."""
+    aux = np.empty(1)
+    aux[0] = K
+    scratch = np.empty((SCRATCH_ROWS, box))
+    jrow = np.empty(MAX_PARAMS)
+    prepare(MODEL_MULTI, theta, box, aux, scratch)
+    for k in range(box):
+        for m in range(box):
+            mu[k * box + m] = pixel(MODEL_MULTI, theta, k, m, aux, scratch, jrow, False) + other[k * box + m]
+
+
+@njit(cache=True, nogil=True)
 def _poisson_ll(data, mu):
     s = 0.0
     for p in range(data.shape[0]):
@@ -186,7 +201,7 @@ def _residual_peak(data, other, K, theta, box, out, g):
     npx = box * box
     if True:
         mu = np.empty(npx)
-        me_expected(theta[g], K[g], box, other[g], mu)
+        _expected(theta[g], K[g], box, other[g], mu)
         out[g, 0] = _poisson_ll(data[g], mu)
         sx = theta[g, 4]
         sy = theta[g, 5]
@@ -482,7 +497,8 @@ def _inherit(G_old, G_new, n, alive):
     G_new.checked[s] = G_old.checked[src]
 
 
-def fit_crowded(frames, ids, fit0, p, options: CrowdedOptions, mode=MODE_POISSON, baseline=0.0, factor=1.0):
+def fit_crowded(frames, ids, fit0, p, options: CrowdedOptions, noise=NOISE_POISSON, baseline=0.0, factor=1.0,
+                device="cpu"):
     """Emitters of a chunk: the single-emitter fits ``fit0`` of the identified boxes ``ids``, refined.
 
     ``frames`` are the chunk's frames ``(n, height, width)``, photons = ``(frames - baseline) * factor``; ``ids`` the identification with
@@ -564,19 +580,26 @@ def fit_crowded(frames, ids, fit0, p, options: CrowdedOptions, mode=MODE_POISSON
                      data, other)
         return data, other
 
-    def fit(G, gsel, data, other, theta0=None):
-        theta = _theta_from_emitters(E, G, gsel, box) if theta0 is None else theta0
+    def fit(G, gsel, data, other, theta0=None, K=None):
+        """Fit groups ``gsel`` with the engine's multi-emitter model, one call per number of emitters."""
+        theta = _theta_from_emitters(E, G, gsel, box) if theta0 is None else theta0.copy()
+        K = G.K[gsel] if K is None else K
         var = np.full((len(gsel), MAX_PARAMS), np.nan)
         obj = np.empty(len(gsel))
         its = np.zeros(len(gsel), np.int64)
         conv = np.zeros(len(gsel), np.bool_)
-        K = G.K[gsel] if theta0 is None else theta0_K[0]
-        if len(gsel):
-            fit_boxes_multi(data[gsel], other[gsel], np.ascontiguousarray(K), box, mode, float(p.convergence),
-                            int(p.max_iterations), theta, var, obj, its, conv)
+        for k in np.unique(K):
+            rows = np.flatnonzero(K == k)
+            P = 6 + 3 * (int(k) - 1)
+            g = gsel[rows]
+            res = fit_boxes(data[g].reshape(-1, box, box), MODEL_MULTI, noise, theta0=theta[rows, :P],
+                            aux=np.array([float(k)]), other=other[g].reshape(-1, box, box),
+                            eps=float(p.convergence), max_iterations=int(p.max_iterations), device=device)
+            theta[rows, :P] = res.theta
+            var[rows, :P] = res.crlb
+            obj[rows], its[rows], conv[rows] = res.objective, res.iterations, res.converged
         return theta, var, obj, its, conv
 
-    theta0_K = [None]
     rounds = options.rounds if max_em > 1 else 0
 
     def regroup(G):
@@ -683,9 +706,7 @@ def fit_crowded(frames, ids, fit0, p, options: CrowdedOptions, mode=MODE_POISSON
         K1 = G.K[cand_g] + 1
         if _DEBUG:
             print("   trials", len(cand_g), "splits", len(split_g))
-        theta0_K[0] = K1
-        t1, v1, o1, it1, c1 = fit(G, cand_g, data, other, theta1)
-        theta0_K[0] = None
+        t1, v1, o1, it1, c1 = fit(G, cand_g, data, other, theta1, K1)
         res = np.array([[base_ll[int(g)]] for g in cand_g])
         res1 = np.zeros((len(cand_g), 5))
         _residual_peaks(data[cand_g], other[cand_g], np.ascontiguousarray(K1), t1, box, res1)

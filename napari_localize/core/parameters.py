@@ -97,7 +97,7 @@ class LocalizeParameters:
             raise ParameterError(f"EM gain must be >= 1 (1 for sCMOS/CCD), got {self.em_gain}")
         if not self.pixelsize > 0:
             raise ParameterError(f"pixel size (nm) must be > 0, got {self.pixelsize}")
-        from .multi_emitter import MAX_EMITTERS
+        from .engine import MAX_EMITTERS
 
         if int(self.max_emitters) != self.max_emitters or not 1 <= self.max_emitters <= MAX_EMITTERS:
             raise ParameterError(

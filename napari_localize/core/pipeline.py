@@ -63,6 +63,14 @@ class LocalizeStats:
     device: str = ""
     seconds: dict = field(default_factory=lambda: {"read": 0.0, "identify": 0.0, "fit": 0.0, "write": 0.0})
 
+    def merge(self, other: LocalizeStats):
+        """Add the counts and timings of ``other`` (a block of the same run, e.g. a Dask task)."""
+        for key in ("frames", "identified", "not_converged", "not_sane", "localized"):
+            setattr(self, key, getattr(self, key) + getattr(other, key))
+        self.device = self.device or other.device
+        for key, value in other.seconds.items():
+            self.seconds[key] = self.seconds.get(key, 0.0) + value
+
     def as_dict(self) -> dict:
         return {
             "Frames processed": int(self.frames),
@@ -123,7 +131,7 @@ def localize_frames(frames, p: LocalizeParameters, first_frame: int = 0, stats: 
     stats.identified += len(ids)
 
     if p.max_emitters > 1 and p.fit_method in ("mle", "lq"):
-        fit, ids = _fit_crowded(frames, ids, fit, p, first_frame)
+        fit, ids = _fit_crowded(frames, ids, fit, p, first_frame, stats.device)
         stats.seconds["fit"] += time.perf_counter() - t2
         fit["dx"], fit["dy"] = fit["x"] - ids["x"], fit["y"] - ids["y"]
     locs = np.zeros(len(ids), locs_dtype(p.fit_method, p.max_emitters))
@@ -149,7 +157,7 @@ def localize_frames(frames, p: LocalizeParameters, first_frame: int = 0, stats: 
     return locs
 
 
-def _fit_crowded(frames, ids, fit, p: LocalizeParameters, first_frame: int):
+def _fit_crowded(frames, ids, fit, p: LocalizeParameters, first_frame: int, device: str = "cpu"):
     """Refine the single-emitter fits of a chunk for crowding (:func:`~napari_localize.core.crowded.fit_crowded`).
 
     Returns per-emitter fit columns and an identification-like table (frame, integer x, y of the emitter's
@@ -164,7 +172,8 @@ def _fit_crowded(frames, ids, fit, p: LocalizeParameters, first_frame: int):
     local["frame"] -= first_frame
     mle = p.fit_method == "mle"
     out = fit_crowded(frames, local, fit, p, CrowdedOptions(max_emitters=p.max_emitters),
-                      MODE_POISSON if mle else MODE_LSQ, p.baseline, p.sensitivity / p.em_gain)
+                      MODE_POISSON if mle else MODE_LSQ, p.baseline, p.sensitivity / p.em_gain,
+                      device if device in ("cpu", "cuda") else "cpu")
     em = p.em_gain > 1
     if mle and em:
         for name in ("lpx", "lpy", "photons_unc", "bg_unc", "sx_unc", "sy_unc"):
