@@ -41,9 +41,6 @@ from .engine import MAX_EMITTERS, MAX_PARAMS, MODEL_MULTI, NOISE_POISSON, emitte
 from .engine.models import SCRATCH_ROWS, pixel, prepare
 
 
-_DEBUG = bool(__import__("os").environ.get("NAPARI_LOCALIZE_DEBUG_CROWDED"))
-
-
 @dataclass
 class CrowdedOptions:
     """How crowded boxes are handled (see the module docstring)."""
@@ -618,8 +615,6 @@ def fit_crowded(frames, ids, fit0, p, options: CrowdedOptions, noise=NOISE_POISS
         lit = light > options.light_floor
         # refit new boxes, failed ones, and boxes whose neighbours' light changed since their last fit
         gsel = np.flatnonzero(dirty | (np.abs(light - G.light) > options.light_floor))
-        if _DEBUG:
-            print("pass", passes, "round", rnd, "groups", len(G), "refit", len(gsel), "dirty", int(dirty.sum()))
         if len(gsel):
             theta, var, obj, its, conv = fit(G, gsel, data, other)
             G.theta[gsel], G.var[gsel], G.obj[gsel], G.iterations[gsel], G.converged[gsel] = theta, var, obj, its, conv
@@ -665,7 +660,7 @@ def fit_crowded(frames, ids, fit0, p, options: CrowdedOptions, noise=NOISE_POISS
             continue
         res = np.zeros((len(cand_g), 5))
         _residual_peaks(data[cand_g], other[cand_g], np.ascontiguousarray(G.K[cand_g]), G.theta[cand_g], box, res)
-        base_ll = dict(zip(cand_g.tolist(), res[:, 0].tolist()))
+        base_ll = dict(zip(cand_g.tolist(), res[:, 0].tolist(), strict=True))
         hit = res[:, 1] > options.candidate_z
         # a single emitter fitted wider than the PSF may be two closer than the residual shows: split it
         th = G.theta[cand_g]
@@ -704,8 +699,6 @@ def fit_crowded(frames, ids, fit0, p, options: CrowdedOptions, noise=NOISE_POISS
             rnd = rounds
             continue
         K1 = G.K[cand_g] + 1
-        if _DEBUG:
-            print("   trials", len(cand_g), "splits", len(split_g))
         t1, v1, o1, it1, c1 = fit(G, cand_g, data, other, theta1, K1)
         res = np.array([[base_ll[int(g)]] for g in cand_g])
         res1 = np.zeros((len(cand_g), 5))
