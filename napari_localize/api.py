@@ -149,7 +149,7 @@ def calibrate_z_steps(movie, p: LocalizeParameters, step_nm: float, magnificatio
     for chunk in iter_localize(movie, q, cancel, chunk_frames):
         parts.append(chunk.locs)
         yield chunk.stop, n_frames
-    locs = np.concatenate(parts) if parts else np.zeros(0, locs_dtype(q.fit_method))
+    locs = np.concatenate(parts) if parts else np.zeros(0, locs_dtype(q.fit_method, q.max_emitters))
     if len(locs) == 0:
         raise ValueError("no spots found in the calibration stack: lower the minimum net gradient")
     if track_beads:

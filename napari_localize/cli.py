@@ -80,6 +80,7 @@ def _parameters(args, movie_info: dict, match=None):
         fit_method=args.fit_method,
         convergence=args.convergence,
         max_iterations=args.max_iterations,
+        max_emitters=args.max_emitters,
         camera=match.camera if match is not None else None,
         **photon,
     )
@@ -255,7 +256,8 @@ def _check_flags(args):
 
     flags = {"baseline": "--baseline", "sensitivity": "--sensitivity", "EM gain": "--gain",
              "quantum efficiency": "--qe", "pixel size": "--pixelsize", "minimum net gradient": "--min-net-gradient",
-             "box size": "--box-size", "convergence": "--convergence", "max iterations": "--max-iterations"}
+             "box size": "--box-size", "convergence": "--convergence", "max iterations": "--max-iterations",
+             "max emitters": "--max-emitters"}
     try:
         _parameters(args, {}).validate()
     except ParameterError as exc:
@@ -423,6 +425,10 @@ def _add_parameter_options(p, frames_help: str):
                    help="mle: Poisson maximum likelihood; lq: least squares; avg: box sum (default mle)")
     g.add_argument("--convergence", type=float, default=0.001, help="MLE/LQ step tolerance in pixels (0.001)")
     g.add_argument("--max-iterations", type=int, default=100, help="MLE/LQ iteration limit (100)")
+    g.add_argument("--max-emitters", type=int, default=5, metavar="N",
+                   help="MLE/LQ: most emitters fitted together in one box, 1..5; overlapping spots are fitted "
+                        "jointly and further spots found in the fit residual (default 5); 1: one emitter per "
+                        "box, as Picasso")
     return photon
 
 

@@ -16,6 +16,8 @@ from qtpy.QtCore import QTimer
 from ..core.identify import identify
 
 PREVIEW_LAYER = "spots (preview)"
+#: circles at the emitters the fit finds in the previewed frame (several per box in crowded fields)
+EMITTER_LAYER = "emitters (preview)"
 ROI_LAYER = "ROI"
 #: milliseconds between the last change and the preview update
 DEBOUNCE_MS = 40
@@ -60,6 +62,8 @@ class PreviewController:
         self.enabled = False
         self.on_count = on_count or (lambda text: None)
         self.last_count: int | None = None
+        #: the localizations of the previewed frame (emitter circles), None when not shown
+        self.last_emitters = None
         self._timer = QTimer(parent)
         self._timer.setSingleShot(True)
         self._timer.setInterval(DEBOUNCE_MS)
@@ -91,6 +95,9 @@ class PreviewController:
         layer = self._points_layer(create=False)
         if layer is not None:
             layer.visible = self.enabled
+        emitters = self._emitter_layer(create=False)
+        if emitters is not None:
+            emitters.visible = self.enabled
         if self.enabled:
             self.refresh()
         else:
@@ -143,7 +150,41 @@ class PreviewController:
         points.size = float(p.box_size)
         points.features = {"net_gradient": ids["net_gradient"]}
         self.last_count = len(ids)
-        self.on_count(f"{len(ids)} spots in this frame")
+        self.last_emitters = None
+        text = f"{len(ids)} spots in this frame"
+        emitters = self._emitters(frame, p, frame_index)
+        if emitters is not None:
+            self.last_emitters = emitters
+            if len(emitters) != len(ids):
+                text += f", {len(emitters)} emitters fitted"
+        self.on_count(text)
+
+    def _emitters(self, frame, p, frame_index):
+        """Fit the previewed frame as a run would (multi-emitter fits included) and show a circle per emitter.
+
+        Only when several emitters per box are allowed (else the boxes say it all); None then."""
+        layer = self._emitter_layer(create=False)
+        if p.max_emitters <= 1 or p.fit_method == "avg":
+            if layer is not None:
+                layer.data = np.zeros((0, 2))
+            return None
+        from ..core.pipeline import LocalizeStats, localize_frames
+
+        locs = localize_frames(frame[None], p, frame_index, LocalizeStats(device="cpu"))
+        layer = self._emitter_layer(create=True)
+        layer.data = np.column_stack([locs["y"], locs["x"]]).astype(float)
+        layer.size = 2.0 * (locs["sx"] + locs["sy"]) if len(locs) else 1.0
+        layer.features = {"photons": locs["photons"], "n_emitters": locs["n_emitters"]}
+        return locs
+
+    def _emitter_layer(self, create: bool):
+        viewer = self.session.viewer
+        if EMITTER_LAYER in viewer.layers:
+            return viewer.layers[EMITTER_LAYER]
+        if not create:
+            return None
+        return viewer.add_points(np.zeros((0, 2)), name=EMITTER_LAYER, symbol="disc", face_color="transparent",
+                                 border_color="cyan", border_width=0.1, size=2.0)
 
     def _camera_maps(self, layer, shape):
         """The session's sCMOS maps windowed to the layer's movie (cached), or None without a calibration."""

@@ -317,14 +317,19 @@ class FitWidget(Container):
         self.convergence = FloatSpinBox(label="convergence (px)", value=p.convergence, min=1e-6, max=1, step=1e-4,
                                         tooltip="stop when position steps are below this (pixels)")
         self.max_iterations = SpinBox(label="max. iterations", value=p.max_iterations, min=1, max=10000)
-        self.extend([self.method, self.convergence, self.max_iterations])
+        self.max_emitters = SpinBox(label="max. emitters per box", value=p.max_emitters, min=1, max=5,
+                                    tooltip="MLE/LQ: overlapping spots are fitted together, up to this many per "
+                                            "box, and spots closer than the box are found in the fit residual; "
+                                            "1 fits one emitter per box, as Picasso")
+        self.extend([self.method, self.convergence, self.max_iterations, self.max_emitters])
+        self.max_emitters.changed.connect(lambda v: self.session.update(max_emitters=int(v)))
         self.method.changed.connect(self._on_method)
         self.convergence.changed.connect(lambda v: self.session.update(convergence=float(v)))
         self.max_iterations.changed.connect(lambda v: self.session.update(max_iterations=int(v)))
         self._on_method(p.fit_method)
 
     def _on_method(self, method):
-        for w in (self.convergence, self.max_iterations):
+        for w in (self.convergence, self.max_iterations, self.max_emitters):
             w.enabled = method != "avg"
         self.session.update(fit_method=method)
 

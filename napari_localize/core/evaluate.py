@@ -108,3 +108,18 @@ def accuracy(truth, locs, tolerance: float = 1.0) -> tuple[Accuracy, Matching]:
         n_matched=m.true_positives,
     )
     return acc, m
+
+
+def nearest_neighbour_distance(truth) -> np.ndarray:
+    """Distance (pixels) from each true spot to the nearest other true spot of its frame (inf if alone)."""
+    out = np.full(len(truth), np.inf)
+    order = np.argsort(truth["frame"], kind="stable")
+    frames = truth["frame"][order]
+    bounds = np.flatnonzero(np.diff(frames)) + 1
+    for idx in np.split(order, bounds):
+        if len(idx) < 2:
+            continue
+        pts = np.column_stack([truth["x"][idx], truth["y"][idx]]).astype(float)
+        d, _ = cKDTree(pts).query(pts, k=2)
+        out[idx] = d[:, 1]
+    return out

@@ -25,8 +25,17 @@ LOCS_DTYPES = {
 NON_NEGATIVE = ("x", "y", "lpx", "lpy", "lpz", "photons", "ellipticity", "sx", "sy")
 
 
-def locs_dtype(fit_method: str) -> np.dtype:
-    return LOCS_DTYPES[fit_method]
+#: ours, after Picasso's fields when several emitters may share a box: emitters fitted jointly in that box, and
+#: twice the log-likelihood gain of its last accepted emitter (0 for a box of one)
+CROWDED_FIELDS = [("n_emitters", "<u4"), ("llr", "<f4")]
+
+
+def locs_dtype(fit_method: str, max_emitters: int = 1) -> np.dtype:
+    """Fields of a run's table: Picasso's for ``fit_method``, then :data:`CROWDED_FIELDS` if ``max_emitters > 1``."""
+    dtype = LOCS_DTYPES[fit_method]
+    if max_emitters > 1 and fit_method in ("mle", "lq"):
+        dtype = np.dtype(dtype.descr + CROWDED_FIELDS)
+    return dtype
 
 
 def ellipticity(sx, sy):

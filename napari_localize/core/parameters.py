@@ -56,6 +56,11 @@ class LocalizeParameters:
         Iteration limit of the MLE and LQ fits; a fit that reaches it is reported as not converged.
     camera : str or None
         Name of the camera the photon parameters came from (recorded only).
+    max_emitters : int
+        MLE and LQ: most emitters fitted together in one box (1 .. 5). With more than 1 (the default, 5),
+        neighbours are fitted jointly or as fixed light and further emitters are found in the fit residual and
+        kept by a likelihood-ratio test (``docs/algorithms.md``); 1 fits one emitter per identified box, as
+        Picasso does.
     """
 
     box_size: int = 7
@@ -71,6 +76,7 @@ class LocalizeParameters:
     convergence: float = 0.001
     max_iterations: int = 100
     camera: str | None = None
+    max_emitters: int = 5
 
     def replace(self, **changes) -> LocalizeParameters:
         return dataclasses.replace(self, **changes)
@@ -111,6 +117,13 @@ class LocalizeParameters:
                 raise ParameterError(f"frame range must be 2 integers (first last), got {self.frame_range!r}")
             self.frame_range = tuple(_integer("frame range " + n, v, None, "an integer frame number")
                                      for n, v in zip(("first", "last"), fr))
+        from .engine import MAX_EMITTERS
+
+        self.max_emitters = _integer("max emitters", self.max_emitters, 1,
+                                     f"an integer from 1 (one emitter per box, Picasso's behaviour) to {MAX_EMITTERS}")
+        if self.max_emitters > MAX_EMITTERS:
+            raise _error("max emitters", f"max emitters per box must be an integer from 1 (one emitter per box, "
+                                         f"Picasso's behaviour) to {MAX_EMITTERS}, got {self.max_emitters}")
         if height is not None and width is not None:
             if height < b or width < b:
                 raise ParameterError(f"frames of {height}x{width} px are smaller than the box size {b}")
@@ -199,6 +212,17 @@ def fit_document(p: LocalizeParameters, generated_by: str) -> dict:
         doc["Convergence criterion"] = float(p.convergence)
         doc["Max iterations"] = int(p.max_iterations)
         doc["PSF model"] = "pixel-integrated Gaussian, free sx and sy"
+        doc["Max emitters per box"] = int(p.max_emitters)
+        if p.max_emitters > 1:
+            from .crowded import CrowdedOptions
+
+            o = CrowdedOptions(max_emitters=p.max_emitters)
+            doc["Multi-emitter fit"] = {
+                "Rounds of residual re-identification": int(o.rounds),
+                "Candidate significance (sd)": float(o.candidate_z),
+                "Min. 2 log-likelihood ratio": float(o.llr_threshold),
+                "Joint fit within (PSF widths)": float(o.join_sigmas),
+            }
     if p.fit_method == "avg":
         doc["PSF model"] = "none: box sum minus border background"
     return doc

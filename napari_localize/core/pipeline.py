@@ -148,11 +148,18 @@ def localize_frames(frames, p: LocalizeParameters, first_frame: int = 0, stats: 
     stats.frames += n
     stats.identified += len(ids)
 
-    locs = np.zeros(len(ids), locs_dtype(p.fit_method))
+    if p.max_emitters > 1 and p.fit_method in ("mle", "lq"):
+        fit, ids = _fit_crowded(frames, ids, fit, p, first_frame, stats.device)
+        stats.seconds["fit"] += time.perf_counter() - t2
+        fit["dx"], fit["dy"] = fit["x"] - ids["x"], fit["y"] - ids["y"]
+    locs = np.zeros(len(ids), locs_dtype(p.fit_method, p.max_emitters))
     locs["frame"] = ids["frame"]
     locs["x"] = ids["x"] + fit["dx"]
     locs["y"] = ids["y"] + fit["dy"]
     locs["net_gradient"] = ids["net_gradient"]
+    if "n_emitters" in locs.dtype.names:
+        locs["n_emitters"] = fit["n_emitters"]
+        locs["llr"] = fit["llr"]
     for name in ("photons", "sx", "sy", "bg", "lpx", "lpy"):
         locs[name] = fit[name]
     locs["ellipticity"] = ellipticity(fit["sx"], fit["sy"])
@@ -166,6 +173,51 @@ def localize_frames(frames, p: LocalizeParameters, first_frame: int = 0, stats: 
     locs = locs[converged & good_sanity]
     stats.localized += len(locs)
     return locs
+
+
+def _fit_crowded(frames, ids, fit, p: LocalizeParameters, first_frame: int, device: str = "cpu"):
+    """Refine the single-emitter fits of a chunk for crowding (:func:`~napari_localize.core.crowded.fit_crowded`).
+
+    Returns per-emitter fit columns and an identification-like table (frame, integer x, y of the emitter's
+    pixel, net gradient) with one row per emitter.
+    """
+    from .crowded import CrowdedOptions, fit_crowded
+    from .fit_lq import mortensen_precision
+    from .identify import IDENTIFICATION_DTYPE
+    from .psf import MODE_LSQ, MODE_POISSON
+
+    local = ids.copy()
+    local["frame"] -= first_frame
+    mle = p.fit_method == "mle"
+    out = fit_crowded(frames, local, fit, p, CrowdedOptions(max_emitters=p.max_emitters),
+                      MODE_POISSON if mle else MODE_LSQ, p.baseline, p.sensitivity / p.em_gain,
+                      device if device in ("cpu", "cuda") else "cpu")
+    em = p.em_gain > 1
+    if mle and em:
+        for name in ("lpx", "lpy", "photons_unc", "bg_unc", "sx_unc", "sy_unc"):
+            out[name] = out[name] * np.sqrt(2.0)
+    if not mle:
+        out["lpx"] = mortensen_precision(out["photons"], out["bg"], out["sx"], out["sy"], em)
+        out["lpy"] = mortensen_precision(out["photons"], out["bg"], out["sy"], out["sx"], em)
+    new_ids = np.zeros(len(out["x"]), IDENTIFICATION_DTYPE)
+    new_ids["frame"] = out["frame"] + first_frame
+    with np.errstate(invalid="ignore"):
+        new_ids["x"] = np.nan_to_num(np.rint(out["x"])).astype(np.int64)
+        new_ids["y"] = np.nan_to_num(np.rint(out["y"])).astype(np.int64)
+    new_ids["net_gradient"] = out["net_gradient"]
+    added = out["added"]
+    if added.any():
+        # an emitter found in the residual is scored like an identified one: the net gradient at its pixel
+        from .identify import net_gradient_at
+
+        h, w = frames.shape[-2:]
+        r = p.box_size // 2
+        for i in np.flatnonzero(added):
+            y = min(max(int(new_ids["y"][i]), 0), h - 1)
+            x = min(max(int(new_ids["x"][i]), 0), w - 1)
+            new_ids["net_gradient"][i] = net_gradient_at(np.asarray(frames[int(out["frame"][i])], np.float32), y, x,
+                                                         r)
+    return out, new_ids
 
 
 def chunk_frames_for(height: int, width: int) -> int:
@@ -232,5 +284,5 @@ def localize(movie, p: LocalizeParameters | None = None, progress=None, cancel: 
         parts.append(chunk.locs)
         if progress is not None:
             progress(chunk.stop - start, stop - start)
-    locs = np.concatenate(parts) if parts else np.zeros(0, locs_dtype(p.fit_method))
+    locs = np.concatenate(parts) if parts else np.zeros(0, locs_dtype(p.fit_method, p.max_emitters))
     return locs, stats

@@ -132,7 +132,7 @@ class TeeSink:
 def run_dtype(p: LocalizeParameters, z: ZRun | None = None) -> np.dtype:
     """The table a run writes: 2D fields of ``p.fit_method`` (+ ``z, d_zcalib, lpz`` and, for the z MLE,
     ``z_gof`` in 3D)."""
-    dtype = locs_dtype(p.fit_method)
+    dtype = locs_dtype(p.fit_method, p.max_emitters)
     if z is not None:
         from .zpolicy import with_z_fields
 

@@ -16,15 +16,16 @@ from . import _cache
 _cache.install()  # before any kernel of the package is compiled or loaded from the cache
 
 from .models import (  # noqa: E402
-    IB, IN, ISX, ISY, IX, IY, IZ, MAX_PARAMS, MODEL_ASTIG_Z, MODEL_GAUSS, MODEL_GAUSS_FIXED, MODEL_NAMES,
+    IB, IN, ISX, ISY, IX, IY, IZ, MAX_EMITTERS, MAX_PARAMS, MODEL_ASTIG_Z, MODEL_GAUSS, MODEL_GAUSS_FIXED,
+    MODEL_MULTI, MODEL_NAMES, emitter_index,
     SIGMA_MIN, astig_aux, default_bounds,
 )
 from .noise import NOISE_LSQ, NOISE_NAMES, NOISE_POISSON, NOISE_SCMOS, NOISE_WLSQ  # noqa: E402
 
 __all__ = [
     "FitResult", "fit_boxes", "curvature", "default_bounds", "astig_aux", "MODEL_GAUSS", "MODEL_GAUSS_FIXED",
-    "MODEL_ASTIG_Z", "NOISE_POISSON", "NOISE_LSQ", "NOISE_WLSQ", "NOISE_SCMOS", "IX", "IY", "IN", "IB", "ISX",
-    "ISY", "IZ", "MAX_PARAMS", "SIGMA_MIN",
+    "MODEL_ASTIG_Z", "MODEL_MULTI", "MAX_EMITTERS", "emitter_index", "NOISE_POISSON", "NOISE_LSQ", "NOISE_WLSQ",
+    "NOISE_SCMOS", "IX", "IY", "IN", "IB", "ISX", "ISY", "IZ", "MAX_PARAMS", "SIGMA_MIN",
 ]
 
 _N_PARAMS = {MODEL_GAUSS: 6, MODEL_GAUSS_FIXED: 4, MODEL_ASTIG_Z: 5}
@@ -58,8 +59,13 @@ def _boxes(a, n, P, name):
     return a
 
 
-def n_params(model: int) -> int:
-    """Number of parameters of ``model``."""
+def n_params(model: int, aux=None) -> int:
+    """Number of parameters of ``model`` (``MODEL_MULTI``: with ``aux[0]`` = K emitters)."""
+    if int(model) == MODEL_MULTI:
+        k = int(np.ravel(aux)[0]) if aux is not None and np.size(aux) else 0
+        if not 1 <= k <= MAX_EMITTERS:
+            raise ValueError(f"the multi-emitter model needs aux = (K,) with 1 <= K <= {MAX_EMITTERS}")
+        return 6 + 3 * (k - 1)
     try:
         return _N_PARAMS[int(model)]
     except KeyError:
@@ -80,7 +86,7 @@ def fit_boxes(spots, model: int = MODEL_GAUSS, noise: int = NOISE_POISSON, theta
     spots = np.asarray(spots)
     if spots.ndim != 3 or spots.shape[1] != spots.shape[2]:
         raise ValueError(f"spots must be a stack of square boxes (n, box, box), got shape {spots.shape}")
-    k = n_params(model)
+    k = n_params(model, aux)
     if int(noise) not in NOISE_NAMES:
         raise ValueError(f"unknown noise model {noise!r}; known: {NOISE_NAMES}")
     if int(noise) == NOISE_SCMOS and variance is None:
@@ -115,9 +121,10 @@ def fit_boxes(spots, model: int = MODEL_GAUSS, noise: int = NOISE_POISSON, theta
 
             fit_boxes_cuda(*args, batch_boxes=batch_boxes)
         elif device == "cpu":
-            from .cpu import fit_boxes_cpu
+            from .cpu import SERIAL_BELOW, fit_boxes_cpu, fit_boxes_cpu_serial
 
-            fit_boxes_cpu(*args, int(numba.config.NUMBA_NUM_THREADS))
+            driver = fit_boxes_cpu_serial if n < SERIAL_BELOW else fit_boxes_cpu
+            driver(*args, int(numba.config.NUMBA_NUM_THREADS))
         else:
             raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
     return FitResult(theta, crlb, obj, iterations, converged, q)
@@ -136,5 +143,5 @@ def curvature(theta, box: int, model: int = MODEL_GAUSS, noise: int = NOISE_POIS
     var = np.zeros((0, P)) if variance is None else np.ascontiguousarray(variance, float).reshape(1, P)
     oth = np.zeros((0, P)) if other is None else np.ascontiguousarray(other, float).reshape(1, P)
     theta = np.zeros(MAX_PARAMS) + np.resize(np.asarray(theta, float), MAX_PARAMS) * (
-        np.arange(MAX_PARAMS) < n_params(model))
+        np.arange(MAX_PARAMS) < n_params(model, aux))
     return curvature_cpu(int(model), int(noise), np.zeros((1, P), np.float32), var, oth, int(box), aux, theta)

@@ -9,6 +9,11 @@ Parameter layouts (IX, IY, IN, IB are common to every model):
 ``MODEL_GAUSS``        x, y, N, bg, sx, sy
 ``MODEL_GAUSS_FIXED``  x, y, N, bg              (aux[0] = sx, aux[1] = sy)
 ``MODEL_ASTIG_Z``      x, y, N, bg, z           (aux[0] = c, aux[1:1+c] = wx(z), aux[1+c:1+2c] = wy(z))
+``MODEL_MULTI``        x0, y0, N0, bg, sx, sy, x1, y1, N1, ..., x_{K-1}, y_{K-1}, N_{K-1}   (aux[0] = K)
+
+``MODEL_MULTI`` is K pixel-integrated Gaussians in one box (crowded fields, :mod:`napari_localize.core.crowded`):
+one background and one pair of widths for the box, position and photons per emitter; K = 1 is ``MODEL_GAUSS``.
+Its inverse Fisher matrix gives every emitter's CRLB with the correlations between emitters.
 
 x, y in box pixels (pixel centres at integer box coordinates), N photons, bg photons per pixel, widths in
 pixels, z in calibration nm. Widths of the astigmatic model come from the calibration polynomials (highest
@@ -27,14 +32,18 @@ from .pixels import gauss_rows
 MODEL_GAUSS = 0
 MODEL_GAUSS_FIXED = 1
 MODEL_ASTIG_Z = 2
-MODEL_NAMES = {MODEL_GAUSS: "gauss", MODEL_GAUSS_FIXED: "gauss_fixed", MODEL_ASTIG_Z: "astig_z"}
+MODEL_MULTI = 3
+MODEL_NAMES = {MODEL_GAUSS: "gauss", MODEL_GAUSS_FIXED: "gauss_fixed", MODEL_ASTIG_Z: "astig_z",
+               MODEL_MULTI: "multi_gauss"}
+#: most emitters of ``MODEL_MULTI`` in one box
+MAX_EMITTERS = 5
 
 IX, IY, IN, IB, ISX, ISY = range(6)
 IZ = 4
 #: most parameters of any model (CUDA per-thread arrays have this size)
-MAX_PARAMS = 16
+MAX_PARAMS = 6 + 3 * (MAX_EMITTERS - 1)
 #: rows of per-box scratch (CUDA per-thread arrays have this many rows of MAX_BOX)
-SCRATCH_ROWS = 16
+SCRATCH_ROWS = 6 * MAX_EMITTERS
 #: widths at or below this (pixels) mark a failed 2D fit
 SIGMA_MIN = 0.25
 #: the astigmatic model cannot be evaluated where a calibration width is narrower than this (pixels)
@@ -76,8 +85,16 @@ def dpoly(aux, first, count, z):
 
 
 @register_jitable
+def emitter_index(e):
+    """Index in ``MODEL_MULTI``'s theta of emitter e's x (its y and N follow)."""
+    return 0 if e == 0 else 6 + 3 * (e - 1)
+
+
+@register_jitable
 def n_params(model, aux):
     """Number of fitted parameters of ``model``."""
+    if model == MODEL_MULTI:
+        return 6 + 3 * (int(aux[0]) - 1)
     if model == MODEL_GAUSS:
         return 6
     if model == MODEL_GAUSS_FIXED:
@@ -95,6 +112,12 @@ def prepare(model, theta, box, aux, scratch):
     if model == MODEL_GAUSS_FIXED:
         gauss_rows(theta[IX], aux[0], box, scratch, _EX)
         gauss_rows(theta[IY], aux[1], box, scratch, _EY)
+        return True
+    if model == MODEL_MULTI:
+        for e in range(int(aux[0])):
+            j = emitter_index(e)
+            gauss_rows(theta[j], theta[ISX], box, scratch, 6 * e)
+            gauss_rows(theta[j + 1], theta[ISY], box, scratch, 6 * e + 3)
         return True
     # MODEL_ASTIG_Z
     c = int(aux[0])
@@ -115,6 +138,8 @@ def pixel(model, theta, k, m, aux, scratch, jrow, with_jac):
 
     :func:`prepare` must have been called at ``theta``. Other light (neighbours) is added by the engine.
     """
+    if model == MODEL_MULTI:
+        return _pixel_multi(theta, k, m, aux, scratch, jrow, with_jac)
     N = theta[IN]
     ex = scratch[_EX, m]
     ey = scratch[_EY, k]
@@ -135,6 +160,30 @@ def pixel(model, theta, k, m, aux, scratch, jrow, with_jac):
 
 
 @register_jitable
+def _pixel_multi(theta, k, m, aux, scratch, jrow, with_jac):
+    mu = theta[IB]
+    dsx = 0.0
+    dsy = 0.0
+    for e in range(int(aux[0])):
+        j = emitter_index(e)
+        N = theta[j + 2]
+        ex = scratch[6 * e, m]
+        ey = scratch[6 * e + 3, k]
+        mu += N * ex * ey
+        if with_jac:
+            jrow[j] = N * scratch[6 * e + 1, m] * ey
+            jrow[j + 1] = N * ex * scratch[6 * e + 4, k]
+            jrow[j + 2] = ex * ey
+            dsx += N * scratch[6 * e + 2, m] * ey
+            dsy += N * ex * scratch[6 * e + 5, k]
+    if with_jac:
+        jrow[IB] = 1.0
+        jrow[ISX] = dsx
+        jrow[ISY] = dsy
+    return mu
+
+
+@register_jitable
 def tolerance(model, a, theta, eps):
     """Convergence tolerance of parameter ``a``: eps pixels, eps x N, eps x max(bg, 1), Z_TOLERANCE_NM x eps nm."""
     if a == IN:
@@ -143,6 +192,8 @@ def tolerance(model, a, theta, eps):
         return eps * _hi(theta[IB], 1.0)
     if model == MODEL_ASTIG_Z and a == IZ:
         return Z_TOLERANCE_NM * eps
+    if model == MODEL_MULTI and a >= 6 and (a - 6) % 3 == 2:
+        return eps * theta[a]
     return eps
 
 
@@ -193,7 +244,7 @@ def initial_guess(model, data, i, box, aux, theta):
     theta[IY] = cy
     theta[IN] = _hi(total, 1.0)
     theta[IB] = _hi(bg, 1e-3)
-    if model == MODEL_GAUSS:
+    if model == MODEL_GAUSS or model == MODEL_MULTI:
         _, vx, vy = _moments(data, i, box, bg, cx, cy, 2)
         sig_hi = 0.5 * r + 0.5
         if total > 0:
@@ -204,6 +255,15 @@ def initial_guess(model, data, i, box, aux, theta):
             theta[ISY] = 1.0
     elif model == MODEL_ASTIG_Z:
         theta[IZ] = 0.0
+    if model == MODEL_MULTI:
+        # further emitters start around the centre, sharing the light (callers normally give a start)
+        K = int(aux[0])
+        for e in range(1, K):
+            j = emitter_index(e)
+            theta[j] = r + (1.0 if e % 2 == 1 else -1.0)
+            theta[j + 1] = r + (1.0 if e >= 3 else 0.0)
+            theta[j + 2] = theta[IN] / K
+        theta[IN] = theta[IN] / K
 
 
 @register_jitable
@@ -211,11 +271,18 @@ def valid(model, theta, box, aux):
     """Whether a finished fit lies inside the model's domain (else it is not a localization)."""
     if model == MODEL_ASTIG_Z:
         return True
+    if model == MODEL_MULTI:
+        for e in range(1, int(aux[0])):
+            j = emitter_index(e)
+            if theta[j] < -0.5 or theta[j] > box - 0.5 or theta[j + 1] < -0.5 or theta[j + 1] > box - 0.5:
+                return False
+            if theta[j + 2] <= 1e-3 * 1.0001:
+                return False
     if theta[IX] < -0.5 or theta[IX] > box - 0.5 or theta[IY] < -0.5 or theta[IY] > box - 0.5:
         return False
     if theta[IN] <= 1e-3 * 1.0001:
         return False
-    if model == MODEL_GAUSS:
+    if model == MODEL_GAUSS or model == MODEL_MULTI:
         r = box // 2
         if (theta[ISX] <= SIGMA_MIN or theta[ISY] <= SIGMA_MIN
                 or theta[ISX] >= r + 0.5 or theta[ISY] >= r + 0.5):
@@ -236,9 +303,14 @@ def default_bounds(model: int, box: int, z_range=None):
     else:
         lo[IX] = lo[IY] = -0.5 * box
         hi[IX] = hi[IY] = 1.5 * box
-        if model == MODEL_GAUSS:
+        if model == MODEL_GAUSS or model == MODEL_MULTI:
             lo[ISX] = lo[ISY] = 0.5 * SIGMA_MIN
             hi[ISX] = hi[ISY] = float(box)
+        if model == MODEL_MULTI:
+            for j in range(6, MAX_PARAMS, 3):
+                lo[j] = lo[j + 1] = -0.5 * box
+                hi[j] = hi[j + 1] = 1.5 * box
+                lo[j + 2] = 1e-3
     return lo, hi
 
 

@@ -1,0 +1,776 @@
+"""Crowded fields: neighbours fitted together, further emitters found in the residual, kept by a likelihood test.
+
+The orchestration around the fit engine's multi-emitter model (``MODEL_MULTI`` of :mod:`.engine.models`: K
+pixel-integrated Gaussians in one box, one background and one pair of widths, fixed "other light"; the joint
+Fisher matrix gives each emitter's CRLB), per chunk of frames:
+
+1. Every identified box is fitted with one emitter (the single-emitter fit; nothing else happens to a box
+   with no neighbour in reach and nothing significant left in its residual, so sparse data give exactly the
+   single-emitter results).
+2. Rounds of:
+   a. **Groups.** Emitters of a frame closer than ``join_sigmas`` PSF widths are joined into one group
+      (nearest pairs first) as long as the group keeps at most ``max_emitters`` emitters and fits a box with a
+      pixel to spare. A group is fitted jointly in one box centred on it (several emitters in one model).
+   b. **Other light.** The light of every emitter outside a group that reaches its box is added to that box's
+      model as fixed light (each neighbour's latest fit), so a neighbour 4-6 px away no longer pulls the fit.
+      Groups with such light, new groups and failed fits are refitted.
+   c. **Residual re-identification** (as 3D-DAOSTORM, Babcock et al. 2012): in each box the residual
+      ``data - model`` is scanned with a PSF-weighted matched filter; a peak whose significance exceeds
+      ``candidate_z`` (standard deviations of the Poisson noise of the model) becomes a candidate emitter, at
+      any distance from the others (peaks closer than the box are found this way).
+   d. **Model selection** (nested models, as ThunderSTORM's multi-emitter fitting, Ovesny et al. 2014, with
+      the likelihood-ratio test of Huang et al. 2011): the box is refitted with one emitter more; the candidate
+      is kept if twice the log-likelihood gain exceeds ``llr_threshold`` and the fit converged with every
+      emitter in the box and apart from the others.
+3. A last pass refits every group whose neighbours changed.
+
+The likelihood test always uses the Poisson log-likelihood of the fitted expected image, whatever the fit's
+noise model.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from numba import njit, prange
+from scipy.spatial import cKDTree
+
+from .engine import MAX_EMITTERS, MAX_PARAMS, MODEL_MULTI, NOISE_POISSON, emitter_index, fit_boxes
+from .engine.models import SCRATCH_ROWS, pixel, prepare
+
+
+@dataclass
+class CrowdedOptions:
+    """How crowded boxes are handled (see the module docstring)."""
+
+    #: most emitters fitted together in one box; 1 fits one emitter per identified box (Picasso's behaviour)
+    max_emitters: int = 5
+    #: rounds of residual re-identification
+    rounds: int = 3
+    #: significance (Poisson standard deviations of a PSF-weighted sum) of a residual peak to try an emitter
+    candidate_z: float = 5.0
+    #: 2 x log-likelihood gain an extra emitter must bring
+    llr_threshold: float = 30.0
+    #: emitters closer than this many PSF widths are fitted jointly in one box
+    join_sigmas: float = 3.0
+    #: two emitters of a model closer than this many PSF widths are one emitter
+    min_separation_sigmas: float = 0.7
+    #: a single emitter fitted wider than this many PSF widths is also tried as two (a pair closer than the
+    #: residual shows)
+    split_width: float = 1.12
+    #: passes refitting every box with neighbour light before the first residual search
+    settle_passes: int = 2
+    #: passes refitting every box with neighbour light after the last round (neighbours' light settles)
+    polish_passes: int = 0
+    #: neighbour light below this many photons per box is ignored (the box is not refitted for it)
+    light_floor: float = 0.5
+
+    def validate(self):
+        if not 1 <= int(self.max_emitters) <= MAX_EMITTERS:
+            raise ValueError(f"max emitters must be 1 .. {MAX_EMITTERS}, got {self.max_emitters}")
+
+
+# ------------------------------------------------------------------------------------------ numba helpers
+@njit(cache=True, nogil=True)
+def _add_light(out, box, x, y, photons, sx, sy, ex):
+    """Add a pixel-integrated Gaussian at box coordinates (x, y) to ``out`` (box*box, flattened)."""
+    if not (sx > 0.0 and sy > 0.0 and photons > 0.0):
+        return
+    kx = 1.0 / (math.sqrt(2.0) * sx)
+    ky = 1.0 / (math.sqrt(2.0) * sy)
+    for m in range(box):
+        ex[m] = 0.5 * (math.erf((m + 0.5 - x) * kx) - math.erf((m - 0.5 - x) * kx))
+    for k in range(box):
+        ey = 0.5 * (math.erf((k + 0.5 - y) * ky) - math.erf((k - 0.5 - y) * ky))
+        if ey < 1e-12:
+            continue
+        for m in range(box):
+            out[k * box + m] += photons * ey * ex[m]
+
+
+#: batches smaller than this run on one thread (a parallel launch costs more than the work)
+SERIAL_BELOW = 4096
+
+
+def _group_boxes(frames, baseline, factor, sel, *args):
+    """Cut each group's box (camera counts to photons: ``(counts - baseline) * factor``) and render the light of
+    every other emitter of its frame into it; only the groups ``sel``."""
+    if len(sel) < SERIAL_BELOW:
+        _group_boxes_serial(frames, baseline, factor, sel, *args)
+    else:
+        _group_boxes_parallel(frames, baseline, factor, sel, *args)
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _group_boxes_parallel(frames, baseline, factor, sel, gframe, gcy, gcx, egroup, order, fstarts, ex, ey, eN, esx,
+                          esy, box, data, other):
+    for q in prange(sel.shape[0]):
+        _group_box(frames, baseline, factor, sel[q], gframe, gcy, gcx, egroup, order, fstarts, ex, ey, eN, esx,
+                   esy, box, data, other)
+
+
+@njit(cache=True, nogil=True)
+def _group_boxes_serial(frames, baseline, factor, sel, gframe, gcy, gcx, egroup, order, fstarts, ex, ey, eN, esx,
+                        esy, box, data, other):
+    for q in range(sel.shape[0]):
+        _group_box(frames, baseline, factor, sel[q], gframe, gcy, gcx, egroup, order, fstarts, ex, ey, eN, esx,
+                   esy, box, data, other)
+
+
+@njit(cache=True, nogil=True)
+def _group_box(frames, baseline, factor, g, gframe, gcy, gcx, egroup, order, fstarts, ex, ey, eN, esx, esy, box,
+               data, other):
+    r = box // 2
+    if True:
+        f = gframe[g]
+        cy = gcy[g]
+        cx = gcx[g]
+        for k in range(box):
+            for m in range(box):
+                data[g, k * box + m] = (float(frames[f, cy - r + k, cx - r + m]) - baseline) * factor
+                other[g, k * box + m] = 0.0
+        buf = np.empty(box)
+        for a in range(fstarts[f], fstarts[f + 1]):
+            j = order[a]
+            if egroup[j] == g:
+                continue
+            reach = r + 0.5 + 5.0 * max(esx[j], esy[j])
+            if abs(ex[j] - cx) > reach or abs(ey[j] - cy) > reach:
+                continue
+            _add_light(other[g], box, ex[j] - cx + r, ey[j] - cy + r, eN[j], esx[j], esy[j], buf)
+
+
+@njit(cache=True, nogil=True)
+def _expected(theta, K, box, other, mu):
+    """Expected photons of a fitted box (the engine's multi-emitter model) plus its other light."""
+    aux = np.empty(1)
+    aux[0] = K
+    scratch = np.empty((SCRATCH_ROWS, box))
+    jrow = np.empty(MAX_PARAMS)
+    prepare(MODEL_MULTI, theta, box, aux, scratch)
+    for k in range(box):
+        for m in range(box):
+            mu[k * box + m] = pixel(MODEL_MULTI, theta, k, m, aux, scratch, jrow, False) + other[k * box + m]
+
+
+@njit(cache=True, nogil=True)
+def _poisson_ll(data, mu):
+    s = 0.0
+    for p in range(data.shape[0]):
+        x = data[p]
+        m = mu[p]
+        if x > 0:
+            s += x * math.log(m / x) - m + x
+        else:
+            s -= m
+    return s
+
+
+def _residual_peaks(data, other, K, theta, box, out):
+    """Per box: Poisson log-likelihood of the model and the most significant residual peak.
+
+    ``out[g] = (loglik, z, row, column, photons)``: z is the PSF-weighted residual sum over its Poisson standard
+    deviation at the best pixel, (row, column) the residual's centroid around it (box pixels) and photons a
+    rough estimate of the missing spot's photons.
+    """
+    if len(data) < SERIAL_BELOW:
+        _residual_peaks_serial(data, other, K, theta, box, out)
+    else:
+        _residual_peaks_parallel(data, other, K, theta, box, out)
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _residual_peaks_parallel(data, other, K, theta, box, out):
+    for g in prange(data.shape[0]):
+        _residual_peak(data, other, K, theta, box, out, g)
+
+
+@njit(cache=True, nogil=True)
+def _residual_peaks_serial(data, other, K, theta, box, out):
+    for g in range(data.shape[0]):
+        _residual_peak(data, other, K, theta, box, out, g)
+
+
+@njit(cache=True, nogil=True)
+def _residual_peak(data, other, K, theta, box, out, g):
+    npx = box * box
+    if True:
+        mu = np.empty(npx)
+        _expected(theta[g], K[g], box, other[g], mu)
+        out[g, 0] = _poisson_ll(data[g], mu)
+        sx = theta[g, 4]
+        sy = theta[g, 5]
+        rw = max(1, int(round(1.0 * max(sx, sy))))
+        wx = np.empty(2 * rw + 1)
+        wy = np.empty(2 * rw + 1)
+        for t in range(-rw, rw + 1):
+            wx[t + rw] = math.exp(-0.5 * t * t / (sx * sx))
+            wy[t + rw] = math.exp(-0.5 * t * t / (sy * sy))
+        best = -1e300
+        bk = 0
+        bm = 0
+        for k in range(box):
+            for m in range(box):
+                s = 0.0
+                v = 0.0
+                wsum = 0.0
+                for a in range(max(0, k - rw), min(box, k + rw + 1)):
+                    for b in range(max(0, m - rw), min(box, m + rw + 1)):
+                        w = wy[a - k + rw] * wx[b - m + rw]
+                        p = a * box + b
+                        s += w * (data[g, p] - mu[p])
+                        v += w * w * mu[p]
+                        wsum += w
+                z = s / math.sqrt(max(v, 1e-12))
+                if z > best:
+                    best = z
+                    bk = k
+                    bm = m
+        # centroid of the positive residual around the peak, and the photons it holds
+        tot = 0.0
+        ck = 0.0
+        cm = 0.0
+        for a in range(max(0, bk - 1), min(box, bk + 2)):
+            for b in range(max(0, bm - 1), min(box, bm + 2)):
+                d = data[g, a * box + b] - mu[a * box + b]
+                if d > 0:
+                    tot += d
+                    ck += d * a
+                    cm += d * b
+        if tot > 0:
+            ck /= tot
+            cm /= tot
+        else:
+            ck = bk
+            cm = bm
+        fx = math.erf(1.5 / (math.sqrt(2.0) * sx))
+        fy = math.erf(1.5 / (math.sqrt(2.0) * sy))
+        out[g, 1] = best
+        out[g, 2] = ck
+        out[g, 3] = cm
+        out[g, 4] = max(tot / max(fx * fy, 0.05), 10.0)
+
+
+def _split_starts(data, theta, box, sigma):
+    """Start parameters of two emitters for one-emitter fits ``theta`` that came out wider than the PSF.
+
+    The pair lies along the elongation: half-separations ``sqrt(s^2 - sigma^2)`` in x and y from the fitted
+    widths, the diagonal's sign from the data's xy moment about the fitted centre.
+    """
+    out = np.zeros((len(theta), MAX_PARAMS))
+    if len(theta) == 0:
+        return out
+    d = data.reshape(len(theta), box, box) - theta[:, 3][:, None, None]
+    k, m = np.mgrid[0:box, 0:box]
+    cxy = np.sum(d * (m[None] - theta[:, 0][:, None, None]) * (k[None] - theta[:, 1][:, None, None]), axis=(1, 2))
+    ax = np.sqrt(np.maximum(theta[:, 4] ** 2 - sigma**2, 0.0))
+    ay = np.sqrt(np.maximum(theta[:, 5] ** 2 - sigma**2, 0.0)) * np.where(cxy < 0, -1.0, 1.0)
+    out[:, 0] = theta[:, 0] - ax
+    out[:, 1] = theta[:, 1] - ay
+    out[:, 2] = 0.5 * theta[:, 2]
+    out[:, 3] = theta[:, 3]
+    out[:, 4] = sigma
+    out[:, 5] = sigma
+    out[:, 6] = theta[:, 0] + ax
+    out[:, 7] = theta[:, 1] + ay
+    out[:, 8] = 0.5 * theta[:, 2]
+    return out
+
+
+# ------------------------------------------------------------------------------------------ orchestration
+class _Emitters:
+    """Growing per-emitter state (frame coordinates)."""
+
+    def __init__(self, frame, x, y, N, bg, sx, sy, ng):
+        self.frame = np.asarray(frame, np.int64)
+        self.x = np.asarray(x, float)
+        self.y = np.asarray(y, float)
+        self.N = np.asarray(N, float)
+        self.bg = np.asarray(bg, float)
+        self.sx = np.asarray(sx, float)
+        self.sy = np.asarray(sy, float)
+        self.ng = np.asarray(ng, np.float32)
+        self.added = np.zeros(len(self.x), bool)
+        #: the box an emitter alone is fitted in: its identified pixel (an added emitter: its nearest pixel)
+        self.hx = np.rint(self.x).astype(np.int64)
+        self.hy = np.rint(self.y).astype(np.int64)
+        #: twice the log-likelihood gain that accepted this emitter (0: identified, not added)
+        self.llr = np.zeros(len(self.x))
+
+    def __len__(self):
+        return len(self.x)
+
+    def append(self, frame, x, y, N, bg, sx, sy, ng):
+        for name, v in (("frame", frame), ("x", x), ("y", y), ("N", N), ("bg", bg), ("sx", sx), ("sy", sy),
+                        ("ng", ng)):
+            cur = getattr(self, name)
+            setattr(self, name, np.concatenate([cur, np.asarray(v, cur.dtype)]))
+        self.added = np.concatenate([self.added, np.ones(len(np.atleast_1d(x)), bool)])
+        self.hx = np.concatenate([self.hx, np.rint(np.atleast_1d(x)).astype(np.int64)])
+        self.hy = np.concatenate([self.hy, np.rint(np.atleast_1d(y)).astype(np.int64)])
+        self.llr = np.concatenate([self.llr, np.zeros(len(np.atleast_1d(x)))])
+
+
+class _Groups:
+    """Groups of emitters fitted in one box: CSR membership, box centres and the latest fit."""
+
+    def __init__(self, frame, cy, cx, start, members):
+        self.frame = np.asarray(frame, np.int64)
+        self.cy = np.asarray(cy, np.int64)
+        self.cx = np.asarray(cx, np.int64)
+        self.start = np.asarray(start, np.int64)
+        self.members = np.asarray(members, np.int64)
+        G = len(self.frame)
+        self.K = np.diff(self.start).astype(np.int64)
+        self.theta = np.zeros((G, MAX_PARAMS))
+        self.var = np.full((G, MAX_PARAMS), np.nan)
+        self.obj = np.zeros(G)
+        self.iterations = np.zeros(G, np.int64)
+        self.converged = np.zeros(G, bool)
+        self.llr = np.zeros(G)
+        self.fitted = np.zeros(G, bool)
+        #: photons of other light in the box when it was last fitted
+        self.light = np.zeros(G)
+        #: the residual of the latest fit was searched (and gave no emitter that passed the test)
+        self.checked = np.zeros(G, bool)
+
+    def __len__(self):
+        return len(self.frame)
+
+    def member_list(self, g):
+        return self.members[self.start[g]:self.start[g + 1]]
+
+
+def _frame_index(E, n_frames, alive):
+    idx = np.flatnonzero(alive)
+    order = idx[np.argsort(E.frame[idx], kind="stable")]
+    fstarts = np.searchsorted(E.frame[order], np.arange(n_frames + 1)).astype(np.int64)
+    return order.astype(np.int64), fstarts
+
+
+@njit(cache=True, nogil=True)
+def _join(a, b, x, y, n, max_emitters, span_max):
+    """Union-find over the edges (a[k], b[k]) taken in order, keeping groups small and box-sized."""
+    parent = np.arange(n)
+    size = np.ones(n, np.int64)
+    x0 = x.copy()
+    x1 = x.copy()
+    y0 = y.copy()
+    y1 = y.copy()
+    for k in range(a.shape[0]):
+        i = a[k]
+        while parent[i] != i:
+            i = parent[i]
+        j = b[k]
+        while parent[j] != j:
+            j = parent[j]
+        if i == j or size[i] + size[j] > max_emitters:
+            continue
+        nx0 = min(x0[i], x0[j])
+        nx1 = max(x1[i], x1[j])
+        ny0 = min(y0[i], y0[j])
+        ny1 = max(y1[i], y1[j])
+        if nx1 - nx0 > span_max or ny1 - ny0 > span_max:
+            continue
+        parent[j] = i
+        size[i] += size[j]
+        x0[i], x1[i], y0[i], y1[i] = nx0, nx1, ny0, ny1
+    root = np.empty(n, np.int64)
+    for i in range(n):
+        j = i
+        while parent[j] != j:
+            j = parent[j]
+        root[i] = j
+    return root
+
+
+def _make_groups(E, alive, box, height, width, max_emitters, join_px):
+    """Join emitters of one frame closer than ``join_px``, nearest pairs first, within the size limits."""
+    idx = np.flatnonzero(alive)
+    n = len(E)
+    a = b = np.zeros(0, np.int64)
+    if max_emitters > 1 and len(idx) > 1:
+        # frames far apart in a combined coordinate so one tree serves the chunk
+        pts = np.column_stack([E.x[idx] + E.frame[idx] * 1e5, E.y[idx]])
+        pairs = cKDTree(pts).query_pairs(join_px, output_type="ndarray")
+        if len(pairs):
+            a, b = idx[pairs[:, 0]], idx[pairs[:, 1]]
+            o = np.argsort(np.hypot(E.x[a] - E.x[b], E.y[a] - E.y[b]), kind="stable")
+            a, b = a[o].astype(np.int64), b[o].astype(np.int64)
+    root = _join(a, b, E.x, E.y, n, int(max_emitters), float(box - 3))
+    members = idx[np.lexsort((idx, root[idx]))]
+    rs = root[members]
+    start = np.concatenate([[0], np.flatnonzero(np.diff(rs)) + 1, [len(members)]]).astype(np.int64)
+    r = box // 2
+    if len(members):
+        s0 = start[:-1]
+        cx = np.rint(0.5 * (np.minimum.reduceat(E.x[members], s0) + np.maximum.reduceat(E.x[members], s0)))
+        cy = np.rint(0.5 * (np.minimum.reduceat(E.y[members], s0) + np.maximum.reduceat(E.y[members], s0)))
+        # an emitter alone stays in its own box while it lies a pixel inside it (sparse spots keep the box,
+        # and so the fit, of the identification)
+        one = np.diff(start) == 1
+        m0 = members[s0]
+        home = one & (np.abs(E.x[m0] - E.hx[m0]) <= 1.0) & (np.abs(E.y[m0] - E.hy[m0]) <= 1.0)
+        cx = np.where(home, E.hx[m0], cx)
+        cy = np.where(home, E.hy[m0], cy)
+        cx = np.clip(cx, r, width - r - 1).astype(np.int64)
+        cy = np.clip(cy, r, height - r - 1).astype(np.int64)
+        frame = E.frame[members[s0]]
+    else:
+        cx = cy = frame = np.zeros(0, np.int64)
+    return _Groups(frame, cy, cx, start, members)
+
+
+def _slots(G, gsel):
+    """For groups ``gsel``: row (into gsel), emitter, theta index of x, for every member."""
+    K = G.K[gsel]
+    rows = np.repeat(np.arange(len(gsel)), K)
+    first = np.repeat(G.start[gsel], K)
+    pos = np.arange(len(rows)) - np.repeat(np.cumsum(K) - K, K)
+    mem = G.members[first + pos]
+    j = np.where(pos == 0, 0, 6 + 3 * (pos - 1))
+    return rows, mem, j
+
+
+def _theta_from_emitters(E, G, gsel, box):
+    """Start parameters of groups ``gsel`` from their members' latest values."""
+    r = box // 2
+    theta = np.zeros((len(gsel), MAX_PARAMS))
+    if len(gsel) == 0:
+        return theta
+    rows, mem, j = _slots(G, gsel)
+    theta[rows, j] = E.x[mem] - G.cx[gsel][rows] + r
+    theta[rows, j + 1] = E.y[mem] - G.cy[gsel][rows] + r
+    theta[rows, j + 2] = np.maximum(E.N[mem], 10.0)
+    w = np.maximum(E.N[mem], 1.0)
+    wsum = np.bincount(rows, w, len(gsel))
+    theta[:, 3] = np.maximum(np.bincount(rows, w * E.bg[mem], len(gsel)) / wsum, 1e-2)
+    theta[:, 4] = np.bincount(rows, w * E.sx[mem], len(gsel)) / wsum
+    theta[:, 5] = np.bincount(rows, w * E.sy[mem], len(gsel)) / wsum
+    return theta
+
+
+def _store(E, G, gsel, theta, box):
+    """Write the fitted parameters of groups ``gsel`` back to their members."""
+    r = box // 2
+    if len(gsel) == 0:
+        return
+    rows, mem, j = _slots(G, gsel)
+    E.x[mem] = theta[rows, j] + G.cx[gsel][rows] - r
+    E.y[mem] = theta[rows, j + 1] + G.cy[gsel][rows] - r
+    E.N[mem] = theta[rows, j + 2]
+    E.bg[mem] = theta[rows, 3]
+    E.sx[mem] = theta[rows, 4]
+    E.sy[mem] = theta[rows, 5]
+
+
+def _inherit(G_old, G_new, n, alive):
+    """Copy the fit of every old group whose members (in order) and box are unchanged into ``G_new``."""
+    og = np.full(n, -1, np.int64)
+    og[G_old.members] = np.repeat(np.arange(len(G_old)), G_old.K)
+    if len(G_new) == 0:
+        return
+    first = G_new.members[G_new.start[:-1]]
+    cand = og[first]
+    same = (cand >= 0)
+    c = np.where(same, cand, 0)
+    same &= G_old.fitted[c] & (G_old.K[c] == G_new.K) & (G_old.cy[c] == G_new.cy) & (G_old.cx[c] == G_new.cx)
+    # every member in the same old group, at the same place
+    rows = np.repeat(np.arange(len(G_new)), G_new.K)
+    pos = np.arange(len(rows)) - np.repeat(G_new.start[:-1], G_new.K)
+    mem = G_new.members
+    ok_mem = (og[mem] == c[rows]) & (G_old.members[np.minimum(G_old.start[c[rows]] + pos, len(G_old.members) - 1)]
+                                      == mem) & alive[mem]
+    same &= np.bincount(rows, ~ok_mem, len(G_new)) == 0
+    s = np.flatnonzero(same)
+    src = c[s]
+    G_new.theta[s], G_new.var[s], G_new.obj[s] = G_old.theta[src], G_old.var[src], G_old.obj[src]
+    G_new.iterations[s], G_new.converged[s], G_new.llr[s] = G_old.iterations[src], G_old.converged[src], \
+        G_old.llr[src]
+    G_new.fitted[s] = True
+    G_new.light[s] = G_old.light[src]
+    G_new.checked[s] = G_old.checked[src]
+
+
+def fit_crowded(frames, ids, fit0, p, options: CrowdedOptions, noise=NOISE_POISSON, baseline=0.0, factor=1.0,
+                device="cpu"):
+    """Emitters of a chunk: the single-emitter fits ``fit0`` of the identified boxes ``ids``, refined.
+
+    ``frames`` are the chunk's frames ``(n, height, width)``, photons = ``(frames - baseline) * factor``; ``ids`` the identification with
+    ``frame`` relative to the chunk; ``fit0`` the dict of :func:`~napari_localize.core.fit_mle.fit_mle` (or
+    ``fit_lq``) for those boxes. Returns a dict of per-emitter columns: ``frame``, ``x``, ``y`` (frame pixels),
+    the fit columns of ``fit0`` (per emitter; box-wide bg, widths and log-likelihood), ``converged``,
+    ``net_gradient``, ``n_emitters`` (emitters fitted in that box) and ``llr`` (twice the log-likelihood gain
+    of the box's last accepted extra emitter; 0 for a box of one).
+    """
+    frames = np.ascontiguousarray(frames)
+    n_frames, height, width = frames.shape
+    box = int(p.box_size)
+    r = box // 2
+    npx = box * box
+    conv0 = np.asarray(fit0["converged"], bool)
+    E = _Emitters(ids["frame"], ids["x"] + np.where(conv0, fit0["dx"], 0.0), ids["y"] + np.where(conv0, fit0["dy"], 0.0),
+                  fit0["photons"], fit0["bg"], fit0["sx"], fit0["sy"], ids["net_gradient"])
+    E.hx = np.asarray(ids["x"], np.int64).copy()
+    E.hy = np.asarray(ids["y"], np.int64).copy()
+    ok_w = conv0 & np.isfinite(fit0["sx"])
+    # the PSF width: the narrower fitted width of a typical spot (blends of two spots widen one axis)
+    sigma = float(np.median(np.minimum(fit0["sx"][ok_w], fit0["sy"][ok_w]))) if ok_w.any() else 1.0
+    # failed single fits restart from their box's moments
+    bad = ~conv0 | ~np.isfinite(E.x) | ~np.isfinite(E.N)
+    E.x[bad] = ids["x"][bad]
+    E.y[bad] = ids["y"][bad]
+    E.sx[bad] = sigma
+    E.sy[bad] = sigma
+    E.N[bad] = np.where(np.isfinite(E.N[bad]) & (E.N[bad] > 10), E.N[bad], 100.0)
+    E.bg[bad] = np.where(np.isfinite(E.bg[bad]) & (E.bg[bad] > 0), E.bg[bad], 1.0)
+    alive = np.ones(len(E), bool)
+
+    # the identified boxes as singleton groups, with their single-emitter fits
+    G = _Groups(ids["frame"], ids["y"], ids["x"], np.arange(len(E) + 1), np.arange(len(E)))
+    G.theta[:, :6] = np.column_stack([fit0["dx"] + r, fit0["dy"] + r, fit0["photons"], fit0["bg"], fit0["sx"],
+                                      fit0["sy"]])
+    nan = np.full(len(E), np.nan)
+    var0 = np.column_stack([fit0["lpx"], fit0["lpy"]] + [fit0.get(k, nan) for k in
+                                                         ("photons_unc", "bg_unc", "sx_unc", "sy_unc")]) ** 2
+    G.var[:, :6] = var0
+    G.obj[:] = fit0["log_likelihood"] if "log_likelihood" in fit0 else -0.5 * fit0["residual_sum_squares"]
+    G.iterations[:] = fit0["iterations"]
+    G.converged[:] = conv0
+    G.fitted[:] = conv0
+    dirty = ~conv0
+    join_px = options.join_sigmas * sigma
+    min_sep = options.min_separation_sigmas * sigma
+    max_em = int(options.max_emitters)
+
+    def boxes(G, extra=None, data=None, other=None):
+        """Data and other light of the groups that can have other light or need a fit (or ``extra``, filled
+        into ``data`` and ``other``)."""
+        order, fstarts = _frame_index(E, n_frames, alive)
+        egroup = np.full(len(E), -1, np.int64)
+        egroup[G.members] = np.repeat(np.arange(len(G)), G.K)
+        near = np.zeros(len(G), bool)
+        ai = np.flatnonzero(alive)
+        if len(ai) > 1:
+            # an emitter lights a box within r + 1/2 + 5 widths of its centre (as _group_boxes renders it), and
+            # a group's members lie within (box - 3) / sqrt(2) of its centre
+            w = np.minimum(np.maximum(E.sx[ai], E.sy[ai]), r + 0.5)
+            reach = r + 0.5 + 5.0 * w + (box - 3) / math.sqrt(2.0)
+            pts = np.column_stack([E.x[ai] + E.frame[ai] * 1e5, E.y[ai]])
+            pairs = cKDTree(pts).query_pairs(float(reach.max()), output_type="ndarray")
+            if len(pairs):
+                a_, b_ = pairs[:, 0], pairs[:, 1]
+                d = np.hypot(*(pts[a_] - pts[b_]).T)
+                ga, gb = egroup[ai[a_]], egroup[ai[b_]]
+                differ = (ga != gb) & (d <= np.maximum(reach[a_], reach[b_]))
+                near[ga[differ]] = True
+                near[gb[differ]] = True
+        if extra is None:
+            sel = np.flatnonzero(near | dirty).astype(np.int64)
+            data = np.zeros((len(G), npx))
+            other = np.zeros((len(G), npx))
+        else:
+            sel = np.asarray(extra, np.int64)
+        _group_boxes(frames, float(baseline), float(factor), sel, G.frame, G.cy, G.cx, egroup, order, fstarts, E.x, E.y, E.N, E.sx, E.sy, box,
+                     data, other)
+        return data, other
+
+    def fit(G, gsel, data, other, theta0=None, K=None):
+        """Fit groups ``gsel`` with the engine's multi-emitter model, one call per number of emitters."""
+        theta = _theta_from_emitters(E, G, gsel, box) if theta0 is None else theta0.copy()
+        K = G.K[gsel] if K is None else K
+        var = np.full((len(gsel), MAX_PARAMS), np.nan)
+        obj = np.empty(len(gsel))
+        its = np.zeros(len(gsel), np.int64)
+        conv = np.zeros(len(gsel), np.bool_)
+        for k in np.unique(K):
+            rows = np.flatnonzero(K == k)
+            P = 6 + 3 * (int(k) - 1)
+            g = gsel[rows]
+            res = fit_boxes(data[g].reshape(-1, box, box), MODEL_MULTI, noise, theta0=theta[rows, :P],
+                            aux=np.array([float(k)]), other=other[g].reshape(-1, box, box),
+                            eps=float(p.convergence), max_iterations=int(p.max_iterations), device=device)
+            theta[rows, :P] = res.theta
+            var[rows, :P] = res.crlb
+            obj[rows], its[rows], conv[rows] = res.objective, res.iterations, res.converged
+        return theta, var, obj, its, conv
+
+    rounds = options.rounds if max_em > 1 else 0
+
+    def regroup(G):
+        Gn = _make_groups(E, alive, box, height, width, max_em, join_px)
+        _inherit(G, Gn, len(E), alive)
+        return Gn
+
+    rnd = 0
+    passes = 0
+    polish = 0
+    settle = 0
+    while True:
+        passes += 1
+        data, other = boxes(G)
+        light = other.sum(axis=1)
+        lit = light > options.light_floor
+        # refit new boxes, failed ones, and boxes whose neighbours' light changed since their last fit
+        gsel = np.flatnonzero(dirty | (np.abs(light - G.light) > options.light_floor))
+        if len(gsel):
+            theta, var, obj, its, conv = fit(G, gsel, data, other)
+            G.theta[gsel], G.var[gsel], G.obj[gsel], G.iterations[gsel], G.converged[gsel] = theta, var, obj, its, conv
+            G.fitted[gsel] = True
+            G.light[gsel] = light[gsel]
+            G.checked[gsel] = False
+            okg = gsel[conv]
+            _store(E, G, okg, theta[conv], box)
+        # two emitters on one spot (two boxes whose fits ran to the same place) are one: keep the brighter
+        ai = np.flatnonzero(alive)
+        killed = False
+        if len(ai) > 1 and passes < 2 * rounds + 4:
+            pairs = cKDTree(np.column_stack([E.x[ai] + E.frame[ai] * 1e5, E.y[ai]])).query_pairs(
+                min_sep, output_type="ndarray")
+            for a, b in pairs:
+                i, j = ai[a], ai[b]
+                if alive[i] and alive[j]:
+                    alive[j if E.N[j] < E.N[i] else i] = False
+                    killed = True
+        if killed:
+            G = regroup(G)
+            dirty = ~G.fitted
+            continue
+        if rnd == 0 and settle < options.settle_passes and lit.any():
+            # let the neighbours' light settle (each refit with the others' refits) before reading residuals
+            settle += 1
+            continue
+        if rnd >= rounds:
+            if polish < options.polish_passes:
+                polish += 1
+                continue
+            break
+        rnd += 1
+        # residual re-identification in every converged box with room for one emitter more
+        cand_g = np.flatnonzero(G.converged & (G.K < max_em) & ~G.checked)
+        G.checked[cand_g] = True
+        # boxes not cut yet this pass (no neighbour in reach, fit unchanged): cut them for the residual search
+        missing = cand_g[~np.any(data[cand_g] != 0.0, axis=1)]
+        if len(missing):
+            boxes(G, missing, data, other)
+        if len(cand_g) == 0:
+            rnd = rounds
+            continue
+        res = np.zeros((len(cand_g), 5))
+        _residual_peaks(data[cand_g], other[cand_g], np.ascontiguousarray(G.K[cand_g]), G.theta[cand_g], box, res)
+        base_ll = dict(zip(cand_g.tolist(), res[:, 0].tolist(), strict=True))
+        hit = res[:, 1] > options.candidate_z
+        # a single emitter fitted wider than the PSF may be two closer than the residual shows: split it
+        th = G.theta[cand_g]
+        wide = ~hit & (G.K[cand_g] == 1) & (np.maximum(th[:, 4], th[:, 5]) > options.split_width * sigma)
+        split_g, split_th = cand_g[wide], th[wide]
+        cand_g, res = cand_g[hit], res[hit]
+        cx = res[:, 3] + G.cx[cand_g] - r
+        cy = res[:, 2] + G.cy[cand_g] - r
+        cf = G.frame[cand_g]
+        # one candidate per place: the most significant; none on top of an emitter
+        keep = np.ones(len(cand_g), bool)
+        if len(cand_g):
+            order_z = np.argsort(-res[:, 1], kind="stable")
+            tree_pts = np.column_stack([cx + cf * 1e5, cy])
+            tree = cKDTree(tree_pts)
+            for a in order_z:
+                if not keep[a]:
+                    continue
+                for b in tree.query_ball_point(tree_pts[a], 1.0 * sigma + 0.5):
+                    if b != a and keep[b] and res[b, 1] <= res[a, 1]:
+                        keep[b] = False
+            ai = np.flatnonzero(alive)
+            etree = cKDTree(np.column_stack([E.x[ai] + E.frame[ai] * 1e5, E.y[ai]]))
+            dist, _ = etree.query(tree_pts, k=1)
+            keep &= dist > min_sep
+        cand_g, res = cand_g[keep], res[keep]
+        # nested models: the box with one emitter more, started at the residual peak or from a split
+        theta1 = np.concatenate([G.theta[cand_g], _split_starts(data[split_g], split_th, box, sigma)])
+        for row, g in enumerate(cand_g):
+            j = emitter_index(int(G.K[g]))
+            theta1[row, j] = res[row, 3]
+            theta1[row, j + 1] = res[row, 2]
+            theta1[row, j + 2] = res[row, 4]
+        cand_g = np.concatenate([cand_g, split_g]).astype(np.int64)
+        if len(cand_g) == 0:
+            rnd = rounds
+            continue
+        K1 = G.K[cand_g] + 1
+        t1, v1, o1, it1, c1 = fit(G, cand_g, data, other, theta1, K1)
+        res = np.array([[base_ll[int(g)]] for g in cand_g])
+        res1 = np.zeros((len(cand_g), 5))
+        _residual_peaks(data[cand_g], other[cand_g], np.ascontiguousarray(K1), t1, box, res1)
+        llr = 2.0 * (res1[:, 0] - res[:, 0])
+        accept = c1 & (llr > options.llr_threshold)
+        for row in np.flatnonzero(accept):
+            pos = np.array([[t1[row, emitter_index(e)], t1[row, emitter_index(e) + 1]] for e in range(K1[row])])
+            d = np.hypot(*(pos[:, None, :] - pos[None, :, :]).transpose(2, 0, 1))
+            d[np.diag_indices(len(pos))] = np.inf
+            if d.min() < min_sep:
+                accept[row] = False
+        acc = np.flatnonzero(accept)
+        if len(acc) == 0:
+            rnd = rounds
+            continue
+        # the accepted emitters join the emitter list; their boxes keep the new fit
+        g_acc = cand_g[acc]
+        n_old = len(E)
+        new_idx = np.arange(n_old, n_old + len(acc))
+        jn = np.array([emitter_index(int(G.K[g])) for g in g_acc])
+        E.append(G.frame[g_acc], t1[acc, jn] + G.cx[g_acc] - r, t1[acc, jn + 1] + G.cy[g_acc] - r,
+                 t1[acc, jn + 2], t1[acc, 3], t1[acc, 4], t1[acc, 5],
+                 np.zeros(len(acc), np.float32))
+        alive = np.concatenate([alive, np.ones(len(acc), bool)])
+        E.llr[new_idx] = llr[acc]
+        # the accepted boxes: their members, new emitter last, and the joint fit
+        o = np.argsort(g_acc, kind="stable")
+        members = np.insert(G.members, G.start[g_acc[o] + 1], new_idx[o])
+        grew = np.zeros(len(G) + 1, np.int64)
+        grew[g_acc + 1] = 1
+        G2 = _Groups(G.frame, G.cy, G.cx, G.start + np.cumsum(grew), members)
+        for name in ("theta", "var", "obj", "iterations", "converged", "llr", "fitted", "light", "checked"):
+            setattr(G2, name, getattr(G, name))
+        G2.theta[g_acc], G2.var[g_acc], G2.obj[g_acc] = t1[acc], v1[acc], o1[acc]
+        G2.iterations[g_acc], G2.converged[g_acc], G2.llr[g_acc] = it1[acc], True, llr[acc]
+        G2.fitted[g_acc] = True
+        G2.light[g_acc] = light[g_acc]
+        G2.checked[g_acc] = False
+        _store(E, G2, g_acc, t1[acc], box)
+        G = regroup(G2)
+        dirty = ~G.fitted
+    return _columns(E, G, alive, box)
+
+
+def _columns(E, G, alive, box):
+    """Per-emitter output columns from the latest group fits."""
+    r = box // 2
+    gi, ii, j = _slots(G, np.arange(len(G)))
+    n = len(gi)
+    ei = np.arange(n) - np.repeat(G.start[:-1], G.K)
+    th = G.theta[gi] if n else np.zeros((0, MAX_PARAMS))
+    var = G.var[gi] if n else np.zeros((0, MAX_PARAMS))
+    with np.errstate(invalid="ignore"):
+        sd = np.sqrt(np.where(var > 0, var, np.nan))
+    take = np.arange(n)
+    # a box's likelihood ratio: the weakest of its added emitters' (the last emitter a test accepted)
+    box_llr = np.full(len(G), np.inf)
+    if n:
+        np.minimum.at(box_llr, gi, np.where(E.llr[ii] > 0, E.llr[ii], np.inf))
+    box_llr[~np.isfinite(box_llr)] = 0.0
+    out = {
+        "frame": G.frame[gi],
+        "x": th[take, j] + G.cx[gi] - r,
+        "y": th[take, j + 1] + G.cy[gi] - r,
+        "photons": th[take, j + 2],
+        "bg": th[:, 3], "sx": th[:, 4], "sy": th[:, 5],
+        "lpx": sd[take, j], "lpy": sd[take, j + 1], "photons_unc": sd[take, j + 2],
+        "bg_unc": sd[:, 3], "sx_unc": sd[:, 4], "sy_unc": sd[:, 5],
+        "log_likelihood": G.obj[gi], "iterations": G.iterations[gi], "converged": G.converged[gi],
+        "net_gradient": E.ng[ii], "n_emitters": G.K[gi], "llr": box_llr[gi], "added": E.added[ii],
+    }
+    # frame, then box in row-major order (the identification's order), then emitter
+    order = np.lexsort((ei, G.cx[gi], G.cy[gi], G.frame[gi]))
+    return {k: v[order] for k, v in out.items()}

@@ -1,0 +1,214 @@
+"""Crowded fields: joint multi-emitter fits, neighbours' light and residual re-identification.
+
+Every accuracy assertion is against the simulator's ground truth, with bounds from the Cramér-Rao lower bound,
+against picassosr run on the same movie, or against the storm-analysis reference table.
+"""
+
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+
+from napari_localize import LocalizeParameters
+from napari_localize.api import localize_movie
+from napari_localize.cli import main, suggested_min_net_gradient
+from napari_localize.core.evaluate import accuracy, nearest_neighbour_distance
+from napari_localize.core.locs import CROWDED_FIELDS, locs_dtype
+from napari_localize.core.psf import crlb
+from napari_localize.core.simulate import SimulationParameters, simulate_movie
+from napari_localize.io.locs import load_locs
+from napari_localize.io.movies.write import write_movie
+
+BASELINE = 100.0
+
+
+def simulate(density, n_frames, photons=2000.0, seed=11, min_separation=0.0, size=128):
+    sp = SimulationParameters(n_frames=n_frames, height=size, width=size, spots_per_frame=density,
+                              photons=photons, bg=20.0, sigma=1.0, baseline=BASELINE, min_separation=min_separation,
+                              seed=seed)
+    frames, truth = simulate_movie(sp)
+    return frames, truth, sp
+
+
+def params(sp, **kw):
+    return LocalizeParameters(baseline=BASELINE, min_net_gradient=round(suggested_min_net_gradient(sp)), **kw)
+
+
+def crlb_x_sd(truth, box=7):
+    """Root mean CRLB variance of x (pixels) of isolated spots with the true parameters and offsets."""
+    r = box // 2
+    var = [crlb(float(t["photons"]), float(t["bg"]), float(t["sx"]), float(t["sy"]), box,
+                r + t["x"] - round(float(t["x"])), r + t["y"] - round(float(t["y"])))[0] for t in truth]
+    return float(np.sqrt(np.mean(var)))
+
+
+def errors(truth, locs):
+    acc, m = accuracy(truth, locs, tolerance=1.0)
+    ex = locs["x"][m.locs_index].astype(float) - truth["x"][m.truth_index]
+    ey = locs["y"][m.locs_index].astype(float) - truth["y"][m.truth_index]
+    return acc, m, ex, ey
+
+
+def rms(*a):
+    v = np.concatenate(a)
+    return float(np.sqrt(np.mean(v**2)))
+
+
+@pytest.mark.parametrize("photons", [500.0, 2000.0])
+def test_isolated_spots_at_the_crlb_among_20_per_frame(photons):
+    frames, truth, sp = simulate(20, 120, photons)
+    locs, _, _ = localize_movie(frames, params(sp))
+    single, _, _ = localize_movie(frames, params(sp, max_emitters=1))
+    acc, m, ex, ey = errors(truth, locs)
+    nn = nearest_neighbour_distance(truth)[m.truth_index]
+    rng = np.random.default_rng(0)
+    for radius, bound in ((4.0, 1.10), (6.0, 1.05)):
+        sel = nn > radius
+        assert sel.sum() > 1000
+        sample = rng.choice(m.truth_index[sel], 400, replace=False)
+        ratio = rms(ex[sel], ey[sel]) / crlb_x_sd(truth[sample])
+        assert ratio <= bound, (radius, ratio)
+    # the joint fit finds at least what one emitter per box found
+    acc1, _, _, _ = errors(truth, single)
+    assert acc.jaccard >= acc1.jaccard
+    # the uncertainty reported per emitter is the CRLB: it matches the scatter of isolated spots
+    sel = nn > 6.0
+    lp = locs["lpx"][m.locs_index][sel]
+    assert 0.9 < rms(ex[sel]) / np.sqrt(np.mean(lp**2)) < 1.1
+
+
+def _picasso(movie, method, suffix, ng):
+    cmd = [sys.executable, "-m", "picasso", "localize", str(movie), "-a", method, "-b", "7", "-g", str(ng),
+           "-bl", str(int(BASELINE)), "-s", "1", "-ga", "1", "-d", "0", "-sf", suffix]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    locs, _ = load_locs(movie.parent / f"{movie.name[:-len('.ome.tif')]}.ome{suffix}_locs.hdf5")
+    return locs
+
+
+def test_dense_fields_beat_picasso_by_a_tenth_in_jaccard(tmp_path):
+    # one movie: 30 frames of 80 spots, then 20 frames of 150 spots per 128x128 frame (spots may overlap)
+    f80, t80, sp = simulate(80, 30, seed=21)
+    f150, t150, _ = simulate(150, 20, seed=22)
+    t150 = t150.copy()
+    t150["frame"] += 30
+    frames = np.concatenate([f80, f150])
+    movie = tmp_path / "dense.ome.tif"
+    write_movie(movie, [frames], frames.shape, frames.dtype)
+    ng = round(suggested_min_net_gradient(sp))
+    ours, _, _ = localize_movie(frames, params(sp))
+    theirs = {m: _picasso(movie, m, "_" + m, ng) for m in ("lq", "mle")}
+    for truth, lo, hi in ((t80, 0, 30), (t150, 30, 50)):
+        def part(locs):
+            return locs[(locs["frame"] >= lo) & (locs["frame"] < hi)]
+
+        acc, _, ex, ey = errors(truth, part(ours))
+        best_j = 0.0
+        for method, locs in theirs.items():
+            pacc, _, pex, pey = errors(truth, part(locs))
+            best_j = max(best_j, pacc.jaccard)
+            assert rms(ex, ey) <= rms(pex, pey), (lo, method)
+        assert acc.jaccard >= best_j + 0.10, (lo, acc.jaccard, best_j)
+
+
+@pytest.mark.parametrize("box", [7, 9])
+def test_storm_analysis_frame(data_dir, box):
+    d = data_dir / "smlm_ground_truth"
+    frames = np.fromfile(d / "test.dax", ">u2").reshape(10, 256, 256)[:1].astype(np.uint16)
+    with h5py.File(d / "test_ref.hdf5") as f:
+        g = f["fr_0"]
+        truth = np.zeros(len(g["x"]), [("frame", "<u4"), ("x", "<f4"), ("y", "<f4")])
+        truth["x"], truth["y"] = g["x"][...], g["y"][...]
+    assert len(truth) == 200
+    p = LocalizeParameters(box_size=box, min_net_gradient=1000, baseline=BASELINE)
+    locs, _, _ = localize_movie(frames, p)
+    single, _, _ = localize_movie(frames, p.replace(max_emitters=1))
+    acc, _, ex, ey = errors(truth, locs)
+    acc1, _, ex1, ey1 = errors(truth, single)
+    assert acc.jaccard >= 0.90, acc.jaccard
+    assert acc.jaccard > acc1.jaccard + 0.05
+    assert rms(ex, ey) < rms(ex1, ey1)
+
+
+def test_sparse_spots_give_exactly_the_single_emitter_fit():
+    # no spot reaches another's box: the crowded run must change nothing
+    frames, truth, sp = simulate(6, 60, seed=5, min_separation=16.0)
+    locs, info, _ = localize_movie(frames, params(sp))
+    single, info1, _ = localize_movie(frames, params(sp, max_emitters=1))
+    assert len(locs) == len(single) > 300
+    assert single.dtype == locs_dtype("mle")
+    assert locs.dtype.names == locs_dtype("mle").names + tuple(n for n, _ in CROWDED_FIELDS)
+    for name in single.dtype.names:
+        np.testing.assert_array_equal(locs[name], single[name], err_msg=name)
+    assert (locs["n_emitters"] == 1).all() and (locs["llr"] == 0).all()
+    assert info[2]["Max emitters per box"] == 5 and info1[2]["Max emitters per box"] == 1
+
+
+def test_close_pairs_are_resolved_with_joint_crlb():
+    # one pair 1.6-2.4 px apart per 24x24 frame; the box holds both
+    n = 300
+    rng = np.random.default_rng(3)
+    from napari_localize.core.simulate import expected_image
+
+    frames = np.empty((n, 24, 24), np.uint16)
+    truth = np.zeros(2 * n, [("frame", "<u4"), ("x", "<f4"), ("y", "<f4")])
+    for f in range(n):
+        d = rng.uniform(1.6, 2.4)
+        a = rng.uniform(0, np.pi)
+        cx, cy = rng.uniform(11, 13, 2)
+        xs = [cx - 0.5 * d * np.cos(a), cx + 0.5 * d * np.cos(a)]
+        ys = [cy - 0.5 * d * np.sin(a), cy + 0.5 * d * np.sin(a)]
+        mu = expected_image(24, 24, xs, ys, [2000.0, 2000.0], 1.0, 1.0, 20.0)
+        frames[f] = rng.poisson(mu) + BASELINE
+        truth["frame"][2 * f:2 * f + 2] = f
+        truth["x"][2 * f:2 * f + 2] = xs
+        truth["y"][2 * f:2 * f + 2] = ys
+    sp = SimulationParameters(photons=2000.0)
+    locs, _, _ = localize_movie(frames, params(sp))
+    single, _, _ = localize_movie(frames, params(sp, max_emitters=1))
+    acc, m, ex, ey = errors(truth, locs)
+    acc1, _, _, _ = errors(truth, single)
+    assert acc1.jaccard < 0.6  # one box, one emitter: at most one of each pair
+    assert acc.jaccard > 0.9
+    matched = locs[m.locs_index]
+    assert np.mean(matched["n_emitters"] == 2) > 0.9
+    assert (matched["llr"] > 30).mean() > 0.9
+    # the joint Fisher matrix: each emitter's bound is wider than an isolated spot's, and it is the scatter
+    iso = np.sqrt(crlb(2000.0, 20.0, 1.0, 1.0, 7)[0])
+    lp = np.sqrt(np.mean(matched["lpx"] ** 2))
+    assert lp > 1.15 * iso
+    z = ex / matched["lpx"]
+    assert 0.85 < 1.4826 * np.median(np.abs(z - np.median(z))) < 1.15
+    assert np.mean(np.abs(z) > 4) < 0.05
+
+
+def test_cli_max_emitters_flag_and_record(tmp_path):
+    movie = tmp_path / "m.ome.tif"
+    assert main(["simulate", str(movie), "--frames", "20", "--height", "64", "--width", "64", "--spots-per-frame",
+                 "30", "--min-separation", "0", "--baseline", "100", "--seed", "2"]) == 0
+    base = ["localize", str(movie), "--baseline", "100", "--min-net-gradient", "1200"]
+    assert main(base + ["--suffix", "_one", "--max-emitters", "1"]) == 0
+    assert main(base + ["--suffix", "_many"]) == 0
+    one, info1 = load_locs(tmp_path / "m.ome_one_locs.hdf5")
+    many, info = load_locs(tmp_path / "m.ome_many_locs.hdf5")
+    assert info1[2]["Max emitters per box"] == 1 and "n_emitters" not in one.dtype.names
+    assert info[2]["Max emitters per box"] == 5
+    assert "Min. 2 log-likelihood ratio" in info[2]["Multi-emitter fit"]
+    assert list(many.dtype.names[-2:]) == ["n_emitters", "llr"]
+    assert (many["n_emitters"] > 1).any() and len(many) > len(one)
+
+
+@pytest.mark.parametrize("value", ["0", "6", "2.5"])
+def test_cli_rejects_bad_max_emitters(tmp_path, capsys, value):
+    movie = tmp_path / "m.ome.tif"
+    assert main(["simulate", str(movie), "--frames", "2", "--height", "32", "--width", "32"]) == 0
+    capsys.readouterr()
+    code = main(["localize", str(movie), "--max-emitters", value]) if value != "2.5" else None
+    if value == "2.5":
+        with pytest.raises(SystemExit):
+            main(["localize", str(movie), "--max-emitters", value])
+        return
+    assert code != 0
+    assert "max emitters" in capsys.readouterr().err
