@@ -148,7 +148,9 @@ def localize_frames(frames, p: LocalizeParameters, first_frame: int = 0, stats: 
     stats.frames += n
     stats.identified += len(ids)
 
-    if p.max_emitters > 1 and p.fit_method in ("mle", "lq"):
+    # the crowded-fields refit models the camera with the scalar baseline/sensitivity and Poisson noise only, so
+    # with per-pixel sCMOS maps it is not run (one emitter per box; recorded in the fit document by core.run)
+    if p.max_emitters > 1 and p.fit_method in ("mle", "lq") and camera is None:
         fit, ids = _fit_crowded(frames, ids, fit, p, first_frame, stats.device)
         stats.seconds["fit"] += time.perf_counter() - t2
         fit["dx"], fit["dy"] = fit["x"] - ids["x"], fit["y"] - ids["y"]
@@ -158,8 +160,8 @@ def localize_frames(frames, p: LocalizeParameters, first_frame: int = 0, stats: 
     locs["y"] = ids["y"] + fit["dy"]
     locs["net_gradient"] = ids["net_gradient"]
     if "n_emitters" in locs.dtype.names:
-        locs["n_emitters"] = fit["n_emitters"]
-        locs["llr"] = fit["llr"]
+        locs["n_emitters"] = fit["n_emitters"] if "n_emitters" in fit else 1
+        locs["llr"] = fit["llr"] if "llr" in fit else 0.0
     for name in ("photons", "sx", "sy", "bg", "lpx", "lpy"):
         locs[name] = fit[name]
     locs["ellipticity"] = ellipticity(fit["sx"], fit["sy"])
