@@ -511,6 +511,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_calibrate_parser(sub)
     add_simulate_parser(sub)
     add_demo_parser(sub)
+    from .cli_post import add_export_parser, add_undrift_parser
+
+    add_undrift_parser(sub)
+    add_export_parser(sub)
     return parser
 
 

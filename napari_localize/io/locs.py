@@ -13,6 +13,8 @@ import h5py
 import numpy as np
 import yaml
 
+from .embedded import read_embedded_info, write_embedded_info
+
 #: older or GUI spellings of metadata keys, mapped to the API spelling
 KEY_ALIASES = {
     "Box size": "Box Size",
@@ -167,6 +169,8 @@ def _publish(tmp_h5, hdf5_path, yaml_path, folder, info):
     """Write the YAML beside the finished temporary table, then rename both into place (YAML first)."""
     tmp_yaml = None
     try:
+        with h5py.File(tmp_h5, "a") as f:  # the documents also inside the table (Picasso 0.11's /metadata)
+            write_embedded_info(f, [_plain(d) for d in info])
         fd, tmp_yaml = tempfile.mkstemp(prefix=".tmp-", suffix=".yaml", dir=folder)
         with os.fdopen(fd, "w") as fh:
             yaml.safe_dump_all([_plain(d) for d in info], fh, default_flow_style=False)
@@ -220,15 +224,20 @@ def load_info(yaml_path) -> list[dict]:
 def load_locs(hdf5_path) -> tuple[np.ndarray, list[dict]]:
     """Read a ``_locs.hdf5`` and its ``_locs.yaml`` (Picasso's or ours).
 
-    Older column spellings (``likelihood``) are renamed to the current ones. A missing YAML is an error,
+    Older column spellings (``likelihood``) are renamed to the current ones. Without the YAML the metadata
+    embedded in the file (``/metadata``, Picasso 0.11 and ours) is used; with neither it is an error,
     because the frame size and pixel size live there.
     """
     hdf5_path = os.fspath(hdf5_path)
     yaml_path = os.path.splitext(hdf5_path)[0] + ".yaml"
     if not os.path.exists(hdf5_path):
         raise LocsFileError(f"{hdf5_path}: no such file")
+    embedded = None
     if not os.path.exists(yaml_path):
-        raise LocsFileError(f"{hdf5_path}: its metadata {os.path.basename(yaml_path)} is missing beside it")
+        embedded = read_embedded_info(hdf5_path)
+        if embedded is None:
+            raise LocsFileError(f"{hdf5_path}: its metadata {os.path.basename(yaml_path)} is missing beside it "
+                                "and the file holds no embedded /metadata (files before Picasso 0.11)")
     try:
         with h5py.File(hdf5_path, "r") as f:
             if "locs" not in f:
@@ -240,6 +249,9 @@ def load_locs(hdf5_path) -> tuple[np.ndarray, list[dict]]:
     if names != list(locs.dtype.names):
         locs = locs.copy()
         locs.dtype.names = names
+    if embedded is not None:
+        return locs, [{KEY_ALIASES.get(k, k): v for k, v in d.items()} if isinstance(d, dict) else d
+                      for d in embedded]
     return locs, load_info(yaml_path)
 
 
