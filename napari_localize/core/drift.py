@@ -26,15 +26,16 @@ RCC (redundant cross-correlation; Wang, Schnitzbauer et al., Opt. Express 22, 15
     drifts ``d`` solve the over-determined system in the least-squares sense (zero mean), and pairs whose
     residual exceeds ``rmax`` are dropped one at a time (the worst first, as long as every segment stays
     connected) before solving again. A coarse FFT cross-correlation of the segments, rendered on a grid of
-    about one camera pixel, finds each pair's shift within ``max_shift`` first; the pair displacements then
-    refine it.
+    half a camera pixel, finds each pair's shift within ``max_shift`` first; the pair displacements then
+    refine it; further passes on the drift-corrected coordinates (no longer blurred by the drift within a
+    segment) refine it until a pass changes it by less than a tenth of the kernel width.
 
 AIM (adaptive intersection maximization; Ma et al., Sci. Adv. 2024, as Picasso's ``aim``)
     round 1 takes the first segment as the reference and tracks the segments in time order, each search
     starting from the previous segment's drift and confined to ``roi_radius`` around it (so drift may grow
     without bound while each step stays small); round 2 takes the whole round-1-corrected data set as the
     reference (leaving out the segment being aligned, which would otherwise pull its own shift to zero) and
-    re-measures every segment, the first included. The drifts of the two rounds add. The overlap ("the number
+    re-measures every segment, the first included, within two kernel widths of its round-1 position. The drifts of the two rounds add. The overlap ("the number
     of intersecting localizations") is the smoothed pair count, maximized as above: within the intersect
     distance rather than on Picasso's grid of intersect-distance cells.
 
@@ -223,12 +224,14 @@ def _mean_shift(hist, h, sx, sy, sigma, max_iterations):
         wsum = 0.0
         xsum = 0.0
         ysum = 0.0
-        for i in range(size):
+        i0 = max(int(math.floor((sy - 4.0 * sigma) / h)) + nb, 0)
+        i1 = min(int(math.ceil((sy + 4.0 * sigma) / h)) + nb + 1, size)
+        j0 = max(int(math.floor((sx - 4.0 * sigma) / h)) + nb, 0)
+        j1 = min(int(math.ceil((sx + 4.0 * sigma) / h)) + nb + 1, size)
+        for i in range(i0, i1):
             dy = (i - nb) * h
             ey = dy - sy
-            if ey * ey > cut2:
-                continue
-            for j in range(size):
+            for j in range(j0, j1):
                 c = hist[i, j]
                 if c == 0.0:
                     continue
@@ -257,8 +260,8 @@ def _shift(tx, ty, grid: _Grid, start, radius, sigma, exclude=(0, 0)):
     """Shift ``s`` (search within ``radius`` of ``start``) that superposes target + s on the reference.
 
     Two passes over the pairs, nothing stored per pair: a histogram of bins sigma/2 over the search region
-    finds the smoothed maximum, then a histogram of bins sigma/16 around it gives the exact kernel mode by
-    mean shift. Returns ``(sx, sy, weight)``; weight 0 when no pair was found (the shift is then ``start``).
+    finds the smoothed maximum, then a histogram of bins sigma/8 around it gives the exact kernel mode by
+    mean shift (a search radius within 2 sigma needs only the fine one). Returns ``(sx, sy, weight)``; weight 0 when no pair was found (the shift is then ``start``).
     """
     ox, oy = float(start[0]), float(start[1])
     sigma = float(sigma)
@@ -266,18 +269,24 @@ def _shift(tx, ty, grid: _Grid, start, radius, sigma, exclude=(0, 0)):
     ty = np.ascontiguousarray(ty, np.float64)
     args = (grid.x, grid.y, grid.frames, grid.starts, grid.x0, grid.y0, grid.cell, grid.nx, grid.ny,
             int(exclude[0]), int(exclude[1]))
-    h = sigma / 2.0
-    half = float(radius) + 3.0 * sigma
-    nb = int(math.ceil(half / h))
-    coarse = np.zeros((2 * nb + 1, 2 * nb + 1))
-    n = _pair_histogram(tx, ty, ox, oy, 0.0, 0.0, nb * h, h, *args, coarse)
-    if n == 0:
-        return ox, oy, 0.0
-    px, py, _ = _smoothed_peak(coarse, h, float(radius), sigma)
-    hf = sigma / 16.0
+    hf = sigma / 8.0
     nbf = int(math.ceil(6.0 * sigma / hf))
     fine = np.zeros((2 * nbf + 1, 2 * nbf + 1))
-    _pair_histogram(tx, ty, ox, oy, px, py, nbf * hf, hf, *args, fine)
+    if radius <= 2.0 * sigma:  # a refinement: one fine histogram around the start is enough
+        px = py = 0.0
+        n = _pair_histogram(tx, ty, ox, oy, 0.0, 0.0, nbf * hf, hf, *args, fine)
+        if n == 0:
+            return ox, oy, 0.0
+    else:
+        h = sigma / 2.0
+        half = float(radius) + 3.0 * sigma
+        nb = int(math.ceil(half / h))
+        coarse = np.zeros((2 * nb + 1, 2 * nb + 1))
+        n = _pair_histogram(tx, ty, ox, oy, 0.0, 0.0, nb * h, h, *args, coarse)
+        if n == 0:
+            return ox, oy, 0.0
+        px, py, _ = _smoothed_peak(coarse, h, float(radius), sigma)
+        _pair_histogram(tx, ty, ox, oy, px, py, nbf * hf, hf, *args, fine)
     sx, sy, weight = _mean_shift(fine, hf, 0.0, 0.0, sigma, 30)
     if abs(sx) > 2 * sigma or abs(sy) > 2 * sigma:  # left the fine window: keep the smoothed maximum
         sx = sy = 0.0
@@ -428,7 +437,10 @@ def undrift_rcc(locs, n_frames: int, segmentation: int = DEFAULT_SEGMENTATION["r
         d = interpolate_drift(bounds, seg_drift, n_frames)
         xc = x - d[frame, 0]
         yc = y - d[frame, 1]
-        update, diag2 = _rcc_pass(xc, yc, segs, 4 * sigma, rmax, sigma, coarse=False)
+        # the first refinement searches half a pixel (pass 1 can be that far off when the segments were
+        # blurred by a fast drift), later ones two kernel widths
+        radius = max(0.5, 2 * sigma) if passes == 1 else 2 * sigma
+        update, diag2 = _rcc_pass(xc, yc, segs, radius, rmax, sigma, coarse=False)
         seg_drift = seg_drift + update
         passes += 1
         diag = {"pairs": diag["pairs"], "pairs_dropped": diag2["pairs_dropped"],
@@ -445,9 +457,9 @@ def _rcc_pass(x, y, segs, max_shift, rmax, sigma, coarse, progress=None):
     n_seg = len(segs)
     x0, y0 = float(x.min()), float(y.min())
     span = max(float(x.max()) - x0, float(y.max()) - y0, 1.0)
-    cell = max(1.0, span / 512.0) if coarse else max_shift
+    cell = max(0.5, span / 1024.0) if coarse else max_shift
     if coarse:
-        # FFT cross-correlation on a grid of ~1 camera pixel (at most 512 cells a side), padded by max_shift
+        # FFT cross-correlation on a grid of half a camera pixel (at most 1024 cells a side), padded by max_shift
         # so shifts do not wrap around
         pad = int(math.ceil(max_shift / cell)) + 2
         nyc = int(span / cell) + 1 + 2 * pad
@@ -608,7 +620,7 @@ def undrift_aim(locs, n_frames: int, segmentation: int = DEFAULT_SEGMENTATION["a
         result = (0.0, 0.0, 0.0)
         if len(segs[s]):
             t = _targets(segs[s], s)
-            result = _shift(xc[t], yc[t], grid, (0.0, 0.0), roi_radius, sigma,
+            result = _shift(xc[t], yc[t], grid, (0.0, 0.0), min(roi_radius, 2 * sigma), sigma,
                             exclude=(bounds[s], bounds[s + 1]))
         done[0] += 1
         if progress is not None:
