@@ -337,6 +337,8 @@ def cmd_calibrate_z(args) -> int:
         raise CliError(f"--step-nm must be positive (nm), got {args.step_nm}")
     if not args.magnification_factor > 0:
         raise CliError(f"--magnification-factor must be positive, got {args.magnification_factor}")
+    if args.frames_per_step < 1:
+        raise CliError(f"--frames-per-step must be >= 1, got {args.frames_per_step}")
     yaml_path = args.output or calibration_paths(stack)[0]
     if not yaml_path.lower().endswith((".yaml", ".yml")):
         raise CliError(f"--output {yaml_path}: the calibration is written as .yaml")
@@ -345,6 +347,13 @@ def cmd_calibrate_z(args) -> int:
     with open_movie(stack) as movie:
         p = _parameters(args, movie.info)
         p.validate(*movie.shape)
+        source, n_movie = movie, int(movie.shape[0])
+        if args.frames_per_step > 1:  # several frames per z step: their frames side by side, one per step
+            from .io.movies.zsteps import StepTiledMovie
+
+            if args.frames:
+                raise CliError("--frames cannot be combined with --frames-per-step > 1")
+            movie = StepTiledMovie(movie, args.frames_per_step, args.frame_order, gap=p.box_size + 1)
         bar = ProgressBar(os.path.basename(stack))
         try:
             cal = calibrate_z_stack(movie, p, args.step_nm, args.magnification_factor,
@@ -352,6 +361,8 @@ def cmd_calibrate_z(args) -> int:
                                     os.path.abspath(stack), progress=bar)
         finally:
             bar.close()
+        if movie is not source:
+            cal.n_frames, cal.frames_per_step, cal.frame_order = n_movie, args.frames_per_step, args.frame_order
     save_calibration(yaml_path, cal)
     png_path = os.path.splitext(yaml_path)[0] + ".png"
     plot_calibration(cal, png_path)
@@ -375,6 +386,11 @@ def add_calibrate_parser(sub):
     p.add_argument("--output", help="calibration YAML to write (default <stack base>_3d_calib.yaml)")
     p.add_argument("--pooled", action="store_true",
                    help="pool all spots per frame as Picasso does instead of following each bead")
+    p.add_argument("--frames-per-step", type=int, default=1, metavar="N",
+                   help="frames acquired at each z position (several fields of view; default 1)")
+    p.add_argument("--frame-order", choices=("fov", "z"), default="fov",
+                   help="with several frames per step: fov = the N frames of a step follow each other; "
+                        "z = the whole z scan is repeated N times (default fov)")
     _add_parameter_options(p, frames_help="calibrate on these frames only (0-based, inclusive): "
                                           "Picasso's frame bounds")
     p.set_defaults(func=cmd_calibrate_z)

@@ -64,6 +64,9 @@ GRID_CELL_PX = 0.25
 #: this): 10^4 targets already put the shift's standard error far below the localization precision, and the
 #: cost of a measurement is proportional to them; the reference always keeps every localization
 MAX_TARGETS = 10000
+#: AIM's second round takes the whole data set as its reference; beyond this many localizations a seeded
+#: random subset of it (every site keeps many localizations, the cost falls in proportion)
+MAX_REFERENCE = 200000
 
 
 def _map(fn, items):
@@ -613,7 +616,10 @@ def undrift_aim(locs, n_frames: int, segmentation: int = DEFAULT_SEGMENTATION["a
     xc = x - d1[frame, 0]
     yc = y - d1[frame, 1]
     # round 2: everything (round-1 corrected) is the reference, without the segment being aligned
-    grid = _Grid(xc, yc, GRID_CELL_PX, frames=frame)
+    ref = np.arange(len(xc))
+    if len(ref) > MAX_REFERENCE:
+        ref = np.sort(np.random.default_rng([len(ref), 2]).choice(ref, MAX_REFERENCE, replace=False))
+    grid = _Grid(xc[ref], yc[ref], GRID_CELL_PX, frames=frame[ref])
     seg2 = np.zeros((n_seg, 2))
 
     def run(s):
