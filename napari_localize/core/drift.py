@@ -61,9 +61,9 @@ AIM_ROI_RADIUS_PX = 60 / 130
 #: cell of the grids that index the reference localizations (camera pixels)
 GRID_CELL_PX = 0.25
 #: localizations of a segment used as the target of one shift measurement (a seeded random subset beyond
-#: this): 10^4 targets already put the shift's standard error far below the localization precision, and the
+#: this): 5000 targets already put the shift's standard error far below the localization precision, and the
 #: cost of a measurement is proportional to them; the reference always keeps every localization
-MAX_TARGETS = 10000
+MAX_TARGETS = 5000
 #: AIM's second round takes the whole data set as its reference; beyond this many localizations a seeded
 #: random subset of it (every site keeps many localizations, the cost falls in proportion)
 MAX_REFERENCE = 200000
@@ -476,6 +476,7 @@ def _rcc_pass(x, y, segs, max_shift, rmax, sigma, coarse, progress=None):
         sy_, sx_ = np.meshgrid(np.fft.fftfreq(nyc) * nyc, np.fft.fftfreq(nxc) * nxc, indexing="ij")
         outside = sy_ ** 2 + sx_ ** 2 > lim ** 2
     grids = [_Grid(x[s], y[s], GRID_CELL_PX) for s in segs]
+    targets = [_targets(s, k) for k, s in enumerate(segs)]
     jobs = []
     for i in range(n_seg - 1):
         for j in range(i + 1, n_seg):
@@ -491,7 +492,7 @@ def _rcc_pass(x, y, segs, max_shift, rmax, sigma, coarse, progress=None):
 
     def run(job):
         i, j, cx, cy = job
-        t = _targets(segs[j], j)
+        t = targets[j]
         result = _shift(x[t], y[t], grids[i], (cx, cy), cell, sigma)
         done[0] += 1
         if progress is not None:
