@@ -76,16 +76,18 @@ class Prefilter:
         return int(np.ceil(4.0 * self.gaussian_sigma)) if self.gaussian_sigma > 0 else 0
 
 
-def _median(frames: np.ndarray, rows: int = 64) -> np.ndarray:
-    """Per-pixel median along axis 0 (float32), in stripes of rows so the sort's copy stays small."""
+def _median(frames: np.ndarray, rows: int = 32) -> np.ndarray:
+    """Per-pixel median along axis 0 (float32), in stripes of rows: each stripe is laid out with time last
+    (contiguous), where ``np.partition`` is several times faster than along the first axis."""
     n = frames.shape[0]
     out = np.empty(frames.shape[1:], np.float32)
     lo, hi = (n - 1) // 2, n // 2
     kth = lo if lo == hi else (lo, hi)
     for a in range(0, frames.shape[1], rows):
-        part = np.partition(frames[:, a:a + rows], kth, axis=0)
-        out[a:a + rows] = part[lo] if lo == hi else 0.5 * (part[lo].astype(np.float32)
-                                                             + part[hi].astype(np.float32))
+        part = np.ascontiguousarray(np.moveaxis(frames[:, a:a + rows], 0, -1))
+        part.partition(kth, axis=-1)
+        out[a:a + rows] = part[..., lo] if lo == hi else 0.5 * (part[..., lo].astype(np.float32)
+                                                                  + part[..., hi].astype(np.float32))
     return out
 
 
