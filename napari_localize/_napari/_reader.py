@@ -19,6 +19,8 @@ _SIGNATURES = {
     (".tif", ".tiff"): (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"),
     (".ims",): (b"\x89HDF",),
     (".nd2",): (b"\xda\xce\xbe\x0a", b"\x00\x00\x00\x0cjP  "),
+    (".czi",): (b"ZISRAWFILE",),
+    (".lif",): (b"\x70\x00\x00\x00",),
 }
 
 
