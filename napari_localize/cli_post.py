@@ -123,3 +123,88 @@ def add_export_parser(sub):
                    help="file to write (default <LOCS base>.csv, or <LOCS base>_ts.csv for thunderstorm)")
     p.add_argument("--pixelsize", type=float, metavar="NM", help="pixel size in nm (default: the file's)")
     p.set_defaults(func=cmd_export)
+
+
+# ------------------------------------------------------------------------------------------------ localize extras
+def region_parameters(p, args) -> list:
+    """One parameter set per ``--roi`` for ``--regions-separately`` (its ROI, fit method and threshold)."""
+    from .core.regions import clip_rois
+
+    rois = [tuple(r) for r in (args.roi or [])]
+    if not rois:
+        raise _cli_error("--regions-separately fits each --roi on its own: give at least one --roi, e.g. "
+                         "--roi 0 0 256 256 --roi 0 256 256 512")
+    if clip_rois(rois) != [tuple(int(v) for v in r) for r in rois]:
+        raise _cli_error("--regions-separately needs ROIs that do not overlap (each is a channel of the sensor)")
+    values = {}
+    for name, default in (("fit_method", "mle"), ("min_net_gradient", 5000.0)):
+        given = getattr(args, name) or [default]
+        if len(given) not in (1, len(rois)):
+            raise _cli_error(f"{len(given)} --{name.replace('_', '-')} values for {len(rois)} --roi: give one "
+                             "for all regions or one per region")
+        values[name] = given * len(rois) if len(given) == 1 else given
+    return [p.replace(roi=roi, rois=None, fit_method=values["fit_method"][k],
+                      min_net_gradient=float(values["min_net_gradient"][k])) for k, roi in enumerate(rois)]
+
+
+def check_repeated_flags(args):
+    """Several --fit-method / --min-net-gradient values only make sense per region."""
+    if getattr(args, "regions_separately", False):
+        return
+    for name in ("fit_method", "min_net_gradient"):
+        values = getattr(args, name)
+        if isinstance(values, list) and len(values) > 1:
+            raise _cli_error(f"--{name.replace('_', '-')} was given {len(values)} times: several values are "
+                             "per-region values of --regions-separately")
+
+
+def localize_regions_separately(movie, path, p, args, extra_fit_info=None, progress=None):
+    """``--regions-separately``: each ROI localized with its own parameters and written to
+    ``<base><suffix>_<ref|chN>_locs.hdf5`` in its own coordinates. Returns ``[(hdf5 path, rows)]``; a region
+    without localizations writes nothing (and says so)."""
+    import sys
+
+    from .api import localize_movie
+    from .core.locs import sane
+    from .core.regions import region_movie_info, region_suffix, to_region_coordinates
+    from .io.locs import locs_paths, save_locs
+
+    written = []
+    params = region_parameters(p, args)
+    for k, q in enumerate(params):
+        locs, info, stats = localize_movie(movie, q, progress=progress)
+        y0, x0, y1, x1 = q.roi
+        table = to_region_coordinates(locs, q.roi)
+        table = table[sane(table, x1 - x0, y1 - y0)]
+        hdf5_path, _ = locs_paths(path, args.suffix + region_suffix(k), args.output_dir)
+        if not len(table):
+            print(f"napari-localize: note: {path}: region {region_suffix(k)[1:]} ({y0} {x0} {y1} {x1}): no "
+                  "localizations, nothing written; lower its --min-net-gradient", file=sys.stderr)
+            continue
+        info = [region_movie_info(info[0], q.roi)] + list(info[1:])
+        if extra_fit_info:
+            info[-1] = {**info[-1], **extra_fit_info}
+        info[-1] = {**info[-1], "Region": region_suffix(k)[1:], "Regions separately": len(params)}
+        save_locs(hdf5_path, table, info)
+        written.append((hdf5_path, len(table), stats))
+    return written
+
+
+def drift_after_localize(hdf5_path, segmentation: int) -> str | None:
+    """``localize --drift N``: RCC on the file just written; a failure is reported, never fatal (the
+    localizations are kept). Returns the undrifted file or None."""
+    import sys
+
+    from .core.drift import DriftError
+    from .postprocess import undrift_file
+
+    try:
+        out, _, result = undrift_file(hdf5_path, "rcc", segmentation)
+    except (DriftError, ValueError) as exc:
+        print(f"napari-localize: note: {hdf5_path}: drift correction skipped ({exc})", file=sys.stderr)
+        return None
+    import numpy as np
+
+    d = result.drift
+    print(f"{hdf5_path}: RCC drift range x {np.ptp(d[:, 0]):.3f} px, y {np.ptp(d[:, 1]):.3f} px -> {out}")
+    return out

@@ -124,7 +124,7 @@ class PreviewController:
         except ValueError as exc:
             self.on_count(str(exc))
             return
-        ids = identify(frame, p.box_size, p.min_net_gradient, p.roi, frame_index)
+        ids = self._identify(layer, frame, p, frame_index)
         # a 2D layer (y, x) refreshed per frame: box-sized points in a 3D layer would stretch the frame axis
         coords = np.column_stack([ids["y"], ids["x"]]).astype(float)
         points = self._points_layer(create=True, ndim=2)
@@ -133,6 +133,30 @@ class PreviewController:
         points.features = {"net_gradient": ids["net_gradient"]}
         self.last_count = len(ids)
         self.on_count(f"{len(ids)} spots in this frame")
+
+    def _identify(self, layer, frame, p, frame_index):
+        """The run's identification of one frame: its prefilters (the temporal median from the layer's
+        movie, cached per layer and window) and its ROIs."""
+        from ..core.pipeline import identify_in_regions
+        from ..core.prefilter import TemporalMedianBackground, prefilter_frames
+
+        prefilter = p.prefilter()
+        stack = frame[None] if frame.ndim == 2 else frame
+        if not prefilter.active or layer.ndim < 3:
+            if p.rois:
+                return identify_in_regions(np.asarray(stack), p, frame_index)
+            return identify(frame, p.box_size, p.min_net_gradient, p.roi, frame_index)
+        background = None
+        if prefilter.temporal_median:
+            key = (id(layer.data), prefilter.temporal_median, prefilter.stride)
+            cached = getattr(self, "_background", None)
+            if cached is None or cached[0] != key:
+                cached = (key, TemporalMedianBackground(layer.data, prefilter.temporal_median,
+                                                        prefilter.median_stride))
+                self._background = cached
+            background = cached[1]
+        filtered = prefilter_frames(np.asarray(stack), frame_index, prefilter, background)
+        return identify_in_regions(filtered, p, frame_index)
 
     def _points_layer(self, create: bool, ndim: int = 2):
         viewer = self.session.viewer
