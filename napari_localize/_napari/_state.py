@@ -38,6 +38,10 @@ def config_dir() -> str:
     return os.path.join(base, "napari-localize")
 
 
+#: parameters that belong to one movie (its ROIs and frames): never carried into the next session
+MOVIE_FIELDS = ("roi", "frame_range", "rois", "frame_segments")
+
+
 def load_saved_parameters() -> LocalizeParameters:
     """The parameters saved by the last session; defaults where the file is missing, unreadable or stale."""
     path = os.path.join(config_dir(), PARAMETERS_FILE)
@@ -51,7 +55,7 @@ def load_saved_parameters() -> LocalizeParameters:
         return defaults
     known = {f.name for f in dataclasses.fields(LocalizeParameters)}
     # the ROI and frame range belong to one movie: never carried into the next session
-    values = {k: v for k, v in saved.items() if k in known and k not in ("roi", "frame_range")}
+    values = {k: v for k, v in saved.items() if k in known and k not in MOVIE_FIELDS}
     try:
         p = defaults.replace(**values)
         p.validate()
@@ -65,8 +69,8 @@ def save_parameters(p: LocalizeParameters) -> str | None:
     folder = config_dir()
     path = os.path.join(folder, PARAMETERS_FILE)
     values = dataclasses.asdict(p)
-    values.pop("roi")
-    values.pop("frame_range")
+    for key in MOVIE_FIELDS:
+        values.pop(key, None)
     try:
         os.makedirs(folder, exist_ok=True)
         tmp = path + ".tmp"
