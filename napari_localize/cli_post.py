@@ -27,21 +27,24 @@ def cmd_undrift(args) -> int:
     _check_locs_path(args.locs)
     if args.segmentation is not None and args.segmentation < 1:
         raise _cli_error(f"--segmentation must be >= 1 frame, got {args.segmentation}")
-    options = {}
-    pixel = None
-    if args.method == "aim":
-        for name in ("intersect_distance", "roi_radius"):
-            if getattr(args, name) is not None:
-                options[name] = getattr(args, name)
-    elif args.max_shift is not None:
-        options["max_shift"] = args.max_shift
+    nm = ({"intersect_distance": args.intersect_distance, "roi_radius": args.roi_radius}
+          if args.method == "aim" else {"max_shift": args.max_shift})
+    other = ({"max_shift": args.max_shift} if args.method == "aim"
+             else {"intersect_distance": args.intersect_distance, "roi_radius": args.roi_radius})
+    wrong = [k for k, v in other.items() if v is not None]
+    if wrong:
+        raise _cli_error(f"--{wrong[0].replace('_', '-')} is an option of the other method, not of "
+                         f"--method {args.method}")
+    nm = {k: v for k, v in nm.items() if v is not None}
+    if any(not v > 0 for v in nm.values()):
+        raise _cli_error("--max-shift, --intersect-distance and --roi-radius are distances > 0 (nm)")
     try:
-        from .io.locs import get_metadata, load_locs
+        if nm:  # the flags are in nm, the algorithms work in camera pixels
+            from .io.locs import get_metadata, load_locs
 
-        if any(v is not None for v in (args.intersect_distance, args.roi_radius, args.max_shift)):
-            pixel = float(get_metadata(load_locs(args.locs)[1], "Pixelsize", 130.0))
-            options = {k: v / pixel for k, v in options.items()}  # the flags are in nm
-        h5, txt, result = undrift_file(args.locs, args.method, args.segmentation, **options)
+            pixelsize = float(get_metadata(load_locs(args.locs)[1], "Pixelsize", 130.0))
+            nm = {k: v / pixelsize for k, v in nm.items()}
+        h5, txt, result = undrift_file(args.locs, args.method, args.segmentation, **nm)
     except (DriftError, LocsFileError) as exc:
         raise _cli_error(str(exc)) from None
     d = result.drift

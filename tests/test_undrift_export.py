@@ -181,3 +181,18 @@ def test_napari_opens_thunderstorm_csv_and_undrift_file(drifting, tmp_path, make
     layers = viewer.open(str(tmp_path / "sites_locs_undrift.hdf5"), plugin="napari-localize")
     assert len(layers) == 1 and len(layers[0].data) == len(locs)
     assert layers[0].metadata["pixelsize"] == 108.0  # from the embedded /metadata
+
+
+def test_undrift_distances_are_in_nm(drifting, tmp_path, capsys):
+    src, *_ = drifting
+    path = tmp_path / src.name
+    path.write_bytes(src.read_bytes())
+    (tmp_path / "sites_locs.yaml").write_bytes(src.with_suffix(".yaml").read_bytes())
+    assert main(["undrift", str(path), "--method", "aim", "--intersect-distance", "30", "--roi-radius", "90"]) == 0
+    _, info = load_locs(tmp_path / "sites_locs_undrift.hdf5")
+    assert info[-1]["Intersect distance (nm)"] == pytest.approx(30.0)
+    assert info[-1]["Search regions radius (nm)"] == pytest.approx(90.0)
+    assert main(["undrift", str(path), "--method", "aim", "--max-shift", "500"]) == 2
+    assert "other method" in capsys.readouterr().err
+    assert main(["undrift", str(path), "--max-shift", "-5"]) == 2
+    assert "> 0" in capsys.readouterr().err
