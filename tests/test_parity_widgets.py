@@ -10,7 +10,8 @@ import pytest
 from napari_localize._napari._widgets import parse_segments
 from napari_localize.cli import main as cli_main
 from napari_localize.io.movies.write import write_movie
-from tests.test_widgets import MIN_NG, PHOTON, _widgets, movie, sync  # noqa: F401  (fixtures)
+from conftest import run_and_wait
+from tests.test_widgets import MIN_NG, PHOTON, _widgets, movie  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.gui
 
@@ -24,7 +25,7 @@ def test_parse_segments():
         parse_segments("9-3")
 
 
-def test_rectangles_segments_and_prefilters_run_like_the_cli(make_napari_viewer, tmp_path, movie, sync):
+def test_rectangles_segments_and_prefilters_run_like_the_cli(make_napari_viewer, tmp_path, movie, qtbot):
     frames, truth = movie
     path = os.fspath(tmp_path / "sim.ome.tif")
     write_movie(path, [frames], frames.shape, frames.dtype)
@@ -52,7 +53,7 @@ def test_rectangles_segments_and_prefilters_run_like_the_cli(make_napari_viewer,
     assert ident.session.parameters.frame_segments == ((0, 9), (20, 29))
     ident.temporal_median.value = 11
     assert ident.session.parameters.temporal_median == 11
-    w["Localize"].run()
+    run_and_wait(qtbot, w["Localize"].run)
     assert cli_main(["localize", path, "--suffix", "_cli", "--baseline", "100", "--min-net-gradient", str(MIN_NG),
                      "--fit-method", "lq", "--roi", *map(str, rois[0]), "--roi", *map(str, moved),
                      "--frames", "0", "9", "--frames", "20", "29", "--temporal-median", "11"]) == 0

@@ -50,3 +50,11 @@ def test_undrift_widget_reports_errors(make_napari_viewer, qtbot):
     qtbot.waitUntil(lambda: widget.run_button.enabled and "failed" in widget.status.value, timeout=60000)
     assert "segment" in widget.status.value
     assert not any(name.endswith(UNDRIFT_SUFFIX) for name in [lay.name for lay in viewer.layers])
+
+
+def test_the_panel_has_an_undrift_tab(make_napari_viewer):
+    from napari_localize._napari._widgets import dock_all
+
+    w = dock_all(make_napari_viewer())
+    panel = w["panel"]
+    assert panel.tabs.tabText(2) == "Undrift" and isinstance(w["Undrift"], UndriftWidget)
