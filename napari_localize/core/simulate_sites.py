@@ -1,8 +1,8 @@
 """DNA-PAINT binding sites with a known drift, simulated straight as localizations (no movie).
 
 For drift correction tests and benchmarks: fixed sites, each blinking with two-state kinetics (exponential
-bright and dark times, in frames), a smooth sample drift, and a Gaussian localization error per localization
-from its photon count (``lp = sigma_psf / sqrt(photons)``, the shot-noise limit; the simulated ``lpx``/``lpy``
+bright and dark times, in frames), a smooth sample drift, and a Gaussian localization error per localization,
+set by its photon count (``lp = sigma_psf / sqrt(photons)``, the shot-noise limit; the simulated ``lpx``/``lpy``
 are the true standard deviations of the error). The table has Picasso's LQ columns, so it can be written as a
 ``_locs.hdf5`` and opened by Picasso.
 """
