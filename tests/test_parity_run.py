@@ -99,7 +99,7 @@ def test_regions_separately(movie, tmp_path):
     assert ch1_info[0]["Width"] == 32 and ch1_info[0]["Region"] == [[0, 32], [48, 64]]
     assert "log_likelihood" in ref.dtype.names and "log_likelihood" not in ch1.dtype.names
     assert [d for d in ch1_info if "Box Size" in d][0]["Min. Net Gradient"] == 700
-    assert 0 <= ch1["x"].min() and ch1["x"].max() < 32  # its own coordinates
+    assert ch1["x"].min() >= 0 and ch1["x"].max() < 32  # its own coordinates
     with open_movie(path) as m:
         whole, _, _ = localize_movie(m, P.replace(min_net_gradient=700, roi=(0, 32, 48, 64)))
     whole = whole[whole["x"] >= 32]  # a fit that left the region to its left is outside the region's file

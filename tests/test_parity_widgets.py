@@ -6,12 +6,17 @@ import os
 import h5py
 import numpy as np
 import pytest
+from conftest import run_and_wait
 
 from napari_localize._napari._widgets import parse_segments
 from napari_localize.cli import main as cli_main
 from napari_localize.io.movies.write import write_movie
-from conftest import run_and_wait
-from tests.test_widgets import MIN_NG, PHOTON, _widgets, movie  # noqa: F401  (fixture)
+from tests.test_widgets import (
+    MIN_NG,
+    PHOTON,
+    _widgets,
+    movie,  # noqa: F401  (the fixture)
+)
 
 pytestmark = pytest.mark.gui
 
@@ -25,7 +30,7 @@ def test_parse_segments():
         parse_segments("9-3")
 
 
-def test_rectangles_segments_and_prefilters_run_like_the_cli(make_napari_viewer, tmp_path, movie, qtbot):
+def test_rectangles_segments_and_prefilters_run_like_the_cli(make_napari_viewer, tmp_path, movie, qtbot):  # noqa: F811
     frames, truth = movie
     path = os.fspath(tmp_path / "sim.ome.tif")
     write_movie(path, [frames], frames.shape, frames.dtype)

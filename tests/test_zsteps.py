@@ -47,10 +47,8 @@ def test_tiled_movie_places_the_frames_of_a_step_side_by_side():
 def test_calibrate_z_with_two_fields_of_view_per_step(tmp_path, order):
     p, a = _fov(1)
     _, b = _fov(2)
-    if order == "fov":  # at each z: field 1, field 2
-        movie = np.stack([a, b], axis=1).reshape(2 * N_STEPS, 64, 64)
-    else:  # the whole scan of field 1, then of field 2
-        movie = np.concatenate([a, b])
+    # fov: at each z field 1, then field 2; z: the whole scan of field 1, then of field 2
+    movie = np.stack([a, b], axis=1).reshape(2 * N_STEPS, 64, 64) if order == "fov" else np.concatenate([a, b])
     path = tmp_path / "beads2.ome.tif"
     write_movie(path, [movie], movie.shape, movie.dtype, pixelsize_nm=130.0)
     common = ["--box-size", "9", "--min-net-gradient", "800", "--baseline", "100", "--step-nm", str(STEP),

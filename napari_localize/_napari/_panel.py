@@ -2,8 +2,8 @@
 
 The settings sections scroll (so the dock fits a 1366x768 laptop as well as 1920x1080); the run section
 (Localize / Cancel, progress bar, status, files) stays pinned below them, always on screen. The folder batch is
-the second tab, drift correction of a result (Undrift) the third. Every section is the same dock widget that is also available on its own in the Plugins menu,
-all bound to the viewer's one :class:`~._state.LocalizeSession`.
+the second tab, drift correction of a result (Undrift) the third. Every section is the same dock widget that
+is also available on its own in the Plugins menu, all bound to the viewer's one :class:`~._state.LocalizeSession`.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ import numpy as np
 from magicgui.widgets import ComboBox, Container, Label, PushButton, SpinBox
 from napari.utils.notifications import show_error, show_info
 
-from ..core.drift import DEFAULT_SEGMENTATION, DRIFT_METHODS, DriftError
+from ..core.drift import DEFAULT_SEGMENTATION, DriftError
 from ..core.render import render
 from ..io.locs import get_metadata, load_locs
 

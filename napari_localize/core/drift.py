@@ -35,11 +35,14 @@ AIM (adaptive intersection maximization; Ma et al., Sci. Adv. 2024, as Picasso's
     starting from the previous segment's drift and confined to ``roi_radius`` around it (so drift may grow
     without bound while each step stays small); round 2 takes the whole round-1-corrected data set as the
     reference (leaving out the segment being aligned, which would otherwise pull its own shift to zero) and
-    re-measures every segment, the first included, within two kernel widths of its round-1 position. The drifts of the two rounds add. The overlap ("the number
-    of intersecting localizations") is the smoothed pair count, maximized as above: within the intersect
-    distance rather than on Picasso's grid of intersect-distance cells.
+    re-measures every segment, the first included, within two kernel widths of its round-1 position. The
+    drifts of the two rounds add. The overlap ("the number of intersecting localizations") is the smoothed
+    pair count, maximized as above: within the intersect distance rather than on Picasso's grid of
+    intersect-distance cells.
 
-Pure numpy + numba (+ scipy for the spline). 10^6 localizations take a few seconds on one core.
+Pure numpy + numba (+ scipy for the spline); the segment pairs run on a thread pool. Cost: proportional to
+the localizations times their neighbours within the search radius (benchmarks/RESULTS.md: 10^6 localizations
+in 7-14 s on a loaded 2-core VM, about 1.2x picassosr's time, at 6-27x its accuracy).
 """
 
 from __future__ import annotations
@@ -151,10 +154,6 @@ def _pair_histogram(tx, ty, ox, oy, cx, cy, half, h, gx, gy, gframes, starts, x0
     Reference points whose frame lies in ``[excl_lo, excl_hi)`` are left out. Returns the pairs counted.
     """
     nb = hist.shape[0] // 2
-    reach_x = math.fabs(cx) + half
-    reach_y = math.fabs(cy) + half
-    rx = int(math.ceil(reach_x / cell))
-    ry = int(math.ceil(reach_y / cell))
     n = 0
     for k in range(tx.shape[0]):
         ax = tx[k] + ox
@@ -264,7 +263,8 @@ def _shift(tx, ty, grid: _Grid, start, radius, sigma, exclude=(0, 0)):
 
     Two passes over the pairs, nothing stored per pair: a histogram of bins sigma/2 over the search region
     finds the smoothed maximum, then a histogram of bins sigma/8 around it gives the exact kernel mode by
-    mean shift (a search radius within 2 sigma needs only the fine one). Returns ``(sx, sy, weight)``; weight 0 when no pair was found (the shift is then ``start``).
+    mean shift (a search radius within 2 sigma needs only the fine one). Returns ``(sx, sy, weight)``;
+    weight 0 when no pair was found (the shift is then ``start``).
     """
     ox, oy = float(start[0]), float(start[1])
     sigma = float(sigma)

@@ -8,6 +8,7 @@ levels are not single-molecule movies and are refused with a message. Pixel size
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 
@@ -102,10 +103,8 @@ class CziMovie(Movie):
             return out
         m = re.search(r'<Distance Id="X">\s*<Value>([^<]+)</Value>', xml)
         if m:
-            try:
+            with contextlib.suppress(ValueError):
                 out["pixelsize"] = float(m.group(1)) * 1e9  # metres -> nm
-            except ValueError:
-                pass
         block = re.search(r"<Dimensions>\s*<Channels>(.*?)</Channels>", xml, re.S)
         if block:
             out["channels"] = re.findall(r'<Channel [^>]*Name="([^"]*)"', block.group(1))
