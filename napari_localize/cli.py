@@ -72,18 +72,31 @@ def _parameters(args, movie_info: dict, match=None):
         if value is None and field == "pixelsize":
             value = movie_info.get("Pixelsize") or None
         photon[field] = float(value if value is not None else DEFAULT_PHOTON_PARAMETERS[field])
+    rois = [tuple(r) for r in (args.roi or [])]
+    frames = [tuple(f) for f in (args.frames or [])]
     return LocalizeParameters(
         box_size=args.box_size,
-        min_net_gradient=args.min_net_gradient,
-        roi=tuple(args.roi) if args.roi else None,
-        frame_range=tuple(args.frames) if args.frames else None,
-        fit_method=args.fit_method,
+        min_net_gradient=_first(args.min_net_gradient, 5000.0),
+        roi=rois[0] if rois else None,
+        rois=tuple(rois[1:]) or None,
+        frame_range=frames[0] if len(frames) == 1 else None,
+        frame_segments=tuple(frames) if len(frames) > 1 else None,
+        temporal_median=getattr(args, "temporal_median", 0) or 0,
+        gaussian_filter=getattr(args, "gaussian_filter", 0.0) or 0.0,
+        fit_method=_first(args.fit_method, "mle"),
         convergence=args.convergence,
         max_iterations=args.max_iterations,
         max_emitters=args.max_emitters,
         camera=match.camera if match is not None else None,
         **photon,
     )
+
+
+def _first(values, default):
+    """The first of a repeatable flag's values (several are per-region values, see --regions-separately)."""
+    if isinstance(values, list):
+        return values[0] if values else default
+    return default if values is None else values
 
 
 def _camera_config(args):
@@ -151,20 +164,19 @@ def _camera_maps(args, movie, p, match=None, three_d=False):
     return camera_maps(_load_camera_calibration(args, path), movie, p, offset)
 
 
-def _plan(args, files, config):
+def _plan(args, files, config, opener):
     """Open every movie once, up front: its parameters, its output path and its camera match, or its error.
 
     Returns ``[(path, output hdf5 or None, parameters or None, match, error or None)]``. Two movies that would
     write one output are refused here, before anything runs (``m.tif`` + ``m.tiff``, ``m.raw`` + ``m.tif``).
     """
     from .io.locs import choice_suffix, locs_paths, output_collisions
-    from .io.movies import open_movie
     from .io.publish import check_name
 
     plans = []
     for path in files:
         try:
-            with open_movie(path, channel=args.channel, position=args.position) as movie:
+            with opener(path) as movie:
                 match = None
                 if config is not None:
                     from .core.camera import match_camera
@@ -195,10 +207,33 @@ def cmd_localize(args) -> int:
     if args.workers is not None and args.workers < 1:
         raise CliError(f"--workers must be a whole number >= 1, got {args.workers}")
     _check_flags(args)
-    files = _movie_files(args.paths)
+    from .cli_post import check_repeated_flags, drift_after_localize, localize_regions_separately
+    from .io.movies import open_movie
+
+    check_repeated_flags(args)
+    if args.drift < 0:
+        raise CliError(f"--drift must be a number of frames >= 0 (0: off), got {args.drift}")
+    if args.concat:  # the files are one movie: it is named after its first file
+        from .io.movies.concat import concat_paths, open_concat
+
+        files = concat_paths(args.paths)[:1]
+
+        def opener(path):
+            return open_concat(args.paths, channel=args.channel, position=args.position)
+    else:
+        files = _movie_files(args.paths)
+
+        def opener(path):
+            return open_movie(path, channel=args.channel, position=args.position)
     _set_device(args.device)
     calibration, z_options = _z_setup(args)
     config = _camera_config(args)
+    if args.regions_separately and calibration is not None:
+        raise CliError("--regions-separately runs 2D localization only for now; run 3D (--zcalib) per --roi")
+    if args.scheduler and (args.concat or args.regions_separately or args.drift):
+        raise CliError("--concat, --regions-separately and --drift run in this process: leave out --scheduler")
+    if args.camera_calibration is not None and args.regions_separately:
+        raise CliError("--camera-calibration does not work with --regions-separately yet")
     if args.camera_calibration is not None:
         if calibration is not None:
             raise CliError("--camera-calibration works with 2D localization for now; the 3D fit (--zcalib) uses "
@@ -210,23 +245,31 @@ def cmd_localize(args) -> int:
         raise CliError("--camera-calibration-offset needs --camera-calibration")
     if args.scheduler:
         return _localize_distributed(args, files, config, calibration, z_options)
-    plans = _plan(args, files, config)
+    plans = _plan(args, files, config, opener)
     failures = 0
     for path, hdf5_path, p, match, error in plans:
         if error is not None:
             failures += 1
             report_error(error, path, args.debug)
             continue
-        from .io.movies import open_movie
-
         try:
-            with open_movie(path, channel=args.channel, position=args.position) as movie:
+            with opener(path) as movie:
                 if match is not None:
                     for notice in match.notices:
                         print(f"napari-localize: note: {path}: {notice}", file=sys.stderr)
                 camera_doc = _camera_document(config, match) if match is not None else None
                 maps = _camera_maps(args, movie, p, match, three_d=calibration is not None)
                 bar = ProgressBar(os.path.basename(path))
+                if args.regions_separately:
+                    try:
+                        regions = localize_regions_separately(movie, path, p, args, camera_doc, bar)
+                    finally:
+                        bar.close()
+                    for region_path, rows, _ in regions:
+                        print(f"{path}: {rows} localizations -> {region_path}")
+                        if args.drift:
+                            drift_after_localize(region_path, args.drift)
+                    continue
                 try:
                     written, stats = localize_to_file(
                         movie, p, hdf5_path, progress=bar, calibration=calibration, z_options=z_options,
@@ -245,6 +288,8 @@ def cmd_localize(args) -> int:
             f"[read {t['read']:.2f} s, identify {t['identify']:.2f} s, fit {t['fit']:.2f} s, "
             f"write {t['write']:.2f} s]"
         )
+        if args.drift:
+            drift_after_localize(written[0], args.drift)
     if failures and len(plans) > 1:
         print(f"napari-localize: {failures} of {len(plans)} movies failed (see above)", file=sys.stderr)
     return 0 if failures == 0 else 1
@@ -409,11 +454,14 @@ def _add_parameter_options(p, frames_help: str):
 
     g = p.add_argument_group("identification")
     g.add_argument("--box-size", type=int, default=7, help="odd box side length in pixels (default 7)")
-    g.add_argument("--min-net-gradient", type=float, default=5000.0,
-                   help="keep spots whose net gradient (camera counts) is greater than this (default 5000)")
-    g.add_argument("--roi", type=int, nargs=4, metavar=("Y0", "X0", "Y1", "X1"),
-                   help="only spots centred in rows Y0..Y1-1 and columns X0..X1-1")
-    g.add_argument("--frames", type=int, nargs=2, metavar=("FIRST", "LAST"), help=frames_help)
+    g.add_argument("--min-net-gradient", type=float, action="append",
+                   help="keep spots whose net gradient (camera counts) is greater than this (default 5000); "
+                        "with --regions-separately one per --roi may be given")
+    g.add_argument("--roi", type=int, nargs=4, metavar=("Y0", "X0", "Y1", "X1"), action="append",
+                   help="only spots centred in rows Y0..Y1-1 and columns X0..X1-1; repeat for several ROIs "
+                        "(overlaps belong to the earlier ROI; borders keep their spots)")
+    g.add_argument("--frames", type=int, nargs=2, metavar=("FIRST", "LAST"), action="append",
+                   help=frames_help + "; repeat for several segments")
     photon = p.add_argument_group("photon conversion: photons = (counts - baseline) * sensitivity / gain")
     photon.add_argument("--baseline", type=float, help="camera offset in counts (default 0)")
     photon.add_argument("--sensitivity", type=float, help="electrons per count (default 1)")
@@ -421,8 +469,9 @@ def _add_parameter_options(p, frames_help: str):
     photon.add_argument("--qe", type=float, help="quantum efficiency, recorded only (default 1)")
     photon.add_argument("--pixelsize", type=float, help="pixel size in nm (default: from the movie, else 130)")
     g = p.add_argument_group("fit")
-    g.add_argument("--fit-method", choices=FIT_METHODS, default="mle",
-                   help="mle: Poisson maximum likelihood; lq: least squares; avg: box sum (default mle)")
+    g.add_argument("--fit-method", choices=FIT_METHODS, action="append",
+                   help="mle: Poisson maximum likelihood; lq: least squares; avg: box sum (default mle); "
+                        "with --regions-separately one per --roi may be given")
     g.add_argument("--convergence", type=float, default=0.001, help="MLE/LQ step tolerance in pixels (0.001)")
     g.add_argument("--max-iterations", type=int, default=100, help="MLE/LQ iteration limit (100)")
     g.add_argument("--max-emitters", type=int, default=5, metavar="N",
@@ -455,6 +504,24 @@ def add_localize_parser(sub):
     photon.add_argument("--camera-calibration-offset", type=int, nargs=2, metavar=("Y", "X"),
                         help="sensor row and column of the movie's pixel (0, 0), for a movie recorded with a "
                              "camera ROI smaller than the calibration (default: from the movie's metadata)")
+    g = p.add_argument_group("regions, prefilters, split movies, drift (Picasso 0.11)")
+    g.add_argument("--regions-separately", action="store_true",
+                   help="one output per --roi, in the ROI's own coordinates, named <movie>_ref_locs.hdf5, "
+                        "_ch1_locs.hdf5, ... (Picasso's names); --fit-method and --min-net-gradient may be "
+                        "given once per ROI")
+    g.add_argument("--temporal-median", type=int, default=0, metavar="N",
+                   help="identify on the movie minus its rolling per-pixel median over N frames (removes "
+                        "static and uneven background; fitting uses the raw movie; re-tune the minimum net "
+                        "gradient); 0: off")
+    g.add_argument("--gaussian-filter", type=float, default=0.0, metavar="SIGMA",
+                   help="identify on the movie smoothed by a Gaussian of SIGMA pixels (fitting uses the raw "
+                        "movie); 0: off")
+    g.add_argument("--concat", action="store_true",
+                   help="the TIFF files given (folders: searched recursively) are one movie split into "
+                        "files, read in natural order; the output is named after the first file")
+    g.add_argument("--drift", type=int, default=0, metavar="N",
+                   help="after localizing, correct the drift by RCC with segments of N frames "
+                        "(<movie>_locs_undrift.hdf5); 0 (default): off")
     g = p.add_argument_group("output")
     g.add_argument("--suffix", default="", help="inserted before _locs.hdf5")
     g.add_argument("--output-dir", help="write here instead of beside each movie")
@@ -483,6 +550,16 @@ def cmd_calibrate_z(args) -> int:
         raise CliError(f"--step-nm must be positive (nm), got {args.step_nm}")
     if not args.magnification_factor > 0:
         raise CliError(f"--magnification-factor must be positive, got {args.magnification_factor}")
+    if args.frames_per_step < 1:
+        raise CliError(f"--frames-per-step must be >= 1, got {args.frames_per_step}")
+    if args.frames and len(args.frames) > 1:
+        raise CliError("calibrate-z takes one --frames FIRST LAST (the calibrated frame bounds)")
+    if args.roi and len(args.roi) > 1:
+        raise CliError("calibrate-z takes one --roi")
+    for name in ("fit_method", "min_net_gradient"):
+        if isinstance(getattr(args, name), list) and len(getattr(args, name)) > 1:
+            raise CliError(f"calibrate-z takes one --{name.replace('_', '-')}")
+    frames = tuple(args.frames[0]) if args.frames else None
     yaml_path = args.output or calibration_paths(stack)[0]
     if not yaml_path.lower().endswith((".yaml", ".yml")):
         raise CliError(f"--output {yaml_path}: the calibration is written as .yaml")
@@ -491,13 +568,22 @@ def cmd_calibrate_z(args) -> int:
     with open_movie(stack) as movie:
         p = _parameters(args, movie.info)
         p.validate(*movie.shape)
+        source, n_movie = movie, int(movie.shape[0])
+        if args.frames_per_step > 1:  # several frames per z step: their frames side by side, one per step
+            from .io.movies.zsteps import StepTiledMovie
+
+            if frames:
+                raise CliError("--frames cannot be combined with --frames-per-step > 1")
+            movie = StepTiledMovie(movie, args.frames_per_step, args.frame_order, gap=p.box_size + 1)
         bar = ProgressBar(os.path.basename(stack))
         try:
             cal = calibrate_z_stack(movie, p, args.step_nm, args.magnification_factor,
-                                    tuple(args.frames) if args.frames else None, not args.pooled,
+                                    frames, not args.pooled,
                                     os.path.abspath(stack), progress=bar)
         finally:
             bar.close()
+        if movie is not source:
+            cal.n_frames, cal.frames_per_step, cal.frame_order = n_movie, args.frames_per_step, args.frame_order
     save_calibration(yaml_path, cal)
     png_path = os.path.splitext(yaml_path)[0] + ".png"
     plot_calibration(cal, png_path)
@@ -521,6 +607,11 @@ def add_calibrate_parser(sub):
     p.add_argument("--output", help="calibration YAML to write (default <stack base>_3d_calib.yaml)")
     p.add_argument("--pooled", action="store_true",
                    help="pool all spots per frame as Picasso does instead of following each bead")
+    p.add_argument("--frames-per-step", type=int, default=1, metavar="N",
+                   help="frames acquired at each z position (several fields of view; default 1)")
+    p.add_argument("--frame-order", choices=("fov", "z"), default="fov",
+                   help="with several frames per step: fov = the N frames of a step follow each other; "
+                        "z = the whole z scan is repeated N times (default fov)")
     _add_parameter_options(p, frames_help="calibrate on these frames only (0-based, inclusive): "
                                           "Picasso's frame bounds")
     p.set_defaults(func=cmd_calibrate_z)
@@ -851,6 +942,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_camera_calibrate_parser(sub)
     add_simulate_parser(sub)
     add_demo_parser(sub)
+    from .cli_post import add_export_parser, add_undrift_parser
+
+    add_undrift_parser(sub)
+    add_export_parser(sub)
     return parser
 
 

@@ -265,7 +265,7 @@ def test_sample_data_and_demo(make_napari_viewer):
     viewer.layers.clear()
     viewer, widgets = open_demo(viewer)
     assert set(widgets) == {"Identification", "Photon conversion", "Fit", "Localize", "3D (astigmatism)",
-                            "Batch (folder)", "panel"}
+                            "Batch (folder)", "Undrift", "panel"}
     assert widgets["Identification"].count.value.endswith("spots in this frame")
     assert widgets["Photon conversion"].baseline.value == SAMPLE.baseline
 

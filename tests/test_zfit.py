@@ -190,7 +190,8 @@ def test_calibration_yaml_roundtrip_and_picasso_keys(tmp_path, calibration):
     with open(path) as fh:
         raw = yaml.safe_load(fh)
     assert set(raw) == {"Frame bounds", "Magnification factor", "Number of frames", "Path", "Step size in nm",
-                        "X Coefficients", "Y Coefficients"}
+                        "X Coefficients", "Y Coefficients", "Frames per step", "Frame order"}  # + Picasso 0.11's
+    assert raw["Frames per step"] == 1 and raw["Frame order"] == "fov"
     assert len(raw["X Coefficients"]) == 7
     # highest power first: np.polyval of the stored list reproduces the widths
     assert np.polyval(raw["X Coefficients"], 100.0) == pytest.approx(calibration.widths(100.0)[0])

@@ -2,8 +2,8 @@
 
 The settings sections scroll (so the dock fits a 1366x768 laptop as well as 1920x1080); the run section
 (Localize / Cancel, progress bar, status, files) stays pinned below them, always on screen. The folder batch is
-the second tab. Every section is the same dock widget that is also available on its own in the Plugins menu,
-all bound to the viewer's one :class:`~._state.LocalizeSession`.
+the second tab, drift correction of a result (Undrift) the third. Every section is the same dock widget that
+is also available on its own in the Plugins menu, all bound to the viewer's one :class:`~._state.LocalizeSession`.
 """
 
 from __future__ import annotations
@@ -51,8 +51,12 @@ class LocalizePanel(QWidget):
         self.z = ZWidget(napari_viewer)
         self.localize = LocalizeWidget(napari_viewer)
         self.batch = BatchWidget(napari_viewer)
+        from ._undrift_widget import UndriftWidget
+
+        self.undrift = UndriftWidget(napari_viewer)
         self.widgets = {"Identification": self.identify, "Photon conversion": self.photon, "Fit": self.fit,
-                        "Localize": self.localize, ZWidget.title: self.z, "Batch (folder)": self.batch}
+                        "Localize": self.localize, ZWidget.title: self.z, "Batch (folder)": self.batch,
+                        "Undrift": self.undrift}
 
         sections = QWidget()
         column = QVBoxLayout(sections)
@@ -83,6 +87,7 @@ class LocalizePanel(QWidget):
         self.tabs = QTabWidget()
         self.tabs.addTab(localize_tab, "Localize a movie")
         self.tabs.addTab(batch_scroll, "Batch (folder)")
+        self.tabs.addTab(self.undrift.native, "Undrift")  # drift correction of a result (RCC / AIM)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.tabs)

@@ -108,7 +108,7 @@ class PreviewController:
             self._timer.start()
 
     def _on_parameters(self, p):
-        self.sync_rectangle(p.roi)
+        self.sync_rectangle(p.roi, p.rois)
         self._schedule()
 
     def refresh(self):
@@ -136,8 +136,8 @@ class PreviewController:
         except ValueError as exc:
             self.on_count(f"sCMOS calibration: {exc}")
             return
-        if maps is None:
-            ids = identify(frame, p.box_size, p.min_net_gradient, p.roi, frame_index)
+        if maps is None:  # with the run's prefilters and ROIs
+            ids = self._identify(layer, frame, p, frame_index)
         else:  # as the run does: offset/gain-corrected, variance-aware
             from ..core.identify_scmos import identify_scmos
 
@@ -210,6 +210,30 @@ class PreviewController:
         self._maps_cache = (key, maps)
         return maps
 
+    def _identify(self, layer, frame, p, frame_index):
+        """The run's identification of one frame: its prefilters (the temporal median from the layer's
+        movie, cached per layer and window) and its ROIs."""
+        from ..core.pipeline import identify_in_regions
+        from ..core.prefilter import TemporalMedianBackground, prefilter_frames
+
+        prefilter = p.prefilter()
+        stack = frame[None] if frame.ndim == 2 else frame
+        if not prefilter.active or layer.ndim < 3:
+            if p.rois:
+                return identify_in_regions(np.asarray(stack), p, frame_index)
+            return identify(frame, p.box_size, p.min_net_gradient, p.roi, frame_index)
+        background = None
+        if prefilter.temporal_median:
+            key = (id(layer.data), prefilter.temporal_median, prefilter.stride)
+            cached = getattr(self, "_background", None)
+            if cached is None or cached[0] != key:
+                cached = (key, TemporalMedianBackground(layer.data, prefilter.temporal_median,
+                                                        prefilter.median_stride))
+                self._background = cached
+            background = cached[1]
+        filtered = prefilter_frames(np.asarray(stack), frame_index, prefilter, background)
+        return identify_in_regions(filtered, p, frame_index)
+
     def _points_layer(self, create: bool, ndim: int = 2):
         viewer = self.session.viewer
         if PREVIEW_LAYER in viewer.layers:
@@ -240,7 +264,7 @@ class PreviewController:
             layer.events.data.connect(self._on_shapes)
         self._roi_layer = layer
         if self.session.parameters.roi is not None and len(layer.data) == 0:
-            self.sync_rectangle(self.session.parameters.roi)
+            self.sync_rectangle(self.session.parameters.roi, self.session.parameters.rois)
         else:
             self._on_shapes()
         return layer
@@ -259,28 +283,30 @@ class PreviewController:
             return
         rectangles = [d for d, kind in zip(self._roi_layer.data, self._roi_layer.shape_type)
                       if kind == "rectangle"]
-        roi = roi_from_rectangle(rectangles[-1], *shape) if rectangles else None
+        # every rectangle is an ROI, in the layer's order (overlaps belong to the earlier one)
+        rois = [r for r in (roi_from_rectangle(d, *shape) for d in rectangles) if r is not None]
         self._syncing_roi = True
         try:
-            self.session.update(roi=roi)
+            self.session.update(roi=rois[0] if rois else None, rois=tuple(rois[1:]) or None)
         finally:
             self._syncing_roi = False
 
-    def sync_rectangle(self, roi):
-        """Draw ``roi`` as the one rectangle of the ROI layer (if one is followed)."""
+    def sync_rectangle(self, roi, rois=None):
+        """Draw ``roi`` (and ``rois``) as the rectangles of the ROI layer (if one is followed)."""
         layer = self._roi_layer
         if layer is None or self._syncing_roi:
             return
+        wanted = ([roi] if roi is not None else []) + list(rois or ())
         current = [d for d, kind in zip(layer.data, layer.shape_type) if kind == "rectangle"]
         shape = self._frame_shape()
-        if current and shape is not None and roi_from_rectangle(current[-1], *shape) == roi:
+        if shape is not None and [roi_from_rectangle(d, *shape) for d in current] == [tuple(r) for r in wanted]:
             return
         self._syncing_roi = True
         try:
-            corners = [] if roi is None else [rectangle_from_roi(roi)]
+            corners = [rectangle_from_roi(r) for r in wanted]
             if layer.ndim > 2 and corners:
                 lead = np.zeros((4, layer.ndim - 2))
-                corners = [np.column_stack([lead, corners[0]])]
+                corners = [np.column_stack([lead, c]) for c in corners]
             layer.selected_data = set()
             layer.data = []
             if corners:

@@ -19,6 +19,8 @@ _SIGNATURES = {
     (".tif", ".tiff"): (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"),
     (".ims",): (b"\x89HDF",),
     (".nd2",): (b"\xda\xce\xbe\x0a", b"\x00\x00\x00\x0cjP  "),
+    (".czi",): (b"ZISRAWFILE",),
+    (".lif",): (b"\x70\x00\x00\x00",),
 }
 
 
@@ -49,6 +51,12 @@ def napari_get_reader(path):
         path = os.fspath(path)
         if path.endswith("_locs.hdf5"):
             return read_locs if os.path.isfile(path) else None
+        if path.lower().endswith(".hdf5"):  # _undrift.hdf5 and other tables: claimed if they hold 'locs'
+            return read_locs if _has_locs(path) else None
+        if path.lower().endswith(".csv"):
+            from ..io.export import is_thunderstorm_csv
+
+            return read_thunderstorm_csv if os.path.isfile(path) and is_thunderstorm_csv(path) else None
         if os.path.isdir(path):
             return read_movie if is_ndtiff_folder(path) else None
         if _signature_ok(path):
@@ -113,6 +121,47 @@ def read_movie(path):
     except MovieError as exc:
         warnings.warn(str(exc), stacklevel=2)
         return []
+
+
+def _has_locs(path) -> bool:
+    try:
+        import h5py
+
+        with open(path, "rb") as fh:
+            if fh.read(8) != b"\x89HDF\r\n\x1a\n":
+                return False
+        with h5py.File(path, "r") as f:
+            return "locs" in f
+    except Exception:  # unreadable: decline
+        return False
+
+
+def read_thunderstorm_csv(path):
+    """A ThunderSTORM CSV as a points layer in camera pixels (frame, y, x); the pixel size comes from a
+    ``<base>.yaml`` beside it (our export writes one), else 130 nm, as the layer's metadata says."""
+    from ..io.export import ExportError, read_thunderstorm, sidecar_pixelsize
+
+    path = path[0] if isinstance(path, (list, tuple)) else path
+    pixelsize = sidecar_pixelsize(path)
+    assumed = pixelsize is None
+    try:
+        locs, info = read_thunderstorm(path, pixelsize or 130.0)
+    except ExportError as exc:
+        warnings.warn(str(exc), stacklevel=2)
+        return []
+    if assumed:
+        info["Pixelsize assumed"] = "no pixel size beside the CSV: 130 nm assumed"
+    return [_points_layer(locs, [info], path)]
+
+
+def _points_layer(locs, info, path, features=None):
+    coords = np.column_stack([locs["frame"].astype(float), locs["y"], locs["x"]]) if len(locs) else \
+        np.zeros((0, 3))
+    features = features if features is not None else {name: locs[name] for name in locs.dtype.names}
+    meta = {"locs_info": info, "locs_path": path, "pixelsize": get_metadata(info, "Pixelsize", 130)}
+    kwargs = {"name": os.path.basename(path), "features": features, "metadata": meta, "size": 0.5,
+              "face_color": "photons" if "photons" in features else "white", "border_width": 0}
+    return (coords, kwargs, "points")
 
 
 def read_locs(path):

@@ -30,6 +30,10 @@ def config_dir() -> str:
     return os.fspath(user_config_dir())
 
 
+#: parameters that belong to one movie (its ROIs and frames): never carried into the next session
+MOVIE_FIELDS = ("roi", "frame_range", "rois", "frame_segments")
+
+
 def load_saved_parameters() -> LocalizeParameters:
     """The parameters saved by the last session; defaults where the file is missing, unreadable or stale."""
     path = os.path.join(config_dir(), PARAMETERS_FILE)
@@ -43,7 +47,7 @@ def load_saved_parameters() -> LocalizeParameters:
         return defaults
     known = {f.name for f in dataclasses.fields(LocalizeParameters)}
     # the ROI and frame range belong to one movie: never carried into the next session
-    values = {k: v for k, v in saved.items() if k in known and k not in ("roi", "frame_range")}
+    values = {k: v for k, v in saved.items() if k in known and k not in MOVIE_FIELDS}
     try:
         p = defaults.replace(**values)
         p.validate()
@@ -57,8 +61,8 @@ def save_parameters(p: LocalizeParameters) -> str | None:
     folder = config_dir()
     path = os.path.join(folder, PARAMETERS_FILE)
     values = dataclasses.asdict(p)
-    values.pop("roi")
-    values.pop("frame_range")
+    for key in MOVIE_FIELDS:
+        values.pop(key, None)
     from ..core.errors import OutputError
     from ..io.publish import write_text
 

@@ -79,9 +79,21 @@ class IdentifyWidget(Container):
         first, last = p.frame_range or (0, 0)
         self.first_frame = SpinBox(label="first frame", value=first, min=0, max=10**9)
         self.last_frame = SpinBox(label="last frame", value=last, min=0, max=10**9)
+        self.roi_count = Label(label="", value="")
+        self.segments = LineEdit(label="frame segments", value="",
+                                 tooltip="several frame ranges, 0-based and inclusive, e.g. 0-999, 3000-3999 "
+                                         "(empty: the frame range above)")
+        self.segments_status = Label(label="", value="")
+        self.temporal_median = SpinBox(label="temporal median", value=int(p.temporal_median), min=0, max=100000,
+                                       tooltip="identify on the movie minus its rolling per-pixel median over "
+                                               "this many frames (0: off); fitting uses the raw movie")
+        self.gaussian_filter = FloatSpinBox(label="Gaussian filter", value=float(p.gaussian_filter), min=0,
+                                            max=20, step=0.1, tooltip="identify on the movie smoothed by a "
+                                            "Gaussian of this sigma in pixels (0: off)")
         self.extend([self.movie, self.box_size, self.net_gradient_slider, self.net_gradient, self.slider_max,
                      self.preview, self.count, self.roi_on, *self.roi_numbers, self.roi_from_shapes, self.roi_hint,
-                     self.all_frames, self.first_frame, self.last_frame])
+                     self.roi_count, self.all_frames, self.first_frame, self.last_frame, self.segments,
+                     self.segments_status, self.temporal_median, self.gaussian_filter])
 
         self.preview_controller = PreviewController(self.session, on_count=self._show_count,
                                                     parent=self.native)
@@ -96,6 +108,10 @@ class IdentifyWidget(Container):
         self.roi_from_shapes.changed.connect(lambda *_: self.use_shapes_layer())
         for w in (self.all_frames, self.first_frame, self.last_frame):
             w.changed.connect(self._on_frames)
+        self.segments.changed.connect(self._on_segments)
+        self.temporal_median.changed.connect(
+            lambda v: self.session.update(temporal_median=int(v) if int(v) != 1 else 0))
+        self.gaussian_filter.changed.connect(lambda v: self.session.update(gaussian_filter=float(v)))
         self.movie.changed.connect(self._on_movie)
         self.session.parameters_changed.connect(self._show_parameters)
         napari_viewer.layers.events.inserted.connect(self._layers_changed)
@@ -187,7 +203,7 @@ class IdentifyWidget(Container):
     def _on_roi_numbers(self, *_):
         self._enable_rows()
         if not self.roi_on.value:
-            self.session.update(roi=None)
+            self.session.update(roi=None, rois=None)
             return
         roi = tuple(int(w.value) for w in self.roi_numbers)
         if roi[2] > roi[0] and roi[3] > roi[1]:
@@ -200,6 +216,15 @@ class IdentifyWidget(Container):
         else:
             first, last = int(self.first_frame.value), int(self.last_frame.value)
             self.session.update(frame_range=(first, max(first, last)))
+
+    def _on_segments(self, text):
+        try:
+            segments = parse_segments(text)
+        except ValueError as exc:
+            self.segments_status.value = str(exc)
+            return
+        self.segments_status.value = "" if not segments else f"{len(segments)} segment(s)"
+        self.session.update(frame_segments=segments)
 
     def _enable_rows(self):
         for w in self.roi_numbers:
@@ -216,10 +241,27 @@ class IdentifyWidget(Container):
                         w.value = v
             with self.roi_on.changed.blocked():
                 self.roi_on.value = p.roi is not None
+            n = (p.roi is not None) + len(p.rois or ())
+            self.roi_count.value = f"{n} ROIs (every rectangle of the ROI layer)" if n > 1 else ""
             self._enable_rows()
 
     def _show_count(self, text):
         self.count.value = text
+
+
+def parse_segments(text: str):
+    """``"0-999, 3000-3999"`` -> ``((0, 999), (3000, 3999))`` (0-based, inclusive); empty -> ``None``."""
+    parts = [t.strip() for t in str(text).replace(";", ",").split(",") if t.strip()]
+    out = []
+    for part in parts:
+        pieces = [q.strip() for q in part.split("-")]
+        if len(pieces) != 2 or not all(q.isdigit() for q in pieces):
+            raise ValueError(f"{part!r}: write segments as FIRST-LAST, e.g. 0-999, 3000-3999")
+        first, last = int(pieces[0]), int(pieces[1])
+        if last < first:
+            raise ValueError(f"{part!r}: the last frame comes before the first")
+        out.append((first, last))
+    return tuple(out) or None
 
 
 # ---------------------------------------------------------------------------------------- photon conversion

@@ -61,6 +61,18 @@ class LocalizeParameters:
         neighbours are fitted jointly or as fixed light and further emitters are found in the fit residual and
         kept by a likelihood-ratio test (``docs/algorithms.md``); 1 fits one emitter per identified box, as
         Picasso does.
+    rois : tuple of ROIs or None
+        More ROIs ``(y0, x0, y1, x1)`` after ``roi`` (Picasso 0.11's repeated ``--roi``): overlaps are clipped,
+        earlier ROIs first (:func:`~napari_localize.core.regions.clip_rois`); identification sees a padded crop
+        so spots at ROI borders are kept.
+    frame_segments : tuple of (first, last) or None
+        Frame segments, 0-based inclusive (repeated ``--frames``); merged where they overlap. With
+        ``frame_range`` also set, only frames in both are processed (a Dask block restricts a run this way).
+    temporal_median : int
+        Prefilter for identification only: subtract the rolling per-pixel median of this many frames
+        (0: off); see :mod:`~napari_localize.core.prefilter`. Fitting always sees the raw movie.
+    gaussian_filter : float
+        Prefilter for identification only: Gaussian smoothing of this standard deviation in pixels (0: off).
     """
 
     box_size: int = 7
@@ -77,6 +89,36 @@ class LocalizeParameters:
     max_iterations: int = 100
     camera: str | None = None
     max_emitters: int = 5
+    rois: tuple | None = None
+    frame_segments: tuple | None = None
+    temporal_median: int = 0
+    gaussian_filter: float = 0.0
+
+    def region_list(self) -> list | None:
+        """All ROIs (``roi`` then ``rois``) clipped into disjoint rectangles; ``None`` for the whole frame."""
+        from .regions import clip_rois
+
+        rois = ([self.roi] if self.roi is not None else []) + list(self.rois or ())
+        return clip_rois(rois) if rois else None
+
+    def prefilter(self):
+        """The identification prefilter (:class:`~napari_localize.core.prefilter.Prefilter`)."""
+        from .prefilter import Prefilter
+
+        return Prefilter(temporal_median=int(self.temporal_median), gaussian_sigma=float(self.gaussian_filter))
+
+    def frame_spans(self, n_frames: int) -> list[tuple[int, int]]:
+        """Half-open ``[start, stop)`` frame intervals to process, in order (segments within the range)."""
+        from .regions import merge_segments
+
+        if self.frame_segments:
+            spans = [(a, b + 1) for a, b in merge_segments(self.frame_segments, n_frames)]
+        else:
+            spans = [(0, n_frames)]
+        if self.frame_range is not None:
+            lo, hi = self.frame_range[0], min(self.frame_range[1] + 1, n_frames)
+            spans = [(max(a, lo), min(b, hi)) for a, b in spans]
+        return [(a, b) for a, b in spans if b > a]
 
     def replace(self, **changes) -> LocalizeParameters:
         return dataclasses.replace(self, **changes)
@@ -134,6 +176,19 @@ class LocalizeParameters:
                         f"ROI (y0 x0 y1 x1) = {y0} {x0} {y1} {x1} is not inside the {height}x{width} px frame; "
                         f"use 0 <= y0 < y1 <= {height} and 0 <= x0 < x1 <= {width}"
                     )
+            if self.rois:
+                from .regions import RegionError, check_rois
+
+                try:
+                    check_rois(([self.roi] if self.roi is not None else []) + list(self.rois), height, width)
+                except RegionError as exc:
+                    raise ParameterError(str(exc)) from None
+        from .prefilter import PrefilterError
+
+        try:
+            self.prefilter().validate()
+        except PrefilterError as exc:
+            raise ParameterError(str(exc)) from None
         if n_frames is not None:
             if n_frames < 1:
                 raise ParameterError("the movie has no frames")
@@ -145,9 +200,22 @@ class LocalizeParameters:
                     raise ParameterError(
                         f"frame range starts at {first} but the movie has only {n_frames} frames (0-based)"
                     )
+            if self.frame_segments:
+                from .regions import RegionError
+
+                try:
+                    spans = self.frame_spans(n_frames)
+                except RegionError as exc:
+                    raise ParameterError(str(exc)) from None
+                if not spans:
+                    raise ParameterError("the frame segments and the frame range have no frame in common")
 
     def frame_span(self, n_frames: int) -> tuple[int, int]:
-        """The half-open frame interval ``[start, stop)`` to process."""
+        """The half-open frame interval ``[start, stop)`` holding every frame to process (with segments: from
+        the first segment's start to the last one's end; :meth:`frame_spans` gives the segments)."""
+        if self.frame_segments:
+            spans = self.frame_spans(n_frames)
+            return (spans[0][0], spans[-1][1]) if spans else (0, 0)
         if self.frame_range is None:
             return 0, n_frames
         first, last = self.frame_range
@@ -185,15 +253,25 @@ def _integer(name, value, lo, valid: str) -> int:
 
 def identify_document(p: LocalizeParameters, generated_by: str) -> dict:
     """The identification document of ``_locs.yaml``, with Picasso's keys."""
-    roi = None if p.roi is None else [[int(p.roi[0]), int(p.roi[1])], [int(p.roi[2]), int(p.roi[3])]]
-    frames = None if p.frame_range is None else [int(p.frame_range[0]), int(p.frame_range[1])]
-    return {
+    from .regions import roi_metadata, segments_metadata
+
+    roi = roi_metadata(p.region_list() or [])
+    if p.frame_segments:
+        frames = segments_metadata(sorted((int(a), int(b)) for a, b in p.frame_segments))
+        if p.frame_range is not None:
+            frames = {"Segments": frames, "Within": [int(p.frame_range[0]), int(p.frame_range[1])]}
+    else:
+        frames = None if p.frame_range is None else [int(p.frame_range[0]), int(p.frame_range[1])]
+    doc = {
         "Generated by": f"{generated_by} Identify",
         "Box Size": int(p.box_size),
         "Min. Net Gradient": float(p.min_net_gradient),
         "ROI": roi,
         "Frame Bounds": frames,
     }
+    if p.temporal_median or p.gaussian_filter:
+        doc.update(p.prefilter().document())
+    return doc
 
 
 def fit_document(p: LocalizeParameters, generated_by: str) -> dict:

@@ -108,8 +108,25 @@ def fit_spots_by_method(spots_photons, p: LocalizeParameters, device: str | None
     return fit_avg(spots_photons, em)
 
 
+def identify_in_regions(frames, p: LocalizeParameters, first_frame: int = 0):
+    """Identification with ``p``'s ROIs: one ROI on the whole frame; several (clipped, disjoint) on their
+    bounding box grown by ``box // 2 + 1`` pixels (and a prefilter's reach), so spots at ROI borders are found
+    exactly as in the whole frame, each once. ``frames`` are what identification sees (raw or prefiltered)."""
+    from .regions import padded_bbox, roi_index
+
+    rois = p.region_list()
+    if rois is None or len(rois) == 1:
+        return identify(frames, p.box_size, p.min_net_gradient, rois[0] if rois else None, first_frame)
+    n, height, width = frames.shape
+    y0, x0, y1, x1 = padded_bbox(rois, p.box_size, height, width, p.prefilter().margin())
+    ids = identify(frames[:, y0:y1, x0:x1], p.box_size, p.min_net_gradient, None, first_frame)
+    ids["y"] += y0
+    ids["x"] += x0
+    return ids[roi_index(ids["y"], ids["x"], rois) >= 0]
+
+
 def localize_frames(frames, p: LocalizeParameters, first_frame: int = 0, stats: LocalizeStats | None = None,
-                    camera=None):
+                    camera=None, identify_frames=None):
     """Localize spots in an in-memory stack ``(n, height, width)`` of camera counts (ADU).
 
     ``camera``: per-pixel :class:`~napari_localize.core.camera.CameraMaps` of these frames (sCMOS); they replace
@@ -118,7 +135,8 @@ def localize_frames(frames, p: LocalizeParameters, first_frame: int = 0, stats: 
 
     Returns the structured localization array (Picasso fields for ``p.fit_method``), frame numbers offset by
     ``first_frame``. Fits that did not converge and rows failing Picasso's sanity filter are dropped and
-    counted in ``stats``.
+    counted in ``stats``. ``identify_frames`` (same shape) are what identification sees when a prefilter is
+    on; the fit always uses ``frames``.
     """
     stats = stats if stats is not None else LocalizeStats()
     if not stats.device:
@@ -129,12 +147,17 @@ def localize_frames(frames, p: LocalizeParameters, first_frame: int = 0, stats: 
     n, height, width = frames.shape
     t0 = time.perf_counter()
     if camera is None:
-        ids = identify(frames, p.box_size, p.min_net_gradient, p.roi, first_frame)
-    else:
+        ids = identify_in_regions(frames if identify_frames is None else identify_frames, p, first_frame)
+    else:  # offset/gain-corrected, variance-aware; several ROIs keep the spots whose pixel lies in one
         from .identify_scmos import identify_scmos
+        from .regions import roi_index
 
+        rois = p.region_list()
         ids = identify_scmos(frames, p.box_size, p.min_net_gradient, camera.offset, camera.sensitivity,
-                             camera.variance, camera.em_gain, p.roi, first_frame)
+                             camera.variance, camera.em_gain, rois[0] if rois and len(rois) == 1 else None,
+                             first_frame)
+        if rois and len(rois) > 1:
+            ids = ids[roi_index(ids["y"], ids["x"], rois) >= 0]
     t1 = time.perf_counter()
     spots = cut_spots(frames, ids["frame"] - first_frame, ids["y"], ids["x"], p.box_size)
     if camera is None:
@@ -222,6 +245,19 @@ def _fit_crowded(frames, ids, fit, p: LocalizeParameters, first_frame: int, devi
     return out, new_ids
 
 
+def _prefiltered(frames, first_frame, prefilter, background):
+    """What identification sees: the prefiltered frames; with a cropped background (several ROIs) only the
+    crop is background-corrected, and the frame outside it is never searched."""
+    from .prefilter import prefilter_frames
+
+    if background is None or background.crop is None:
+        return prefilter_frames(frames, first_frame, prefilter, background)
+    y0, x0, y1, x1 = background.crop
+    out = np.zeros(frames.shape, np.float32)
+    out[:, y0:y1, x0:x1] = prefilter_frames(frames[:, y0:y1, x0:x1], first_frame, prefilter, background)
+    return out
+
+
 def chunk_frames_for(height: int, width: int) -> int:
     return max(1, CHUNK_PIXELS // max(1, height * width))
 
@@ -240,13 +276,26 @@ def iter_localize(movie, p: LocalizeParameters, cancel: CancelToken | None = Non
     if camera is not None and tuple(camera.shape) != (height, width):
         raise ValueError(f"the camera maps are {camera.shape[0]}x{camera.shape[1]} pixels but the movie's frames "
                          f"are {height}x{width}")
+    if camera is not None and p.prefilter().active:
+        raise ValueError("the identification prefilters (--temporal-median, --gaussian-filter) do not work with "
+                         "per-pixel sCMOS maps yet: use one or the other")
     stats = stats if stats is not None else LocalizeStats()
     if not stats.device:
         # the engine is chosen (and a missing GPU reported) before the first frame is read
         stats.device = select_device(p.box_size, p.fit_method)
-    start, stop = p.frame_span(n_frames)
     step = chunk_frames or chunk_frames_for(height, width)
-    bounds = [(a, min(a + step, stop)) for a in range(start, stop, step)]
+    bounds = [(a, min(a + step, stop)) for start, stop in p.frame_spans(n_frames)
+              for a in range(start, stop, step)]
+    prefilter = p.prefilter()
+    background = None
+    if prefilter.temporal_median:
+        from .prefilter import TemporalMedianBackground
+        from .regions import padded_bbox
+
+        rois = p.region_list()
+        crop = padded_bbox(rois, p.box_size, height, width, prefilter.margin()) if rois and len(rois) > 1 \
+            else None
+        background = TemporalMedianBackground(movie, prefilter.temporal_median, prefilter.median_stride, crop)
 
     def read(a, b):
         t = time.perf_counter()
@@ -262,7 +311,12 @@ def iter_localize(movie, p: LocalizeParameters, cancel: CancelToken | None = Non
                 raise LocalizeCancelled("localization cancelled")
             frames = pending.result()
             pending = reader.submit(read, *bounds[i + 1]) if i + 1 < len(bounds) else None
-            locs = localize_frames(frames, p, a, stats, camera)
+            ident = None
+            if prefilter.active:
+                t = time.perf_counter()
+                ident = _prefiltered(frames, a, prefilter, background)
+                stats.seconds["identify"] += time.perf_counter() - t
+            locs = localize_frames(frames, p, a, stats, camera, ident)
             yield Chunk(a, b, locs, frames)
             del frames
         if cancel is not None:

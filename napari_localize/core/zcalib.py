@@ -46,6 +46,12 @@ class ZCalibration:
         ``(first, last)`` frames used (inclusive), or None for all.
     path : str or None
         The stack the calibration came from.
+    frames_per_step : int
+        Frames acquired at each z position (several fields of view per step, Picasso 0.11); the stack has
+        ``n_frames // frames_per_step`` z positions.
+    frame_order : {"fov", "z"}
+        With several frames per step: ``"fov"``, all frames of a z position follow each other
+        (step = frame // frames_per_step); ``"z"``, the whole z scan is repeated (step = frame % steps).
     diagnostics : dict
         Per-position tables of the calibration run (not written to the YAML), see :func:`calibrate_widths`.
     """
@@ -58,6 +64,8 @@ class ZCalibration:
     frame_bounds: tuple[int, int] | None = None
     path: str | None = None
     diagnostics: dict = field(default_factory=dict, repr=False)
+    frames_per_step: int = 1
+    frame_order: str = "fov"
 
     def __post_init__(self):
         self.x_coefficients = np.asarray(self.x_coefficients, float).ravel()
@@ -90,7 +98,7 @@ class ZCalibration:
     @property
     def z_range(self) -> tuple[float, float]:
         """Calibrated heights (nm, calibration space): the stage positions of the frames used."""
-        z = stage_positions(int(self.n_frames), self.step_nm)
+        z = stage_positions(int(self.n_frames) // max(int(self.frames_per_step), 1), self.step_nm)
         if self.frame_bounds is not None:
             a, b = self.frame_bounds
             z = z[max(int(a), 0): int(b) + 1]
@@ -110,6 +118,8 @@ class ZCalibration:
             "Step size in nm": float(self.step_nm),
             "X Coefficients": [float(v) for v in self.x_coefficients],
             "Y Coefficients": [float(v) for v in self.y_coefficients],
+            "Frames per step": int(self.frames_per_step),
+            "Frame order": str(self.frame_order),
         }
 
     @classmethod
@@ -126,9 +136,11 @@ class ZCalibration:
         fb = d.get("Frame bounds")
         if fb is not None and (len(fb) != 2 or fb[0] is None or fb[1] is None):
             fb = None
+        order = str(d.get("Frame order") or "fov")
         return cls(d["X Coefficients"], d["Y Coefficients"], int(d["Number of frames"]),
                    float(d["Step size in nm"]), float(m), None if fb is None else (int(fb[0]), int(fb[1])),
-                   d.get("Path"))
+                   d.get("Path"), frames_per_step=max(int(d.get("Frames per step") or 1), 1),
+                   frame_order=order if order in ("fov", "z") else "fov")
 
 
 def fit_range(cal: ZCalibration, extrapolation: float = DEFAULT_EXTRAPOLATION) -> tuple[float, float]:

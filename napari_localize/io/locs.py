@@ -19,6 +19,7 @@ import yaml
 from ..core.errors import LocalizeError, OutputError
 from . import safe_yaml
 from .publish import Publisher, describe_os_error
+from .embedded import read_embedded_info, write_embedded_info
 
 #: older or GUI spellings of metadata keys, mapped to the API spelling
 KEY_ALIASES = {
@@ -220,10 +221,11 @@ class LocsWriter:
         """
         if self._dataset is None:
             rows = np.concatenate(self._buffer) if self._buffer else np.zeros(0, self.dtype)
-            _write_bytes(self._tmp_h5, _table_bytes(rows, extendable=True), self.hdf5_path)
+            _write_bytes(self._tmp_h5, _table_bytes(rows, extendable=True, info=info), self.hdf5_path)
         else:
-            self._reserve(self.rows)
+            self._reserve(self.rows)  # (its 1 MiB of slack holds the embedded metadata)
             with _writing(self.hdf5_path):
+                write_embedded_info(self._file, [_plain(d) for d in info])
                 self._dataset = None
                 f, self._file = self._file, None
                 f.close()
@@ -274,15 +276,17 @@ def _writing(path):
         raise OutputError(_write_error(exc, path)) from None
 
 
-def _table_bytes(locs, extendable: bool = False) -> bytes:
-    """The whole ``_locs.hdf5`` (dataset ``locs``) built in memory; ``extendable``: chunked and resizable with
-    one chunk sized to the data (as a streamed table is, but small)."""
+def _table_bytes(locs, extendable: bool = False, info: list[dict] | None = None) -> bytes:
+    """The whole ``_locs.hdf5`` (dataset ``locs``, and with ``info`` the embedded ``/metadata``) built in memory;
+    ``extendable``: chunked and resizable with one chunk sized to the data (as a streamed table is, but small)."""
     buf = io.BytesIO()
     with h5py.File(buf, "w") as f:
         if extendable:
             f.create_dataset("locs", data=np.ascontiguousarray(locs), maxshape=(None,), chunks=(max(len(locs), 1),))
         else:
             f.create_dataset("locs", data=np.ascontiguousarray(locs))
+        if info is not None:  # the documents also inside the table (Picasso 0.11's /metadata)
+            write_embedded_info(f, [_plain(d) for d in info])
     return buf.getvalue()
 
 
@@ -329,7 +333,7 @@ def save_locs(hdf5_path, locs: np.ndarray, info: list[dict]) -> tuple[str, str]:
                             f"y, ...), got dtype {locs.dtype}")
     with Publisher([hdf5_path, yaml_path]) as pub:
         with _writing(hdf5_path):
-            data = _table_bytes(locs)
+            data = _table_bytes(locs, info=info)
         _write_bytes(pub.temp(hdf5_path), data, hdf5_path)
         _write_yaml(pub.temp(yaml_path), info, yaml_path)
         pub.commit()
@@ -355,15 +359,20 @@ def load_info(yaml_path) -> list[dict]:
 def load_locs(hdf5_path) -> tuple[np.ndarray, list[dict]]:
     """Read a ``_locs.hdf5`` and its ``_locs.yaml`` (Picasso's or ours).
 
-    Older column spellings (``likelihood``) are renamed to the current ones. A missing YAML is an error,
+    Older column spellings (``likelihood``) are renamed to the current ones. Without the YAML the metadata
+    embedded in the file (``/metadata``, Picasso 0.11 and ours) is used; with neither it is an error,
     because the frame size and pixel size live there.
     """
     hdf5_path = os.fspath(hdf5_path)
     yaml_path = os.path.splitext(hdf5_path)[0] + ".yaml"
     if not os.path.exists(hdf5_path):
         raise LocsFileError(f"{hdf5_path}: no such file")
+    embedded = None
     if not os.path.exists(yaml_path):
-        raise LocsFileError(f"{hdf5_path}: its metadata {os.path.basename(yaml_path)} is missing beside it")
+        embedded = read_embedded_info(hdf5_path)
+        if embedded is None:
+            raise LocsFileError(f"{hdf5_path}: its metadata {os.path.basename(yaml_path)} is missing beside it "
+                                "and the file holds no embedded /metadata (files before Picasso 0.11)")
     try:
         with h5py.File(hdf5_path, "r") as f:
             if "locs" not in f or not isinstance(f["locs"], h5py.Dataset):
@@ -381,6 +390,9 @@ def load_locs(hdf5_path) -> tuple[np.ndarray, list[dict]]:
     if names != list(locs.dtype.names):
         locs = locs.copy()
         locs.dtype.names = names
+    if embedded is not None:
+        return locs, [{KEY_ALIASES.get(k, k): v for k, v in d.items()} if isinstance(d, dict) else d
+                      for d in embedded]
     return locs, load_info(yaml_path)
 
 

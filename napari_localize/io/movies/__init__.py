@@ -15,7 +15,7 @@ from .raw import RawMovie, read_raw_info, write_raw_info
 from .tiff import TiffMovie, follow_on_of
 
 #: lower-case file endings this package opens as movies, longest first
-MOVIE_EXTENSIONS = (".ome.tiff", ".ome.tif", ".tiff", ".tif", ".raw", ".ims", ".nd2")
+MOVIE_EXTENSIONS = (".ome.tiff", ".ome.tif", ".tiff", ".tif", ".raw", ".ims", ".nd2", ".czi", ".lif")
 
 #: endings of files we write ourselves (never movies to localize)
 _OWN_OUTPUTS = re.compile(r"(_locs|_render)$", re.IGNORECASE)
@@ -116,6 +116,14 @@ def _open(path, channel=None, position=None, **options) -> Movie:
         from .nd2 import Nd2Movie
 
         return Nd2Movie(path, channel=channel, position=position)
+    if lower.endswith(".czi"):  # optional readers (czifile, liffile), imported only here
+        from .czi import CziMovie
+
+        return CziMovie(path, channel=channel, position=position)
+    if lower.endswith(".lif"):
+        from .lif import LifMovie
+
+        return LifMovie(path, channel=channel, position=position)
     raise MovieError(
         f"{path}: unknown movie type; napari-localize reads {', '.join(MOVIE_EXTENSIONS)} "
         "(and NDTiff dataset folders)"
