@@ -8,10 +8,7 @@ import signal
 import sys
 
 from . import __version__
-
-
-class CliError(Exception):
-    """A user error: printed as one line, exit status 2."""
+from ._usage import CliError
 
 
 # ------------------------------------------------------------------------------------------------ progress

@@ -6,7 +6,7 @@ import os
 
 
 def _cli_error(message):
-    from .cli import CliError
+    from ._usage import CliError
 
     return CliError(message)
 
