@@ -266,7 +266,7 @@ def _add_z_options(p):
                         "N(0,1) for one clean spot) above this; 0 keeps all (default 0)")
 
 
-def _add_parameter_options(p, frames_help: str):
+def _add_parameter_options(p, frames_help: str, box_default=7, box_help="odd box side length in pixels (default 7)"):
     """Identification, photon-conversion and fit options shared by localize and calibrate-z.
 
     Returns the photon-conversion group, so a command can add its camera options to it.
@@ -274,7 +274,7 @@ def _add_parameter_options(p, frames_help: str):
     from .core.parameters import FIT_METHODS
 
     g = p.add_argument_group("identification")
-    g.add_argument("--box-size", type=int, default=7, help="odd box side length in pixels (default 7)")
+    g.add_argument("--box-size", type=int, default=box_default, help=box_help)
     g.add_argument("--min-net-gradient", type=float, default=5000.0,
                    help="keep spots whose net gradient (camera counts) is greater than this (default 5000)")
     g.add_argument("--roi", type=int, nargs=4, metavar=("Y0", "X0", "Y1", "X1"),
@@ -326,8 +326,6 @@ def add_localize_parser(sub):
 
 # ------------------------------------------------------------------------------------------------ calibrate-z
 def cmd_calibrate_z(args) -> int:
-    from .api import calibrate_z_stack
-    from .io.calibration import calibration_paths, plot_calibration, save_calibration
     from .io.movies import open_movie
 
     stack = args.stack
@@ -337,6 +335,17 @@ def cmd_calibrate_z(args) -> int:
         raise CliError(f"--step-nm must be positive (nm), got {args.step_nm}")
     if not args.magnification_factor > 0:
         raise CliError(f"--magnification-factor must be positive, got {args.magnification_factor}")
+    if args.model == "spline":
+        return _calibrate_spline(args)
+    if args.frames_per_step != 1 or args.frame_order != "fov":
+        raise CliError("--frames-per-step and --frame-order apply to --model spline only")
+    if args.dimensions != "3d":
+        raise CliError("--dimensions 2d applies to --model spline only")
+    from .api import calibrate_z_stack
+    from .io.calibration import calibration_paths, plot_calibration, save_calibration
+
+    if args.box_size is None:
+        args.box_size = 7
     yaml_path = args.output or calibration_paths(stack)[0]
     if not yaml_path.lower().endswith((".yaml", ".yml")):
         raise CliError(f"--output {yaml_path}: the calibration is written as .yaml")
@@ -364,19 +373,78 @@ def cmd_calibrate_z(args) -> int:
     return 0
 
 
+#: default fit box of a spline calibration (its grid is 2 pixels wider)
+SPLINE_BOX = 13
+
+
+def _calibrate_spline(args) -> int:
+    from .core.spline_calibrate import SplineCalibrationOptions, calibrate_spline
+    from .io.movies import open_movie
+    from .io.spline_calibration import plot_spline_calibration, save_spline_calibration, spline_calibration_paths
+
+    stack = args.stack
+    if args.pooled:
+        raise CliError("--pooled applies to --model poly only")
+    out = args.output or spline_calibration_paths(stack)[0]
+    if not out.lower().endswith((".hdf5", ".h5")):
+        raise CliError(f"--output {out}: a spline calibration is written as .hdf5")
+    if not os.path.isdir(os.path.dirname(os.path.abspath(out))):
+        raise CliError(f"--output {out}: the folder does not exist")
+    if args.box_size is None:
+        args.box_size = SPLINE_BOX
+    options = SplineCalibrationOptions(
+        box_size=args.box_size, frames_per_step=args.frames_per_step, frame_order=args.frame_order,
+        frame_bounds=tuple(args.frames) if args.frames else None, dimensions=args.dimensions,
+        magnification_factor=args.magnification_factor)
+    try:
+        options.validate()
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    with open_movie(stack) as movie:
+        p = _parameters(args, movie.info)
+        p.validate(*movie.shape)
+        psf = calibrate_spline(movie, p, args.step_nm, options, path=os.path.abspath(stack))
+    save_spline_calibration(out, psf)
+    png_path = os.path.splitext(out)[0] + ".png"
+    plot_spline_calibration(psf, png_path)
+    d = psf.diagnostics
+    lo, hi = psf.z_range
+    span = f"calibrated {lo:g} .. {hi:g} nm; " if psf.is_3d else ""
+    prec = (f"calibration z precision {d.get('z_precision_nm', float('nan')):.1f} nm (RMSE of its own bead "
+            "slices) " if psf.is_3d else "")
+    print(f"{stack}: {d.get('method', '')}; {span}{prec}-> {out}, {png_path}")
+    return 0
+
+
 def add_calibrate_parser(sub):
-    p = sub.add_parser("calibrate-z", help="astigmatic z calibration from a bead z-stack (Picasso's YAML + PNG)",
-                       description="Localize a bead z-stack, fit degree-6 polynomials to the widths sx(z), "
-                                   "sy(z) and write Picasso's calibration YAML and a PNG of the fit.")
+    p = sub.add_parser("calibrate-z", help="z calibration from a bead z-stack: astigmatic polynomials (YAML) "
+                                           "or an experimental cubic-spline PSF (HDF5), with a PNG",
+                       description="Calibrate from a bead z-stack. --model poly (default): localize it, fit "
+                                   "degree-6 polynomials to the widths sx(z), sy(z) and write Picasso's "
+                                   "calibration YAML. --model spline: register and average the beads into an "
+                                   "experimental PSF and write its cubic spline as HDF5 (a layout Picasso "
+                                   "reads too). Both write a PNG of the result.")
     p.add_argument("stack", metavar="STACK", help="the bead z-stack movie")
-    p.add_argument("--step-nm", type=float, required=True, help="stage step between frames (nm)")
+    p.add_argument("--step-nm", type=float, required=True, help="stage step between z positions (nm)")
+    p.add_argument("--model", choices=("poly", "spline"), default="poly",
+                   help="poly: astigmatic Gaussian widths (Huang 2008); spline: experimental PSF (default poly)")
+    p.add_argument("--dimensions", choices=("3d", "2d"), default="3d",
+                   help="spline: 3d (z from the PSF shape) or 2d (the in-focus PSF only) (default 3d)")
+    p.add_argument("--frames-per-step", type=int, default=1,
+                   help="spline: frames (fields of view) acquired at each z position (default 1)")
+    p.add_argument("--frame-order", choices=("fov", "z"), default="fov",
+                   help="spline, with --frames-per-step > 1: fov = the fields of view of one z position follow "
+                        "each other; z = each field of view is a whole stack (default fov)")
     p.add_argument("--magnification-factor", type=float, default=0.79,
                    help="actual/calibration height factor stored in the calibration (default 0.79)")
-    p.add_argument("--output", help="calibration YAML to write (default <stack base>_3d_calib.yaml)")
+    p.add_argument("--output", help="calibration to write (default <stack base>_3d_calib.yaml, or "
+                                    "<stack base>_spline_calib.hdf5 for --model spline)")
     p.add_argument("--pooled", action="store_true",
-                   help="pool all spots per frame as Picasso does instead of following each bead")
+                   help="poly: pool all spots per frame as Picasso does instead of following each bead")
     _add_parameter_options(p, frames_help="calibrate on these frames only (0-based, inclusive): "
-                                          "Picasso's frame bounds")
+                                          "Picasso's frame bounds", box_default=None,
+                           box_help=f"odd box side length in pixels (default 7; spline: {SPLINE_BOX}, the "
+                                    "fit box the calibration is made for)")
     p.set_defaults(func=cmd_calibrate_z)
 
 

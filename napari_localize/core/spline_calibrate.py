@@ -55,6 +55,9 @@ class SplineCalibrationOptions:
     #: a bead must be identified in at least this fraction of its steps
     min_fraction: float = 0.3
     registration_rounds: int = 3
+    #: rounds of model-based refinement after the registration (each bead's residual to the shifted model,
+    #: shifted back and averaged, is added to the template): removes the blur of interpolating pixelated beads
+    refine_rounds: int = 3
 
     def validate(self):
         if self.box_size % 2 != 1 or self.box_size < 5:
@@ -304,6 +307,8 @@ def calibrate_spline(frames, params, step_nm: float, options: SplineCalibrationO
     # 3-4: registration and outlier rejection
     template = np.nanmedian(np.where(valids, vols, np.nan), axis=0)
     shifts = np.zeros((nb, 3))
+    scale = np.ones((nb, 2))  # amplitude and offset of each bead relative to the template
+    scale[:, 1] = 0.0
     good = np.ones(nb, bool)
     rms = np.full(nb, np.nan)
     why = [""] * nb
@@ -318,6 +323,7 @@ def calibrate_spline(frames, params, step_nm: float, options: SplineCalibrationO
                                           (1.0, shifts[b, 2], shifts[b, 1], shifts[b, 0], 0.0),
                                           fix_z=not reg3d, dz_bounds=(-n_steps_reg / 4.0, n_steps_reg / 4.0))
             shifts[b] = theta[3], theta[2], theta[1]
+            scale[b] = theta[0], theta[4]
             if not ok:
                 good[b] = False
                 why[b] = "registration failed"
@@ -335,11 +341,13 @@ def calibrate_spline(frames, params, step_nm: float, options: SplineCalibrationO
         acc = np.zeros_like(template)
         cnt = np.zeros_like(template)
         for b in np.nonzero(good)[0]:
-            sv, sm = _shift_volume(vols[b], valids[b], *shifts[b])
+            sv, sm = _shift_volume((vols[b] - scale[b, 1]) / scale[b, 0], valids[b], *shifts[b])
             acc += np.where(sm, sv, 0.0)
             cnt += sm
         need = max(1, int(np.ceil(0.5 * good.sum())))
         template = np.where(cnt >= need, acc / np.maximum(cnt, 1), np.nan)
+    for _ in range(o.refine_rounds if reg3d else 0):
+        template = _refine(template, vols, valids, shifts, scale, good)
     if progress:
         progress(2, 4)
 
@@ -388,6 +396,12 @@ def calibrate_spline(frames, params, step_nm: float, options: SplineCalibrationO
         "z_center": float(centre_idx), "photon_scale": photon_scale, "unit_peak": unit,
         "n_beads": int(nb), "n_beads_used": int(good.sum()), "reference_slice": int(ref),
     })
+    if psf.is_3d:
+        sx, sy = psf.gaussian_widths([psf.z_init])
+        psf.meta["effective_sigma"] = float(np.sqrt(sx[0] * sy[0]))
+    else:
+        sx, sy = psf.gaussian_widths([0.0])
+        psf.meta["effective_sigma"] = float(np.sqrt(sx[0] * sy[0]))
     if progress:
         progress(3, 4)
 
@@ -404,6 +418,32 @@ def calibrate_spline(frames, params, step_nm: float, options: SplineCalibrationO
     if progress:
         progress(4, 4)
     return psf
+
+
+def _refine(template, vols, valids, shifts, scale, good):
+    """One model-based correction of the template: beads minus the shifted spline model, shifted back, averaged.
+
+    Averaging interpolated bead images blurs an undersampled PSF; the residuals to the exact (spline) model at
+    each bead's sub-pixel position are small, so interpolating them costs only a second-order error.
+    """
+    finite = np.isfinite(template)
+    coef = spline_coefficients(_fill_z(template, finite))
+    ns, h, w = template.shape
+    s_idx, k, m = np.mgrid[0:ns, 0:h, 0:w]
+    acc = np.zeros_like(template)
+    cnt = np.zeros_like(template)
+    for b in np.nonzero(good)[0]:
+        dz, dy, dx = shifts[b]
+        sz = s_idx - dz
+        on = valids[b] & (sz >= 0) & (sz <= ns - 1)
+        out = evaluate(coef, (m - dx)[on], (k - dy)[on], sz[on])[:, 0]
+        res = np.zeros_like(template)
+        res[on] = (vols[b][on] - scale[b, 1]) / scale[b, 0] - out
+        back, ok = _shift_volume(res, on, dz, dy, dx)
+        acc += np.where(ok, back, 0.0)
+        cnt += ok
+    need = max(1, int(np.ceil(0.5 * good.sum())))
+    return np.where(finite & (cnt >= need), template + acc / np.maximum(cnt, 1), template)
 
 
 def _fill_z(template, mask):
@@ -444,8 +484,10 @@ def _smooth_z(vol):
 
 
 def _centroid(vol):
-    """Intensity centroid ``(x, y)`` of the positive part of the slices, summed."""
-    img = np.clip(np.nansum(vol, axis=0), 0, None)
+    """Intensity centroid ``(x, y)`` of the slices summed, above the median of their border."""
+    img = np.nansum(vol, axis=0)
+    border = np.concatenate([img[0], img[-1], img[1:-1, 0], img[1:-1, -1]])
+    img = np.clip(img - np.median(border), 0, None)
     k, m = np.mgrid[0: img.shape[0], 0: img.shape[1]]
     s = img.sum()
     return float((img * m).sum() / s), float((img * k).sum() / s)
