@@ -449,9 +449,66 @@ def add_calibrate_parser(sub):
 
 
 # ------------------------------------------------------------------------------------------------ simulate
+def _parse_aberrations(text) -> dict:
+    """``"astigmatism=80,spherical=25"`` (RMS nm; names of :data:`~.core.pupil.ZERNIKE_NOLL` or Noll indices)."""
+    from .core.pupil import ZERNIKE_NOLL
+
+    out = {}
+    if not text:
+        return out
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        name, sep, value = item.partition("=")
+        name = name.strip()
+        if not sep:
+            raise CliError(f"--aberrations: {item!r} is not NAME=NM (e.g. astigmatism=80)")
+        if name not in ZERNIKE_NOLL and not name.isdigit():
+            raise CliError(f"--aberrations: unknown aberration {name!r}; use a Noll index or one of "
+                           f"{', '.join(ZERNIKE_NOLL)}")
+        try:
+            out[name] = float(value)
+        except ValueError:
+            raise CliError(f"--aberrations: {value!r} is not a number (RMS nm)") from None
+    return out
+
+
+def _simulation_parameters(args):
+    from .core.pupil import ASTIGMATIC_3D
+    from .core.simulate import SimulationParameters
+
+    pupil = None
+    if args.psf == "pupil":
+        aberr = dict(ASTIGMATIC_3D) if args.aberrations is None else _parse_aberrations(args.aberrations)
+        pupil = {"na": args.na, "wavelength_nm": args.wavelength, "n_immersion": args.n_immersion,
+                 "pixel_nm": args.pixelsize, "zernike_nm": aberr}
+    elif args.aberrations is not None:
+        raise CliError("--aberrations applies to --psf pupil only")
+    if args.psf == "spline" and not args.spline_calibration:
+        raise CliError("--psf spline needs --spline-calibration CAL.hdf5")
+    if args.z_range is not None and not args.z_range[0] < args.z_range[1]:
+        raise CliError(f"--z-range: LOW must be below HIGH, got {args.z_range}")
+    try:
+        p = SimulationParameters(
+            n_frames=args.frames, height=args.height, width=args.width, spots_per_frame=args.spots_per_frame,
+            photons=args.photons, photon_spread=args.photon_spread, bg=args.bg, sigma=args.sigma,
+            baseline=args.baseline, sensitivity=args.sensitivity, em_gain=args.gain, read_noise=args.read_noise,
+            n_sites=args.sites, seed=args.seed, min_separation=args.min_separation,
+            poisson_count=args.poisson_count, z_range=tuple(args.z_range) if args.z_range else None,
+            psf=args.psf, pupil=pupil, spline_calibration=args.spline_calibration)
+        if pupil is not None:
+            from .core.pupil import PupilPSF
+
+            PupilPSF(**pupil)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    return p
+
+
 def cmd_simulate(args) -> int:
-    from .core.locs import ellipticity
-    from .core.simulate import SimulationParameters, simulate_frames
+    from .core.locs import Z_FIELDS, ellipticity
+    from .core.simulate import simulate_bead_stack, simulate_frames
     from .io.locs import locs_paths, save_locs
     from .io.movies import movie_info
     from .io.movies.write import write_movie
@@ -462,42 +519,50 @@ def cmd_simulate(args) -> int:
     folder = os.path.dirname(os.path.abspath(out))
     if not os.path.isdir(folder):
         raise CliError(f"{out}: the folder {folder} does not exist")
-    p = SimulationParameters(
-        n_frames=args.frames, height=args.height, width=args.width, spots_per_frame=args.spots_per_frame,
-        photons=args.photons, photon_spread=args.photon_spread, bg=args.bg, sigma=args.sigma,
-        baseline=args.baseline, sensitivity=args.sensitivity, em_gain=args.gain, read_noise=args.read_noise,
-        n_sites=args.sites, seed=args.seed, min_separation=args.min_separation, poisson_count=args.poisson_count,
-    )
+    p = _simulation_parameters(args)
     if min(p.n_frames, p.height, p.width) < 1:
         raise CliError("--frames, --height and --width must be positive")
     truths = []
     step = max(1, (8 << 20) // (p.height * p.width))
     bar = ProgressBar("simulate")
-
-    def chunks():
-        for a in range(0, p.n_frames, step):
-            frames, truth = simulate_frames(p, a, a + step)
-            truths.append(truth)
-            bar(min(a + step, p.n_frames), p.n_frames)
-            yield frames
-
     shape = (p.n_frames, p.height, p.width)
-    write_movie(out, chunks(), shape, p.dtype, pixelsize_nm=args.pixelsize)
+    if args.beads:
+        if not args.step_nm > 0:
+            raise CliError(f"--step-nm must be positive, got {args.step_nm}")
+        frames, truth = simulate_bead_stack(p, n_beads=args.beads, step_nm=args.step_nm,
+                                            bead_z_offset_sd=args.bead_z_sd)
+        truths.append(truth)
+        write_movie(out, iter([frames]), shape, p.dtype, pixelsize_nm=args.pixelsize)
+    else:
+        def chunks():
+            for a in range(0, p.n_frames, step):
+                frames, truth = simulate_frames(p, a, a + step)
+                truths.append(truth)
+                bar(min(a + step, p.n_frames), p.n_frames)
+                yield frames
+
+        write_movie(out, chunks(), shape, p.dtype, pixelsize_nm=args.pixelsize)
     bar.close()
     import numpy as np
 
     from .core.locs import locs_dtype
 
     truth = np.concatenate(truths)
-    table = np.zeros(len(truth), locs_dtype("lq"))
-    for name in ("frame", "x", "y", "photons", "sx", "sy", "bg"):
+    three_d = "z" in truth.dtype.names
+    dtype = np.dtype(locs_dtype("lq").descr + (Z_FIELDS if three_d else []))
+    table = np.zeros(len(truth), dtype)
+    for name in ("frame", "x", "y", "photons", "sx", "sy", "bg") + (("z",) if three_d else ()):
         table[name] = truth[name]
     table["ellipticity"] = ellipticity(truth["sx"], truth["sy"])
     truth_path, _ = locs_paths(out, "_truth")
     info = movie_info(shape, p.dtype, out, Pixelsize=args.pixelsize)
-    save_locs(truth_path, table, [info, {"Generated by": f"napari-localize v{__version__} simulate",
-                                         "Simulation": p.as_dict()}])
-    print(f"{out}: {p.n_frames} frames of {p.height}x{p.width}, {len(truth)} spots; ground truth -> {truth_path}")
+    doc = {"Generated by": f"napari-localize v{__version__} simulate", "Simulation": p.as_dict()}
+    if args.beads:
+        doc["Bead stack"] = {"beads": args.beads, "step nm": args.step_nm, "bead z sd nm": args.bead_z_sd}
+    save_locs(truth_path, table, [info, doc])
+    what = "bead z-stack" if args.beads else "frames"
+    print(f"{out}: {p.n_frames} {what} of {p.height}x{p.width} ({p.psf} PSF), {len(truth)} spots; "
+          f"ground truth -> {truth_path}")
     print(f"localize it with: napari-localize localize {out} --baseline {p.baseline:g} "
           f"--sensitivity {p.sensitivity:g} --gain {p.em_gain:g} --min-net-gradient "
           f"{suggested_min_net_gradient(p):.0f}")
@@ -543,8 +608,28 @@ def add_simulate_parser(sub):
                    help="minimum distance between spots of one frame (pixels)")
     p.add_argument("--poisson-count", action="store_true",
                    help="Poisson-distributed number of spots per frame (mean --spots-per-frame)")
-    p.add_argument("--pixelsize", type=float, default=130.0, help="pixel size in nm (metadata)")
+    p.add_argument("--pixelsize", type=float, default=130.0,
+                   help="pixel size in nm (metadata; the pupil PSF's pixel in the sample)")
     p.add_argument("--seed", type=int, default=d.seed)
+    g = p.add_argument_group("PSF and 3D")
+    g.add_argument("--psf", choices=("gaussian", "pupil", "spline"), default="gaussian",
+                   help="gaussian: pixel-integrated Gaussian (astigmatic with --z-range); pupil: scalar "
+                        "pupil-function PSF with Zernike aberrations; spline: the PSF of a spline calibration "
+                        "(default gaussian)")
+    g.add_argument("--z-range", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                   help="heights (nm) drawn uniformly: a 3D movie with a z truth column")
+    g.add_argument("--na", type=float, default=1.45, help="pupil: numerical aperture (default 1.45)")
+    g.add_argument("--wavelength", type=float, default=680.0, help="pupil: emission wavelength, nm (680)")
+    g.add_argument("--n-immersion", type=float, default=1.518, help="pupil: immersion refractive index (1.518)")
+    g.add_argument("--aberrations", metavar="NAME=NM,...",
+                   help="pupil: RMS wavefront error per Zernike term, e.g. astigmatism=80,spherical=25,coma_x=15 "
+                        "(default: an astigmatic, moderately aberrated objective)")
+    g.add_argument("--spline-calibration", metavar="CAL.hdf5", help="spline: the calibration whose PSF is drawn")
+    g.add_argument("--beads", type=int, default=0,
+                   help="write a bead z-stack of this many beads instead of a blinking movie (frame f at "
+                        "stage height -(f - (F-1)/2) * --step-nm)")
+    g.add_argument("--step-nm", type=float, default=20.0, help="bead stack: z step (nm, default 20)")
+    g.add_argument("--bead-z-sd", type=float, default=0.0, help="bead stack: sd of the beads' own heights (nm)")
     p.set_defaults(func=cmd_simulate)
 
 
