@@ -52,10 +52,11 @@ def ptx_only(cc):
     dispatcher.get_current_device = lambda: types.SimpleNamespace(compute_capability=cc)
     from napari_localize.core import fit_cuda
 
-    sig = ("void(float32[:, ::1], int64, int64, float64, int64, float64[:, ::1], float64[:, ::1], float64[::1], "
-           "int64[::1], uint8[::1])")
+    sig = ("void(int64, int64, float32[:, ::1], float64[:, ::1], float64[:, ::1], int64, float64[::1], "
+           "float64[::1], float64[::1], boolean, float64, int64, boolean, float64[:, ::1], float64[:, ::1], "
+           "float64[::1], int64[::1], uint8[::1], float64[::1])")
     t = time.perf_counter()
-    ptx, _ = cuda.compile_ptx(fit_cuda._fit_kernel.py_func, sig, cc=cc)
+    ptx, _ = cuda.compile_ptx(fit_cuda.fit_kernel.py_func, sig, cc=cc)
     local = [line.strip() for line in ptx.splitlines() if "__local_depot" in line and ".b8" in line]
     print(f"kernel compiled to PTX for sm_{cc[0]}{cc[1]} in {time.perf_counter() - t:.1f} s: {len(ptx)} chars, "
           f"{local[0] if local else 'no local arrays'}")

@@ -6,14 +6,13 @@ The CLI and the napari widgets call these functions, so all three give identical
 from __future__ import annotations
 
 import os
-import time
 
 import numpy as np
 
 from . import __version__
-from .core.parameters import LocalizeParameters, fit_document, identify_document
-from .core.locs import locs_dtype
-from .core.pipeline import CancelToken, LocalizeStats, iter_localize, localize
+from .core.parameters import LocalizeParameters
+from .core.pipeline import CancelToken, LocalizeStats
+from .core.run import MemorySink, RunResult, ZRun, run, run_documents, run_dtype, run_steps  # noqa: F401
 from .io.locs import LocsWriter, locs_paths
 from .io.movies import ArrayMovie, Movie, open_movie
 
@@ -21,11 +20,16 @@ GENERATED_BY = f"napari-localize v{__version__}"
 
 
 def metadata_documents(movie_info: dict, p: LocalizeParameters, stats: LocalizeStats | None = None) -> list:
-    """The ``_locs.yaml`` documents: movie info, identification, fit (with the run's counts)."""
-    fit = fit_document(p, GENERATED_BY)
-    if stats is not None:
-        fit.update(stats.as_dict())
-    return [dict(movie_info), identify_document(p, GENERATED_BY), fit]
+    """The ``_locs.yaml`` documents of a 2D run: movie info, identification, fit (with the run's counts)."""
+    return run_documents(movie_info, p, stats)
+
+
+def _zrun(calibration, z_options=None, calibration_path=None):
+    return None if calibration is None else ZRun(calibration, z_options, calibration_path)
+
+
+def _as_movie(movie):
+    return movie if isinstance(movie, Movie) else ArrayMovie(movie)
 
 
 def localize_movie(movie, p: LocalizeParameters | None = None, progress=None, cancel: CancelToken | None = None):
@@ -34,10 +38,8 @@ def localize_movie(movie, p: LocalizeParameters | None = None, progress=None, ca
     ``info`` is the list of metadata documents that :func:`save_locs` writes to ``_locs.yaml``.
     """
     p = p or LocalizeParameters()
-    if not isinstance(movie, Movie):
-        movie = ArrayMovie(movie)
-    locs, stats = localize(movie, p, progress=progress, cancel=cancel)
-    return locs, metadata_documents(movie.info, p, stats), stats
+    res = run(_as_movie(movie), p, MemorySink(run_dtype(p)), None, progress, cancel)
+    return res.locs, res.info, res.stats
 
 
 def localize_file(path, p: LocalizeParameters | None = None, suffix: str = "", output_dir=None, progress=None,
@@ -59,54 +61,11 @@ def localize_file(path, p: LocalizeParameters | None = None, suffix: str = "", o
     return written[0], written[1], stats
 
 
-def iter_locs(movie, p: LocalizeParameters, progress=None, cancel: CancelToken | None = None,
-              stats: LocalizeStats | None = None, calibration=None, z_options=None, chunk_frames: int | None = None):
-    """Yield the localizations of ``movie`` chunk by chunk (with ``z`` when a ``calibration`` is given).
-
-    The z outlier filter of ``z_options`` is not applied here: its RMS is taken over the whole run (see
-    :func:`z_filter_limit`).
-
-    ``progress(frames_done, frames_total)`` is called as each chunk is ready; cancelling raises
-    :class:`~napari_localize.core.pipeline.LocalizeCancelled` before the next one.
-    """
-    stats = stats if stats is not None else LocalizeStats()
-    n_frames = int(movie.shape[-3])
-    p.validate(n_frames, int(movie.shape[-2]), int(movie.shape[-1]))
-    start, stop = p.frame_span(n_frames)
-    if calibration is None:
-        chunks = iter_localize(movie, p, cancel, chunk_frames, stats)
-    else:
-        chunks = iter_localize_3d(movie, p, calibration, z_options, cancel, chunk_frames, stats)
-    for chunk in chunks:
-        if progress is not None:
-            progress(chunk.stop - start, stop - start)
-        locs, chunk = chunk.locs, None  # let the chunk's frames go before the next chunk is fitted
-        yield locs
-
-
 def locs_dtype_for(p: LocalizeParameters, z_options=None) -> np.dtype:
     """The dtype of the table a run with ``p`` writes: 2D, or with ``z_options`` (a
     :class:`~napari_localize.core.zfit.ZFitOptions`) the 3D fields ``z``, ``d_zcalib``, ``lpz`` (+ ``z_gof``
     for the z MLE)."""
-    dtype = locs_dtype(p.fit_method)
-    if z_options is not None:
-        from .core.zfit import with_z_fields
-
-        dtype = with_z_fields(np.zeros(0, dtype), gof=z_options.method == "mle").dtype
-    return dtype
-
-
-def run_documents(movie_info: dict, p: LocalizeParameters, stats: LocalizeStats, calibration=None,
-                  z_options=None, calibration_path=None, extra_fit_info: dict | None = None) -> list:
-    """All ``_locs.yaml`` documents of a run: movie, identification, fit (+ ``extra_fit_info``), 3D."""
-    info = metadata_documents(movie_info, p, stats)
-    if extra_fit_info:
-        info[2].update(extra_fit_info)
-    if calibration is not None:
-        from .core.zfit import ZFitOptions, z_document
-
-        info.append(z_document(calibration, z_options or ZFitOptions(), GENERATED_BY, calibration_path))
-    return info
+    return run_dtype(p, None if z_options is None else ZRun(None, z_options))
 
 
 def localize_to_file(movie, p: LocalizeParameters, hdf5_path, progress=None, cancel: CancelToken | None = None,
@@ -120,15 +79,10 @@ def localize_to_file(movie, p: LocalizeParameters, hdf5_path, progress=None, can
     ``progress(frames_done, frames_total)`` is called after each chunk. Returns
     ``((hdf5_path, yaml_path), stats)``.
     """
-    steps = localize_to_file_steps(movie, p, hdf5_path, cancel, calibration, z_options, calibration_path,
-                                   extra_fit_info, chunk_frames)
-    while True:
-        try:
-            done, total = next(steps)
-        except StopIteration as finished:
-            return finished.value
-        if progress is not None and done > 0:
-            progress(done, total)
+    z = _zrun(calibration, z_options, calibration_path)
+    res = run(_as_movie(movie), p, LocsWriter(hdf5_path, run_dtype(p, z)), z, progress, cancel, chunk_frames,
+              extra_fit_info)
+    return res.paths, res.stats
 
 
 def localize_to_file_steps(movie, p: LocalizeParameters, hdf5_path, cancel: CancelToken | None = None,
@@ -136,42 +90,10 @@ def localize_to_file_steps(movie, p: LocalizeParameters, hdf5_path, cancel: Canc
                            extra_fit_info: dict | None = None, chunk_frames: int | None = None):
     """Generator form of :func:`localize_to_file` for GUI workers: yields ``(frames_done, frames_total)``
     (first ``(0, total)``, then after each chunk) and returns ``((hdf5_path, yaml_path), stats)``."""
-    if not isinstance(movie, Movie):
-        movie = ArrayMovie(movie)
-    if calibration is not None:
-        from .core.zfit import ZFitOptions
-
-        z_options = z_options or ZFitOptions()
-        z_options.validate()
-    stats = LocalizeStats()
-    n_frames = int(movie.shape[-3])
-    p.validate(n_frames, int(movie.shape[-2]), int(movie.shape[-1]))
-    start, stop = p.frame_span(n_frames)
-    yield 0, stop - start
-    done = []
-    d_sum_sq = 0.0  # for the z outlier filter, whose RMS is over the whole run
-    with LocsWriter(hdf5_path, locs_dtype_for(p, z_options if calibration is not None else None)) as writer:
-        for locs in iter_locs(movie, p, lambda d, t: done.append(d), cancel, stats, calibration, z_options,
-                              chunk_frames):
-            t = time.perf_counter()
-            writer.append(locs)
-            if calibration is not None:
-                d_sum_sq += float(np.sum(np.asarray(locs["d_zcalib"], float) ** 2))
-            stats.seconds["write"] += time.perf_counter() - t
-            yield (done[-1] if done else 0), stop - start
-        if cancel is not None:
-            cancel.raise_if_cancelled()
-        if calibration is not None and z_options.filter > 0 and writer.rows:
-            t = time.perf_counter()
-            limit = z_options.filter * np.sqrt(d_sum_sq / writer.rows)  # as z_filter_limit, streamed
-            writer.keep_where(lambda rows: rows["d_zcalib"] <= limit)
-            stats.seconds["write"] += time.perf_counter() - t
-        stats.localized = writer.rows
-        info = run_documents(movie.info, p, stats, calibration, z_options, calibration_path, extra_fit_info)
-        t = time.perf_counter()
-        written = writer.commit(info)
-        stats.seconds["write"] += time.perf_counter() - t
-    return written, stats
+    z = _zrun(calibration, z_options, calibration_path)
+    res = yield from run_steps(_as_movie(movie), p, LocsWriter(hdf5_path, run_dtype(p, z)), z, cancel,
+                               chunk_frames, extra_fit_info)
+    return res.paths, res.stats
 
 
 # ------------------------------------------------------------------------------------------------ 3D
@@ -239,67 +161,17 @@ def calibrate_z_stack(movie, p: LocalizeParameters, step_nm: float, magnificatio
 
 
 def fit_z_frames(frames, locs, p: LocalizeParameters, calibration, options=None, first_frame: int = 0):
-    """Give the 2D ``locs`` of the in-memory ``frames`` (ADU, movie frames ``first_frame ..``) a height."""
-    from .core.locs import sane
-    from .core.zfit import ZFitOptions, cut_boxes, fit_z
+    """Give the 2D ``locs`` of the in-memory ``frames`` (ADU, movie frames ``first_frame ..``) a height
+    (the run's per-chunk z step, :func:`napari_localize.core.run.fit_z_chunk`, with ``options.filter``
+    applied over these locs)."""
+    from .core.run import fit_z_chunk
 
-    options = options or ZFitOptions()
-    frames = np.asarray(frames)
-    spots = None
-    if options.method == "mle" and len(locs):
-        spots = cut_boxes(frames, locs, first_frame, options.z_box(p.box_size), p.baseline, p.sensitivity,
-                          p.em_gain)
-    out, _ = fit_z(locs, calibration, p.pixelsize, p.fit_method, options, spots, frames.shape[-2:])
-    return out[sane(out, frames.shape[-1], frames.shape[-2])]
-
-
-def iter_localize_3d(movie, p: LocalizeParameters, calibration, options=None, cancel: CancelToken | None = None,
-                     chunk_frames: int | None = None, stats: LocalizeStats | None = None):
-    """Localize in 3D chunk by chunk, yielding a :class:`~napari_localize.core.pipeline.Chunk` of 3D locs.
-
-    The per-chunk z fit runs without the outlier filter (whose RMS must be taken over the whole run); apply
-    it with :func:`finish_localize_3d`. Cancelling ``cancel`` raises
-    :class:`~napari_localize.core.pipeline.LocalizeCancelled` before the next chunk.
-    """
-    import dataclasses
-
-    from .core.pipeline import Chunk
-    from .core.zfit import ZFitOptions
-
-    options = options or ZFitOptions()
-    options.validate()
-    per_chunk = dataclasses.replace(options, filter=0.0)
-    if not isinstance(movie, Movie):
-        movie = ArrayMovie(movie)
-    stats = stats if stats is not None else LocalizeStats()
-    for chunk in iter_localize(movie, p, cancel, chunk_frames, stats):
-        t = time.perf_counter()
-        locs = fit_z_frames(chunk.frames, chunk.locs, p, calibration, per_chunk, chunk.start)
-        stats.seconds["fit"] += time.perf_counter() - t
-        out, chunk = Chunk(chunk.start, chunk.stop, locs, chunk.frames), None
-        yield out
-        out = None
-
-
-def z_filter_limit(d_zcalib, factor: float) -> float:
-    """Picasso's z outlier rule over a whole run: keep ``d_zcalib <= factor * RMS(d_zcalib)``."""
-    d = np.asarray(d_zcalib, float)
-    return factor * float(np.sqrt(np.mean(d**2))) if len(d) else np.inf
-
-
-def finish_localize_3d(parts, movie_info: dict, p: LocalizeParameters, calibration, options, stats: LocalizeStats,
-                       calibration_path=None):
-    """Join the chunks of :func:`iter_localize_3d`, apply the outlier filter over the whole run; return
-    ``(locs, info)`` with the 3D document last in ``info``."""
-    from .core.zfit import ZFitOptions
-
-    options = options or ZFitOptions()
-    locs = np.concatenate(parts) if parts else np.zeros(0, locs_dtype_for(p, options))
-    if options.filter > 0 and len(locs):
-        locs = locs[locs["d_zcalib"] <= z_filter_limit(locs["d_zcalib"], options.filter)]
-    stats.localized = len(locs)
-    info = run_documents(movie_info, p, stats, calibration, options, calibration_path)
-    return locs, info
+    z = ZRun(calibration, options)
+    out = fit_z_chunk(frames, locs, p, z, first_frame)
+    if z.options.filter > 0 and len(out):
+        d = np.asarray(out["d_zcalib"], float)
+        out = out[d <= z.options.filter * np.sqrt(np.mean(d**2))]
+    return out
 
 
 def localize_movie_3d(movie, p: LocalizeParameters, calibration, options=None, progress=None,
@@ -312,14 +184,6 @@ def localize_movie_3d(movie, p: LocalizeParameters, calibration, options=None, p
     (and ``z_gof`` with the z MLE).
     The outlier filter's RMS is taken over the whole run, so the result does not depend on the chunking.
     """
-    if not isinstance(movie, Movie):
-        movie = ArrayMovie(movie)
-    stats = LocalizeStats()
-    start, stop = p.frame_span(int(movie.shape[-3]))
-    parts = []
-    for chunk in iter_localize_3d(movie, p, calibration, options, cancel, None, stats):
-        parts.append(chunk.locs)
-        if progress is not None:
-            progress(chunk.stop - start, stop - start)
-    locs, info = finish_localize_3d(parts, movie.info, p, calibration, options, stats, calibration_path)
-    return locs, info, stats
+    z = ZRun(calibration, options, calibration_path)
+    res = run(_as_movie(movie), p, MemorySink(run_dtype(p, z)), z, progress, cancel)
+    return res.locs, res.info, res.stats

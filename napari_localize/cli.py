@@ -132,9 +132,7 @@ def cmd_localize(args) -> int:
     calibration, z_options = _z_setup(args)
     config = _camera_config(args)
     if args.scheduler:
-        if calibration is not None:
-            raise CliError("--scheduler runs 2D localization only for now; run 3D (--zcalib) without --scheduler")
-        return _localize_distributed(args, files, config)
+        return _localize_distributed(args, files, config, calibration, z_options)
     failures = 0
     for path in files:
         try:
@@ -188,7 +186,7 @@ def _movie_options(args) -> dict:
     return {"channel": args.channel, "position": args.position}
 
 
-def _localize_distributed(args, files, config) -> int:
+def _localize_distributed(args, files, config, calibration=None, z_options=None) -> int:
     from .distributed import localize_files_distributed
     from .io.movies import open_movie
 
@@ -213,7 +211,10 @@ def _localize_distributed(args, files, config) -> int:
             print(f"{path}: {stats.localized} localizations in {stats.frames} frames -> {hdf5_path}")
 
     results = localize_files_distributed(files, p, args.scheduler, args.workers, args.suffix, args.output_dir,
-                                         movie_options=_movie_options(args), on_done=report)
+                                         movie_options=_movie_options(args), on_done=report,
+                                         calibration=calibration, z_options=z_options,
+                                         calibration_path=os.path.abspath(args.zcalib) if calibration is not None
+                                         else None)
     return 0 if all(r[3] is None for r in results) else 1
 
 

@@ -2,35 +2,43 @@
 
 No job system of our own: a ``LocalCluster`` for ``scheduler="local"``, or any running Dask scheduler by address
 (for SLURM/PBS start one with dask-jobqueue, see the README). Workers open the movie themselves (the path must be
-readable on every worker), localize their frame block with the same pipeline as a serial run and send back the
-compact localization table; the client appends the blocks in frame order to the output file as they arrive (never
-holding a whole movie's table) and publishes it when complete, so the result is identical to a one-by-one run.
+readable on every worker) and run the one pipeline (:func:`napari_localize.core.run.run`, 2D or 3D) on their
+frame block into memory; the client takes the blocks as they complete (``distributed.as_completed``), appends
+them in frame order to the movie's streamed file (holding only blocks that arrived early) and finishes the run
+with the same tail as a serial run (:func:`napari_localize.core.run.finish_run`: whole-run z filter, stats,
+documents, atomic publish), so the result is identical to a one-by-one run.
 """
 
 from __future__ import annotations
 
 import os
 
-
 from .core.parameters import LocalizeParameters
-from .core.pipeline import LocalizeStats
+from .core.pipeline import LocalizeCancelled, LocalizeStats
 
 #: frames per task for long movies
 FRAMES_PER_TASK = 2000
 
 
-def _localize_block(path, p: LocalizeParameters, start: int, stop: int, movie_options: dict):
-    """Worker side: localize frames [start, stop) of one movie file; return (locs, stats dict, movie info)."""
-    from .core.pipeline import localize
+def _localize_block(path, p: LocalizeParameters, start: int, stop: int, movie_options: dict, z=None):
+    """Worker side: run frames [start, stop) of one movie file into memory (3D with ``z``, without the whole-run
+    z filter); return ``(locs, stats, movie info, sum of d_zcalib^2)``."""
+    import dataclasses
+
+    import numpy as np
+
+    from .core.run import MemorySink, ZRun, run, run_dtype
     from .io.movies import open_movie
 
+    zb = None if z is None else ZRun(z.calibration, dataclasses.replace(z.options, filter=0.0))
     with open_movie(path, **movie_options) as movie:
         n = movie.shape[0]
         first, last = p.frame_span(n)
         a, b = max(start, first), min(stop, last)
         block = p.replace(frame_range=(a, b - 1))
-        locs, stats = localize(movie, block)
-        return locs, stats, movie.info
+        res = run(movie, block, MemorySink(run_dtype(block, zb)), zb)
+        d2 = float(np.sum(np.asarray(res.locs["d_zcalib"], float) ** 2)) if z is not None else 0.0
+        return res.locs, res.stats, movie.info, d2
 
 
 def _client(scheduler: str, workers: int | None):
@@ -43,66 +51,133 @@ def _client(scheduler: str, workers: int | None):
     return Client(scheduler), None
 
 
+class _Movie:
+    """Client-side state of one movie: its blocks, the file sink, the blocks that arrived early."""
+
+    def __init__(self, path, p, hdf5_path, z, n_blocks):
+        self.path, self.p, self.hdf5_path, self.z = path, p, hdf5_path, z
+        self.n_blocks = n_blocks
+        self.next = 0
+        self.early = {}
+        self.writer = None
+        self.stats = LocalizeStats()
+        self.info = None
+        self.d_sum_sq = 0.0
+
+    def add(self, index, block):
+        """Store a finished block; append every block now in frame order. True when the movie is complete."""
+        from .core.run import run_dtype
+        from .io.locs import LocsWriter
+
+        self.early[index] = block
+        while self.next in self.early:
+            locs, stats, info, d2 = self.early.pop(self.next)
+            if self.writer is None:
+                self.writer = LocsWriter(self.hdf5_path, run_dtype(self.p, self.z)).__enter__()
+            self.writer.append(locs)
+            self.stats.merge(stats)
+            self.info = info
+            self.d_sum_sq += d2
+            self.next += 1
+        return self.next == self.n_blocks
+
+    def finish(self):
+        from .core.run import finish_run
+
+        try:
+            res = finish_run(self.writer, self.info, self.p, self.stats, self.z, self.d_sum_sq)
+        except BaseException as exc:
+            self.abort(exc)
+            raise
+        self.writer.__exit__(None, None, None)
+        return res.paths[0], res.stats
+
+    def abort(self, exc=None):
+        if self.writer is not None:
+            self.writer.__exit__(type(exc) if exc else RuntimeError, exc, None)  # removes the temporary file
+            self.writer = None
+
+
+def iter_files_distributed(paths, p: LocalizeParameters | dict, scheduler: str = "local",
+                           workers: int | None = None, suffix: str = "", output_dir=None,
+                           movie_options: dict | None = None, frames_per_task: int = FRAMES_PER_TASK,
+                           calibration=None, z_options=None, calibration_path=None, cancel=None):
+    """Generator: localize movie files on a Dask cluster, yielding ``(path, hdf5_path or None, stats or None,
+    error or None)`` as each movie finishes (3D with a ``calibration``). Cancelling ``cancel`` raises
+    :class:`~napari_localize.core.pipeline.LocalizeCancelled` before the next block is taken; unfinished files
+    are not published."""
+    from dask.distributed import as_completed
+
+    from .core.run import ZRun
+    from .io.locs import locs_paths
+    from .io.movies import open_movie
+
+    movie_options = movie_options or {}
+    params = p if isinstance(p, dict) else {path: p for path in paths}
+    z = None if calibration is None else ZRun(calibration, z_options, calibration_path)
+    client, cluster = _client(scheduler, workers)
+    movies = {}
+    try:
+        futures = {}
+        for path in paths:
+            q = params[path]
+            try:
+                with open_movie(path, **movie_options) as movie:
+                    shape = movie.shape
+                q.validate(*shape)
+                first, last = q.frame_span(shape[0])
+                blocks = [(a, min(a + frames_per_task, last)) for a in range(first, last, frames_per_task)]
+                hdf5_path, _ = locs_paths(path, suffix, output_dir)
+                movies[path] = _Movie(path, q, hdf5_path, z, len(blocks))
+                for index, (a, b) in enumerate(blocks):
+                    f = client.submit(_localize_block, os.path.abspath(path), q, a, b, movie_options, z, pure=False)
+                    futures[f] = (path, index)
+            except (ValueError, OSError) as exc:
+                yield path, None, None, str(exc)
+        failed = set()
+        for future in as_completed(list(futures)):
+            if cancel is not None and cancel.cancelled:
+                raise LocalizeCancelled("batch cancelled")
+            path, index = futures.pop(future)
+            if path in failed:
+                future.release()
+                continue
+            m = movies[path]
+            try:
+                block = future.result()
+                future.release()
+                if m.add(index, block):
+                    written, stats = m.finish()
+                    del movies[path]
+                    yield path, written, stats, None
+            except (ValueError, OSError) as exc:
+                m.abort(exc)
+                failed.add(path)
+                del movies[path]
+                yield path, None, None, str(exc)
+    finally:
+        for m in movies.values():
+            m.abort()
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
 def localize_files_distributed(paths, p: LocalizeParameters | dict, scheduler: str = "local", workers: int | None = None,
                                suffix: str = "", output_dir=None, movie_options: dict | None = None,
-                               frames_per_task: int = FRAMES_PER_TASK, on_done=None):
-    """Localize movie files on a Dask cluster and write each movie's ``_locs.hdf5`` + ``.yaml``.
+                               frames_per_task: int = FRAMES_PER_TASK, on_done=None, calibration=None,
+                               z_options=None, calibration_path=None):
+    """Localize movie files on a Dask cluster and write each movie's ``_locs.hdf5`` + ``.yaml`` (3D with a
+    ``calibration``).
 
     ``p`` is one parameter set for all movies, or a dict mapping each path to its own.
     Returns a list of ``(path, hdf5_path or None, stats or None, error message or None)`` in input order.
     ``on_done(path, hdf5_path, stats, error)`` is called as each movie finishes.
     """
-    from .api import metadata_documents
-    from .core.locs import locs_dtype
-    from .io.locs import LocsWriter, locs_paths
-    from .io.movies import open_movie
-
-    movie_options = movie_options or {}
-    params = p if isinstance(p, dict) else {path: p for path in paths}
-    client, cluster = _client(scheduler, workers)
-    results = []
-    try:
-        plans = []
-        for path in paths:
-            p = params[path]
-            try:
-                with open_movie(path, **movie_options) as movie:
-                    shape = movie.shape
-                p.validate(*shape)
-                first, last = p.frame_span(shape[0])
-                blocks = [(a, min(a + frames_per_task, last)) for a in range(first, last, frames_per_task)]
-                futures = [client.submit(_localize_block, os.path.abspath(path), p, a, b, movie_options, pure=False)
-                           for a, b in blocks]
-                plans.append((path, futures, None))
-            except (ValueError, OSError) as exc:
-                plans.append((path, [], str(exc)))
-        for path, futures, error in plans:
-            p = params[path]
-            if error is None:
-                try:
-                    stats = LocalizeStats()
-                    hdf5_path, _ = locs_paths(path, suffix, output_dir)
-                    movie_info = None
-                    with LocsWriter(hdf5_path, locs_dtype(p.fit_method)) as writer:
-                        for future in futures:  # in frame order; each block is written, then let go
-                            locs, s, movie_info = future.result()
-                            future.release()
-                            writer.append(locs)
-                            for key in ("frames", "identified", "not_converged", "not_sane", "localized"):
-                                setattr(stats, key, getattr(stats, key) + getattr(s, key))
-                            stats.device = stats.device or s.device
-                            for key, value in s.seconds.items():
-                                stats.seconds[key] += value
-                        written = writer.commit(metadata_documents(movie_info, p, stats))[0]
-                    results.append((path, written, stats, None))
-                except (ValueError, OSError) as exc:
-                    results.append((path, None, None, str(exc)))
-            else:
-                results.append((path, None, None, error))
-            if on_done is not None:
-                on_done(*results[-1])
-    finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
-    return results
+    done = {}
+    for row in iter_files_distributed(paths, p, scheduler, workers, suffix, output_dir, movie_options,
+                                      frames_per_task, calibration, z_options, calibration_path):
+        done[row[0]] = row
+        if on_done is not None:
+            on_done(*row)
+    return [done[path] for path in paths]

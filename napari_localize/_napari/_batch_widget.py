@@ -11,8 +11,6 @@ one writes nothing.
 from __future__ import annotations
 
 import os
-import queue
-import threading
 from dataclasses import dataclass, field
 
 import napari
@@ -61,14 +59,16 @@ def batch_parameters(p, whole_movies: bool):
     return p.replace(roi=None, frame_range=None) if whole_movies else p
 
 
-def batch_steps(paths, p, cancel: CancelToken, suffix: str = "", skip_existing: bool = False):
+def batch_steps(paths, p, cancel: CancelToken, suffix: str = "", skip_existing: bool = False, z=None):
     """Generator: localize ``paths`` one after the other in this process, streaming each to disk.
 
+    ``z``: ``(calibration, z_options, calibration_path)`` for 3D (the session's Fit z), None for 2D.
     Yields :class:`BatchEvent` after every chunk; returns the list of :class:`BatchOutcome` (``None`` rows
     are never returned: every path gets one). A cancel stops before the next chunk and returns what finished.
     """
     from ..api import localize_to_file_steps
 
+    calibration, z_options, calibration_path = z if z is not None else (None, None, None)
     outcomes = []
     count = len(paths)
     for index, path in enumerate(paths):
@@ -78,7 +78,8 @@ def batch_steps(paths, p, cancel: CancelToken, suffix: str = "", skip_existing: 
             continue
         try:
             with open_movie(path) as movie:
-                steps = localize_to_file_steps(movie, p, hdf5_path, cancel)
+                steps = localize_to_file_steps(movie, p, hdf5_path, cancel, calibration, z_options,
+                                               calibration_path)
                 while True:
                     try:
                         done, total = next(steps)
@@ -97,10 +98,13 @@ def batch_steps(paths, p, cancel: CancelToken, suffix: str = "", skip_existing: 
     return outcomes
 
 
-def dask_batch_steps(paths, p, cancel: CancelToken, scheduler: str, suffix: str = "", skip_existing: bool = False):
-    """Generator: the same batch on a Dask cluster; yields a :class:`BatchEvent` as each movie finishes."""
-    from ..distributed import localize_files_distributed
+def dask_batch_steps(paths, p, cancel: CancelToken, scheduler: str, suffix: str = "", skip_existing: bool = False,
+                     z=None):
+    """Generator: the same batch on a Dask cluster (3D with ``z``); yields a :class:`BatchEvent` as each movie
+    finishes (the movies' blocks are taken as they complete, ``distributed.as_completed``)."""
+    from ..distributed import iter_files_distributed
 
+    calibration, z_options, calibration_path = z if z is not None else (None, None, None)
     outcomes = []
     todo = []
     for path in paths:
@@ -109,35 +113,15 @@ def dask_batch_steps(paths, p, cancel: CancelToken, scheduler: str, suffix: str 
             outcomes.append(BatchOutcome(path, hdf5_path, skipped=True))
         else:
             todo.append(path)
-    events: queue.Queue = queue.Queue()
-
-    def on_done(path, hdf5_path, stats, error):
-        events.put(BatchOutcome(path, hdf5_path, stats.localized if stats is not None else None, error))
-        if cancel.cancelled:
-            raise LocalizeCancelled("batch cancelled")
-
-    def run():
-        try:
-            localize_files_distributed(todo, p, scheduler, suffix=suffix, on_done=on_done)
-        except BaseException as exc:  # noqa: BLE001  (handed to the generator, which re-raises or reports it)
-            events.put(exc)
-        finally:
-            events.put(None)
-
-    thread = threading.Thread(target=run, name="napari-localize-dask-batch", daemon=True)
-    thread.start()
     yield BatchEvent(len(outcomes), len(paths), 0, 0, outcomes)
-    while True:
-        item = events.get()
-        if item is None:
-            break
-        if isinstance(item, LocalizeCancelled):
-            continue
-        if isinstance(item, BaseException):
-            raise item
-        outcomes.append(item)
-        yield BatchEvent(len(outcomes), len(paths), 0, 0, outcomes)
-    thread.join()
+    try:
+        for path, hdf5_path, stats, error in iter_files_distributed(
+                todo, p, scheduler, suffix=suffix, calibration=calibration, z_options=z_options,
+                calibration_path=calibration_path, cancel=cancel):
+            outcomes.append(BatchOutcome(path, hdf5_path, stats.localized if stats is not None else None, error))
+            yield BatchEvent(len(outcomes), len(paths), 0, 0, outcomes)
+    except LocalizeCancelled:
+        pass
     return outcomes
 
 
@@ -200,11 +184,14 @@ class BatchWidget(CancellableRun, Container):
         self.status.value = f"localizing {len(self.paths)} movies..."
         self.results.value = ""
         scheduler = self.scheduler.value.strip()
+        session = self.session
+        z = ((session.zcalibration, session.z_options, session.zcalibration_path) if session.wants_3d()
+             else None)
         if scheduler:
             gen = dask_batch_steps(self.paths, p, self._cancel, scheduler, self.suffix.value,
-                                   self.skip_existing.value)
+                                   self.skip_existing.value, z)
         else:
-            gen = batch_steps(self.paths, p, self._cancel, self.suffix.value, self.skip_existing.value)
+            gen = batch_steps(self.paths, p, self._cancel, self.suffix.value, self.skip_existing.value, z)
         self.worker = start_localize(gen, self._on_event, self._on_returned, self._on_error, self._on_finished)
         return self.worker
 

@@ -12,18 +12,11 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
 
-from ..api import calibrate_z_steps, finish_localize_3d, iter_localize_3d, metadata_documents
-from ..core.locs import locs_dtype
-from ..core.pipeline import (
-    CancelToken,
-    LocalizeCancelled,
-    LocalizeStats,
-    chunk_frames_for,
-    iter_localize,
-)
-from ..io.locs import locs_paths, save_locs
+from ..api import calibrate_z_steps
+from ..core.pipeline import CancelToken, LocalizeCancelled, chunk_frames_for
+from ..core.run import MemorySink, TeeSink, ZRun, run_dtype, run_steps
+from ..io.locs import LocsWriter, locs_paths
 
 SYNC_ENV = "NAPARI_LOCALIZE_SYNC"
 #: pixels per chunk in the viewer: 1 Mpx (64 frames of 128x128) keeps cancel and progress prompt
@@ -56,37 +49,19 @@ def localize_steps(movie, p, cancel: CancelToken, movie_path: str | None, chunk_
 
 
 def _localize_steps(movie, p, cancel, movie_path, chunk_frames, z=None):
+    # the one run (core/run.py) into memory, and with a movie path also into the streamed _locs.hdf5 beside it
     n_frames, height, width = movie.shape
     p.validate(n_frames, height, width)
-    start, stop = p.frame_span(n_frames)
     step = chunk_frames or max(1, min(chunk_frames_for(height, width), GUI_CHUNK_PIXELS // (height * width)))
-    stats = LocalizeStats()
-    parts = []
-    yield 0, stop - start
-    if z is None:
-        chunks = iter_localize(movie, p, cancel, step, stats)
-    else:
-        calibration, z_options, _ = z
-        chunks = iter_localize_3d(movie, p, calibration, z_options, cancel, step, stats)
+    zrun = None if z is None else ZRun(*z)
+    sink = MemorySink(run_dtype(p, zrun))
+    if movie_path is not None:
+        sink = TeeSink(sink, LocsWriter(locs_paths(movie_path)[0], sink.dtype))
     try:
-        for chunk in chunks:
-            parts.append(chunk.locs)
-            yield chunk.stop - start, stop - start
+        res = yield from run_steps(movie, p, sink, zrun, cancel, step)
     except LocalizeCancelled:
         return Cancelled()
-    if cancel.cancelled:
-        return Cancelled()
-    if z is None:
-        locs = np.concatenate(parts) if parts else np.zeros(0, locs_dtype(p.fit_method))
-        info = metadata_documents(movie.info, p, stats)
-    else:
-        calibration, z_options, calibration_path = z
-        locs, info = finish_localize_3d(parts, movie.info, p, calibration, z_options, stats, calibration_path)
-    paths = None
-    if movie_path is not None:
-        hdf5_path, _ = locs_paths(movie_path)
-        paths = save_locs(hdf5_path, locs, info)
-    return locs, info, stats, paths
+    return res.locs, res.info, res.stats, res.paths
 
 
 def calibrate_steps(movie, p, step_nm: float, magnification_factor: float, track_beads: bool, cancel: CancelToken,

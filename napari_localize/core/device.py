@@ -10,7 +10,7 @@ The choice comes from the argument, else the environment variable ``NAPARI_LOCAL
     the GPU; a clear :class:`DeviceError` at the start of the run if there is none.
 
 Only the MLE and LQ fits run on the GPU, and only for boxes up to :data:`MAX_BOX` pixels; anything else
-runs on the CPU. Both engines fit the same model with the same algorithm (``core/psf.py``), so their
+runs on the CPU. Both engines fit the same model with the same algorithm (the engine, ``core/engine/``, compiled for each), so their
 results agree to rounding. ``numba.cuda`` is imported only when the choice is not ``cpu``.
 """
 
@@ -105,9 +105,7 @@ def fit_spots(spots, mode, eps, max_iterations, device: str | None = None):
         method = "mle" if mode == psf.MODE_POISSON else "lq"
         device = select_device(int(spots.shape[-1]), method)
     if device == "cuda" and int(spots.shape[-1]) <= MAX_BOX:
-        from .fit_cuda import fit_spots as fit_spots_cuda
-
-        return fit_spots_cuda(spots, mode, eps, max_iterations)
+        return psf.fit_spots(spots, mode, eps, max_iterations, device="cuda")
     if device not in ("cpu", "cuda"):
         raise DeviceError(f"device must be 'cpu' or 'cuda', not {device!r}")
     return psf.fit_spots(spots, mode, eps, max_iterations)

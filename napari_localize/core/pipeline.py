@@ -63,6 +63,14 @@ class LocalizeStats:
     device: str = ""
     seconds: dict = field(default_factory=lambda: {"read": 0.0, "identify": 0.0, "fit": 0.0, "write": 0.0})
 
+    def merge(self, other: LocalizeStats):
+        """Add the counts and timings of ``other`` (a block of the same run, e.g. a Dask task)."""
+        for key in ("frames", "identified", "not_converged", "not_sane", "localized"):
+            setattr(self, key, getattr(self, key) + getattr(other, key))
+        self.device = self.device or other.device
+        for key, value in other.seconds.items():
+            self.seconds[key] = self.seconds.get(key, 0.0) + value
+
     def as_dict(self) -> dict:
         return {
             "Frames processed": int(self.frames),

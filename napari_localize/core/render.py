@@ -19,6 +19,8 @@ import math
 import numpy as np
 from numba import njit
 
+from .engine.pixels import add_gaussian
+
 RENDER_METHODS = ("histogram", "gaussian")
 
 
@@ -39,6 +41,8 @@ def _histogram(image, xs, ys, ovs):
 @njit(cache=True, nogil=True)
 def _gaussian(image, xs, ys, sxs, sys_, ovs):
     h, w = image.shape
+    eu = np.empty(w)
+    ev = np.empty(h)
     for n in range(xs.shape[0]):
         # centre and widths in super-resolution pixels, pixel k centred at k + 0.5 on this axis
         u = (xs[n] + 0.5) * ovs
@@ -55,18 +59,8 @@ def _gaussian(image, xs, ys, sxs, sys_, ovs):
         i1 = min(int(v) + half_v + 1, h)
         if j0 >= j1 or i0 >= i1:
             continue
-        # pixel-integrated weights: the sum over an unclipped window is 1
-        ku = 1.0 / (math.sqrt(2.0) * su)
-        kv = 1.0 / (math.sqrt(2.0) * sv)
-        eu = np.empty(j1 - j0)
-        ev = np.empty(i1 - i0)
-        for j in range(j0, j1):
-            eu[j - j0] = 0.5 * (math.erf((j + 1 - u) * ku) - math.erf((j - u) * ku))
-        for i in range(i0, i1):
-            ev[i - i0] = 0.5 * (math.erf((i + 1 - v) * kv) - math.erf((i - v) * kv))
-        for i in range(i0, i1):
-            for j in range(j0, j1):
-                image[i, j] += ev[i - i0] * eu[j - j0]
+        # pixel-integrated weights (the sum over an unclipped window is 1); pixel centres at integers there
+        add_gaussian(image, u - 0.5, v - 0.5, 1.0, su, sv, j0, j1, i0, i1, eu, ev)
 
 
 def render(locs, height: int, width: int, oversampling: float = 5.0, method: str = "histogram",

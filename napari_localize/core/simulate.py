@@ -33,6 +33,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from numba import njit
 
+from .engine.pixels import add_gaussian
+
 TRUTH_DTYPE = np.dtype(
     [("frame", "<u4"), ("x", "<f4"), ("y", "<f4"), ("photons", "<f4"), ("sx", "<f4"), ("sy", "<f4"),
      ("bg", "<f4")]
@@ -121,23 +123,15 @@ def astigmatic_widths(z, sigma, gamma, depth):
 @njit(cache=True, nogil=True)
 def _render(image, xs, ys, photons, sx, sy):
     h, w = image.shape
+    ex = np.empty(w)
+    ey = np.empty(h)
     for n in range(xs.shape[0]):
         half = int(math.ceil(5.0 * max(sx[n], sy[n]))) + 1
         x0 = max(int(xs[n]) - half, 0)
         x1 = min(int(xs[n]) + half + 1, w)
         y0 = max(int(ys[n]) - half, 0)
         y1 = min(int(ys[n]) + half + 1, h)
-        ex = np.empty(x1 - x0)
-        ey = np.empty(y1 - y0)
-        kx = 1.0 / (math.sqrt(2.0) * sx[n])
-        ky = 1.0 / (math.sqrt(2.0) * sy[n])
-        for m in range(x0, x1):
-            ex[m - x0] = 0.5 * (math.erf((m + 0.5 - xs[n]) * kx) - math.erf((m - 0.5 - xs[n]) * kx))
-        for k in range(y0, y1):
-            ey[k - y0] = 0.5 * (math.erf((k + 0.5 - ys[n]) * ky) - math.erf((k - 0.5 - ys[n]) * ky))
-        for k in range(y0, y1):
-            for m in range(x0, x1):
-                image[k, m] += photons[n] * ey[k - y0] * ex[m - x0]
+        add_gaussian(image, xs[n], ys[n], photons[n], sx[n], sy[n], x0, x1, y0, y1, ex, ey)
 
 
 def expected_image(height, width, x, y, photons, sx, sy, bg):

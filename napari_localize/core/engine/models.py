@@ -1,0 +1,252 @@
+"""PSF models of the fit engine: expected photons per pixel and their derivatives by the parameters.
+
+A model is an integer constant and a branch in each function below (see ``docs/architecture.md``). All are
+``register_jitable`` (compiled into the CPU and the CUDA drivers alike), allocate nothing and keep per-box
+state in ``scratch`` (float64, ``(SCRATCH_ROWS, >= box)``), indexed by row (no views: the CUDA target).
+
+Parameter layouts (IX, IY, IN, IB are common to every model):
+
+``MODEL_GAUSS``        x, y, N, bg, sx, sy
+``MODEL_GAUSS_FIXED``  x, y, N, bg              (aux[0] = sx, aux[1] = sy)
+``MODEL_ASTIG_Z``      x, y, N, bg, z           (aux[0] = c, aux[1:1+c] = wx(z), aux[1+c:1+2c] = wy(z))
+
+x, y in box pixels (pixel centres at integer box coordinates), N photons, bg photons per pixel, widths in
+pixels, z in calibration nm. Widths of the astigmatic model come from the calibration polynomials (highest
+power first, Huang et al., Science 319, 810 (2008)).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba.extending import register_jitable
+
+from .pixels import gauss_rows
+
+MODEL_GAUSS = 0
+MODEL_GAUSS_FIXED = 1
+MODEL_ASTIG_Z = 2
+MODEL_NAMES = {MODEL_GAUSS: "gauss", MODEL_GAUSS_FIXED: "gauss_fixed", MODEL_ASTIG_Z: "astig_z"}
+
+IX, IY, IN, IB, ISX, ISY = range(6)
+IZ = 4
+#: most parameters of any model (CUDA per-thread arrays have this size)
+MAX_PARAMS = 16
+#: rows of per-box scratch (CUDA per-thread arrays have this many rows of MAX_BOX)
+SCRATCH_ROWS = 16
+#: widths at or below this (pixels) mark a failed 2D fit
+SIGMA_MIN = 0.25
+#: the astigmatic model cannot be evaluated where a calibration width is narrower than this (pixels)
+MIN_WIDTH = 0.3
+#: convergence tolerance of z is this many nm per unit of eps
+Z_TOLERANCE_NM = 10.0
+
+# scratch rows: 1D pixel integrals of the emitter and their derivatives by centre and width
+_EX, _DEX, _DSX, _EY, _DEY, _DSY, _SCAL = 0, 1, 2, 3, 4, 5, 6
+
+
+@register_jitable
+def _hi(a, b):
+    return a if a >= b else b
+
+
+@register_jitable
+def _lo(a, b):
+    return a if a <= b else b
+
+
+@register_jitable
+def poly(aux, first, count, z):
+    """``np.polyval(aux[first:first+count], z)`` (Horner)."""
+    v = 0.0
+    for k in range(count):
+        v = v * z + aux[first + k]
+    return v
+
+
+@register_jitable
+def dpoly(aux, first, count, z):
+    """Derivative by z of :func:`poly`."""
+    n = count - 1
+    v = 0.0
+    for k in range(n):
+        v = v * z + aux[first + k] * (n - k)
+    return v
+
+
+@register_jitable
+def n_params(model, aux):
+    """Number of fitted parameters of ``model``."""
+    if model == MODEL_GAUSS:
+        return 6
+    if model == MODEL_GAUSS_FIXED:
+        return 4
+    return 5  # MODEL_ASTIG_Z
+
+
+@register_jitable
+def prepare(model, theta, box, aux, scratch):
+    """Per-box set-up at ``theta`` (1D pixel integrals into scratch); False if the model is undefined there."""
+    if model == MODEL_GAUSS:
+        gauss_rows(theta[IX], theta[ISX], box, scratch, _EX)
+        gauss_rows(theta[IY], theta[ISY], box, scratch, _EY)
+        return True
+    if model == MODEL_GAUSS_FIXED:
+        gauss_rows(theta[IX], aux[0], box, scratch, _EX)
+        gauss_rows(theta[IY], aux[1], box, scratch, _EY)
+        return True
+    # MODEL_ASTIG_Z
+    c = int(aux[0])
+    wx = poly(aux, 1, c, theta[IZ])
+    wy = poly(aux, 1 + c, c, theta[IZ])
+    if wx < MIN_WIDTH or wy < MIN_WIDTH:
+        return False
+    gauss_rows(theta[IX], wx, box, scratch, _EX)
+    gauss_rows(theta[IY], wy, box, scratch, _EY)
+    scratch[_SCAL, 0] = dpoly(aux, 1, c, theta[IZ])
+    scratch[_SCAL, 1] = dpoly(aux, 1 + c, c, theta[IZ])
+    return True
+
+
+@register_jitable
+def pixel(model, theta, k, m, aux, scratch, jrow, with_jac):
+    """Expected photons of pixel (row k, column m), background included; ``jrow`` = d mu / d theta if asked.
+
+    :func:`prepare` must have been called at ``theta``. Other light (neighbours) is added by the engine.
+    """
+    N = theta[IN]
+    ex = scratch[_EX, m]
+    ey = scratch[_EY, k]
+    exy = ex * ey
+    mu = N * exy + theta[IB]
+    if with_jac:
+        jrow[IX] = N * scratch[_DEX, m] * ey
+        jrow[IY] = N * ex * scratch[_DEY, k]
+        jrow[IN] = exy
+        jrow[IB] = 1.0
+        if model == MODEL_GAUSS:
+            jrow[ISX] = N * scratch[_DSX, m] * ey
+            jrow[ISY] = N * ex * scratch[_DSY, k]
+        elif model == MODEL_ASTIG_Z:
+            jrow[IZ] = (N * scratch[_DSX, m] * ey) * scratch[_SCAL, 0] + (N * ex * scratch[_DSY, k]) * scratch[
+                _SCAL, 1]
+    return mu
+
+
+@register_jitable
+def tolerance(model, a, theta, eps):
+    """Convergence tolerance of parameter ``a``: eps pixels, eps x N, eps x max(bg, 1), Z_TOLERANCE_NM x eps nm."""
+    if a == IN:
+        return eps * theta[IN]
+    if a == IB:
+        return eps * _hi(theta[IB], 1.0)
+    if model == MODEL_ASTIG_Z and a == IZ:
+        return Z_TOLERANCE_NM * eps
+    return eps
+
+
+@register_jitable
+def _moments(data, i, box, bg, cx, cy, order):
+    # sum of the background-free positive counts of box i, and their first (order 1, about 0) or second
+    # (order 2, about cx, cy) moments along x and y
+    total = 0.0
+    sx = 0.0
+    sy = 0.0
+    for k in range(box):
+        for m in range(box):
+            v = float(data[i, k * box + m]) - bg
+            if v > 0:
+                total += v
+                if order == 1:
+                    sx += v * m
+                    sy += v * k
+                else:
+                    sx += v * (m - cx) ** 2
+                    sy += v * (k - cy) ** 2
+    return total, sx, sy
+
+
+@register_jitable
+def initial_guess(model, data, i, box, aux, theta):
+    """Start of the fit from the box ``data[i]``: bg from the border, N from the sum, x, y (and widths) from
+    moments; the astigmatic model starts in focus (z = 0)."""
+    r = box // 2
+    border = 0.0
+    nb = 0
+    for k in range(box):
+        for m in range(box):
+            if k == 0 or m == 0 or k == box - 1 or m == box - 1:
+                border += float(data[i, k * box + m])
+                nb += 1
+    bg = border / nb
+    total, sx, sy = _moments(data, i, box, bg, 0.0, 0.0, 1)
+    if total > 0:
+        cx = sx / total
+        cy = sy / total
+    else:
+        cx = float(r)
+        cy = float(r)
+    cx = _lo(_hi(cx, r - 1.0), r + 1.0)
+    cy = _lo(_hi(cy, r - 1.0), r + 1.0)
+    theta[IX] = cx
+    theta[IY] = cy
+    theta[IN] = _hi(total, 1.0)
+    theta[IB] = _hi(bg, 1e-3)
+    if model == MODEL_GAUSS:
+        _, vx, vy = _moments(data, i, box, bg, cx, cy, 2)
+        sig_hi = 0.5 * r + 0.5
+        if total > 0:
+            theta[ISX] = _lo(_hi(math.sqrt(vx / total), 0.7), sig_hi)
+            theta[ISY] = _lo(_hi(math.sqrt(vy / total), 0.7), sig_hi)
+        else:
+            theta[ISX] = 1.0
+            theta[ISY] = 1.0
+    elif model == MODEL_ASTIG_Z:
+        theta[IZ] = 0.0
+
+
+@register_jitable
+def valid(model, theta, box, aux):
+    """Whether a finished fit lies inside the model's domain (else it is not a localization)."""
+    if model == MODEL_ASTIG_Z:
+        return True
+    if theta[IX] < -0.5 or theta[IX] > box - 0.5 or theta[IY] < -0.5 or theta[IY] > box - 0.5:
+        return False
+    if theta[IN] <= 1e-3 * 1.0001:
+        return False
+    if model == MODEL_GAUSS:
+        r = box // 2
+        if (theta[ISX] <= SIGMA_MIN or theta[ISY] <= SIGMA_MIN
+                or theta[ISX] >= r + 0.5 or theta[ISY] >= r + 0.5):
+            return False
+    return True
+
+
+def default_bounds(model: int, box: int, z_range=None):
+    """``(lo, hi)`` float64 arrays (MAX_PARAMS) the engine clamps each trial step to."""
+    lo = np.full(MAX_PARAMS, -np.inf)
+    hi = np.full(MAX_PARAMS, np.inf)
+    lo[IN] = lo[IB] = 1e-3
+    if model == MODEL_ASTIG_Z:
+        lo[IX] = lo[IY] = -0.5
+        hi[IX] = hi[IY] = box - 0.5
+        if z_range is not None:
+            lo[IZ], hi[IZ] = float(z_range[0]), float(z_range[1])
+    else:
+        lo[IX] = lo[IY] = -0.5 * box
+        hi[IX] = hi[IY] = 1.5 * box
+        if model == MODEL_GAUSS:
+            lo[ISX] = lo[ISY] = 0.5 * SIGMA_MIN
+            hi[ISX] = hi[ISY] = float(box)
+    return lo, hi
+
+
+def astig_aux(x_coefficients, y_coefficients) -> np.ndarray:
+    """``aux`` of :data:`MODEL_ASTIG_Z` from two calibration polynomials (np.polyval order)."""
+    cx = np.asarray(x_coefficients, float).ravel()
+    cy = np.asarray(y_coefficients, float).ravel()
+    c = max(len(cx), len(cy))
+    cx = np.concatenate([np.zeros(c - len(cx)), cx])
+    cy = np.concatenate([np.zeros(c - len(cy)), cy])
+    return np.concatenate([[float(c)], cx, cy])
