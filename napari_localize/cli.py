@@ -130,6 +130,8 @@ def cmd_localize(args) -> int:
     files = _movie_files(args.paths)
     _set_device(args.device)
     calibration, z_options = _z_setup(args)
+    if args.box_size is None:
+        args.box_size = 7
     config = _camera_config(args)
     if args.scheduler:
         return _localize_distributed(args, files, config, calibration, z_options)
@@ -226,13 +228,22 @@ def _z_setup(args):
         return None, None
     from .core.zfit import ZFitOptions
     from .io.calibration import load_calibration
+    from .io.spline_calibration import is_spline_calibration_path, load_spline_calibration
 
     if args.magnification_factor is not None and not args.magnification_factor > 0:
         raise CliError(f"--magnification-factor must be positive, got {args.magnification_factor}")
+    spline = is_spline_calibration_path(args.zcalib)
     try:
-        calibration = load_calibration(args.zcalib, args.magnification_factor)
+        if spline:
+            calibration = load_spline_calibration(args.zcalib, args.magnification_factor)
+        else:
+            calibration = load_calibration(args.zcalib, args.magnification_factor)
     except ValueError as exc:
         raise CliError(f"--zcalib {exc}") from None
+    if spline:
+        _check_spline_options(args, calibration)
+    elif args.box_size is None:
+        args.box_size = 7
     options = ZFitOptions(method=args.z_method, filter=args.z_filter, extrapolation=args.z_extrapolation,
                           drop_out_of_range=args.z_drop_out_of_range, box_size=args.z_box_size,
                           neighbours=not args.z_no_neighbours, max_gof=args.z_max_gof)
@@ -243,9 +254,38 @@ def _z_setup(args):
     return calibration, options
 
 
+def _check_spline_options(args, psf):
+    """What a spline PSF calibration changes: the box (default the calibration's) and the z options that apply."""
+    for notice in psf.notices:
+        print(f"napari-localize: note: --zcalib {args.zcalib}: {notice}", file=sys.stderr)
+    if args.box_size is None:
+        args.box_size = int(psf.box)
+    grid = psf.n_nodes[-1]
+    if args.box_size > grid:
+        raise CliError(f"--box-size {args.box_size}: larger than the spline calibration's grid ({grid} px); "
+                       f"use at most {grid if grid % 2 else grid - 1}")
+    if args.fit_method == "avg":
+        raise CliError("--fit-method avg has no PSF: a spline calibration needs mle or lq")
+    if args.z_method != "mle":
+        raise CliError("--z-method huang matches Gaussian widths: with a spline calibration z comes from the "
+                       "spline PSF fit (leave --z-method at mle)")
+    if args.z_filter > 0:
+        raise CliError("--z-filter uses d_zcalib of the astigmatic width fit; a spline fit has none (use "
+                       "--z-max-gof)")
+    if args.z_box_size:
+        raise CliError("--z-box-size: with a spline calibration the fit box is --box-size (default the "
+                       "calibration's)")
+    if getattr(args, "scheduler", None):
+        raise CliError("--scheduler with a spline calibration is not supported yet: run without --scheduler")
+
+
 def _add_z_options(p):
-    g = p.add_argument_group("3D (astigmatism)")
-    g.add_argument("--zcalib", metavar="PATH", help="astigmatic calibration YAML (ours or Picasso's): fit z")
+    g = p.add_argument_group("3D (astigmatism, spline PSF)")
+    g.add_argument("--zcalib", metavar="PATH",
+                   help="z calibration: an astigmatic calibration YAML (ours or Picasso's), or a spline PSF "
+                        "calibration .hdf5 (ours or Picasso's spline-calibrate): fit z. A spline calibration "
+                        "fits x, y, z, photons, bg with the experimental PSF (--fit-method mle or lq) in boxes "
+                        "of --box-size, default the calibration's")
     g.add_argument("--magnification-factor", type=float,
                    help="actual/calibration height factor (default: the calibration's, else 0.79)")
     g.add_argument("--z-method", choices=("mle", "huang"), default="mle",
@@ -304,7 +344,9 @@ def add_localize_parser(sub):
                    help="channel to localize in multi-channel movies (required there; the error lists them)")
     p.add_argument("--position", type=int, metavar="INT",
                    help="stage position to localize in multi-position acquisitions (required there)")
-    photon = _add_parameter_options(p, frames_help="0-based inclusive frame range")
+    photon = _add_parameter_options(p, frames_help="0-based inclusive frame range", box_default=None,
+                                    box_help="odd box side length in pixels (default 7; with a spline "
+                                             "calibration, the calibration's box)")
     photon.add_argument("--camera-config", metavar="PATH",
                         help="camera config (Picasso's config.yaml schema); default: $NAPARI_LOCALIZE_CAMERA_CONFIG, "
                              "the user's camera_config.yaml, else Picasso's config.yaml. Values not given as "

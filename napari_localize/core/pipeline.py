@@ -155,12 +155,13 @@ def chunk_frames_for(height: int, width: int) -> int:
 
 
 def iter_localize(movie, p: LocalizeParameters, cancel: CancelToken | None = None,
-                  chunk_frames: int | None = None, stats: LocalizeStats | None = None):
+                  chunk_frames: int | None = None, stats: LocalizeStats | None = None, localize_fn=None):
     """Localize a movie chunk by chunk, yielding a :class:`Chunk` after each.
 
     ``movie`` is anything of shape ``(frames, height, width)`` whose slices along the first axis give arrays
     (a :class:`~napari_localize.io.movies.Movie`, a numpy array or memmap, a dask array). Cancelling the
     token raises :class:`LocalizeCancelled` before the next chunk (within one chunk's time).
+    ``localize_fn(frames, p, first_frame, stats)`` replaces :func:`localize_frames` (the spline PSF run).
     """
     n_frames, height, width = (int(s) for s in movie.shape[-3:])
     p.validate(n_frames, height, width)
@@ -186,7 +187,7 @@ def iter_localize(movie, p: LocalizeParameters, cancel: CancelToken | None = Non
                 raise LocalizeCancelled("localization cancelled")
             frames = pending.result()
             pending = reader.submit(read, *bounds[i + 1]) if i + 1 < len(bounds) else None
-            locs = localize_frames(frames, p, a, stats)
+            locs = (localize_fn or localize_frames)(frames, p, a, stats)
             yield Chunk(a, b, locs, frames)
             del frames
         if cancel is not None:

@@ -13,8 +13,9 @@ cubic B-splines whose coefficients solve the interpolation conditions, converted
 applied axis by axis; the spline passes through every node. In 2D (in-focus, no z) a cell has 16
 coefficients ``C[iy, ix, q, p]``.
 
-:func:`spline3d_eval` and :func:`spline2d_eval` are numba ``register_jitable`` functions on the flat
-coefficient array, so CPU (``njit``) and CUDA kernels compile the same source. Outside the grid the index is
+:func:`~napari_localize.core.engine.splines.spline3d_eval` and ``spline2d_eval`` (in the engine) are numba
+``register_jitable`` functions on the flat coefficient array, so CPU (``njit``) and CUDA kernels compile the
+same source. Outside the grid the index is
 clamped and the boundary cell's polynomial extrapolated (continuous value and derivatives, so a fit wandering
 a little past the edge still sees a gradient).
 
@@ -33,8 +34,6 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
-from numba import njit, prange
-from numba.extending import register_jitable
 
 # uniform cubic B-spline segment in power form: f(t) = [1 t t^2 t^3] @ _BSPLINE_M @ [c_{i-1} c_i c_{i+1} c_{i+2}]
 _BSPLINE_M = np.array([[1.0, 4.0, 1.0, 0.0],
@@ -82,110 +81,11 @@ def spline_coefficients(volume: np.ndarray) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------- evaluation
-@register_jitable
-def _cell(s, n_cells):
-    i = int(math.floor(s))
-    if i < 0:
-        i = 0
-    elif i > n_cells - 1:
-        i = n_cells - 1
-    return i, s - i
-
-
-@register_jitable
-def spline3d_eval(coef, n_z, n_y, n_x, sx, sy, sz):
-    """Value and ``(d/dsx, d/dsy, d/dsz)`` of the 3D spline at spline coordinates ``(sx, sy, sz)``.
-
-    ``coef`` is the flat C-order ``(n_z, n_y, n_x, 4, 4, 4)`` array, ``n_*`` the numbers of cells.
-    """
-    ix, tx = _cell(sx, n_x)
-    iy, ty = _cell(sy, n_y)
-    iz, tz = _cell(sz, n_z)
-    base = ((iz * n_y + iy) * n_x + ix) * 64
-    v = 0.0
-    gx = 0.0
-    gy = 0.0
-    gz = 0.0
-    pz = 1.0
-    dpz = 0.0
-    for r in range(4):
-        py = 1.0
-        dpy = 0.0
-        for q in range(4):
-            o = base + r * 16 + q * 4
-            c0 = coef[o]
-            c1 = coef[o + 1]
-            c2 = coef[o + 2]
-            c3 = coef[o + 3]
-            fx = ((c3 * tx + c2) * tx + c1) * tx + c0
-            dfx = (3.0 * c3 * tx + 2.0 * c2) * tx + c1
-            v += pz * py * fx
-            gx += pz * py * dfx
-            gy += pz * dpy * fx
-            gz += dpz * py * fx
-            dpy = (q + 1) * py
-            py *= ty
-        dpz = (r + 1) * pz
-        pz *= tz
-    return v, gx, gy, gz
-
-
-@register_jitable
-def spline2d_eval(coef, n_y, n_x, sx, sy):
-    """Value and ``(d/dsx, d/dsy)`` of the 2D spline (flat ``(n_y, n_x, 4, 4)`` coefficients)."""
-    ix, tx = _cell(sx, n_x)
-    iy, ty = _cell(sy, n_y)
-    base = (iy * n_x + ix) * 16
-    v = 0.0
-    gx = 0.0
-    gy = 0.0
-    py = 1.0
-    dpy = 0.0
-    for q in range(4):
-        o = base + q * 4
-        c0 = coef[o]
-        c1 = coef[o + 1]
-        c2 = coef[o + 2]
-        c3 = coef[o + 3]
-        fx = ((c3 * tx + c2) * tx + c1) * tx + c0
-        dfx = (3.0 * c3 * tx + 2.0 * c2) * tx + c1
-        v += py * fx
-        gx += py * dfx
-        gy += dpy * fx
-        dpy = (q + 1) * py
-        py *= ty
-    return v, gx, gy
-
-
-@njit(cache=True, nogil=True)
-def _eval3d_serial(coef, n_z, n_y, n_x, sx, sy, sz, out):
-    for i in range(sx.shape[0]):
-        v, gx, gy, gz = spline3d_eval(coef, n_z, n_y, n_x, sx[i], sy[i], sz[i])
-        out[i, 0] = v
-        out[i, 1] = gx
-        out[i, 2] = gy
-        out[i, 3] = gz
-
-
-@njit(cache=True, nogil=True, parallel=True)
-def _eval3d_many(coef, n_z, n_y, n_x, sx, sy, sz, out):
-    for i in prange(sx.shape[0]):
-        v, gx, gy, gz = spline3d_eval(coef, n_z, n_y, n_x, sx[i], sy[i], sz[i])
-        out[i, 0] = v
-        out[i, 1] = gx
-        out[i, 2] = gy
-        out[i, 3] = gz
-
-
-@njit(cache=True, nogil=True)
-def _eval2d_many(coef, n_y, n_x, sx, sy, out):
-    for i in range(sx.shape[0]):
-        v, gx, gy = spline2d_eval(coef, n_y, n_x, sx[i], sy[i])
-        out[i, 0] = v
-        out[i, 1] = gx
-        out[i, 2] = gy
-        out[i, 3] = 0.0
-
+# the jitted evaluation lives in the engine (numba cache rule: jitted code calls jitted code of other modules
+# only inside core/engine/), so the fit and everything else evaluate the same source
+from .engine.splines import (  # noqa: E402
+    eval2d_serial, eval3d_parallel, eval3d_serial, spline2d_eval, spline3d_eval,
+)
 
 def evaluate(coefficients: np.ndarray, sx, sy, sz=None) -> np.ndarray:
     """Value and derivatives at spline coordinates (arrays): ``(n, 4)`` = value, d/dsx, d/dsy, d/dsz."""
@@ -196,11 +96,11 @@ def evaluate(coefficients: np.ndarray, sx, sy, sz=None) -> np.ndarray:
     out = np.empty((sx.size, 4))
     if c.ndim == 6:
         sz = np.broadcast_to(np.asarray(0.0 if sz is None else sz, float), shape)
-        fn = _eval3d_many if sx.size > 50000 else _eval3d_serial
+        fn = eval3d_parallel if sx.size > 50000 else eval3d_serial
         fn(flat, c.shape[0], c.shape[1], c.shape[2], np.ascontiguousarray(sx, float).ravel(),
            np.ascontiguousarray(sy, float).ravel(), np.ascontiguousarray(sz, float).ravel(), out)
     elif c.ndim == 4:
-        _eval2d_many(flat, c.shape[0], c.shape[1], np.ascontiguousarray(sx, float).ravel(),
+        eval2d_serial(flat, c.shape[0], c.shape[1], np.ascontiguousarray(sx, float).ravel(),
                      np.ascontiguousarray(sy, float).ravel(), out)
     else:
         raise ValueError("coefficients must be (nz, ny, nx, 4, 4, 4) or (ny, nx, 4, 4)")
