@@ -147,6 +147,18 @@ class SplinePSF:
         self.coefficients = c
         self.flat = c.ravel()
 
+    def with_magnification(self, factor: float) -> SplinePSF:
+        """A copy whose heights use the magnification factor ``factor`` (actual / stage height)."""
+        import dataclasses
+
+        if not factor > 0:
+            raise ValueError(f"magnification factor must be positive, got {factor}")
+        k = float(factor) / self.magnification_factor
+        out = dataclasses.replace(self, z_first=self.z_first * k, z_step=self.z_step * k, z_init=self.z_init * k,
+                                  magnification_factor=float(factor), meta=dict(self.meta),
+                                  diagnostics=self.diagnostics)
+        return out
+
     @property
     def is_3d(self) -> bool:
         return self.coefficients.ndim == 6
