@@ -100,22 +100,38 @@ def fit_spline_boxes(spots, psf: SplinePSF, method: str = "mle", starts=DEFAULT_
     lo_z, hi_z = psf.z_range
     bounds = default_bounds(model, box, (lo_z, hi_z) if psf.is_3d else None)
     heights = [psf.z_init] + [lo_z + f * (hi_z - lo_z) for f in starts] if psf.is_3d else [0.0]
-    best = None
-    for i, z0 in enumerate(heights):
-        theta0 = initial_theta(spots, psf, z0)
-        res = fit_boxes(spots, model, noise, theta0=theta0, aux=aux, bounds=bounds, variance=variance,
-                        other=other, eps=eps, max_iterations=max_iterations, gof=gof, device=device)
+
+    def run(theta0, iterations, rows=None):
+        sub = spots if rows is None else spots[rows]
+        return fit_boxes(sub, model, noise, theta0=theta0, aux=aux, bounds=bounds,
+                         variance=None if variance is None else (variance if rows is None else variance[rows]),
+                         other=None if other is None else (other if rows is None else other[rows]),
+                         eps=eps, max_iterations=iterations, gof=gof, device=device)
+
+    if len(heights) == 1:
+        res = run(initial_theta(spots, psf, heights[0]), max_iterations)
         obj = np.where(np.isfinite(res.objective), res.objective, -np.inf)
-        if best is None:
-            best = SplineFit(res.theta, res.crlb, obj, res.iterations, res.converged, res.gof,
-                             np.zeros(len(obj), np.int64))
-            continue
-        better = obj > best.objective + 1e-9
-        for name in ("theta", "crlb", "iterations", "converged", "gof"):
-            getattr(best, name)[better] = getattr(res, name)[better]
-        best.objective[better] = obj[better]
-        best.start[better] = i
-    return best
+        return SplineFit(res.theta, res.crlb, obj, res.iterations, res.converged, res.gof,
+                         np.zeros(len(obj), np.int64))
+    # a few iterations from every height tell the basins apart; the best is then fitted to convergence
+    scout = min(SCOUT_ITERATIONS, max_iterations)
+    best_obj = np.full(len(spots), -np.inf)
+    best_theta = np.zeros((len(spots), 5 if psf.is_3d else 4))
+    best_start = np.zeros(len(spots), np.int64)
+    for i, z0 in enumerate(heights):
+        res = run(initial_theta(spots, psf, z0), scout)
+        obj = np.where(np.isfinite(res.objective), res.objective, -np.inf)
+        better = obj > best_obj + 1e-9
+        best_obj[better] = obj[better]
+        best_theta[better] = res.theta[better]
+        best_start[better] = i
+    res = run(best_theta, max_iterations)
+    obj = np.where(np.isfinite(res.objective), res.objective, -np.inf)
+    return SplineFit(res.theta, res.crlb, obj, res.iterations + scout, res.converged, res.gof, best_start)
+
+
+#: iterations of the scouting fits from each starting height
+SCOUT_ITERATIONS = 3
 
 
 def spline_crlb(psf: SplinePSF, x, y, z, photons, bg, box: int) -> np.ndarray:
