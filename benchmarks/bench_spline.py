@@ -8,7 +8,7 @@ offset. Every program calibrates on the stack and localizes the movie through it
 * Picasso, spline: ``picasso spline-calibrate`` + ``picasso localize -a spline-mle -sc CAL.hdf5``
   (magnification factor 1: the pupil model is index-matched)
 * ours, polynomial (contrast): ``calibrate-z --model poly`` + ``localize --zcalib CAL.yaml`` (z MLE)
-* ours reading Picasso's calibration: ``localize --zcalib <Picasso's .hdf5>``
+* ours reading Picasso's calibration: ``localize --zcalib <Picasso's .hdf5>``, and Picasso fitting ours
 
 Same box (``--box``), threshold and camera for all. For localizations matched one-to-one to the truth (same
 frame, within 1 px): z RMSE, median |dz|, lateral spread (SD of x and y errors, nm), bias per 100 nm bin,
@@ -165,6 +165,10 @@ def main():
                                                   str(a.box), "-g", str(a.gradient), "-bl", "100", "-s", "1", "-ga",
                                                   "1", "-px", "130", "-sf", "_picasso_spline"],
                  os.path.join(work, "movie.ome_picasso_spline_locs.hdf5"), t)
+        localize("Picasso fitting our calibration", picasso + ["localize", movie, "-a", "spline-mle", "-sc", cal, "-b",
+                                                               str(a.box), "-g", str(a.gradient), "-bl", "100", "-s",
+                                                               "1", "-ga", "1", "-px", "130", "-sf", "_picasso_ours"],
+                 os.path.join(work, "movie.ome_picasso_ours_locs.hdf5"), 0.0)
         localize("ours reading Picasso's calibration", ours + ["localize", movie, "--zcalib", pcal,
                                                                 "--min-net-gradient", str(a.gradient), "--suffix",
                                                                 "_ours_on_picasso_cal"] + cam,
