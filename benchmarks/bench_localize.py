@@ -77,14 +77,16 @@ def main(argv=None):
     baseline, ng = 100, args.min_net_gradient
     subprocess.run([py, "-m", "napari_localize.cli", "simulate", movie, "--frames", str(args.frames), "--height",
                     str(args.size), "--width", str(args.size), "--spots-per-frame", str(args.spots), "--photons",
-                    str(args.photons), "--photon-spread", str(args.photon_spread), "--bg", str(args.bg), "--baseline", str(baseline), "--seed", "1"],
+                    str(args.photons), "--photon-spread", str(args.photon_spread), "--bg", str(args.bg),
+                    "--baseline", str(baseline), "--seed", "1"],
                    check=True, stdout=subprocess.DEVNULL)
     truth, _ = load_locs(os.path.join(work, "bench.ome_truth_locs.hdf5"))
     bound = mean_crlb_x(truth)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"python {platform.python_version()}")
     print(f"movie: {args.frames} frames of {args.size}x{args.size} px, {len(truth)} spots, {args.photons:g} photons, "
-          f"(spread {args.photon_spread:g}), bg {args.bg:g}; box 7, min net gradient {ng}; mean CRLB(x) = {bound:.4f} px")
+          f"(spread {args.photon_spread:g}), bg {args.bg:g}; box 7, min net gradient {ng}; "
+          f"mean CRLB(x) = {bound:.4f} px")
     header = f"{'method':6} {'tool':22} {'wall s':>8} {'peak MiB':>9} {'locs':>7} {'Jaccard':>8} {'RMSE px':>8} " \
              f"{'RMSE/CRLB':>9}"
     print(header)

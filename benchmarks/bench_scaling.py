@@ -13,12 +13,11 @@ import argparse
 import csv
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
-
-import re
 
 from bench_localize import run_with_output
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
 from . import __version__
 
@@ -16,31 +15,24 @@ class CliError(Exception):
 
 # ------------------------------------------------------------------------------------------------ progress
 class ProgressBar:
-    """A one-line terminal progress bar on stderr (silent when stderr is not a terminal, except the end)."""
+    """A tqdm progress bar of frames on stderr, fed as ``bar(done, total)`` (the API's progress callback).
+
+    tqdm draws it only on a terminal (``disable=None``), so logs and pipes stay clean.
+    """
 
     def __init__(self, label: str, stream=None):
-        self.label = label
-        self.stream = stream or sys.stderr
-        self.start = time.perf_counter()
-        self.tty = self.stream.isatty()
-        self._last = 0.0
+        from tqdm import tqdm
+
+        self._bar = tqdm(desc=label, unit=" frames", file=stream or sys.stderr, disable=None, dynamic_ncols=True,
+                         leave=True)
 
     def __call__(self, done: int, total: int):
-        now = time.perf_counter()
-        if not self.tty or (now - self._last < 0.1 and done < total):
-            return
-        self._last = now
-        frac = done / total if total else 1.0
-        width = 30
-        bar = "#" * int(frac * width) + "-" * (width - int(frac * width))
-        rate = done / max(now - self.start, 1e-9)
-        self.stream.write(f"\r{self.label} [{bar}] {done}/{total} frames, {rate:,.0f} frames/s")
-        self.stream.flush()
+        if self._bar.total != total:
+            self._bar.total = total
+        self._bar.update(done - self._bar.n)
 
     def close(self):
-        if self.tty:
-            self.stream.write("\n")
-            self.stream.flush()
+        self._bar.close()
 
 
 # ------------------------------------------------------------------------------------------------ localize
@@ -614,10 +606,9 @@ def cmd_simulate(args) -> int:
 
 def suggested_min_net_gradient(p) -> float:
     """A threshold that keeps spots of the simulated brightness and rejects background noise (counts)."""
-    from .core.identify import net_gradient_at
-
     import numpy as np
 
+    from .core.identify import net_gradient_at
     from .core.simulate import expected_image
 
     box = 7

@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 
 TESTS = Path(__file__).parent
+#: the test data committed with the repository (origin and licences: data/LICENSES.md)
 DATA = TESTS / "data"
-#: the project's shared sample data, beside the checkout (CI lays a copy there too)
-SHARED_SAMPLES = TESTS.parent.parent / "shared" / "sample_data"
 
 
 @pytest.fixture(scope="session")
@@ -19,10 +18,11 @@ def data_dir() -> Path:
     return DATA
 
 
-def shared_sample(*parts) -> Path:
-    path = SHARED_SAMPLES.joinpath(*parts)
+def sample(*parts) -> Path:
+    """A real sample file committed under ``tests/data`` (see ``tests/data/LICENSES.md``)."""
+    path = DATA.joinpath(*parts)
     if not path.exists():
-        pytest.fail(f"sample file {path} is missing: the shared sample data must lie beside the checkout")
+        pytest.fail(f"sample file {path} is missing from the checkout")
     return path
 
 
@@ -46,3 +46,19 @@ def match_truth(locs, truth, radius=1.0):
             if d.min() < radius:
                 idx[i] = cand[d.argmin()]
     return idx
+
+
+def run_and_wait(qtbot, start, timeout=120_000):
+    """Call ``start`` (a widget's bound ``run``/``calibrate``), which starts a real napari thread worker, and
+    process Qt events until the widget's finish handler (connected to ``worker.finished``) has run.
+
+    Waiting on the widget's state, not on a blocker connected after the start, cannot miss a fast run's signal.
+    Returns the worker, or ``None`` when nothing was started."""
+    from napari.qt.threading import WorkerBase
+
+    widget = start.__self__
+    worker = start()
+    if worker is not None:
+        assert isinstance(worker, WorkerBase) and widget.running
+        qtbot.waitUntil(lambda: not widget.running, timeout=timeout)
+    return worker

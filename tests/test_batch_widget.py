@@ -9,6 +9,7 @@ import os
 import h5py
 import numpy as np
 import pytest
+from conftest import run_and_wait
 
 from napari_localize import LocalizeParameters
 from napari_localize.api import localize_file
@@ -53,13 +54,12 @@ def _batch(viewer, folder):
     return widget
 
 
-def test_folder_batch_writes_each_movie_and_reports_the_broken_one(make_napari_viewer, folder, monkeypatch):
-    monkeypatch.setenv("NAPARI_LOCALIZE_SYNC", "1")
+def test_folder_batch_writes_each_movie_and_reports_the_broken_one(make_napari_viewer, folder, qtbot):
     tmp_path, truths = folder
     viewer = make_napari_viewer()
     w = _batch(viewer, tmp_path)
     assert w.found.value.startswith("3 movies")
-    w.run()
+    run_and_wait(qtbot, w.run)
     assert w.status.value == "done: 2 localized, 1 failed, 0 skipped"
     by_name = {os.path.basename(o.path): o for o in w.outcomes}
     assert "movie2.ome.tif" in by_name["movie2.ome.tif"].error
@@ -79,13 +79,12 @@ def test_folder_batch_writes_each_movie_and_reports_the_broken_one(make_napari_v
     # a second run skips what is already there
     before = _table(tmp_path / "movie0.ome_locs.hdf5")
     w.skip_existing.value = True
-    w.run()
+    run_and_wait(qtbot, w.run)
     assert w.status.value == "done: 0 localized, 1 failed, 2 skipped"
     np.testing.assert_array_equal(_table(tmp_path / "movie0.ome_locs.hdf5"), before)
 
 
-def test_cancelled_batch_writes_nothing_more(make_napari_viewer, folder, monkeypatch):
-    monkeypatch.setenv("NAPARI_LOCALIZE_SYNC", "1")
+def test_cancelled_batch_writes_nothing_more(make_napari_viewer, folder, qtbot):
     tmp_path, _ = folder
     viewer = make_napari_viewer()
     w = _batch(viewer, tmp_path)
@@ -97,13 +96,12 @@ def test_cancelled_batch_writes_nothing_more(make_napari_viewer, folder, monkeyp
         w.cancel()
 
     w._on_event = cancel_when_first_movie_starts
-    w.run()
+    run_and_wait(qtbot, w.run)
     assert w.status.value.startswith("cancelled")
     assert sorted(x.name for x in tmp_path.iterdir()) == ["movie0.ome.tif", "movie1.ome.tif", "movie2.ome.tif"]
 
 
-def test_batch_on_a_local_dask_cluster_in_a_thread_worker(make_napari_viewer, qtbot, folder, monkeypatch):
-    monkeypatch.delenv("NAPARI_LOCALIZE_SYNC", raising=False)
+def test_batch_on_a_local_dask_cluster_in_a_thread_worker(make_napari_viewer, qtbot, folder):
     tmp_path, truths = folder
     viewer = make_napari_viewer()
     w = _batch(viewer, tmp_path)
@@ -119,9 +117,9 @@ def test_batch_on_a_local_dask_cluster_in_a_thread_worker(make_napari_viewer, qt
         np.testing.assert_array_equal(_table(tmp_path / f"movie{i}.ome_dask_locs.hdf5"), _table(ref_h5))
 
 
-def test_folder_without_movies_does_not_start(make_napari_viewer, tmp_path):
+def test_folder_without_movies_does_not_start(make_napari_viewer, tmp_path, qtbot):
     viewer = make_napari_viewer()
     w = _batch(viewer, tmp_path)
     assert w.found.value == "no movie files in this folder"
-    assert w.run() is None
+    assert run_and_wait(qtbot, w.run) is None
     assert w.status.value.startswith("not started")

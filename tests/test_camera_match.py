@@ -15,7 +15,7 @@ import textwrap
 import nd2
 import pytest
 import tifffile
-from conftest import DATA, shared_sample
+from conftest import DATA, sample
 
 from napari_localize.core.camera import (
     CameraConfigError,
@@ -218,7 +218,7 @@ def test_nd2_style_metadata(tmp_path):
 
 def test_real_nd2_camera_name(tmp_path):
     """The camera name of a real ND2 file (read with nd2 directly) selects its camera."""
-    path = shared_sample("nd2", "example-timelapse.nd2")
+    path = sample("nd2", "example-timelapse.nd2")
     with nd2.ND2File(path) as f:
         description = f.text_info["description"]
     camera = next(line.split(":", 1)[1].strip() for line in description.splitlines()
@@ -235,7 +235,7 @@ def test_real_nd2_camera_name(tmp_path):
 
 @pytest.fixture(scope="module")
 def mm14_plane_metadata(tmp_path_factory):
-    src = shared_sample("micromanager_mmstack", "VersionCompatTest",
+    src = sample("micromanager_mmstack", "VersionCompatTest",
                         "1.4compatTest_3_MMStack_1-Pos_000_000.ome.tif.gz")
     out = tmp_path_factory.mktemp("mm14") / src.name[:-3]
     with gzip.open(src, "rb") as fin, open(out, "wb") as fout:

@@ -53,7 +53,7 @@ def test_failed_write_keeps_earlier_result(tmp_path):
     class Unserialisable:
         pass
 
-    with pytest.raises(Exception):
+    with pytest.raises(yaml.YAMLError):  # the YAML document cannot be written
         save_locs(tmp_path / "a_locs.hdf5", sample_locs(9), [{"bad": Unserialisable()}])
     assert (open(h5, "rb").read(), open(ym).read()) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_locs.hdf5", "a_locs.yaml"]

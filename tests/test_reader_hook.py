@@ -12,7 +12,7 @@ from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QApplication
 
 from napari_localize._napari._reader import napari_get_reader
-from tests.conftest import DATA, shared_sample
+from tests.conftest import DATA, sample
 
 pytestmark = pytest.mark.gui
 
@@ -26,7 +26,7 @@ def test_declines_without_raising(tmp_path):
 
 
 def test_ndtiff_channels_become_layers():
-    folder = shared_sample("ndtiff", "12_bit_pycromanager_mda")
+    folder = sample("ndtiff", "12_bit_pycromanager_mda")
     reader = napari_get_reader(str(folder))
     assert reader is not None
     layers = reader(str(folder))
@@ -43,7 +43,7 @@ def test_ndtiff_channels_become_layers():
 
 
 def test_ims_reader():
-    path = str(shared_sample("ims", "Minimal_IMS_File.ims"))
+    path = str(sample("ims", "Minimal_IMS_File.ims"))
     layers = napari_get_reader(path)(path)
     with h5py.File(path, "r") as f:
         ref = f["DataSet/ResolutionLevel 0/TimePoint 0/Channel 0/Data"][:]

@@ -13,16 +13,22 @@ import pytest
 import tifffile
 import yaml
 
-from napari_localize.io.movies import (MOVIE_EXTENSIONS, MovieChoiceError, MovieError, is_movie_path,
-                                       list_movies, open_movie)
-from tests.conftest import DATA, shared_sample
+from napari_localize.io.movies import (
+    MOVIE_EXTENSIONS,
+    MovieChoiceError,
+    MovieError,
+    is_movie_path,
+    list_movies,
+    open_movie,
+)
+from tests.conftest import DATA, sample
 
 NDTIFF = ["ndtiff3.2_11bit_1", "12_bit_pycromanager_mda", "ndtiffv3.0_test", "ndtiff3.2_monochrome",
           "labeled_positions_1"]
 
 
 def _ndtiff_file(name):
-    folder = shared_sample("ndtiff", name)
+    folder = sample("ndtiff", name)
     return folder, next(str(folder / n) for n in sorted(os.listdir(folder)) if n.endswith("_NDTiffStack.tif"))
 
 
@@ -35,7 +41,7 @@ def _select(ref, axes, channel, position):
     return ref.reshape((-1,) + ref.shape[-2:])
 
 
-# -- shared sample files -------------------------------------------------------------------------------------
+# -- real sample files (tests/data) ---------------------------------------------------------------------
 @pytest.mark.parametrize("name", NDTIFF)
 def test_ndtiff_matches_tifffile(name):
     folder, first = _ndtiff_file(name)
@@ -74,7 +80,7 @@ def test_ndtiff_several_channels_need_a_choice():
 @pytest.fixture(scope="module")
 def mmstack(tmp_path_factory):
     """The Micro-Manager 1.4 four-position set, un-gzipped into a temporary folder."""
-    src = shared_sample("micromanager_mmstack", "VersionCompatTest")
+    src = sample("micromanager_mmstack", "VersionCompatTest")
     out = tmp_path_factory.mktemp("mmstack")
     for name in os.listdir(src):
         if name.endswith(".gz"):
@@ -112,7 +118,7 @@ def test_mmstack_folder_lists_the_set_once(mmstack):
 
 @pytest.mark.parametrize("name,channel", [("cluster.nd2", 1), ("example-timelapse.nd2", None)])
 def test_nd2_matches_nd2_package(name, channel):
-    path = shared_sample("nd2", name)
+    path = sample("nd2", name)
     ref = nd2.imread(path)
     with nd2.ND2File(path) as f:
         sizes = dict(f.sizes)
@@ -130,14 +136,14 @@ def test_nd2_matches_nd2_package(name, channel):
 
 
 def test_nd2_camera_metadata():
-    path = shared_sample("nd2", "example-timelapse.nd2")
+    path = sample("nd2", "example-timelapse.nd2")
     with open_movie(path) as movie:
         info = movie.info
     assert info["Camera"] == "Fusion, SN:500651"
     assert info["Micro-Manager Metadata"]["Fusion, SN:500651-Binning"] == "2x2"
     assert info["Pixelsize"] == pytest.approx(325.0)
     with pytest.raises(MovieChoiceError, match="5-FAM/pH 9.0"):
-        open_movie(shared_sample("nd2", "cluster.nd2"))
+        open_movie(sample("nd2", "cluster.nd2"))
 
 
 def _ims_attr(obj, name):
@@ -145,7 +151,7 @@ def _ims_attr(obj, name):
 
 
 def test_ims_minimal_file():
-    path = shared_sample("ims", "Minimal_IMS_File.ims")
+    path = sample("ims", "Minimal_IMS_File.ims")
     with h5py.File(path, "r") as f:
         ref = f["DataSet/ResolutionLevel 0/TimePoint 0/Channel 0/Data"][:]
         img = f["DataSetInfo/Image"]
@@ -333,7 +339,8 @@ def test_cli_lists_channels(capsys):
     _, first = _ndtiff_file("12_bit_pycromanager_mda")
     assert main(["localize", first]) == 1
     err = capsys.readouterr().err
-    assert "2 channels (0: 0, 1: 1)" in err and "--channel" in err
+    # NDTiff keeps the channel names per image (Axes: {"channel": ...}); they are offered by name
+    assert "2 channels (0: DAPI, 1: FITC)" in err and "--channel" in err
     assert main(["localize", first, "--channel", "5"]) == 1
     assert "channel 5 does not exist" in capsys.readouterr().err
 

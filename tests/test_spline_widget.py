@@ -8,7 +8,7 @@ import os
 import h5py
 import numpy as np
 import pytest
-from conftest import DATA, match_truth
+from conftest import DATA, match_truth, run_and_wait
 
 from napari_localize.cli import main as cli_main
 from napari_localize.core.pupil import ASTIGMATIC_3D
@@ -24,11 +24,6 @@ SESSION = {"box_size": 7, "min_net_gradient": 800.0, "baseline": 100.0, "sensiti
 PUPIL = {"zernike_nm": ASTIGMATIC_3D}
 
 
-@pytest.fixture
-def sync(monkeypatch):
-    monkeypatch.setenv("NAPARI_LOCALIZE_SYNC", "1")
-
-
 def _dock(viewer):
     from napari_localize._napari._widgets import dock_all
 
@@ -37,7 +32,7 @@ def _dock(viewer):
     return widgets
 
 
-def test_load_picassos_spline_and_show_the_psf_layer(make_napari_viewer, sync):
+def test_load_picassos_spline_and_show_the_psf_layer(make_napari_viewer):
     viewer = make_napari_viewer()
     zw = _dock(viewer)["3D (astigmatism)"]
     assert not zw.show_psf_button.enabled
@@ -60,7 +55,7 @@ def test_load_picassos_spline_and_show_the_psf_layer(make_napari_viewer, sync):
     assert zw.neighbours.enabled and zw.max_gof.enabled and not zw.z_method.enabled and not zw.z_filter.enabled
 
 
-def test_calibrate_spline_from_the_open_stack_and_fit_z(make_napari_viewer, tmp_path, sync):
+def test_calibrate_spline_from_the_open_stack_and_fit_z(make_napari_viewer, tmp_path, qtbot):
     p = SimulationParameters(n_frames=41, height=80, width=80, photons=20000, bg=20, baseline=100, seed=2,
                              psf="pupil", pupil=PUPIL, min_separation=20, margin=12)
     frames, _ = simulate_bead_stack(p, n_beads=8, step_nm=30.0)
@@ -73,7 +68,7 @@ def test_calibrate_spline_from_the_open_stack_and_fit_z(make_napari_viewer, tmp_
     zw.model.value = "spline"
     zw.step_nm.value = 30.0
     zw.magnification.value = 1.0
-    zw.calibrate()
+    run_and_wait(qtbot, zw.calibrate, timeout=600_000)
     cal = tmp_path / "beads.ome_spline_calib.hdf5"
     assert cal.exists() and (tmp_path / "beads.ome_spline_calib.png").exists(), zw.status.value
     session = zw.session
@@ -90,7 +85,7 @@ def test_calibrate_spline_from_the_open_stack_and_fit_z(make_napari_viewer, tmp_
     session.set_movie_layer(layer)
     zw.fit_z.value = True
     assert session.wants_3d()
-    loc.run()
+    run_and_wait(qtbot, loc.run, timeout=600_000)
     assert "3D localizations" in loc.status.value, loc.status.value
     with h5py.File(tmp_path / "blink.ome_locs.hdf5") as f:
         gui = f["locs"][...]

@@ -70,9 +70,9 @@ def test_failing_read_mid_movie_leaves_no_partial_file(tmp_path, movie):
 
 
 def test_writer_refuses_rows_of_another_layout(tmp_path):
-    with LocsWriter(tmp_path / "a_locs.hdf5", locs_dtype("mle")) as writer:
-        with pytest.raises(LocsFileError, match="dtype"):
-            writer.append(np.zeros(2, locs_dtype("lq")))
+    with LocsWriter(tmp_path / "a_locs.hdf5", locs_dtype("mle")) as writer, \
+            pytest.raises(LocsFileError, match="dtype"):
+        writer.append(np.zeros(2, locs_dtype("lq")))
     assert list(tmp_path.iterdir()) == []  # never committed: nothing published, temporary file removed
 
 

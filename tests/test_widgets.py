@@ -9,6 +9,7 @@ import os
 import h5py
 import numpy as np
 import pytest
+from conftest import run_and_wait
 
 from napari_localize.cli import main as cli_main
 from napari_localize.cli import suggested_min_net_gradient
@@ -22,11 +23,6 @@ SIM = SimulationParameters(n_frames=30, height=64, width=64, spots_per_frame=5, 
                            baseline=100, min_separation=10, margin=6, seed=3)
 MIN_NG = suggested_min_net_gradient(SIM)
 PHOTON = {"baseline": 100.0, "sensitivity": 1.0, "em_gain": 1.0, "min_net_gradient": MIN_NG}
-
-
-@pytest.fixture
-def sync(monkeypatch):
-    monkeypatch.setenv("NAPARI_LOCALIZE_SYNC", "1")
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +51,7 @@ def _boxes_on_truth(points, truth) -> bool:
     return bool(np.all(d.min(axis=0) < 1.0) and np.all(d.min(axis=1) < 1.0))
 
 
-def test_preview_count_matches_truth_and_core(make_napari_viewer, qtbot, movie, sync):
+def test_preview_count_matches_truth_and_core(make_napari_viewer, qtbot, movie):
     frames, truth = movie
     viewer = make_napari_viewer()
     _add_movie(viewer, frames)
@@ -84,7 +80,7 @@ def test_preview_count_matches_truth_and_core(make_napari_viewer, qtbot, movie, 
     assert identify_w.count.value == "0 spots in this frame"
 
 
-def test_box_size_is_odd_only(make_napari_viewer, movie, sync):
+def test_box_size_is_odd_only(make_napari_viewer, movie, qtbot):
     viewer = make_napari_viewer()
     _add_movie(viewer, movie[0])
     w = _widgets(viewer)["Identification"]
@@ -106,7 +102,7 @@ def _frame_away_from_roi_border(truth, roi, n_frames):
     raise AssertionError("no suitable frame in the simulated movie")
 
 
-def test_shapes_rectangle_sets_roi_and_restricts_identification(make_napari_viewer, qtbot, movie, sync):
+def test_shapes_rectangle_sets_roi_and_restricts_identification(make_napari_viewer, qtbot, movie):
     frames, truth = movie
     viewer = make_napari_viewer()
     _add_movie(viewer, frames)
@@ -136,7 +132,7 @@ def test_shapes_rectangle_sets_roi_and_restricts_identification(make_napari_view
     np.testing.assert_allclose(corners.max(axis=0), [41.5, 46.5])
 
 
-def test_run_gives_the_same_localizations_as_the_cli(make_napari_viewer, tmp_path, movie, sync):
+def test_run_gives_the_same_localizations_as_the_cli(make_napari_viewer, tmp_path, movie, qtbot):
     frames, truth = movie
     path = os.fspath(tmp_path / "sim.ome.tif")
     write_movie(path, [frames], frames.shape, frames.dtype)
@@ -146,8 +142,13 @@ def test_run_gives_the_same_localizations_as_the_cli(make_napari_viewer, tmp_pat
     w = _widgets(viewer)
     w["Identification"].session.update(**PHOTON, frame_range=(2, 25), fit_method="lq")
     w["Localize"].render_method.value = "histogram"
-    w["Localize"].run()
-    assert w["Localize"].status.value.endswith("localizations in 24 frames")
+    run_and_wait(qtbot, w["Localize"].run)
+    result = w["Localize"].session.result
+    found, fitted = result.stats.identified, len(result.locs)
+    # what happened to every spot: found = fitted + dropped, and why they were dropped
+    assert w["Localize"].status.value.startswith(f"{found} found, {fitted} fitted, {found - fitted} dropped")
+    assert w["Localize"].status.value.endswith(", 24 frames") and result.stats.frames == 24
+    assert found - fitted == result.stats.not_converged + result.stats.not_sane
     assert cli_main(["localize", path, "--suffix", "_cli", "--baseline", "100", "--sensitivity", "1",
                      "--gain", "1", "--min-net-gradient", str(MIN_NG), "--frames", "2", "25",
                      "--fit-method", "lq"]) == 0
@@ -170,29 +171,28 @@ def test_run_gives_the_same_localizations_as_the_cli(make_napari_viewer, tmp_pat
     assert image.data.sum() == len(gui)  # histogram: one count per localization
 
 
-def test_layer_without_file_is_localized_but_not_written(make_napari_viewer, tmp_path, movie, sync):
+def test_layer_without_file_is_localized_but_not_written(make_napari_viewer, tmp_path, movie, qtbot):
     viewer = make_napari_viewer()
     viewer.add_image(movie[0][:5])  # a plain array layer: no reader metadata, no file
     w = _widgets(viewer)
     w["Identification"].session.update(**PHOTON)
-    w["Localize"].run()
+    run_and_wait(qtbot, w["Localize"].run)
     assert "not written" in w["Localize"].files.value
     assert len(viewer.layers["localizations"].data) == int((movie[1]["frame"] < 5).sum())
     assert os.listdir(tmp_path) == []
 
 
-def test_bad_parameters_are_reported_not_run(make_napari_viewer, movie, sync):
+def test_bad_parameters_are_reported_not_run(make_napari_viewer, movie, qtbot):
     viewer = make_napari_viewer()
     _add_movie(viewer, movie[0])
     w = _widgets(viewer)
     w["Identification"].session.update(frame_range=(500, 600))
-    assert w["Localize"].run() is None
+    assert run_and_wait(qtbot, w["Localize"].run) is None
     assert "frame range starts at 500" in w["Localize"].status.value
     assert not w["Localize"].running and "localizations" not in viewer.layers
 
 
-def test_threaded_run_progress_and_cancel(make_napari_viewer, qtbot, tmp_path, monkeypatch):
-    monkeypatch.delenv("NAPARI_LOCALIZE_SYNC", raising=False)
+def test_threaded_run_progress_and_cancel(make_napari_viewer, qtbot, tmp_path):
     p = SimulationParameters(n_frames=600, height=48, width=48, spots_per_frame=3, photons=3000, bg=10,
                              baseline=100, min_separation=10, margin=6, seed=5)
     frames, truth = simulate_frames(p)
@@ -232,7 +232,7 @@ def test_threaded_run_progress_and_cancel(make_napari_viewer, qtbot, tmp_path, m
         assert len(f["locs"]) == len(truth)
 
 
-def test_parameters_persist_between_sessions(make_napari_viewer, movie, sync):
+def test_parameters_persist_between_sessions(make_napari_viewer, movie, qtbot):
     from napari_localize._napari._state import PARAMETERS_FILE, config_dir
 
     viewer = make_napari_viewer()
@@ -264,12 +264,13 @@ def test_sample_data_and_demo(make_napari_viewer):
     assert layers[0].data.shape == (SAMPLE.n_frames, SAMPLE.height, SAMPLE.width)
     viewer.layers.clear()
     viewer, widgets = open_demo(viewer)
-    assert set(widgets) == {"Identification", "Photon conversion", "Fit", "Localize", "3D (astigmatism)"}
+    assert set(widgets) == {"Identification", "Photon conversion", "Fit", "Localize", "3D (astigmatism)",
+                            "Batch (folder)", "panel"}
     assert widgets["Identification"].count.value.endswith("spots in this frame")
     assert widgets["Photon conversion"].baseline.value == SAMPLE.baseline
 
 
-def test_camera_config_fills_photon_conversion_from_movie_metadata(make_napari_viewer, movie, sync, tmp_path):
+def test_camera_config_fills_photon_conversion_from_movie_metadata(make_napari_viewer, movie, qtbot, tmp_path):
     from napari_localize._napari._state import session_for
     from napari_localize._napari._widgets import PhotonWidget
 

@@ -13,7 +13,7 @@ import h5py
 import numpy as np
 import pytest
 import yaml
-from conftest import match_truth
+from conftest import match_truth, run_and_wait
 
 from napari_localize.api import calibrate_z_stack, localize_movie_3d
 from napari_localize.cli import main as cli_main
@@ -35,11 +35,6 @@ BLINK = SimulationParameters(n_frames=24, height=64, width=64, spots_per_frame=8
 SESSION = {"box_size": 9, "min_net_gradient": 800.0, "baseline": 100.0, "sensitivity": 1.0, "em_gain": 1.0,
            "fit_method": "mle", "pixelsize": 130.0}
 PARAMS = LocalizeParameters(**SESSION)
-
-
-@pytest.fixture
-def sync(monkeypatch):
-    monkeypatch.setenv("NAPARI_LOCALIZE_SYNC", "1")
 
 
 def _write(folder, name, frames) -> str:
@@ -80,7 +75,7 @@ def _dock(viewer):
     return widgets
 
 
-def test_load_cli_calibration_shows_summary(make_napari_viewer, cli_calibration, sync):
+def test_load_cli_calibration_shows_summary(make_napari_viewer, cli_calibration, qtbot):
     viewer = make_napari_viewer()
     zw = _dock(viewer)["3D (astigmatism)"]
     assert not zw.fit_z.enabled  # nothing to fit z with yet
@@ -102,7 +97,7 @@ def test_load_cli_calibration_shows_summary(make_napari_viewer, cli_calibration,
     assert "calibrated z: -480 .. 480 nm" in zw.summary.value
 
 
-def test_calibrate_open_stack_writes_the_api_calibration(make_napari_viewer, tmp_path, bead_stack, sync):
+def test_calibrate_open_stack_writes_the_api_calibration(make_napari_viewer, tmp_path, bead_stack, qtbot):
     frames, truth = bead_stack
     stack = _write(tmp_path, "beads.ome.tif", frames)
     viewer = make_napari_viewer()
@@ -112,7 +107,7 @@ def test_calibrate_open_stack_writes_the_api_calibration(make_napari_viewer, tmp
     assert zw.session.movie_layer is layer and zw.stack.value == layer.name
     zw.step_nm.value = STEP
     zw.magnification.value = 1.0
-    zw.calibrate()
+    run_and_wait(qtbot, zw.calibrate)
     yaml_path = tmp_path / "beads.ome_3d_calib.yaml"
     assert yaml_path.exists() and (tmp_path / "beads.ome_3d_calib.png").exists()
     written = yaml.safe_load(yaml_path.read_text())
@@ -137,18 +132,18 @@ def test_calibrate_open_stack_writes_the_api_calibration(make_napari_viewer, tmp
     assert "8 beads followed" in zw.summary.value and zw.fit_z.enabled
 
 
-def test_calibrate_layer_without_file_keeps_it_in_memory(make_napari_viewer, tmp_path, bead_stack, sync):
+def test_calibrate_layer_without_file_keeps_it_in_memory(make_napari_viewer, tmp_path, bead_stack, qtbot):
     viewer = make_napari_viewer()
     viewer.add_image(bead_stack[0], name="beads")
     zw = _dock(viewer)["3D (astigmatism)"]
     zw.step_nm.value = STEP
-    zw.calibrate()
+    run_and_wait(qtbot, zw.calibrate)
     assert zw.session.zcalibration is not None and zw.session.zcalibration_path is None
     assert "in memory only" in zw.status.value and "in memory only" in zw.summary.value
     assert os.listdir(tmp_path) == []
 
 
-def test_fit_z_run_matches_api_and_truth(make_napari_viewer, cli_calibration, blinking, sync):
+def test_fit_z_run_matches_api_and_truth(make_napari_viewer, cli_calibration, blinking, qtbot):
     frames, truth, folder = blinking
     path = _write(folder, "blink.ome.tif", frames)
     viewer = make_napari_viewer()
@@ -160,8 +155,10 @@ def test_fit_z_run_matches_api_and_truth(make_napari_viewer, cli_calibration, bl
     zw.z_method.value = "mle"
     assert zw.session.wants_3d()
     loc.chunk_frames = 5  # several chunks: the result must not depend on them
-    loc.run()
-    assert loc.status.value == f"{len(loc.session.result.locs)} 3D localizations in {len(frames)} frames"
+    run_and_wait(qtbot, loc.run)
+    stats, n = loc.session.result.stats, len(loc.session.result.locs)
+    assert loc.status.value.startswith(f"{stats.identified} found, {n} fitted in 3D, {stats.identified - n} dropped")
+    assert loc.status.value.endswith(f", {len(frames)} frames")
     with h5py.File(folder / "blink.ome_locs.hdf5") as f:
         gui = f["locs"][...]
     docs = list(yaml.safe_load_all((folder / "blink.ome_locs.yaml").read_text()))
@@ -188,9 +185,7 @@ def test_fit_z_run_matches_api_and_truth(make_napari_viewer, cli_calibration, bl
     assert abs(float(np.mean(err))) < 10.0
 
 
-def test_cancel_during_3d_run_writes_nothing(make_napari_viewer, qtbot, tmp_path, cli_calibration, blinking,
-                                             monkeypatch):
-    monkeypatch.delenv("NAPARI_LOCALIZE_SYNC", raising=False)
+def test_cancel_during_3d_run_writes_nothing(make_napari_viewer, qtbot, tmp_path, cli_calibration, blinking):
     frames, _, _ = blinking
     path = _write(tmp_path, "cancel.ome.tif", frames)
     viewer = make_napari_viewer()
@@ -211,7 +206,7 @@ def test_cancel_during_3d_run_writes_nothing(make_napari_viewer, qtbot, tmp_path
 
 
 def test_fit_z_needs_a_calibration_and_bad_yaml_is_reported(make_napari_viewer, tmp_path, cli_calibration,
-                                                            sync):
+                                                            qtbot):
     viewer = make_napari_viewer()
     zw = _dock(viewer)["3D (astigmatism)"]
     session = zw.session
@@ -235,8 +230,7 @@ def test_fit_z_needs_a_calibration_and_bad_yaml_is_reported(make_napari_viewer, 
     assert session.zcalibration_path == os.path.abspath(cli_calibration) and zw.fit_z.enabled
 
 
-def test_threaded_calibration_cancel_then_run(make_napari_viewer, qtbot, tmp_path, bead_stack, monkeypatch):
-    monkeypatch.delenv("NAPARI_LOCALIZE_SYNC", raising=False)
+def test_threaded_calibration_cancel_then_run(make_napari_viewer, qtbot, tmp_path, bead_stack):
     stack = _write(tmp_path, "beads.ome.tif", bead_stack[0])
     viewer = make_napari_viewer()
     viewer.open(stack, plugin="napari-localize")
@@ -261,7 +255,7 @@ def test_threaded_calibration_cancel_then_run(make_napari_viewer, qtbot, tmp_pat
     assert zw.session.zcalibration_path == os.fspath(tmp_path / "beads.ome_3d_calib.yaml") and zw.fit_z.enabled
 
 
-def test_every_z_policy_of_the_cli_is_in_the_widget(make_napari_viewer, tmp_path, cli_calibration, blinking, sync):
+def test_every_z_policy_of_the_cli_is_in_the_widget(make_napari_viewer, tmp_path, cli_calibration, blinking, qtbot):
     """The widget's z options give the same run as the CLI flags (one outlier policy for both)."""
     from napari_localize.cli import main as cli_main
 
@@ -278,7 +272,7 @@ def test_every_z_policy_of_the_cli_is_in_the_widget(make_napari_viewer, tmp_path
     zw.max_gof.value = 3.0
     zw.z_filter.value = 2.0
     assert zw.session.z_options == ZFitOptions(method="mle", filter=2.0, box_size=11, neighbours=False, max_gof=3.0)
-    loc.run()
+    run_and_wait(qtbot, loc.run)
     p = loc.session.parameters
     assert cli_main(["localize", path, "--suffix", "_cli", "--zcalib", cli_calibration, "--z-box-size", "11",
                      "--z-no-neighbours", "--z-max-gof", "3", "--z-filter", "2", "--box-size", str(p.box_size),

@@ -170,7 +170,7 @@ class BatchWidget(CancellableRun, Container):
         self.found.value = f"{len(names)} movies: {shown}" if names else "no movie files in this folder"
 
     def run(self):
-        """Start the batch in a thread worker (synchronously when NAPARI_LOCALIZE_SYNC=1)."""
+        """Start the batch in a thread worker; return it (``None`` if nothing to do)."""
         if self.running:
             return None
         self._on_folder()

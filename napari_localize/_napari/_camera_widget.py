@@ -47,7 +47,8 @@ class CameraWidget(Container):
 
     def __init__(self, config=None, discover: bool = True, **kwargs):
         self._config_file = FileEdit(label="camera config", mode="r", filter="*.yaml *.yml", nullable=True,
-                                     tooltip="a config.yaml in Picasso's schema describing the lab's cameras")
+                                     tooltip="optional: a config.yaml in Picasso's schema describing the lab's "
+                                             "cameras; without one the values below are used as typed")
         self._camera = ComboBox(label="camera", choices=[], nullable=False,
                                 tooltip="the config's camera; chosen from the movie's metadata when it matches")
         self._categories = Container(labels=True, name="sensitivity_categories")
@@ -92,6 +93,10 @@ class CameraWidget(Container):
                 self._show([str(exc)])
         if config is not None:
             self.load_config(config)
+        if self._config is None:  # no config: only the file field (and why, if one failed), no empty menus
+            for w in (self._camera, self._categories, self._wavelength):
+                w.visible = False
+            self._notice.visible = bool(self.notices)
 
     # ------------------------------------------------------------------------------------------ public
     @property
@@ -122,6 +127,7 @@ class CameraWidget(Container):
                 self._show([str(exc)])
                 return None
         self._config = config
+        self._camera.visible = True
         with self._quiet():
             if config.source and self._config_file.value != config.source:
                 self._config_file.value = config.source

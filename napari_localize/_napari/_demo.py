@@ -35,3 +35,37 @@ def run_demo(quit_after: float | None = None) -> int:
         QTimer.singleShot(int(quit_after * 1000), viewer.close)
     napari.run()
     return 0
+
+
+def screenshot_scene(viewer=None, size=(1920, 1080), roi=(20, 20, 108, 108), timeout_s: float = 600.0):
+    """The README's picture: the demo at ``size`` with preview, an ROI drawn in a Shapes layer and a finished run.
+
+    Returns ``(viewer, widgets)``; ``viewer.screenshot(path, canvas_only=False)`` then saves the window.
+    """
+    import time
+
+    from qtpy.QtWidgets import QApplication
+
+    from ._preview import rectangle_from_roi
+
+    viewer, widgets = open_demo(viewer, preview=True)
+    window = viewer.window._qt_window
+    window.showNormal()
+    window.setGeometry(0, 0, *size)
+    shapes = viewer.add_shapes([rectangle_from_roi(roi)], shape_type="rectangle", name="my ROI",
+                               edge_color="cyan", face_color="transparent", edge_width=0.6)
+    widgets["Identification"].use_shapes_layer(shapes)
+    viewer.dims.set_current_step(0, 10)
+    loc = widgets["Localize"]
+    loc.run()
+    deadline = time.monotonic() + timeout_s
+    while loc.running and time.monotonic() < deadline:
+        QApplication.processEvents()
+        time.sleep(0.02)
+    sr = viewer.layers["super-resolution"]
+    sr.contrast_limits = (0.0, sr.contrast_limits[1] / 4)  # the sites stand out over the raw frame
+    viewer.layers[0].opacity = 0.7
+    viewer.layers.selection.active = sr
+    viewer.reset_view()
+    QApplication.processEvents()
+    return viewer, widgets

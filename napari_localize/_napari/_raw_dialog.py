@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import os
 
-from qtpy.QtWidgets import (QCheckBox, QComboBox, QDialog, QDialogButtonBox, QFormLayout, QLabel, QSpinBox,
-                            QVBoxLayout)
+from qtpy.QtWidgets import QCheckBox, QComboBox, QDialog, QDialogButtonBox, QFormLayout, QLabel, QSpinBox, QVBoxLayout
 
 from ..io.movies.raw import raw_info_path, write_raw_info
 

@@ -20,22 +20,14 @@ from ..core.parameters import LocalizeParameters
 from ..core.zfit import ZFitOptions
 from ..io.movies import ArrayMovie, Movie, open_movie
 
-CONFIG_ENV = "NAPARI_LOCALIZE_CONFIG_DIR"
 PARAMETERS_FILE = "parameters.json"
 
 
 def config_dir() -> str:
-    """Folder of the user's napari-localize settings (created on first save)."""
-    folder = os.environ.get(CONFIG_ENV)
-    if folder:
-        return folder
-    base = os.environ.get("XDG_CONFIG_HOME")
-    if not base:
-        if os.name == "nt":
-            base = os.environ.get("APPDATA", os.path.expanduser("~"))
-        else:
-            base = os.path.join(os.path.expanduser("~"), ".config")
-    return os.path.join(base, "napari-localize")
+    """Folder of the user's napari-localize settings (created on first save); the camera configs' folder too."""
+    from ..io.camera_config import user_config_dir
+
+    return os.fspath(user_config_dir())
 
 
 def load_saved_parameters() -> LocalizeParameters:

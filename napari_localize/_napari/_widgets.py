@@ -5,7 +5,11 @@ edit ``session.parameters`` and show state; identification (preview), the run an
 the core through :mod:`._preview` and :mod:`._worker`.
 """
 
+import math
 import os
+import re
+import threading
+import time
 
 import napari
 import numpy as np
@@ -16,6 +20,7 @@ from magicgui.widgets import (
     FloatSlider,
     FloatSpinBox,
     Label,
+    LineEdit,
     PushButton,
     SpinBox,
 )
@@ -47,15 +52,15 @@ class IdentifyWidget(Container):
         p = self.session.parameters
         self.movie = ComboBox(label="movie", choices=self._movie_choices, nullable=True,
                               tooltip="the image layer to localize (frames, height, width)")
-        self.box_size = SpinBox(label="box side length", value=p.box_size, min=3, max=51, step=2,
+        self.box_size = SpinBox(label="box side length (px)", value=p.box_size, min=3, max=51, step=2,
                                 tooltip="odd side length of the fit box in pixels")
         hi = max(10000.0, 2 * p.min_net_gradient)
-        self.net_gradient_slider = FloatSlider(label="min. net gradient", value=p.min_net_gradient, min=0,
-                                               max=hi, step=1, readout=False,
+        self.net_gradient_slider = FloatSlider(label="min. net gradient (camera counts)",
+                                               value=p.min_net_gradient, min=0, max=hi, step=1, readout=False,
                                                tooltip="keep spots whose net gradient (camera counts) "
                                                        "is greater than this")
         self.net_gradient = FloatSpinBox(label="", value=p.min_net_gradient, min=0, max=1e9, step=10)
-        self.slider_max = FloatSpinBox(label="slider range up to", value=hi, min=1, max=1e9, step=1000,
+        self.slider_max = FloatSpinBox(label="slider up to (camera counts)", value=hi, min=1, max=1e9, step=1000,
                                        tooltip="upper end of the min. net gradient slider")
         self.preview = CheckBox(label="preview", value=False, tooltip="identify spots in the frame on screen")
         self.count = Label(label="", value="preview off")
@@ -64,14 +69,18 @@ class IdentifyWidget(Container):
         roi = p.roi or (0, 0, 0, 0)
         self.roi_numbers = [SpinBox(label=name, value=v, min=0, max=100000)
                             for name, v in zip(("y0", "x0", "y1", "x1"), roi)]
-        self.roi_from_shapes = PushButton(text="ROI from a Shapes rectangle",
-                                          tooltip="draw or move a rectangle in the ROI layer to set the ROI")
+        self.roi_from_shapes = PushButton(text="ROI from a Shapes layer",
+                                          tooltip="use the rectangle of the selected Shapes layer (or of any "
+                                                  "Shapes layer); draw or move it to change the ROI")
+        self.roi_hint = Label(label="", value="")
+        self.roi_hint.native.setWordWrap(True)
+        self.roi_hint.visible = False
         self.all_frames = CheckBox(label="all frames", value=p.frame_range is None)
         first, last = p.frame_range or (0, 0)
         self.first_frame = SpinBox(label="first frame", value=first, min=0, max=10**9)
         self.last_frame = SpinBox(label="last frame", value=last, min=0, max=10**9)
         self.extend([self.movie, self.box_size, self.net_gradient_slider, self.net_gradient, self.slider_max,
-                     self.preview, self.count, self.roi_on, *self.roi_numbers, self.roi_from_shapes,
+                     self.preview, self.count, self.roi_on, *self.roi_numbers, self.roi_from_shapes, self.roi_hint,
                      self.all_frames, self.first_frame, self.last_frame])
 
         self.preview_controller = PreviewController(self.session, on_count=self._show_count,
@@ -84,7 +93,7 @@ class IdentifyWidget(Container):
         self.roi_on.changed.connect(self._on_roi_numbers)
         for w in self.roi_numbers:
             w.changed.connect(self._on_roi_numbers)
-        self.roi_from_shapes.changed.connect(lambda *_: self.preview_controller.use_shapes_layer())
+        self.roi_from_shapes.changed.connect(lambda *_: self.use_shapes_layer())
         for w in (self.all_frames, self.first_frame, self.last_frame):
             w.changed.connect(self._on_frames)
         self.movie.changed.connect(self._on_movie)
@@ -122,6 +131,38 @@ class IdentifyWidget(Container):
             height, width = (int(s) for s in layer.data.shape[-2:])
             for w, limit in zip(self.roi_numbers, (height, width, height, width)):
                 w.max = limit
+            p = self.session.parameters
+            # the ROI and frame range follow the movie: clamped into the new frame, dropped if nothing is left
+            if p.roi is not None:
+                y0, x0, y1, x1 = p.roi
+                roi = (min(y0, height), min(x0, width), min(y1, height), min(x1, width))
+                self.session.update(roi=roi if roi[2] > roi[0] and roi[3] > roi[1] else None)
+            if p.frame_range is not None:
+                first, last = (min(v, max(n - 1, 0)) for v in p.frame_range)
+                self.session.update(frame_range=(first, max(first, last)))
+
+    def use_shapes_layer(self, layer=None):
+        """Set the ROI from a Shapes layer the user drew: ``layer``, else the selected Shapes layer, else the
+        last Shapes layer holding a rectangle; without one, an empty "ROI" layer is added with a hint."""
+        viewer = self.viewer
+        shapes = [x for x in viewer.layers if isinstance(x, napari.layers.Shapes)]
+        if layer is None:
+            active = viewer.layers.selection.active
+            if isinstance(active, napari.layers.Shapes):
+                layer = active
+            else:
+                with_rect = [x for x in shapes if "rectangle" in list(x.shape_type)]
+                layer = with_rect[-1] if with_rect else (shapes[-1] if shapes else None)
+        layer = self.preview_controller.use_shapes_layer(layer)
+        if "rectangle" not in list(layer.shape_type):
+            viewer.layers.selection.active = layer
+            layer.mode = "add_rectangle"
+            self.roi_hint.value = (f"no rectangle yet: draw one in the Shapes layer '{layer.name}' "
+                                   "(rectangle tool, R) and the ROI follows it")
+        else:
+            self.roi_hint.value = f"ROI follows the last rectangle of '{layer.name}'"
+        self.roi_hint.visible = True
+        return layer
 
     # -- parameters ---------------------------------------------------------------------------
     def _on_box_size(self, value):
@@ -193,13 +234,14 @@ class PhotonWidget(Container):
         # embedded into this slot and fill the fields below from its .values() when a camera is chosen.
         self.camera_slot = Container(labels=False)
         self.camera_slot.visible = False
-        self.em_gain = FloatSpinBox(label="EM gain", value=p.em_gain, min=1, max=10000, step=1,
+        self.em_gain = FloatSpinBox(label="EM gain (x)", value=p.em_gain, min=1, max=10000, step=1,
                                     tooltip="electron-multiplying gain; 1 for sCMOS and conventional CCD")
-        self.baseline = FloatSpinBox(label="baseline", value=p.baseline, min=0, max=1e6, step=1,
+        self.baseline = FloatSpinBox(label="baseline (camera counts)", value=p.baseline, min=0, max=1e6, step=1,
                                      tooltip="camera offset in counts (ADU), subtracted first")
-        self.sensitivity = FloatSpinBox(label="sensitivity", value=p.sensitivity, min=1e-4, max=1e4, step=0.01,
+        self.sensitivity = FloatSpinBox(label="sensitivity (e-/count)", value=p.sensitivity, min=1e-4, max=1e4,
+                                        step=0.01,
                                         tooltip="electrons per count (e-/ADU), the camera's conversion factor")
-        self.qe = FloatSpinBox(label="QE (unused)", value=p.qe, min=0.01, max=1, step=0.01,
+        self.qe = FloatSpinBox(label="QE (recorded only)", value=p.qe, min=0.01, max=1, step=0.01,
                                tooltip="quantum efficiency: written to _locs.yaml, not used in the conversion "
                                        "(as in Picasso)")
         self.pixelsize = FloatSpinBox(label="pixel size (nm)", value=p.pixelsize, min=1, max=10000, step=1,
@@ -260,7 +302,7 @@ class FitWidget(Container):
         self.method = ComboBox(label="method", choices=FIT_CHOICES, value=p.fit_method,
                                tooltip="MLE: Poisson maximum likelihood (Smith et al. 2010); "
                                        "LQ: least squares; Average of ROI: box sum minus background")
-        self.convergence = FloatSpinBox(label="convergence", value=p.convergence, min=1e-6, max=1, step=1e-4,
+        self.convergence = FloatSpinBox(label="convergence (px)", value=p.convergence, min=1e-6, max=1, step=1e-4,
                                         tooltip="stop when position steps are below this (pixels)")
         self.max_iterations = SpinBox(label="max. iterations", value=p.max_iterations, min=1, max=10000)
         self.extend([self.method, self.convergence, self.max_iterations])
@@ -275,7 +317,85 @@ class FitWidget(Container):
         self.session.update(fit_method=method)
 
 
+# ---------------------------------------------------------------------------------------- kernel warm-up
+_KERNELS_READY = threading.Event()
+_WARMUP_LOCK = threading.Lock()
+_warmup_started = False
+
+
+def kernels_ready() -> bool:
+    """True once the numba kernels are compiled (or loaded from numba's disk cache) in this process."""
+    return _KERNELS_READY.is_set()
+
+
+def warm_up_kernels() -> threading.Thread | None:
+    """Compile the identification and fit kernels in a background thread (once per process).
+
+    A tiny simulated movie is localized with MLE and LQ, so the user's first run does not wait for numba. The
+    kernels release the GIL and numba compiles under its own lock, so a run started meanwhile is safe.
+    """
+    global _warmup_started
+    with _WARMUP_LOCK:
+        if _warmup_started:
+            return None
+        _warmup_started = True
+
+    def work():
+        try:
+            from ..cli import suggested_min_net_gradient
+            from ..core.parameters import LocalizeParameters
+            from ..core.pipeline import localize
+            from ..core.simulate import SimulationParameters, simulate_frames
+
+            sim = SimulationParameters(n_frames=2, height=24, width=24, spots_per_frame=2, photons=3000, bg=10,
+                                       baseline=100, min_separation=8, margin=5, seed=0)
+            frames, _ = simulate_frames(sim)
+            for method in ("mle", "lq"):
+                localize(frames, LocalizeParameters(box_size=7, min_net_gradient=suggested_min_net_gradient(sim),
+                                                    baseline=100, fit_method=method))
+        except Exception:  # noqa: BLE001  (a failed warm-up only means the first run compiles)
+            pass
+        finally:
+            _KERNELS_READY.set()
+
+    thread = threading.Thread(target=work, name="napari-localize kernel warm-up", daemon=True)
+    thread.start()
+    return thread
+
+
+def default_suffix(layer) -> str:
+    """``_<channel>`` for a layer of one channel of a multi-channel file, so channels never overwrite each other."""
+    meta = (layer.metadata or {}) if layer is not None else {}
+    info = meta.get("movie_info") or {}
+    channel = info.get("Channel")
+    if channel is None or meta.get("movie_channel") is None:
+        return ""
+    return "_" + (re.sub(r"[^\w.-]+", "-", str(channel)).strip("-") or str(meta["movie_channel"]))
+
+
+def result_summary(stats, n_locs: int, three_d: bool = False) -> str:
+    """"N found, M fitted, K dropped (why)": what happened to every spot of a run."""
+    dropped = int(stats.identified) - int(n_locs)
+    why = []
+    if stats.not_converged:
+        why.append(f"{stats.not_converged} fits did not converge")
+    if stats.not_sane:
+        why.append(f"{stats.not_sane} failed the sanity filter")
+    other = dropped - int(stats.not_converged) - int(stats.not_sane)
+    if other > 0:
+        why.append(f"{other} out of the z range" if three_d else f"{other} removed by the filters")
+    text = f"{stats.identified} found, {n_locs} fitted{' in 3D' if three_d else ''}, {max(dropped, 0)} dropped"
+    return text + (f" ({', '.join(why)})" if why else "") + f", {stats.frames} frames"
+
+
 # ---------------------------------------------------------------------------------------- localize
+def _duration(seconds: float) -> str:
+    if math.isnan(seconds):
+        return "? s"
+    seconds = max(0, int(round(seconds)))
+    return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
+
+
 class LocalizeWidget(CancellableRun, Container):
     """Run (Cancel while running), progress, status, where the files went, and the rendering."""
 
@@ -286,17 +406,35 @@ class LocalizeWidget(CancellableRun, Container):
 
     def __init__(self, napari_viewer: napari.viewer.Viewer):
         super().__init__(labels=True)
+        from qtpy.QtWidgets import QProgressBar
+
         self.viewer = napari_viewer
         self.session = session_for(napari_viewer)
         self.render_method = ComboBox(label="rendering", choices=list(RENDER_METHODS), value="gaussian",
                                       tooltip="histogram: counts per pixel; gaussian: each localization "
                                               "blurred by its precision")
-        self.oversampling = SpinBox(label="oversampling", value=8, min=1, max=50,
+        self.oversampling = SpinBox(label="oversampling (per px)", value=8, min=1, max=50,
                                     tooltip="super-resolution pixels per camera pixel (each axis)")
+        self.suffix = LineEdit(label="file suffix", value="",
+                               tooltip="output <movie><suffix>_locs.hdf5; one channel of a multi-channel file "
+                                       "gets _<channel> by default")
         self.run_button = PushButton(text="Localize")
+        self.progress_bar = QProgressBar()
+        self.progress_bar.setRange(0, 1)
+        self.progress_bar.setValue(0)
+        self.progress_bar.setFormat("%v / %m frames")
+        self.progress_bar.setTextVisible(True)
         self.status = Label(label="", value="ready")
         self.files = Label(label="", value="")
-        self.extend([self.render_method, self.oversampling, self.run_button, self.status, self.files])
+        self.extend([self.render_method, self.oversampling, self.suffix, self.run_button, self.status, self.files])
+        layout = self.native.layout()
+        for i in range(layout.count()):  # the progress bar right below the Localize button
+            row = layout.itemAt(i).widget()
+            if row is not None and (row is self.run_button.native or row.isAncestorOf(self.run_button.native)):
+                layout.insertWidget(i + 1, self.progress_bar)
+                break
+        else:
+            layout.addWidget(self.progress_bar)
         for label in (self.status, self.files):
             label.native.setWordWrap(True)
         self.run_button.changed.connect(lambda *_: self._run_or_cancel(self.run))
@@ -305,7 +443,24 @@ class LocalizeWidget(CancellableRun, Container):
         self.worker = None
         self._cancel = None
         self._pbar = None
+        self._t0 = None
         self.progress_values: list[tuple[int, int]] = []
+        self.session.movie_changed.connect(self._on_movie)
+        self._on_movie(self.session.movie_layer)
+        self.native.destroyed.connect(lambda *_: self._disconnect())
+
+    def _disconnect(self):
+        self.session.movie_changed.disconnect(self._on_movie)
+
+    def _on_movie(self, layer):
+        """A new movie: the last result's status is cleared and the suffix defaults to its channel."""
+        if self.running:
+            return
+        self.suffix.value = default_suffix(layer)
+        self.status.value = "ready" if layer is not None else "open a movie (an image layer) first"
+        self.files.value = ""
+        self.progress_bar.setRange(0, 1)
+        self.progress_bar.setValue(0)
 
     def run(self):
         """Localize the session's movie with the session's parameters in a thread worker."""
@@ -315,6 +470,7 @@ class LocalizeWidget(CancellableRun, Container):
         movie, owned = session.movie_for_run()
         if movie is None:
             show_warning("napari-localize: open a movie (an image layer) first")
+            self.status.value = "not started: open a movie (an image layer) first"
             return None
         p = session.parameters
         try:
@@ -329,12 +485,22 @@ class LocalizeWidget(CancellableRun, Container):
         self.progress_values = []
         start, stop = p.frame_span(movie.shape[0])
         self._begin_run(stop - start, "localizing")
+        self._t0 = None
+        self._t_start = time.perf_counter()
+        self.progress_bar.setRange(0, max(stop - start, 1))
+        self.progress_bar.setValue(0)
         z = None
         if session.wants_3d():
             z = (session.zcalibration, session.z_options, session.zcalibration_path)
-        self.status.value = "localizing in 3D..." if z is not None else "localizing..."
+        what = "localizing in 3D" if z is not None else "localizing"
+        if kernels_ready():
+            self.status.value = f"{what}..."
+        else:
+            self.progress_bar.setRange(0, 0)  # busy: numba compiles before the first chunk
+            self.status.value = f"{what}: compiling kernels (first run only)..."
         self.files.value = ""
-        gen = localize_steps(movie, p, self._cancel, path, self.chunk_frames, close_movie=owned, z=z)
+        gen = localize_steps(movie, p, self._cancel, path, self.chunk_frames, close_movie=owned, z=z,
+                             suffix=self.suffix.value.strip())
         self.worker = start_localize(gen, self._on_progress, self._on_returned, self._on_error,
                                      self._on_finished)
         return self.worker
@@ -343,6 +509,19 @@ class LocalizeWidget(CancellableRun, Container):
         done, total = value
         self.progress_values.append((done, total))
         self._advance(done)
+        if done == 0:
+            return
+        _KERNELS_READY.set()
+        now = time.perf_counter()
+        if self._t0 is None:  # rate from the second chunk on: the first one may include compiling
+            self._t0 = (now, done)
+            rate = done / max(now - self._t_start, 1e-9)
+        else:
+            rate = (done - self._t0[1]) / max(now - self._t0[0], 1e-9)
+        left = (total - done) / rate if rate > 0 else float("nan")
+        self.progress_bar.setRange(0, max(total, 1))
+        self.progress_bar.setValue(done)
+        self.progress_bar.setFormat(f"%v / %m frames, {rate:,.0f} frames/s, {_duration(left)} left")
         self.status.value = f"localizing: {done} / {total} frames"
 
     def _on_returned(self, value):
@@ -356,19 +535,23 @@ class LocalizeWidget(CancellableRun, Container):
         self.session.result = result
         self._show_result(result)
         if paths is None:
-            self.files.value = "not written: this layer has no movie file; save the localizations layer " \
-                               "with File > Save Selected Layers (.hdf5)"
+            self.files.value = "not written (the layer has no file): File > Save Selected Layers (.hdf5)"
             show_info("napari-localize: the movie layer has no file, so no _locs.hdf5 was written beside it")
         else:
             self.files.value = f"written: {paths[0]}\n{os.path.basename(paths[1])}"
-        self.status.value = f"{len(locs)} localizations in {stats.frames} frames"
-        if "z" in locs.dtype.names:
-            self.status.value = f"{len(locs)} 3D localizations in {stats.frames} frames"
+        self.status.value = result_summary(stats, len(locs), "z" in locs.dtype.names)
+        self.progress_bar.setFormat("%v / %m frames, done")
         self.session.result_changed.emit(result)
 
     def _on_error(self, exc):
         self.status.value = f"failed: {exc}"
         show_error(f"napari-localize: localization failed: {exc}")
+
+    def _on_finished(self):
+        super()._on_finished()
+        if self.progress_bar.maximum() == 0:
+            self.progress_bar.setRange(0, 1)
+
 
     # -- results ------------------------------------------------------------------------------
     def _show_result(self, result: LocalizeResult):
@@ -424,12 +607,12 @@ WIDGETS = (("Identification", IdentifyWidget), ("Photon conversion", PhotonWidge
 
 
 def dock_all(viewer) -> dict:
-    """Dock the panels (and the 3D panel) on the right of ``viewer``; return them by title."""
-    from ._zwidget import ZWidget
+    """Dock the one napari-localize panel (every step, see :mod:`._panel`) on the right of ``viewer``.
 
-    docked = {}
-    for title, cls in (*WIDGETS, (ZWidget.title, ZWidget)):
-        widget = cls(viewer)
-        viewer.window.add_dock_widget(widget, name=title, area="right", tabify=False)
-        docked[title] = widget
-    return docked
+    Returns its sections by their stand-alone titles ("Identification", "Photon conversion", "Fit",
+    "Localize", "3D (astigmatism)", "Batch (folder)") and the panel itself as ``"panel"``.
+    """
+    from ._panel import dock_panel
+
+    panel = dock_panel(viewer)
+    return {**panel.widgets, "panel": panel}

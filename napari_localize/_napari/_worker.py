@@ -1,11 +1,11 @@
 """Localize in a napari ``thread_worker``: progress per chunk, a working Cancel, files written only on success.
 
-The generator :func:`localize_steps` is the whole run. It yields ``(frames_done, frames_total)`` after each
-chunk of :func:`~napari_localize.core.pipeline.iter_localize` and returns the result; the heavy work is numba
-code that releases the GIL, so the viewer stays responsive. Cancel sets a :class:`CancelToken` that the
-pipeline checks before every chunk; the chunks are small (see :data:`GUI_CHUNK_PIXELS`) so a cancel lands
-within a fraction of a second, and ``save_locs`` is only reached after the last chunk, so a cancelled run
-writes nothing. With ``NAPARI_LOCALIZE_SYNC=1`` the same generator runs on the calling thread (tests).
+The generator :func:`localize_steps` is the whole run: it drives the one run of :mod:`napari_localize.core.run`
+into memory (and, for a movie with a file, into the streamed ``_locs.hdf5`` beside it), yields
+``(frames_done, frames_total)`` after each chunk and returns the result. The heavy work is numba code that releases
+the GIL, so the viewer stays responsive. Cancel sets a :class:`CancelToken` that the run checks before every chunk;
+the chunks are small (see :data:`GUI_CHUNK_PIXELS`) so a cancel lands within a fraction of a second, and the file is
+only published after the last chunk, so a cancelled run writes nothing.
 """
 
 from __future__ import annotations
@@ -19,13 +19,8 @@ from ..core.pipeline import CancelToken, LocalizeCancelled, chunk_frames_for
 from ..core.run import MemorySink, TeeSink, ZRun, run_dtype, run_steps
 from ..io.locs import LocsWriter, locs_paths
 
-SYNC_ENV = "NAPARI_LOCALIZE_SYNC"
 #: pixels per chunk in the viewer: 1 Mpx (64 frames of 128x128) keeps cancel and progress prompt
 GUI_CHUNK_PIXELS = 1 << 20
-
-
-def run_synchronously() -> bool:
-    return os.environ.get(SYNC_ENV, "").strip().lower() in ("1", "true", "yes")
 
 
 class Cancelled:
@@ -33,7 +28,7 @@ class Cancelled:
 
 
 def localize_steps(movie, p, cancel: CancelToken, movie_path: str | None, chunk_frames: int | None = None,
-                   close_movie: bool = False, z=None):
+                   close_movie: bool = False, z=None, suffix: str = ""):
     """Generator: localize ``movie`` with ``p``, yielding ``(frames_done, frames_total)`` per chunk.
 
     Returns ``(locs, info, stats, paths)``; ``paths`` is ``None`` when ``movie_path`` is ``None`` (nothing
@@ -41,15 +36,16 @@ def localize_steps(movie, p, cancel: CancelToken, movie_path: str | None, chunk_
     :class:`Cancelled` instance if ``cancel`` was set before the end. ``close_movie``: close ``movie`` when
     done, whatever the outcome. ``z``: ``(calibration, z_options, calibration_path)`` for a 3D run
     (:func:`~napari_localize.api.iter_localize_3d`, the code of ``localize_movie_3d``), ``None`` for 2D.
+    ``suffix``: file names ``<movie><suffix>_locs.hdf5`` (as ``localize --suffix``).
     """
     try:
-        return (yield from _localize_steps(movie, p, cancel, movie_path, chunk_frames, z))
+        return (yield from _localize_steps(movie, p, cancel, movie_path, chunk_frames, z, suffix))
     finally:
         if close_movie:
             movie.close()
 
 
-def _localize_steps(movie, p, cancel, movie_path, chunk_frames, z=None):
+def _localize_steps(movie, p, cancel, movie_path, chunk_frames, z=None, suffix=""):
     # the one run (core/run.py) into memory, and with a movie path also into the streamed _locs.hdf5 beside it
     n_frames, height, width = movie.shape
     p.validate(n_frames, height, width)
@@ -57,7 +53,7 @@ def _localize_steps(movie, p, cancel, movie_path, chunk_frames, z=None):
     zrun = None if z is None else ZRun(*z)
     sink = MemorySink(run_dtype(p, zrun))
     if movie_path is not None:
-        sink = TeeSink(sink, LocsWriter(locs_paths(movie_path)[0], sink.dtype))
+        sink = TeeSink(sink, LocsWriter(locs_paths(movie_path, suffix)[0], sink.dtype))
     try:
         res = yield from run_steps(movie, p, sink, zrun, cancel, step)
     except LocalizeCancelled:
@@ -140,39 +136,8 @@ def calibrate_spline_steps(movie, p, step_nm: float, options, cancel: CancelToke
             movie.close()
 
 
-class SyncWorker:
-    """Runs a generator on the calling thread with the signals of napari's GeneratorWorker that we use."""
-
-    def __init__(self, gen, on_yield, on_return, on_error, on_finish):
-        self._gen = gen
-        self._cb = (on_yield, on_return, on_error, on_finish)
-        self.abort_requested = False
-
-    def quit(self):
-        self.abort_requested = True
-
-    def start(self):
-        on_yield, on_return, on_error, on_finish = self._cb
-        try:
-            while True:
-                try:
-                    value = next(self._gen)
-                except StopIteration as stop:
-                    on_return(stop.value)
-                    break
-                on_yield(value)
-        except Exception as exc:  # noqa: BLE001  (reported to the user like the threaded path does)
-            on_error(exc)
-        finally:
-            on_finish()
-
-
 def start_localize(gen, on_yield, on_return, on_error, on_finish):
-    """Run ``gen`` in a napari thread worker (or synchronously if :data:`SYNC_ENV` is set); return the worker."""
-    if run_synchronously():
-        worker = SyncWorker(gen, on_yield, on_return, on_error, on_finish)
-        worker.start()
-        return worker
+    """Run ``gen`` in a napari thread worker (napari's activity dock shows it); return the started worker."""
     from napari.qt.threading import thread_worker
 
     @thread_worker(start_thread=False)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 
-@njit(cache=True, nogil=True, parallel=True)
+# a copy of a few MB per chunk: one thread keeps up with the fit, and a serial loop compiles in a fraction of
+# the time of a parallel one (first run after installing)
+@njit(cache=True, nogil=True)
 def _cut(frames, local_frame, y, x, r, out):
-    for n in prange(local_frame.shape[0]):
+    for n in range(local_frame.shape[0]):
         f = local_frame[n]
         for k in range(2 * r + 1):
             for m in range(2 * r + 1):

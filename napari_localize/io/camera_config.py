@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import sys
 from pathlib import Path
 
 import yaml
@@ -35,21 +34,17 @@ APP_NAME = "napari-localize"
 
 # ------------------------------------------------------------------------------------------------ discovery
 def user_config_dir() -> Path:
-    """The user's napari-localize config folder.
+    """The user's napari-localize config folder: camera configs and the panel's saved parameters live here.
 
-    ``$NAPARI_LOCALIZE_CONFIG_DIR`` if set; else ``%APPDATA%\\napari-localize`` on Windows,
-    ``~/Library/Application Support/napari-localize`` on macOS and ``$XDG_CONFIG_HOME/napari-localize``
-    (default ``~/.config``) elsewhere.
+    ``$NAPARI_LOCALIZE_CONFIG_DIR`` if set; else the platform's user config folder from :mod:`platformdirs`:
+    ``$XDG_CONFIG_HOME/napari-localize`` (default ``~/.config``) on Linux,
+    ``~/Library/Application Support/napari-localize`` on macOS, ``%APPDATA%\\napari-localize`` on Windows.
     """
     if os.environ.get(ENV_CONFIG_DIR):
         return Path(os.environ[ENV_CONFIG_DIR])
-    if sys.platform.startswith("win"):
-        base = os.environ.get("APPDATA") or os.path.join(Path.home(), "AppData", "Roaming")
-    elif sys.platform == "darwin":
-        base = os.path.join(Path.home(), "Library", "Application Support")
-    else:
-        base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(Path.home(), ".config")
-    return Path(base) / APP_NAME
+    import platformdirs
+
+    return Path(platformdirs.user_config_dir(APP_NAME, appauthor=False, roaming=True))
 
 
 def picasso_config_path(package: str = "picasso") -> Path | None:

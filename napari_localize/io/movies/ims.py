@@ -38,7 +38,7 @@ def _num(obj, name):
 
 
 def _sorted_groups(group, prefix):
-    names = [n for n in group.keys() if n.startswith(prefix)]
+    names = [n for n in group if n.startswith(prefix)]
     return sorted(names, key=lambda n: int(re.sub(r"\D", "", n) or 0))
 
 
@@ -86,7 +86,7 @@ class ImsMovie(Movie):
             raise MovieError(f"{self.path}: the file has no channels")
         info_group = h5.get("DataSetInfo")
         names = []
-        for k, ch in enumerate(channels):
+        for k, _ch in enumerate(channels):
             grp = info_group.get(f"Channel {k}") if info_group is not None else None
             names.append(_attr(grp, "Name") or str(k))
         if channel is None and len(channels) > 1:

@@ -72,7 +72,7 @@ def flatten_propval(meta) -> dict:
             else:
                 continue
         if isinstance(value, (list, tuple)):
-            value = [v for v in value]
+            value = list(value)
         flat[str(key)] = value
     return flat
 

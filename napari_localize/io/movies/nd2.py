@@ -86,7 +86,7 @@ class Nd2Movie(Movie):
         for a in seq_axes:
             full.append(np.full(frames, pi) if a == "P" else next(gi))
         self._seq = np.ravel_multi_index(full, seq_shape).astype(np.intp) if seq_axes else np.zeros(1, np.intp)
-        self._c_axis = list(k for k in sizes if k not in seq_axes and k not in ("Y", "X", "S")).index("C") \
+        self._c_axis = [k for k in sizes if k not in seq_axes and k not in ("Y", "X", "S")].index("C") \
             if "C" in sizes else None
         self._ci = ci
         height, width = sizes["Y"], sizes["X"]
@@ -97,7 +97,7 @@ class Nd2Movie(Movie):
         text = f.text_info or {}
         camera, mm = nd2_camera_metadata(text)
         extra = {"Camera": camera or "None", "Micro-Manager Metadata": mm,
-                 "nd2 Metadata": plain({k: v for k, v in text.items()})}
+                 "nd2 Metadata": plain(dict(text.items()))}
         try:
             vx = f.voxel_size()
             if vx.x and vx.x > 0:

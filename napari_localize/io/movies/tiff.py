@@ -253,6 +253,23 @@ class TiffMovie(Movie):
             return None
         return None
 
+    def _ndtiff_channel_names(self, n: int) -> list[str]:
+        """NDTiff keeps channel names only per image (tag 51123 ``Axes: {"channel": NAME}``): the first ``n``
+        distinct names, in page order (the first pages suffice when the channel axis is inside the time axis)."""
+        names: list[str] = []
+        pages = self._tif.pages
+        for i in range(min(len(pages), 64 * n)):
+            tag = pages[i].tags.get(51123) if hasattr(pages[i], "tags") else None
+            axes = tag.value.get("Axes") if tag is not None and isinstance(tag.value, dict) else None
+            name = axes.get("channel") if isinstance(axes, dict) else None
+            if name is None:
+                return []
+            if str(name) not in names:
+                names.append(str(name))
+                if len(names) == n:
+                    return names
+        return []
+
     def _choice_names(self, outer_axes, outer_shape):
         mm = self._tif.micromanager_metadata or {}
         summary = mm.get("Summary") if isinstance(mm.get("Summary"), dict) else {}
@@ -262,6 +279,8 @@ class TiffMovie(Movie):
             names = summary.get("ChNames") if isinstance(summary.get("ChNames"), list) else None
             if not names and self._tif.is_ome:
                 names = re.findall(r'<Channel [^>]*?Name="([^"]*)"', self._tif.ome_metadata or "")
+            if not names and self._tif.is_micromanager:
+                names = self._ndtiff_channel_names(n)
             if names and len(names) >= n:
                 ch = [str(x) for x in names[:n]]
             elif outer_axes != _CHANNEL_AXES:

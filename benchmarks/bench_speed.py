@@ -1,0 +1,143 @@
+"""Speed (issue 18): napari-localize against picassosr on one simulated movie, with the cold start.
+
+1. **Cold start**: the quick-start of the README (``napari-localize simulate demo.ome.tif`` then ``napari-localize
+   localize demo.ome.tif --baseline 100 --min-net-gradient 1200``) with an empty numba cache (NUMBA_CACHE_DIR
+   set to a new folder: the first run after installing), then once more with that cache (every later run).
+2. **Both tools on the same movie** (default: the issue's 1.05 GB movie, 8000 frames of 256x256 px, ~55 spots per
+   frame), each fit method, same box, threshold and camera conversion, numba cache warm for ours; picassosr
+   compiles in every run. Per run: wall time, CPU time (user + system, all threads), peak memory (max RSS),
+   localizations, the ratio to picassosr, napari-localize's own time split (read / identify / fit / write,
+   seconds summed over chunks; reading runs in a background thread) and its fits per second per core (spots
+   fitted / fit seconds / cores).
+
+Every number comes from separate processes started by this script, one after the other. On a shared machine
+the CPU times are the steadier ones; the ratios are only meaningful when both tools ran under the same load.
+
+    python benchmarks/bench_speed.py [--frames 8000] [--size 256] [--methods lq mle] [--no-picasso] [--workdir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+CAMERA = ["--baseline", "100", "--min-net-gradient", "1200"]
+PICASSO_CAMERA = ["-b", "7", "-g", "1200", "-bl", "100", "-s", "1", "-ga", "1", "-d", "0"]
+
+
+def run(cmd, env=None, cwd=None):
+    """Run ``cmd``; return wall s, CPU s (user + system), peak RSS MiB and its output."""
+    t = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=cwd)
+    out_bytes = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t
+    out = out_bytes.decode(errors="replace")
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{out[-3000:]}")
+    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024.0, out
+
+
+def time_split(output: str) -> dict:
+    m = re.search(r"\[read ([\d.]+) s, identify ([\d.]+) s, fit ([\d.]+) s, write ([\d.]+) s\]", output)
+    return dict(zip(("read", "identify", "fit", "write"), map(float, m.groups()))) if m else {}
+
+
+def spots_fitted(output: str) -> int | None:
+    m = re.search(r"\((\d+) spots", output)
+    return int(m.group(1)) if m else None
+
+
+def count_locs(path) -> int:
+    import h5py
+
+    with h5py.File(path, "r") as fh:
+        return len(fh["locs"])
+
+
+def cold_start(py, work):
+    """(cold, warm) runs of the quick-start, each (wall, cpu, rss, output)."""
+    demo = os.path.join(work, "demo.ome.tif")
+    subprocess.run([py, "-m", "napari_localize.cli", "simulate", demo], check=True, stdout=subprocess.DEVNULL)
+    cache = tempfile.mkdtemp(prefix="numba-cache-", dir=work)
+    env = dict(os.environ, NUMBA_CACHE_DIR=cache)
+    cmd = [py, "-m", "napari_localize.cli", "localize", demo, *CAMERA]
+    return run(cmd, env), run(cmd, env)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--frames", type=int, default=8000)
+    ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--spots", type=float, default=55, help="mean spots per frame (Poisson)")
+    ap.add_argument("--methods", nargs="+", default=["lq", "mle"])
+    ap.add_argument("--no-picasso", action="store_true", help="only napari-localize")
+    ap.add_argument("--no-cold", action="store_true", help="skip the cold-start measurement")
+    ap.add_argument("--workdir", help="keep files here (default: a temporary folder, removed)")
+    args = ap.parse_args(argv)
+    py = sys.executable
+    cores = os.cpu_count() or 1
+    work = args.workdir or tempfile.mkdtemp(prefix="bench-speed-")
+    os.makedirs(work, exist_ok=True)
+    print(f"machine: {platform.machine()} {platform.processor()}, {cores} cores, python {platform.python_version()},"
+          f" load average at start {os.getloadavg()[0]:.1f}")
+    try:
+        if not args.no_cold:
+            cold, warm = cold_start(py, work)
+            print("cold start (quick-start movie 1000x128x128, `localize demo.ome.tif --baseline 100 "
+                  "--min-net-gradient 1200`):")
+            for label, (wall, cpu, rss, out) in (("empty numba cache", cold), ("warm cache", warm)):
+                split = time_split(out)
+                print(f"  {label:18} wall {wall:6.2f} s  CPU {cpu:6.2f} s  peak {rss:5.0f} MiB  "
+                      f"[identify {split.get('identify', 0):.2f} s, fit {split.get('fit', 0):.2f} s]")
+            print(f"  compile cost (cold - warm): wall {cold[0] - warm[0]:.2f} s, CPU {cold[1] - warm[1]:.2f} s")
+
+        movie = os.path.join(work, "m.ome.tif")
+        subprocess.run([py, "-m", "napari_localize.cli", "simulate", movie, "--frames", str(args.frames),
+                        "--height", str(args.size), "--width", str(args.size), "--spots-per-frame", str(args.spots),
+                        "--poisson-count", "--seed", "7"], check=True, stdout=subprocess.DEVNULL)
+        gb = os.path.getsize(movie) / 1e9
+        # one untimed run fills our numba cache (the cold start above used its own)
+        run([py, "-m", "napari_localize.cli", "localize", movie, *CAMERA, "--fit-method", args.methods[0],
+             "--frames", "0", "64", "--suffix", "_warmup"])
+        print(f"\nmovie: {args.frames} frames of {args.size}x{args.size} px uint16 ({gb:.2f} GB), "
+              f"{args.spots:g} spots/frame; box 7, min net gradient 1200, baseline 100")
+        print(f"{'method':6} {'tool':16} {'wall s':>7} {'CPU s':>7} {'peak MiB':>8} {'locs':>8} {'wall x':>6} "
+              f"{'CPU x':>6} {'mem x':>6}  time split (ours)")
+        for method in args.methods:
+            results = {}
+            ours = [py, "-m", "napari_localize.cli", "localize", movie, *CAMERA, "--fit-method", method,
+                    "--suffix", "_ours"]
+            pic = [py, "-m", "picasso", "localize", movie, "-a", method, *PICASSO_CAMERA, "-sf", "_picasso"]
+            for tool, cmd, suffix in (("napari-localize", ours, "_ours"), ("picassosr", pic, "_picasso")):
+                if tool == "picassosr" and args.no_picasso:
+                    continue
+                wall, cpu, rss, out = run(cmd)
+                results[tool] = (wall, cpu, rss, count_locs(os.path.join(work, f"m.ome{suffix}_locs.hdf5")), out)
+            ref = results.get("picassosr")
+            for tool, (wall, cpu, rss, nlocs, out) in results.items():
+                ratio = f"{wall / ref[0]:6.2f} {cpu / ref[1]:6.2f} {rss / ref[2]:6.2f}" if ref else " " * 20
+                detail = ""
+                if tool == "napari-localize":
+                    s = time_split(out)
+                    fitted = spots_fitted(out) or nlocs
+                    rate = fitted / (s["fit"] * cores) if s.get("fit") else float("nan")
+                    detail = (f"  read {s['read']:.2f} identify {s['identify']:.2f} fit {s['fit']:.2f} "
+                              f"write {s['write']:.2f} s; {rate:,.0f} fits/s/core; "
+                              f"identify {s['identify'] / (args.frames * args.size ** 2 / 1e6) * 1e3:.2f} ms/Mpx")
+                print(f"{method:6} {tool:16} {wall:7.2f} {cpu:7.2f} {rss:8.0f} {nlocs:8d} {ratio}{detail}",
+                      flush=True)
+    finally:
+        if not args.workdir:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
