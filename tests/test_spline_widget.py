@@ -86,7 +86,7 @@ def test_calibrate_spline_from_the_open_stack_and_fit_z(make_napari_viewer, tmp_
     zw.fit_z.value = True
     assert session.wants_3d()
     run_and_wait(qtbot, loc.run, timeout=600_000)
-    assert "3D localizations" in loc.status.value, loc.status.value
+    assert "fitted in 3D" in loc.status.value, loc.status.value
     with h5py.File(tmp_path / "blink.ome_locs.hdf5") as f:
         gui = f["locs"][...]
     out = tmp_path / "cli"

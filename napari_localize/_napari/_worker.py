@@ -11,8 +11,8 @@ only published after the last chunk, so a cancelled run writes nothing.
 from __future__ import annotations
 
 import os
-import numpy as np
 
+import numpy as np
 
 from ..api import calibrate_z_steps
 from ..core.pipeline import CancelToken, LocalizeCancelled, chunk_frames_for

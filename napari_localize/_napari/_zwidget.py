@@ -31,12 +31,12 @@ from magicgui.widgets import (
 )
 from napari.utils.notifications import show_error, show_info, show_warning
 
-from ..core.zfit import DEFAULT_MAGNIFICATION, ZFitOptions
 from ..core.spline import SplinePSF
+from ..core.zfit import DEFAULT_MAGNIFICATION, ZFitOptions
 from ..io.calibration import load_calibration
 from ..io.spline_calibration import is_spline_calibration_path, load_spline_calibration
 from ._state import session_for
-from ._worker import CancellableRun, Cancelled, calibrate_steps, calibrate_spline_steps, start_localize
+from ._worker import CancellableRun, Cancelled, calibrate_spline_steps, calibrate_steps, start_localize
 
 MODEL_CHOICES = [("polynomial widths (astigmatism)", "poly"), ("spline PSF (experimental)", "spline")]
 

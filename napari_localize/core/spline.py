@@ -84,8 +84,11 @@ def spline_coefficients(volume: np.ndarray) -> np.ndarray:
 # the jitted evaluation lives in the engine (numba cache rule: jitted code calls jitted code of other modules
 # only inside core/engine/), so the fit and everything else evaluate the same source
 from .engine.splines import (  # noqa: E402
-    eval2d_serial, eval3d_parallel, eval3d_serial, spline2d_eval, spline3d_eval,
+    eval2d_serial,
+    eval3d_parallel,
+    eval3d_serial,
 )
+
 
 def evaluate(coefficients: np.ndarray, sx, sy, sz=None) -> np.ndarray:
     """Value and derivatives at spline coordinates (arrays): ``(n, 4)`` = value, d/dsx, d/dsy, d/dsz."""

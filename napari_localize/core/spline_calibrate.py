@@ -175,7 +175,7 @@ def fit_shift(data, valid, coef, cz_offsets, start, max_iterations=30, fix_z=Fal
         r = data[use] - (t[0] * out[:, 0] + t[4])
         return float(r @ r) / len(r), out, r, use
 
-    c0, out, r, use = cost(theta)
+    c0, out, r, _ = cost(theta)
     if not np.isfinite(c0):
         return theta, float("nan"), False
     ok = True
@@ -195,11 +195,11 @@ def fit_shift(data, valid, coef, cz_offsets, start, max_iterations=30, fix_z=Fal
             t2 = theta.copy()
             t2[free] += step
             t2[3] = np.clip(t2[3], dz_bounds[0], dz_bounds[1])
-            c2, out2, r2, use2 = cost(t2)
+            c2, out2, r2, _ = cost(t2)
             if c2 <= c0:
                 improved = True
                 delta = np.abs(t2 - theta)
-                theta, c0, out, r, use = t2, c2, out2, r2, use2
+                theta, c0, out, r = t2, c2, out2, r2
                 break
         if not improved or not ok:
             break
@@ -312,7 +312,7 @@ def calibrate_spline(frames, params, step_nm: float, options: SplineCalibrationO
     good = np.ones(nb, bool)
     rms = np.full(nb, np.nan)
     why = [""] * nb
-    for rnd in range(max(1, o.registration_rounds)):
+    for _round in range(max(1, o.registration_rounds)):
         tmask = np.isfinite(template)
         tfill = _fill_z(template, tmask)
         coef = spline_coefficients(tfill if reg3d else tfill[0])

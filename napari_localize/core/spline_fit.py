@@ -17,7 +17,17 @@ from dataclasses import dataclass
 import numpy as np
 
 from .engine import (
-    IB, IN, IX, IY, IZ, MODEL_SPLINE_2D, MODEL_SPLINE_Z, NOISE_LSQ, NOISE_POISSON, default_bounds, fit_boxes,
+    IB,
+    IN,
+    IX,
+    IY,
+    IZ,
+    MODEL_SPLINE_2D,
+    MODEL_SPLINE_Z,
+    NOISE_LSQ,
+    NOISE_POISSON,
+    default_bounds,
+    fit_boxes,
     spline_aux,
 )
 from .spline import SplinePSF
@@ -216,7 +226,7 @@ def localize_frames_spline(frames, p, psf: SplinePSF, first_frame: int = 0, stat
 
     from .camera import adu_to_photons
     from .identify import identify
-    from .locs import ellipticity, sane
+    from .locs import sane
     from .pipeline import LocalizeStats
     from .spots import cut_spots
 

@@ -16,14 +16,32 @@ from . import _cache
 _cache.install()  # before any kernel of the package is compiled or loaded from the cache
 
 from .models import (  # noqa: E402
-    IB, IN, ISX, ISY, IX, IY, IZ, MAX_PARAMS, MODEL_ASTIG_Z, MODEL_GAUSS, MODEL_GAUSS_FIXED, MODEL_NAMES,
-    MODEL_SPLINE_2D, MODEL_SPLINE_Z, SIGMA_MIN, SPLINE_HEADER, astig_aux, default_bounds, spline_aux,
+    IB,
+    IN,
+    ISX,
+    ISY,
+    IX,
+    IY,
+    IZ,
+    MAX_PARAMS,
+    MODEL_ASTIG_Z,
+    MODEL_GAUSS,
+    MODEL_GAUSS_FIXED,
+    MODEL_NAMES,
+    MODEL_SPLINE_2D,
+    MODEL_SPLINE_Z,
+    SIGMA_MIN,
+    SPLINE_HEADER,
+    astig_aux,
+    default_bounds,
+    spline_aux,
 )
 from .noise import NOISE_LSQ, NOISE_NAMES, NOISE_POISSON, NOISE_SCMOS, NOISE_WLSQ  # noqa: E402
 
 __all__ = [
     "FitResult", "fit_boxes", "curvature", "default_bounds", "astig_aux", "MODEL_GAUSS", "MODEL_GAUSS_FIXED",
-    "MODEL_ASTIG_Z", "MODEL_SPLINE_Z", "MODEL_SPLINE_2D", "spline_aux", "NOISE_POISSON", "NOISE_LSQ", "NOISE_WLSQ", "NOISE_SCMOS", "IX", "IY", "IN", "IB", "ISX",
+    "MODEL_ASTIG_Z", "MODEL_SPLINE_Z", "MODEL_SPLINE_2D", "spline_aux",
+    "NOISE_POISSON", "NOISE_LSQ", "NOISE_WLSQ", "NOISE_SCMOS", "IX", "IY", "IN", "IB", "ISX",
     "ISY", "IZ", "MAX_PARAMS", "SIGMA_MIN",
 ]
 

@@ -89,7 +89,7 @@ def n_params(model, aux):
     """Number of fitted parameters of ``model``."""
     if model == MODEL_GAUSS:
         return 6
-    if model == MODEL_GAUSS_FIXED or model == MODEL_SPLINE_2D:
+    if model == MODEL_GAUSS_FIXED or model == MODEL_SPLINE_2D:  # noqa: SIM109 (jitted: no tuple membership)
         return 4
     return 5  # MODEL_ASTIG_Z, MODEL_SPLINE_Z
 
@@ -105,7 +105,7 @@ def prepare(model, theta, box, aux, scratch):
         gauss_rows(theta[IX], aux[0], box, scratch, _EX)
         gauss_rows(theta[IY], aux[1], box, scratch, _EY)
         return True
-    if model == MODEL_SPLINE_Z or model == MODEL_SPLINE_2D:
+    if model == MODEL_SPLINE_Z or model == MODEL_SPLINE_2D:  # noqa: SIM109 (jitted: no tuple membership)
         return True  # nothing per box: the spline is evaluated per pixel
     # MODEL_ASTIG_Z
     c = int(aux[0])
@@ -126,7 +126,7 @@ def pixel(model, theta, k, m, aux, scratch, jrow, with_jac):
 
     :func:`prepare` must have been called at ``theta``. Other light (neighbours) is added by the engine.
     """
-    if model == MODEL_SPLINE_Z or model == MODEL_SPLINE_2D:
+    if model == MODEL_SPLINE_Z or model == MODEL_SPLINE_2D:  # noqa: SIM109 (jitted: no tuple membership)
         return _spline_pixel(model, theta, k, m, aux, jrow, with_jac)
     N = theta[IN]
     ex = scratch[_EX, m]
@@ -182,7 +182,7 @@ def tolerance(model, a, theta, eps):
         return eps * theta[IN]
     if a == IB:
         return eps * _hi(theta[IB], 1.0)
-    if (model == MODEL_ASTIG_Z or model == MODEL_SPLINE_Z) and a == IZ:
+    if (model == MODEL_ASTIG_Z or model == MODEL_SPLINE_Z) and a == IZ:  # noqa: SIM109 (jitted: no tuple membership)
         return Z_TOLERANCE_NM * eps
     return eps
 
@@ -254,7 +254,7 @@ def valid(model, theta, box, aux):
     """Whether a finished fit lies inside the model's domain (else it is not a localization)."""
     if model == MODEL_ASTIG_Z:
         return True
-    if model == MODEL_SPLINE_Z or model == MODEL_SPLINE_2D:
+    if model == MODEL_SPLINE_Z or model == MODEL_SPLINE_2D:  # noqa: SIM109 (jitted: no tuple membership)
         return theta[IN] > 1e-3 * 1.0001
     if theta[IX] < -0.5 or theta[IX] > box - 0.5 or theta[IY] < -0.5 or theta[IY] > box - 0.5:
         return False
