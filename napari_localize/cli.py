@@ -224,6 +224,8 @@ def cmd_localize(args) -> int:
             return open_movie(path, channel=args.channel, position=args.position)
     _set_device(args.device)
     calibration, z_options = _z_setup(args)
+    if args.box_size is None:
+        args.box_size = 7
     config = _camera_config(args)
     if args.regions_separately and calibration is not None:
         raise CliError("--regions-separately runs 2D localization only for now; run 3D (--zcalib) per --roi")
@@ -300,8 +302,13 @@ def _check_flags(args):
              "quantum efficiency": "--qe", "pixel size": "--pixelsize", "minimum net gradient": "--min-net-gradient",
              "box size": "--box-size", "convergence": "--convergence", "max iterations": "--max-iterations",
              "max emitters": "--max-emitters"}
+    import copy
+
+    probe = copy.copy(args)
+    if probe.box_size is None:  # chosen later (a spline calibration brings its own box)
+        probe.box_size = 7
     try:
-        _parameters(args, {}).validate()
+        _parameters(probe, {}).validate()
     except ParameterError as exc:
         flag = flags.get(getattr(exc, "parameter", None))
         if flag is None or getattr(args, flag[2:].replace("-", "_"), None) is None:
@@ -401,13 +408,22 @@ def _z_setup(args):
         return None, None
     from .core.zfit import ZFitOptions
     from .io.calibration import load_calibration
+    from .io.spline_calibration import is_spline_calibration_path, load_spline_calibration
 
     if args.magnification_factor is not None and not args.magnification_factor > 0:
         raise CliError(f"--magnification-factor must be positive, got {args.magnification_factor}")
+    spline = is_spline_calibration_path(args.zcalib)
     try:
-        calibration = load_calibration(args.zcalib, args.magnification_factor)
+        if spline:
+            calibration = load_spline_calibration(args.zcalib, args.magnification_factor)
+        else:
+            calibration = load_calibration(args.zcalib, args.magnification_factor)
     except ValueError as exc:
         raise CliError(f"--zcalib {exc}") from None
+    if spline:
+        _check_spline_options(args, calibration)
+    elif args.box_size is None:
+        args.box_size = 7
     options = ZFitOptions(method=args.z_method, filter=args.z_filter, extrapolation=args.z_extrapolation,
                           drop_out_of_range=args.z_drop_out_of_range, box_size=args.z_box_size,
                           neighbours=not args.z_no_neighbours, max_gof=args.z_max_gof)
@@ -418,9 +434,38 @@ def _z_setup(args):
     return calibration, options
 
 
+def _check_spline_options(args, psf):
+    """What a spline PSF calibration changes: the box (default the calibration's) and the z options that apply."""
+    for notice in psf.notices:
+        print(f"napari-localize: note: --zcalib {args.zcalib}: {notice}", file=sys.stderr)
+    if args.box_size is None:
+        args.box_size = int(psf.box)
+    grid = psf.n_nodes[-1]
+    if args.box_size > grid:
+        raise CliError(f"--box-size {args.box_size}: larger than the spline calibration's grid ({grid} px); "
+                       f"use at most {grid if grid % 2 else grid - 1}")
+    if args.fit_method == "avg":
+        raise CliError("--fit-method avg has no PSF: a spline calibration needs mle or lq")
+    if args.z_method != "mle":
+        raise CliError("--z-method huang matches Gaussian widths: with a spline calibration z comes from the "
+                       "spline PSF fit (leave --z-method at mle)")
+    if args.z_filter > 0:
+        raise CliError("--z-filter uses d_zcalib of the astigmatic width fit; a spline fit has none (use "
+                       "--z-max-gof)")
+    if args.z_box_size:
+        raise CliError("--z-box-size: with a spline calibration the fit box is --box-size (default the "
+                       "calibration's)")
+    if getattr(args, "scheduler", None):
+        raise CliError("--scheduler with a spline calibration is not supported yet: run without --scheduler")
+
+
 def _add_z_options(p):
-    g = p.add_argument_group("3D (astigmatism)")
-    g.add_argument("--zcalib", metavar="PATH", help="astigmatic calibration YAML (ours or Picasso's): fit z")
+    g = p.add_argument_group("3D (astigmatism, spline PSF)")
+    g.add_argument("--zcalib", metavar="PATH",
+                   help="z calibration: an astigmatic calibration YAML (ours or Picasso's), or a spline PSF "
+                        "calibration .hdf5 (ours or Picasso's spline-calibrate): fit z. A spline calibration "
+                        "fits x, y, z, photons, bg with the experimental PSF (--fit-method mle or lq) in boxes "
+                        "of --box-size, default the calibration's")
     g.add_argument("--magnification-factor", type=float,
                    help="actual/calibration height factor (default: the calibration's, else 0.79)")
     g.add_argument("--z-method", choices=("mle", "huang"), default="mle",
@@ -442,7 +487,7 @@ def _add_z_options(p):
                         "N(0,1) for one clean spot) above this; 0 keeps all (default 0)")
 
 
-def _add_parameter_options(p, frames_help: str):
+def _add_parameter_options(p, frames_help: str, box_default=7, box_help="odd box side length in pixels (default 7)"):
     """Identification, photon-conversion and fit options shared by localize and calibrate-z.
 
     Returns the photon-conversion group, so a command can add its camera options to it.
@@ -450,7 +495,7 @@ def _add_parameter_options(p, frames_help: str):
     from .core.parameters import FIT_METHODS
 
     g = p.add_argument_group("identification")
-    g.add_argument("--box-size", type=int, default=7, help="odd box side length in pixels (default 7)")
+    g.add_argument("--box-size", type=int, default=box_default, help=box_help)
     g.add_argument("--min-net-gradient", type=float, action="append",
                    help="keep spots whose net gradient (camera counts) is greater than this (default 5000); "
                         "with --regions-separately one per --roi may be given")
@@ -487,7 +532,9 @@ def add_localize_parser(sub):
                    help="channel to localize in multi-channel movies (required there; the error lists them)")
     p.add_argument("--position", type=int, metavar="INT",
                    help="stage position to localize in multi-position acquisitions (required there)")
-    photon = _add_parameter_options(p, frames_help="0-based inclusive frame range")
+    photon = _add_parameter_options(p, frames_help="0-based inclusive frame range", box_default=None,
+                                    box_help="odd box side length in pixels (default 7; with a spline "
+                                             "calibration, the calibration's box)")
     photon.add_argument("--camera-config", metavar="PATH",
                         help="camera config (Picasso's config.yaml schema); default: $NAPARI_LOCALIZE_CAMERA_CONFIG, "
                              "the user's camera_config.yaml, else Picasso's config.yaml. Values not given as "
@@ -536,8 +583,6 @@ def add_localize_parser(sub):
 
 # ------------------------------------------------------------------------------------------------ calibrate-z
 def cmd_calibrate_z(args) -> int:
-    from .api import calibrate_z_stack
-    from .io.calibration import calibration_paths, plot_calibration, save_calibration
     from .io.movies import open_movie
 
     stack = args.stack
@@ -557,6 +602,15 @@ def cmd_calibrate_z(args) -> int:
         if isinstance(getattr(args, name), list) and len(getattr(args, name)) > 1:
             raise CliError(f"calibrate-z takes one --{name.replace('_', '-')}")
     frames = tuple(args.frames[0]) if args.frames else None
+    if args.model == "spline":
+        return _calibrate_spline(args, frames)
+    if args.dimensions != "3d":
+        raise CliError("--dimensions 2d applies to --model spline only")
+    from .api import calibrate_z_stack
+    from .io.calibration import calibration_paths, plot_calibration, save_calibration
+
+    if args.box_size is None:
+        args.box_size = 7
     yaml_path = args.output or calibration_paths(stack)[0]
     if not yaml_path.lower().endswith((".yaml", ".yml")):
         raise CliError(f"--output {yaml_path}: the calibration is written as .yaml")
@@ -593,24 +647,78 @@ def cmd_calibrate_z(args) -> int:
     return 0
 
 
+#: default fit box of a spline calibration (its grid is 2 pixels wider)
+SPLINE_BOX = 13
+
+
+def _calibrate_spline(args, frames=None) -> int:
+    from .core.spline_calibrate import SplineCalibrationOptions, calibrate_spline
+    from .io.movies import open_movie
+    from .io.spline_calibration import plot_spline_calibration, save_spline_calibration, spline_calibration_paths
+
+    stack = args.stack
+    if args.pooled:
+        raise CliError("--pooled applies to --model poly only")
+    out = args.output or spline_calibration_paths(stack)[0]
+    if not out.lower().endswith((".hdf5", ".h5")):
+        raise CliError(f"--output {out}: a spline calibration is written as .hdf5")
+    if not os.path.isdir(os.path.dirname(os.path.abspath(out))):
+        raise CliError(f"--output {out}: the folder does not exist")
+    if args.box_size is None:
+        args.box_size = SPLINE_BOX
+    options = SplineCalibrationOptions(
+        box_size=args.box_size, frames_per_step=args.frames_per_step, frame_order=args.frame_order,
+        frame_bounds=frames, dimensions=args.dimensions,
+        magnification_factor=args.magnification_factor)
+    try:
+        options.validate()
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    with open_movie(stack) as movie:
+        p = _parameters(args, movie.info)
+        p.validate(*movie.shape)
+        psf = calibrate_spline(movie, p, args.step_nm, options, path=os.path.abspath(stack))
+    save_spline_calibration(out, psf)
+    png_path = os.path.splitext(out)[0] + ".png"
+    plot_spline_calibration(psf, png_path)
+    d = psf.diagnostics
+    lo, hi = psf.z_range
+    span = f"calibrated {lo:g} .. {hi:g} nm; " if psf.is_3d else ""
+    prec = (f"calibration z precision {d.get('z_precision_nm', float('nan')):.1f} nm (RMSE of its own bead "
+            "slices) " if psf.is_3d else "")
+    print(f"{stack}: {d.get('method', '')}; {span}{prec}-> {out}, {png_path}")
+    return 0
+
+
 def add_calibrate_parser(sub):
-    p = sub.add_parser("calibrate-z", help="astigmatic z calibration from a bead z-stack (Picasso's YAML + PNG)",
-                       description="Localize a bead z-stack, fit degree-6 polynomials to the widths sx(z), "
-                                   "sy(z) and write Picasso's calibration YAML and a PNG of the fit.")
+    p = sub.add_parser("calibrate-z", help="z calibration from a bead z-stack: astigmatic polynomials (YAML) "
+                                           "or an experimental cubic-spline PSF (HDF5), with a PNG",
+                       description="Calibrate from a bead z-stack. --model poly (default): localize it, fit "
+                                   "degree-6 polynomials to the widths sx(z), sy(z) and write Picasso's "
+                                   "calibration YAML. --model spline: register and average the beads into an "
+                                   "experimental PSF and write its cubic spline as HDF5 (a layout Picasso "
+                                   "reads too). Both write a PNG of the result.")
     p.add_argument("stack", metavar="STACK", help="the bead z-stack movie")
-    p.add_argument("--step-nm", type=float, required=True, help="stage step between frames (nm)")
+    p.add_argument("--step-nm", type=float, required=True, help="stage step between z positions (nm)")
+    p.add_argument("--model", choices=("poly", "spline"), default="poly",
+                   help="poly: astigmatic Gaussian widths (Huang 2008); spline: experimental PSF (default poly)")
+    p.add_argument("--dimensions", choices=("3d", "2d"), default="3d",
+                   help="spline: 3d (z from the PSF shape) or 2d (the in-focus PSF only) (default 3d)")
+    p.add_argument("--frames-per-step", type=int, default=1,
+                   help="frames (fields of view) acquired at each z position (default 1)")
+    p.add_argument("--frame-order", choices=("fov", "z"), default="fov",
+                   help="with --frames-per-step > 1: fov = the fields of view of one z position follow "
+                        "each other; z = each field of view is a whole stack (default fov)")
     p.add_argument("--magnification-factor", type=float, default=0.79,
                    help="actual/calibration height factor stored in the calibration (default 0.79)")
-    p.add_argument("--output", help="calibration YAML to write (default <stack base>_3d_calib.yaml)")
+    p.add_argument("--output", help="calibration to write (default <stack base>_3d_calib.yaml, or "
+                                    "<stack base>_spline_calib.hdf5 for --model spline)")
     p.add_argument("--pooled", action="store_true",
-                   help="pool all spots per frame as Picasso does instead of following each bead")
-    p.add_argument("--frames-per-step", type=int, default=1, metavar="N",
-                   help="frames acquired at each z position (several fields of view; default 1)")
-    p.add_argument("--frame-order", choices=("fov", "z"), default="fov",
-                   help="with several frames per step: fov = the N frames of a step follow each other; "
-                        "z = the whole z scan is repeated N times (default fov)")
+                   help="poly: pool all spots per frame as Picasso does instead of following each bead")
     _add_parameter_options(p, frames_help="calibrate on these frames only (0-based, inclusive): "
-                                          "Picasso's frame bounds")
+                                          "Picasso's frame bounds", box_default=None,
+                           box_help=f"odd box side length in pixels (default 7; spline: {SPLINE_BOX}, the "
+                                    "fit box the calibration is made for)")
     p.set_defaults(func=cmd_calibrate_z)
 
 
@@ -734,9 +842,66 @@ def add_camera_calibrate_parser(sub):
 
 
 # ------------------------------------------------------------------------------------------------ simulate
+def _parse_aberrations(text) -> dict:
+    """``"astigmatism=80,spherical=25"`` (RMS nm; names of :data:`~.core.pupil.ZERNIKE_NOLL` or Noll indices)."""
+    from .core.pupil import ZERNIKE_NOLL
+
+    out = {}
+    if not text:
+        return out
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        name, sep, value = item.partition("=")
+        name = name.strip()
+        if not sep:
+            raise CliError(f"--aberrations: {item!r} is not NAME=NM (e.g. astigmatism=80)")
+        if name not in ZERNIKE_NOLL and not name.isdigit():
+            raise CliError(f"--aberrations: unknown aberration {name!r}; use a Noll index or one of "
+                           f"{', '.join(ZERNIKE_NOLL)}")
+        try:
+            out[name] = float(value)
+        except ValueError:
+            raise CliError(f"--aberrations: {value!r} is not a number (RMS nm)") from None
+    return out
+
+
+def _simulation_parameters(args):
+    from .core.pupil import ASTIGMATIC_3D
+    from .core.simulate import SimulationParameters
+
+    pupil = None
+    if args.psf == "pupil":
+        aberr = dict(ASTIGMATIC_3D) if args.aberrations is None else _parse_aberrations(args.aberrations)
+        pupil = {"na": args.na, "wavelength_nm": args.wavelength, "n_immersion": args.n_immersion,
+                 "pixel_nm": args.pixelsize, "zernike_nm": aberr}
+    elif args.aberrations is not None:
+        raise CliError("--aberrations applies to --psf pupil only")
+    if args.psf == "spline" and not args.spline_calibration:
+        raise CliError("--psf spline needs --spline-calibration CAL.hdf5")
+    if args.z_range is not None and not args.z_range[0] < args.z_range[1]:
+        raise CliError(f"--z-range: LOW must be below HIGH, got {args.z_range}")
+    try:
+        p = SimulationParameters(
+            n_frames=args.frames, height=args.height, width=args.width, spots_per_frame=args.spots_per_frame,
+            photons=args.photons, photon_spread=args.photon_spread, bg=args.bg, sigma=args.sigma,
+            baseline=args.baseline, sensitivity=args.sensitivity, em_gain=args.gain, read_noise=args.read_noise,
+            n_sites=args.sites, seed=args.seed, min_separation=args.min_separation,
+            poisson_count=args.poisson_count, z_range=tuple(args.z_range) if args.z_range else None,
+            psf=args.psf, pupil=pupil, spline_calibration=args.spline_calibration)
+        if pupil is not None:
+            from .core.pupil import PupilPSF
+
+            PupilPSF(**pupil)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    return p
+
+
 def cmd_simulate(args) -> int:
-    from .core.locs import ellipticity
-    from .core.simulate import SimulationParameters, simulate_frames
+    from .core.locs import Z_FIELDS, ellipticity
+    from .core.simulate import simulate_bead_stack, simulate_frames
     from .io.locs import locs_paths, save_locs
     from .io.movies import movie_info
     from .io.movies.write import write_movie
@@ -747,12 +912,7 @@ def cmd_simulate(args) -> int:
     folder = os.path.dirname(os.path.abspath(out))
     if not os.path.isdir(folder):
         raise CliError(f"{out}: the folder {folder} does not exist")
-    p = SimulationParameters(
-        n_frames=args.frames, height=args.height, width=args.width, spots_per_frame=args.spots_per_frame,
-        photons=args.photons, photon_spread=args.photon_spread, bg=args.bg, sigma=args.sigma,
-        baseline=args.baseline, sensitivity=args.sensitivity, em_gain=args.gain, read_noise=args.read_noise,
-        n_sites=args.sites, seed=args.seed, min_separation=args.min_separation, poisson_count=args.poisson_count,
-    )
+    p = _simulation_parameters(args)
     if min(p.n_frames, p.height, p.width) < 1:
         raise CliError("--frames, --height and --width must be positive")
     if args.dark and args.flat is not None:
@@ -770,24 +930,33 @@ def cmd_simulate(args) -> int:
     truths = []
     step = max(1, (8 << 20) // (p.height * p.width))
     bar = ProgressBar("simulate")
-
-    def chunks():
-        for a in range(0, p.n_frames, step):
-            if uniform and camera is not None:
-                from .core.simulate_scmos import flat_field
-
-                mu = 0.0 if args.dark else flat_field((p.height, p.width), args.flat)
-                frames = camera.frames(p.n_frames, mu, p.seed, a, a + step)
-            else:
-                frames, truth = simulate_frames(p, a, a + step, camera=camera)
-                truths.append(truth)
-            bar(min(a + step, p.n_frames), p.n_frames)
-            yield frames
-
     shape = (p.n_frames, p.height, p.width)
-    write_movie(out, chunks(), shape, p.dtype, pixelsize_nm=args.pixelsize,
-                sensor_origin=camera.origin if camera is not None and (
-                    any(camera.origin) or (model.chip_height, model.chip_width) != (p.height, p.width)) else None)
+    if args.beads:
+        if not args.step_nm > 0:
+            raise CliError(f"--step-nm must be positive, got {args.step_nm}")
+        if camera is not None:
+            raise CliError("--beads draws a bead stack with the scalar camera: leave out --scmos")
+        frames, truth = simulate_bead_stack(p, n_beads=args.beads, step_nm=args.step_nm,
+                                            bead_z_offset_sd=args.bead_z_sd)
+        truths.append(truth)
+        write_movie(out, iter([frames]), shape, p.dtype, pixelsize_nm=args.pixelsize)
+    else:
+        def chunks():
+            for a in range(0, p.n_frames, step):
+                if uniform and camera is not None:
+                    from .core.simulate_scmos import flat_field
+
+                    mu = 0.0 if args.dark else flat_field((p.height, p.width), args.flat)
+                    frames = camera.frames(p.n_frames, mu, p.seed, a, a + step)
+                else:
+                    frames, truth = simulate_frames(p, a, a + step, camera=camera)
+                    truths.append(truth)
+                bar(min(a + step, p.n_frames), p.n_frames)
+                yield frames
+
+        write_movie(out, chunks(), shape, p.dtype, pixelsize_nm=args.pixelsize,
+                    sensor_origin=camera.origin if camera is not None and (
+                        any(camera.origin) or (model.chip_height, model.chip_width) != (p.height, p.width)) else None)
     bar.close()
     if model is not None:
         from .core.camera_calibration import CameraCalibration
@@ -808,15 +977,21 @@ def cmd_simulate(args) -> int:
     from .core.locs import locs_dtype
 
     truth = np.concatenate(truths)
-    table = np.zeros(len(truth), locs_dtype("lq"))
-    for name in ("frame", "x", "y", "photons", "sx", "sy", "bg"):
+    three_d = "z" in truth.dtype.names
+    dtype = np.dtype(locs_dtype("lq").descr + (Z_FIELDS if three_d else []))
+    table = np.zeros(len(truth), dtype)
+    for name in ("frame", "x", "y", "photons", "sx", "sy", "bg") + (("z",) if three_d else ()):
         table[name] = truth[name]
     table["ellipticity"] = ellipticity(truth["sx"], truth["sy"])
     truth_path, _ = locs_paths(out, "_truth")
     info = movie_info(shape, p.dtype, out, Pixelsize=args.pixelsize)
-    save_locs(truth_path, table, [info, {"Generated by": f"napari-localize v{__version__} simulate",
-                                         "Simulation": p.as_dict()}])
-    print(f"{out}: {p.n_frames} frames of {p.height}x{p.width}, {len(truth)} spots; ground truth -> {truth_path}")
+    doc = {"Generated by": f"napari-localize v{__version__} simulate", "Simulation": p.as_dict()}
+    if args.beads:
+        doc["Bead stack"] = {"beads": args.beads, "step nm": args.step_nm, "bead z sd nm": args.bead_z_sd}
+    save_locs(truth_path, table, [info, doc])
+    what = "bead z-stack" if args.beads else "frames"
+    print(f"{out}: {p.n_frames} {what} of {p.height}x{p.width} ({p.psf} PSF), {len(truth)} spots; "
+          f"ground truth -> {truth_path}")
     if model is not None:  # what the suggestion below assumes: a pixel of median gain
         p.baseline, p.sensitivity = model.offset, 1.0 / model.gain
         crop = "" if out.lower().endswith(".raw") or (model.chip_height, model.chip_width) == (p.height, p.width) \
@@ -868,7 +1043,8 @@ def add_simulate_parser(sub):
                    help="minimum distance between spots of one frame (pixels)")
     p.add_argument("--poisson-count", action="store_true",
                    help="Poisson-distributed number of spots per frame (mean --spots-per-frame)")
-    p.add_argument("--pixelsize", type=float, default=130.0, help="pixel size in nm (metadata)")
+    p.add_argument("--pixelsize", type=float, default=130.0,
+                   help="pixel size in nm (metadata; the pupil PSF's pixel in the sample)")
     p.add_argument("--seed", type=int, default=d.seed)
     g = p.add_argument_group("sCMOS camera (per-pixel offset, gain and variance maps)")
     g.add_argument("--scmos", action="store_true",
@@ -886,6 +1062,25 @@ def add_simulate_parser(sub):
     g.add_argument("--dark", action="store_true", help="a dark movie (no spots, no light)")
     g.add_argument("--flat", type=float, metavar="PHOTONS",
                    help="a flat-field movie: quasi-uniform light of this many photons per pixel, no spots")
+    g = p.add_argument_group("PSF and 3D")
+    g.add_argument("--psf", choices=("gaussian", "pupil", "spline"), default="gaussian",
+                   help="gaussian: pixel-integrated Gaussian (astigmatic with --z-range); pupil: scalar "
+                        "pupil-function PSF with Zernike aberrations; spline: the PSF of a spline calibration "
+                        "(default gaussian)")
+    g.add_argument("--z-range", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                   help="heights (nm) drawn uniformly: a 3D movie with a z truth column")
+    g.add_argument("--na", type=float, default=1.45, help="pupil: numerical aperture (default 1.45)")
+    g.add_argument("--wavelength", type=float, default=680.0, help="pupil: emission wavelength, nm (680)")
+    g.add_argument("--n-immersion", type=float, default=1.518, help="pupil: immersion refractive index (1.518)")
+    g.add_argument("--aberrations", metavar="NAME=NM,...",
+                   help="pupil: RMS wavefront error per Zernike term, e.g. astigmatism=80,spherical=25,coma_x=15 "
+                        "(default: an astigmatic, moderately aberrated objective)")
+    g.add_argument("--spline-calibration", metavar="CAL.hdf5", help="spline: the calibration whose PSF is drawn")
+    g.add_argument("--beads", type=int, default=0,
+                   help="write a bead z-stack of this many beads instead of a blinking movie (frame f at "
+                        "stage height -(f - (F-1)/2) * --step-nm)")
+    g.add_argument("--step-nm", type=float, default=20.0, help="bead stack: z step (nm, default 20)")
+    g.add_argument("--bead-z-sd", type=float, default=0.0, help="bead stack: sd of the beads' own heights (nm)")
     p.set_defaults(func=cmd_simulate)
 
 

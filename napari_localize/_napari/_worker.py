@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 
 from ..api import calibrate_z_steps
 from ..core.pipeline import CancelToken, LocalizeCancelled, chunk_frames_for
@@ -92,6 +93,46 @@ def calibrate_steps(movie, p, step_nm: float, magnification_factor: float, track
         save_calibration(yaml_path, cal)
         plot_calibration(cal, png_path)
         return cal, yaml_path, png_path
+    finally:
+        if close_movie:
+            movie.close()
+
+
+def calibrate_spline_steps(movie, p, step_nm: float, options, cancel: CancelToken, stack_path: str | None,
+                           close_movie: bool = False):
+    """Generator: a spline PSF calibration of the bead z-stack ``movie``, yielding ``(step, 4)``.
+
+    Returns ``(psf, hdf5_path, png_path)`` (written beside the stack with the names of ``calibrate-z --model
+    spline``; paths None without a stack file) or :class:`Cancelled` (nothing written).
+    """
+    from ..core.spline_calibrate import calibrate_spline
+    from ..io.spline_calibration import (
+        load_spline_calibration,
+        plot_spline_calibration,
+        save_spline_calibration,
+        spline_calibration_paths,
+    )
+
+    try:
+        yield 0, 4
+        frames = np.asarray(movie[:])
+        if cancel.cancelled:
+            return Cancelled()
+        path = os.path.abspath(stack_path) if stack_path else None
+        psf = calibrate_spline(frames, p, step_nm, options, path=path)
+        yield 3, 4
+        if cancel.cancelled:
+            return Cancelled()
+        if stack_path is None:
+            return psf, None, None
+        hdf5_path, png_path = spline_calibration_paths(stack_path)
+        save_spline_calibration(hdf5_path, psf)
+        plot_spline_calibration(psf, png_path)
+        # the run uses the calibration as written (float32 table), as the CLI reading the file does
+        written = load_spline_calibration(hdf5_path)
+        written.diagnostics = psf.diagnostics
+        yield 4, 4
+        return written, hdf5_path, png_path
     finally:
         if close_movie:
             movie.close()

@@ -47,6 +47,27 @@ class ZRun:
         self.options = self.options or ZFitOptions()
         self.options.validate()
 
+    @property
+    def spline(self) -> bool:
+        """The calibration is an experimental (cubic-spline) PSF: the spots are fitted with it directly."""
+        from .spline import SplinePSF
+
+        return isinstance(self.calibration, SplinePSF)
+
+    def localize_fn(self):
+        """The chunk localizer of a spline run (None for the astigmatic Gaussian run)."""
+        if not self.spline:
+            return None
+        from .spline_fit import localize_frames_spline
+
+        psf, opts = self.calibration, self.options
+
+        def fn(frames, p, first_frame, stats):
+            return localize_frames_spline(frames, p, psf, first_frame, stats, neighbours=opts.neighbours,
+                                          max_gof=opts.max_gof)
+
+        return fn
+
 
 @dataclass
 class RunResult:
@@ -133,6 +154,10 @@ def run_dtype(p: LocalizeParameters, z: ZRun | None = None) -> np.dtype:
     """The table a run writes: 2D fields of ``p.fit_method`` (+ ``z, d_zcalib, lpz`` and, for the z MLE,
     ``z_gof`` in 3D)."""
     dtype = locs_dtype(p.fit_method, p.max_emitters)
+    if z is not None and z.spline:
+        from .spline_fit import spline_locs_dtype
+
+        return spline_locs_dtype(p.fit_method, z.calibration.is_3d)
     if z is not None:
         from .zpolicy import with_z_fields
 
@@ -150,7 +175,11 @@ def run_documents(movie_info: dict, p: LocalizeParameters, stats: LocalizeStats 
     if extra_fit_info:
         fit.update(extra_fit_info)
     info = [dict(movie_info), identify_document(p, who), fit]
-    if z is not None:
+    if z is not None and z.spline:
+        from .spline_fit import spline_z_document
+
+        info.append(spline_z_document(z.calibration, z.options, who, z.calibration_path))
+    elif z is not None:
         from .zpolicy import z_document
 
         info.append(z_document(z.calibration, z.options, who, z.calibration_path))
@@ -225,9 +254,10 @@ def run_steps(movie, p: LocalizeParameters, sink, z: ZRun | None = None, cancel=
     yield 0, total
     d_sum_sq = 0.0
     with sink:
-        for chunk in iter_localize(movie, p, cancel, chunk_frames, stats, camera):
+        for chunk in iter_localize(movie, p, cancel, chunk_frames, stats, camera,
+                                   z.localize_fn() if z is not None else None):
             locs = chunk.locs
-            if z is not None:
+            if z is not None and not z.spline:
                 t = time.perf_counter()
                 locs = fit_z_chunk(chunk.frames, locs, p, z, chunk.start)
                 stats.seconds["fit"] += time.perf_counter() - t

@@ -18,6 +18,11 @@ widths from the defocus model of Huang et al., Science 319, 810 (2008)::
     sy(z) = sigma * sqrt(1 + ((z + astig_gamma) / astig_depth)^2)
 
 :func:`simulate_bead_stack` renders a calibration z-stack of beads with the same model.
+
+PSF models (``psf``): ``"gaussian"`` (above), ``"pupil"`` (a scalar pupil-function PSF with Zernike aberrations,
+:mod:`.pupil`, optics from ``pupil``; ``z_range`` gives the heights, in-focus without it) and ``"spline"`` (the
+cubic-spline PSF of a calibration file, ``spline_calibration``: data that a spline fit models exactly). For the
+pupil and spline PSFs the truth ``sx``/``sy`` are the widths of the best-fitting Gaussian at each height.
 """
 
 from __future__ import annotations
@@ -71,6 +76,18 @@ class SimulationParameters:
     astig_gamma: float = 400.0
     #: astigmatism: depth of focus (nm), the defocus at which a width grows by sqrt(2)
     astig_depth: float = 500.0
+    #: PSF model: "gaussian" (astigmatic widths above), "pupil" (:class:`~.pupil.PupilPSF`) or "spline"
+    psf: str = "gaussian"
+    #: keyword arguments of :class:`~.pupil.PupilPSF` for ``psf="pupil"`` (its ``pixel_nm`` included)
+    pupil: dict | None = None
+    #: spline calibration file (ours or Picasso's) for ``psf="spline"``
+    spline_calibration: str | None = None
+
+    def __post_init__(self):
+        if self.psf not in ("gaussian", "pupil", "spline"):
+            raise ValueError(f"psf must be 'gaussian', 'pupil' or 'spline', got {self.psf!r}")
+        if self.psf == "spline" and not self.spline_calibration:
+            raise ValueError("psf='spline' needs spline_calibration (a spline calibration file)")
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -123,6 +140,61 @@ def expected_image(height, width, x, y, photons, sx, sy, bg):
     _render(image, np.asarray(x, float), np.asarray(y, float), np.asarray(photons, float),
             np.broadcast_to(np.asarray(sx, float), np.shape(x)).copy(),
             np.broadcast_to(np.asarray(sy, float), np.shape(x)).copy())
+    return image
+
+
+_PSF_CACHE: dict = {}
+
+
+def psf_model(p: SimulationParameters):
+    """The pupil PSF or spline model of ``p`` (cached: simulations run chunk by chunk), else ``None``."""
+    if p.psf == "gaussian":
+        return None
+    key = (p.psf, repr(sorted((p.pupil or {}).items())), p.spline_calibration)
+    if key not in _PSF_CACHE:
+        if p.psf == "pupil":
+            from .pupil import PupilPSF
+
+            _PSF_CACHE[key] = PupilPSF(**(p.pupil or {}))
+        else:
+            from ..io.spline_calibration import load_spline_calibration
+
+            _PSF_CACHE[key] = load_spline_calibration(p.spline_calibration)
+        if len(_PSF_CACHE) > 8:
+            _PSF_CACHE.pop(next(iter(_PSF_CACHE)))
+    return _PSF_CACHE[key]
+
+
+def _widths_of(p: SimulationParameters, model, z):
+    """Truth widths ``(sx, sy)`` (pixels) of spots at heights ``z``: the model's, or a Gaussian fit's."""
+    if model is None:
+        if z is None:
+            return np.full(0, p.sigma), np.full(0, p.sigma)
+        return p.widths(z)
+    table = model.__dict__.setdefault("_width_table", {})
+    if not table:
+        lo, hi = _model_z_span(p, model)
+        zg = np.linspace(lo, hi, 33)
+        table["z"] = zg
+        table["sx"], table["sy"] = model.gaussian_widths(zg)
+    zz = np.zeros(0) if z is None else np.asarray(z, float)
+    return np.interp(zz, table["z"], table["sx"]), np.interp(zz, table["z"], table["sy"])
+
+
+def _model_z_span(p, model):
+    if p.psf == "spline":
+        return model.z_range
+    lo, hi = p.z_range if p.z_range is not None else (0.0, 0.0)
+    return min(lo, -1000.0), max(hi, 1000.0)
+
+
+def render_expected(p: SimulationParameters, model, x, y, z, photons, sx, sy):
+    """Expected photoelectrons of one frame with ``p``'s PSF model (``model`` from :func:`psf_model`)."""
+    if model is None:
+        return expected_image(p.height, p.width, x, y, photons, sx, sy, p.bg)
+    image = np.full((p.height, p.width), float(p.bg))
+    zz = np.zeros(len(x)) if z is None else z
+    model.render(image, x, y, zz, photons)
     return image
 
 
@@ -179,6 +251,7 @@ def simulate_frames(p: SimulationParameters, start: int = 0, stop: int | None = 
     frames = np.empty((max(stop - start, 0), p.height, p.width), dtype)
     astig = p.z_range is not None
     truth_dtype = TRUTH_3D_DTYPE if astig else TRUTH_DTYPE
+    model = psf_model(p)
     truths = []
     for f in range(start, stop):
         rng = np.random.default_rng([p.seed, f])
@@ -190,12 +263,14 @@ def simulate_frames(p: SimulationParameters, start: int = 0, stop: int | None = 
             photons = p.photons * rng.lognormal(-s2 / 2, math.sqrt(s2), n)
         else:
             photons = np.full(n, float(p.photons))
-        if astig:
-            z = rng.uniform(p.z_range[0], p.z_range[1], n)
+        z = rng.uniform(p.z_range[0], p.z_range[1], n) if astig else None
+        if model is not None:
+            sx, sy = _widths_of(p, model, z if astig else np.zeros(n))
+        elif astig:
             sx, sy = p.widths(z)
         else:
             sx, sy = p.sigma, p.sigma
-        mu = expected_image(p.height, p.width, x, y, photons, sx, sy, p.bg)
+        mu = render_expected(p, model, x, y, z, photons, sx, sy)
         frames[f - start] = _camera(mu, rng, p, dtype, info) if camera is None else camera(mu, rng)
         truths.append(_truth_rows(truth_dtype, f, x, y, photons, sx, sy, p.bg, z if astig else None))
     truth = np.concatenate(truths) if truths else np.zeros(0, truth_dtype)
@@ -229,7 +304,7 @@ def stage_positions(n_frames: int, step_nm: float) -> np.ndarray:
 
 def simulate_bead_stack(p: SimulationParameters, n_beads: int = 20, step_nm: float = 10.0,
                         bead_z_offset_sd: float = 0.0, drift_px: float = 0.0):
-    """A calibration z-stack of immobile beads scanned through focus with astigmatic widths.
+    """A calibration z-stack of immobile beads scanned through focus with ``p``'s PSF model.
 
     Frame ``f`` of ``p.n_frames`` sits at the stage height :func:`stage_positions` (nm); a bead's apparent
     height is the stage height plus its own offset (normal, sd ``bead_z_offset_sd`` nm, e.g. a tilted
@@ -250,14 +325,15 @@ def simulate_bead_stack(p: SimulationParameters, n_beads: int = 20, step_nm: flo
     frames = np.empty((p.n_frames, p.height, p.width), dtype)
     truths = []
     nb = len(bead_xy[0])
+    model = psf_model(p)
     for f in range(p.n_frames):
         frng = np.random.default_rng([p.seed, f, 7])
         z = z_stage[f] + offsets
-        sx, sy = p.widths(z)
+        sx, sy = p.widths(z) if model is None else _widths_of(p, model, z)
         x = bead_xy[0] + (drift_px * f / max(p.n_frames - 1, 1))
         y = bead_xy[1]
         photons = np.full(nb, float(p.photons))
-        mu = expected_image(p.height, p.width, x, y, photons, sx, sy, p.bg)
+        mu = render_expected(p, model, x, y, z, photons, sx, sy)
         frames[f] = _camera(mu, frng, p, dtype, info)
         truths.append(_truth_rows(TRUTH_3D_DTYPE, f, x, y, photons, sx, sy, p.bg, z))
     return frames, np.concatenate(truths)

@@ -17,18 +17,19 @@ _cache.install()  # before any kernel of the package is compiled or loaded from 
 
 from .models import (  # noqa: E402
     IB, IN, ISX, ISY, IX, IY, IZ, MAX_EMITTERS, MAX_PARAMS, MODEL_ASTIG_Z, MODEL_GAUSS, MODEL_GAUSS_FIXED,
-    MODEL_MULTI, MODEL_NAMES, emitter_index,
-    SIGMA_MIN, astig_aux, default_bounds,
+    MODEL_MULTI, MODEL_NAMES, MODEL_SPLINE_2D, MODEL_SPLINE_Z, SIGMA_MIN, SPLINE_HEADER, astig_aux, default_bounds,
+    emitter_index, spline_aux,
 )
 from .noise import NOISE_LSQ, NOISE_NAMES, NOISE_POISSON, NOISE_SCMOS, NOISE_WLSQ  # noqa: E402
 
 __all__ = [
     "FitResult", "fit_boxes", "curvature", "default_bounds", "astig_aux", "MODEL_GAUSS", "MODEL_GAUSS_FIXED",
-    "MODEL_ASTIG_Z", "MODEL_MULTI", "MAX_EMITTERS", "emitter_index", "NOISE_POISSON", "NOISE_LSQ", "NOISE_WLSQ",
-    "NOISE_SCMOS", "IX", "IY", "IN", "IB", "ISX", "ISY", "IZ", "MAX_PARAMS", "SIGMA_MIN",
+    "MODEL_ASTIG_Z", "MODEL_MULTI", "MAX_EMITTERS", "emitter_index", "MODEL_SPLINE_Z", "MODEL_SPLINE_2D",
+    "spline_aux", "NOISE_POISSON", "NOISE_LSQ", "NOISE_WLSQ", "NOISE_SCMOS", "IX", "IY", "IN", "IB", "ISX", "ISY",
+    "IZ", "MAX_PARAMS", "SIGMA_MIN",
 ]
 
-_N_PARAMS = {MODEL_GAUSS: 6, MODEL_GAUSS_FIXED: 4, MODEL_ASTIG_Z: 5}
+_N_PARAMS = {MODEL_GAUSS: 6, MODEL_GAUSS_FIXED: 4, MODEL_ASTIG_Z: 5, MODEL_SPLINE_Z: 5, MODEL_SPLINE_2D: 4}
 
 
 @dataclass
@@ -72,6 +73,17 @@ def n_params(model: int, aux=None) -> int:
         raise ValueError(f"unknown PSF model {model!r}; known: {MODEL_NAMES}") from None
 
 
+def _check_spline_aux(model, aux):
+    if aux.size <= SPLINE_HEADER:
+        raise ValueError("the spline models need aux = spline_aux(coefficients, ...)")
+    nz, ny, nx = (int(v) for v in aux[:3])
+    per = 64 if model == MODEL_SPLINE_Z else 16
+    cells = nz * ny * nx if model == MODEL_SPLINE_Z else ny * nx
+    if (model == MODEL_SPLINE_Z) != (nz > 0) or aux.size != SPLINE_HEADER + per * cells:
+        raise ValueError("spline aux does not match its model (3D table for MODEL_SPLINE_Z, 2D for "
+                         "MODEL_SPLINE_2D) or its header")
+
+
 def fit_boxes(spots, model: int = MODEL_GAUSS, noise: int = NOISE_POISSON, theta0=None, aux=None, bounds=None,
               variance=None, other=None, eps: float = 1e-3, max_iterations: int = 100, gof: bool = False,
               device: str = "cpu", batch_boxes: int | None = None) -> FitResult:
@@ -101,6 +113,8 @@ def fit_boxes(spots, model: int = MODEL_GAUSS, noise: int = NOISE_POISSON, theta
         raise ValueError("the fixed-width Gaussian needs aux = (sx, sy)")
     if model == MODEL_ASTIG_Z and (aux.size < 3 or aux.size != 1 + 2 * int(aux[0])):
         raise ValueError("the astigmatic model needs aux = astig_aux(x_coefficients, y_coefficients)")
+    if model in (MODEL_SPLINE_Z, MODEL_SPLINE_2D):
+        _check_spline_aux(model, aux)
     lo, hi = default_bounds(model, box) if bounds is None else bounds
     lo = np.ascontiguousarray(np.resize(np.asarray(lo, float), MAX_PARAMS))
     hi = np.ascontiguousarray(np.resize(np.asarray(hi, float), MAX_PARAMS))

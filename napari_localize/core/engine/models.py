@@ -14,6 +14,8 @@ Parameter layouts (IX, IY, IN, IB are common to every model):
 ``MODEL_MULTI`` is K pixel-integrated Gaussians in one box (crowded fields, :mod:`napari_localize.core.crowded`):
 one background and one pair of widths for the box, position and photons per emitter; K = 1 is ``MODEL_GAUSS``.
 Its inverse Fisher matrix gives every emitter's CRLB with the correlations between emitters.
+``MODEL_SPLINE_Z``     x, y, N, bg, z           (aux = :func:`spline_aux`: header, then the 3D spline table)
+``MODEL_SPLINE_2D``    x, y, N, bg              (aux = :func:`spline_aux` of a 2D spline)
 
 x, y in box pixels (pixel centres at integer box coordinates), N photons, bg photons per pixel, widths in
 pixels, z in calibration nm. Widths of the astigmatic model come from the calibration polynomials (highest
@@ -28,15 +30,21 @@ import numpy as np
 from numba.extending import register_jitable
 
 from .pixels import gauss_rows
+from .splines import spline2d_eval, spline3d_eval
 
 MODEL_GAUSS = 0
 MODEL_GAUSS_FIXED = 1
 MODEL_ASTIG_Z = 2
 MODEL_MULTI = 3
+MODEL_SPLINE_Z = 4
+MODEL_SPLINE_2D = 5
 MODEL_NAMES = {MODEL_GAUSS: "gauss", MODEL_GAUSS_FIXED: "gauss_fixed", MODEL_ASTIG_Z: "astig_z",
-               MODEL_MULTI: "multi_gauss"}
+               MODEL_MULTI: "multi_gauss", MODEL_SPLINE_Z: "spline_z", MODEL_SPLINE_2D: "spline_2d"}
 #: most emitters of ``MODEL_MULTI`` in one box
 MAX_EMITTERS = 5
+
+# spline aux header: [n_z cells (0 in 2D), n_y, n_x, cx, cy, z_first, z_step, z_init], then the table
+SPLINE_HEADER = 8
 
 IX, IY, IN, IB, ISX, ISY = range(6)
 IZ = 4
@@ -97,9 +105,9 @@ def n_params(model, aux):
         return 6 + 3 * (int(aux[0]) - 1)
     if model == MODEL_GAUSS:
         return 6
-    if model == MODEL_GAUSS_FIXED:
+    if model == MODEL_GAUSS_FIXED or model == MODEL_SPLINE_2D:  # noqa: SIM109 (jitted: no tuple membership)
         return 4
-    return 5  # MODEL_ASTIG_Z
+    return 5  # MODEL_ASTIG_Z, MODEL_SPLINE_Z
 
 
 @register_jitable
@@ -119,6 +127,8 @@ def prepare(model, theta, box, aux, scratch):
             gauss_rows(theta[j], theta[ISX], box, scratch, 6 * e)
             gauss_rows(theta[j + 1], theta[ISY], box, scratch, 6 * e + 3)
         return True
+    if model == MODEL_SPLINE_Z or model == MODEL_SPLINE_2D:  # noqa: SIM109 (jitted: no tuple membership)
+        return True  # nothing per box: the spline is evaluated per pixel
     # MODEL_ASTIG_Z
     c = int(aux[0])
     wx = poly(aux, 1, c, theta[IZ])
@@ -140,6 +150,8 @@ def pixel(model, theta, k, m, aux, scratch, jrow, with_jac):
     """
     if model == MODEL_MULTI:
         return _pixel_multi(theta, k, m, aux, scratch, jrow, with_jac)
+    if model == MODEL_SPLINE_Z or model == MODEL_SPLINE_2D:  # noqa: SIM109 (jitted: no tuple membership)
+        return _spline_pixel(model, theta, k, m, aux, jrow, with_jac)
     N = theta[IN]
     ex = scratch[_EX, m]
     ey = scratch[_EY, k]
@@ -181,6 +193,31 @@ def _pixel_multi(theta, k, m, aux, scratch, jrow, with_jac):
         jrow[ISX] = dsx
         jrow[ISY] = dsy
     return mu
+def _spline_pixel(model, theta, k, m, aux, jrow, with_jac):
+    # emitter at (x, y) sits on spline node (cx, cy): pixel (k, m) is at spline coordinate (m - x + cx, ...)
+    N = theta[IN]
+    sx = m - theta[IX] + aux[3]
+    sy = k - theta[IY] + aux[4]
+    gz = 0.0
+    if model == MODEL_SPLINE_Z:
+        sz = (theta[IZ] - aux[5]) / aux[6]
+        v, gx, gy, gz = spline3d_eval(aux, SPLINE_HEADER, int(aux[0]), int(aux[1]), int(aux[2]), sx, sy, sz)
+    else:
+        v, gx, gy = spline2d_eval(aux, SPLINE_HEADER, int(aux[1]), int(aux[2]), sx, sy)
+    if v < 0.0:
+        # a cubic through a peaked PSF rings slightly below 0 in the tails: no light there, not negative light
+        v = 0.0
+        gx = 0.0
+        gy = 0.0
+        gz = 0.0
+    if with_jac:
+        jrow[IX] = -N * gx
+        jrow[IY] = -N * gy
+        jrow[IN] = v
+        jrow[IB] = 1.0
+        if model == MODEL_SPLINE_Z:
+            jrow[IZ] = N * gz / aux[6]
+    return N * v + theta[IB]
 
 
 @register_jitable
@@ -190,7 +227,7 @@ def tolerance(model, a, theta, eps):
         return eps * theta[IN]
     if a == IB:
         return eps * _hi(theta[IB], 1.0)
-    if model == MODEL_ASTIG_Z and a == IZ:
+    if (model == MODEL_ASTIG_Z or model == MODEL_SPLINE_Z) and a == IZ:  # noqa: SIM109 (jitted: no tuple membership)
         return Z_TOLERANCE_NM * eps
     if model == MODEL_MULTI and a >= 6 and (a - 6) % 3 == 2:
         return eps * theta[a]
@@ -255,6 +292,8 @@ def initial_guess(model, data, i, box, aux, theta):
             theta[ISY] = 1.0
     elif model == MODEL_ASTIG_Z:
         theta[IZ] = 0.0
+    elif model == MODEL_SPLINE_Z:
+        theta[IZ] = aux[7]  # the calibration's reference height
     if model == MODEL_MULTI:
         # further emitters start around the centre, sharing the light (callers normally give a start)
         K = int(aux[0])
@@ -278,6 +317,8 @@ def valid(model, theta, box, aux):
                 return False
             if theta[j + 2] <= 1e-3 * 1.0001:
                 return False
+    if model == MODEL_SPLINE_Z or model == MODEL_SPLINE_2D:  # noqa: SIM109 (jitted: no tuple membership)
+        return theta[IN] > 1e-3 * 1.0001
     if theta[IX] < -0.5 or theta[IX] > box - 0.5 or theta[IY] < -0.5 or theta[IY] > box - 0.5:
         return False
     if theta[IN] <= 1e-3 * 1.0001:
@@ -295,7 +336,14 @@ def default_bounds(model: int, box: int, z_range=None):
     lo = np.full(MAX_PARAMS, -np.inf)
     hi = np.full(MAX_PARAMS, np.inf)
     lo[IN] = lo[IB] = 1e-3
-    if model == MODEL_ASTIG_Z:
+    if model in (MODEL_SPLINE_Z, MODEL_SPLINE_2D):
+        # within 1.5 px of the box centre every pixel of the box stays on a spline grid of box + 2 nodes
+        r = box // 2
+        lo[IX] = lo[IY] = r - 1.5
+        hi[IX] = hi[IY] = r + 1.5
+        if model == MODEL_SPLINE_Z and z_range is not None:
+            lo[IZ], hi[IZ] = float(z_range[0]), float(z_range[1])
+    elif model == MODEL_ASTIG_Z:
         lo[IX] = lo[IY] = -0.5
         hi[IX] = hi[IY] = box - 0.5
         if z_range is not None:
@@ -322,3 +370,18 @@ def astig_aux(x_coefficients, y_coefficients) -> np.ndarray:
     cx = np.concatenate([np.zeros(c - len(cx)), cx])
     cy = np.concatenate([np.zeros(c - len(cy)), cy])
     return np.concatenate([[float(c)], cx, cy])
+
+
+def spline_aux(coefficients, cx: float, cy: float, z_first: float = 0.0, z_step: float = 1.0,
+               z_init: float = 0.0) -> np.ndarray:
+    """``aux`` of :data:`MODEL_SPLINE_Z` (coefficients ``(nz, ny, nx, 4, 4, 4)``) or :data:`MODEL_SPLINE_2D`
+    (``(ny, nx, 4, 4)``), see :mod:`napari_localize.core.spline`: the emitter sits on spline node ``(cx, cy)``,
+    node ``k`` along z is at height ``z_first + k z_step`` (nm), fits start at ``z_init``."""
+    c = np.ascontiguousarray(coefficients, np.float64)
+    if c.ndim == 6:
+        head = [c.shape[0], c.shape[1], c.shape[2], cx, cy, z_first, z_step, z_init]
+    elif c.ndim == 4:
+        head = [0, c.shape[0], c.shape[1], cx, cy, 0.0, 1.0, 0.0]
+    else:
+        raise ValueError(f"spline coefficients must be (nz, ny, nx, 4, 4, 4) or (ny, nx, 4, 4), got {c.shape}")
+    return np.concatenate([np.asarray(head, float), c.ravel()])
