@@ -35,6 +35,7 @@ def __getattr__(name):
 
 
 __all__ = [
-    "LocalizeError", "MovieError", "OutputError", "CancelToken", "LocalizeCancelled", "LocalizeParameters", "ParameterError", "__version__", "load_locs",
+    "LocalizeError", "MovieError", "OutputError", "CancelToken", "LocalizeCancelled", "LocalizeParameters",
+    "ParameterError", "__version__", "load_locs",
     "localize", "localize_file", "localize_movie", "open_movie", "save_locs",
 ]

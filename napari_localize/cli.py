@@ -318,7 +318,6 @@ def _check_flags(args):
 
 def report_error(exc, path=None, debug=False):
     """One line on stderr for a failure (the full trace with --debug)."""
-    from .core.errors import LocalizeError
 
     if debug:
         import traceback
@@ -734,10 +733,15 @@ def _frame_chunks(movie, progress=None, max_bytes: int = 64 << 20):
 
 
 def cmd_camera_calibrate(args) -> int:
-    from .core.camera_calibration import CameraCalibrationError, calibrate_camera, validate_calibration
     from .core.camera import movie_sensor_origin
-    from .io.camera_calibration import (default_calibration_path, load_camera_calibration,
-                                        plot_camera_calibration, plot_path, save_camera_calibration)
+    from .core.camera_calibration import CameraCalibrationError, calibrate_camera, validate_calibration
+    from .io.camera_calibration import (
+        default_calibration_path,
+        load_camera_calibration,
+        plot_camera_calibration,
+        plot_path,
+        save_camera_calibration,
+    )
     from .io.movies import open_movie
 
     for path in [args.dark] + list(args.light or []):

@@ -127,7 +127,7 @@ def iter_files_distributed(paths, p: LocalizeParameters | dict, scheduler: str =
     from .io.movies import open_movie
 
     movie_options = movie_options or {}
-    params = p if isinstance(p, dict) else {path: p for path in paths}
+    params = p if isinstance(p, dict) else dict.fromkeys(paths, p)
     z = None if calibration is None else ZRun(calibration, z_options, calibration_path)
     client, cluster = _client(scheduler, workers)
     movies = {}
@@ -178,7 +178,8 @@ def iter_files_distributed(paths, p: LocalizeParameters | dict, scheduler: str =
             cluster.close()
 
 
-def localize_files_distributed(paths, p: LocalizeParameters | dict, scheduler: str = "local", workers: int | None = None,
+def localize_files_distributed(paths, p: LocalizeParameters | dict, scheduler: str = "local",
+                               workers: int | None = None,
                                suffix: str = "", output_dir=None, movie_options: dict | None = None,
                                frames_per_task: int = FRAMES_PER_TASK, on_done=None, calibration=None,
                                z_options=None, calibration_path=None):

@@ -101,7 +101,7 @@ def test_dense_fields_beat_picasso_by_a_tenth_in_jaccard(tmp_path):
     ours, _, _ = localize_movie(frames, params(sp))
     theirs = {m: _picasso(movie, m, "_" + m, ng) for m in ("lq", "mle")}
     for truth, lo, hi in ((t80, 0, 30), (t150, 30, 50)):
-        def part(locs):
+        def part(locs, lo=lo, hi=hi):
             return locs[(locs["frame"] >= lo) & (locs["frame"] < hi)]
 
         acc, _, ex, ey = errors(truth, part(ours))

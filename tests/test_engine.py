@@ -18,8 +18,15 @@ import pytest
 
 from napari_localize.core import engine
 from napari_localize.core.engine import (
-    MODEL_ASTIG_Z, MODEL_GAUSS, MODEL_GAUSS_FIXED, NOISE_POISSON, NOISE_SCMOS, NOISE_WLSQ,
-    astig_aux, default_bounds, fit_boxes,
+    MODEL_ASTIG_Z,
+    MODEL_GAUSS,
+    MODEL_GAUSS_FIXED,
+    NOISE_POISSON,
+    NOISE_SCMOS,
+    NOISE_WLSQ,
+    astig_aux,
+    default_bounds,
+    fit_boxes,
 )
 from napari_localize.core.simulate import astigmatic_widths
 

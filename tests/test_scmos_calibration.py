@@ -12,13 +12,26 @@ import numpy as np
 import pytest
 
 from napari_localize.cli import main
-from napari_localize.core.camera import (adu_to_photons_per_pixel, calibration_for_movie, movie_sensor_origin,
-                                         readout_variance_photons)
-from napari_localize.core.camera_calibration import (MIN_DARK_FRAMES, CameraCalibration, CameraCalibrationError,
-                                                     PixelMoments, calibrate_camera, validate_calibration)
+from napari_localize.core.camera import (
+    adu_to_photons_per_pixel,
+    calibration_for_movie,
+    movie_sensor_origin,
+    readout_variance_photons,
+)
+from napari_localize.core.camera_calibration import (
+    MIN_DARK_FRAMES,
+    CameraCalibration,
+    CameraCalibrationError,
+    PixelMoments,
+    calibrate_camera,
+    validate_calibration,
+)
 from napari_localize.core.simulate_scmos import SCMOSCamera, SCMOSModel, flat_field
-from napari_localize.io.camera_calibration import (CameraCalibrationFileError, load_camera_calibration,
-                                                   save_camera_calibration)
+from napari_localize.io.camera_calibration import (
+    CameraCalibrationFileError,
+    load_camera_calibration,
+    save_camera_calibration,
+)
 from napari_localize.io.movies.write import write_movie
 
 MODEL = SCMOSModel(chip_height=64, chip_width=64, seed=11)

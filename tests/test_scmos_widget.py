@@ -6,12 +6,11 @@ import os
 
 import numpy as np
 import pytest
-
-from napari_localize.core.simulate_scmos import SCMOSCamera, SCMOSModel
-from napari_localize.core.camera_calibration import calibrate_camera
-from napari_localize.io.camera_calibration import save_camera_calibration
-
 from conftest import run_and_wait
+
+from napari_localize.core.camera_calibration import calibrate_camera
+from napari_localize.core.simulate_scmos import SCMOSCamera, SCMOSModel
+from napari_localize.io.camera_calibration import save_camera_calibration
 
 pytestmark = pytest.mark.gui
 

@@ -37,6 +37,7 @@ def configure_threading_layer() -> str | None:
             _safe_layer = layer
             return layer
     warnings.warn("napari-localize: neither TBB nor OpenMP loads, so numba's workqueue threading layer is used; "
-                  "parallel kernels called from two threads at once (preview during a run) may abort. Install the 'tbb' package.",
+                  "parallel kernels called from two threads at once (preview during a run) may abort. "
+                  "Install the 'tbb' package.",
                   stacklevel=2)
     return None

@@ -498,8 +498,8 @@ def fit_crowded(frames, ids, fit0, p, options: CrowdedOptions, noise=NOISE_POISS
                 device="cpu"):
     """Emitters of a chunk: the single-emitter fits ``fit0`` of the identified boxes ``ids``, refined.
 
-    ``frames`` are the chunk's frames ``(n, height, width)``, photons = ``(frames - baseline) * factor``; ``ids`` the identification with
-    ``frame`` relative to the chunk; ``fit0`` the dict of :func:`~napari_localize.core.fit_mle.fit_mle` (or
+    ``frames`` are the chunk's frames ``(n, height, width)``, photons = ``(frames - baseline) * factor``;
+    ``ids`` the identification with ``frame`` relative to the chunk; ``fit0`` the dict of :func:`~napari_localize.core.fit_mle.fit_mle` (or
     ``fit_lq``) for those boxes. Returns a dict of per-emitter columns: ``frame``, ``x``, ``y`` (frame pixels),
     the fit columns of ``fit0`` (per emitter; box-wide bg, widths and log-likelihood), ``converged``,
     ``net_gradient``, ``n_emitters`` (emitters fitted in that box) and ``llr`` (twice the log-likelihood gain
@@ -511,7 +511,7 @@ def fit_crowded(frames, ids, fit0, p, options: CrowdedOptions, noise=NOISE_POISS
     r = box // 2
     npx = box * box
     conv0 = np.asarray(fit0["converged"], bool)
-    E = _Emitters(ids["frame"], ids["x"] + np.where(conv0, fit0["dx"], 0.0), ids["y"] + np.where(conv0, fit0["dy"], 0.0),
+    E = _Emitters(ids["frame"], ids["x"] + np.where(conv0, fit0["dx"], 0.0), ids["y"] + np.where(conv0, fit0["dy"], 0.0),  # noqa: E501
                   fit0["photons"], fit0["bg"], fit0["sx"], fit0["sy"], ids["net_gradient"])
     E.hx = np.asarray(ids["x"], np.int64).copy()
     E.hy = np.asarray(ids["y"], np.int64).copy()
@@ -573,7 +573,7 @@ def fit_crowded(frames, ids, fit0, p, options: CrowdedOptions, noise=NOISE_POISS
             other = np.zeros((len(G), npx))
         else:
             sel = np.asarray(extra, np.int64)
-        _group_boxes(frames, float(baseline), float(factor), sel, G.frame, G.cy, G.cx, egroup, order, fstarts, E.x, E.y, E.N, E.sx, E.sy, box,
+        _group_boxes(frames, float(baseline), float(factor), sel, G.frame, G.cy, G.cx, egroup, order, fstarts, E.x, E.y, E.N, E.sx, E.sy, box,  # noqa: E501
                      data, other)
         return data, other
 
@@ -586,7 +586,7 @@ def fit_crowded(frames, ids, fit0, p, options: CrowdedOptions, noise=NOISE_POISS
         its = np.zeros(len(gsel), np.int64)
         conv = np.zeros(len(gsel), np.bool_)
         for k in np.unique(K):
-            rows = np.flatnonzero(K == k)
+            rows = np.flatnonzero(k == K)
             P = 6 + 3 * (int(k) - 1)
             g = gsel[rows]
             res = fit_boxes(data[g].reshape(-1, box, box), MODEL_MULTI, noise, theta0=theta[rows, :P],
@@ -649,7 +649,7 @@ def fit_crowded(frames, ids, fit0, p, options: CrowdedOptions, noise=NOISE_POISS
             break
         rnd += 1
         # residual re-identification in every converged box with room for one emitter more
-        cand_g = np.flatnonzero(G.converged & (G.K < max_em) & ~G.checked)
+        cand_g = np.flatnonzero(G.converged & (max_em > G.K) & ~G.checked)
         G.checked[cand_g] = True
         # boxes not cut yet this pass (no neighbour in reach, fit unchanged): cut them for the residual search
         missing = cand_g[~np.any(data[cand_g] != 0.0, axis=1)]

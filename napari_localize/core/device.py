@@ -10,8 +10,8 @@ The choice comes from the argument, else the environment variable ``NAPARI_LOCAL
     the GPU; a clear :class:`DeviceError` at the start of the run if there is none.
 
 Only the MLE and LQ fits run on the GPU, and only for boxes up to :data:`MAX_BOX` pixels; anything else
-runs on the CPU. Both engines fit the same model with the same algorithm (the engine, ``core/engine/``, compiled for each), so their
-results agree to rounding. ``numba.cuda`` is imported only when the choice is not ``cpu``.
+runs on the CPU. Both engines fit the same model with the same algorithm (the engine, ``core/engine/``,
+compiled for each), so their results agree to rounding. ``numba.cuda`` is imported only when the choice is not ``cpu``.
 """
 
 from __future__ import annotations

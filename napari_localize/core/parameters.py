@@ -16,7 +16,7 @@ FIT_METHODS = ("mle", "lq", "avg")
 PICASSO_FIT_METHOD = {"mle": "gaussmle", "lq": "gausslq", "avg": "avg"}
 
 
-from .errors import ParameterError  # noqa: F401  (defined with the project's other error types)
+from .errors import ParameterError  # noqa: F401, E402  (defined with the project's other error types)
 
 
 @dataclass

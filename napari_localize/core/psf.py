@@ -13,7 +13,19 @@ from __future__ import annotations
 import numpy as np
 
 from .engine import (
-    IB, IN, ISX, ISY, IX, IY, MODEL_GAUSS, NOISE_LSQ, NOISE_POISSON, NOISE_SCMOS, NOISE_WLSQ, SIGMA_MIN, curvature,
+    IB,
+    IN,
+    ISX,
+    ISY,
+    IX,
+    IY,
+    MODEL_GAUSS,
+    NOISE_LSQ,
+    NOISE_POISSON,
+    NOISE_SCMOS,
+    NOISE_WLSQ,
+    SIGMA_MIN,
+    curvature,
     fit_boxes,
 )
 

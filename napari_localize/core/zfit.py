@@ -8,12 +8,34 @@ This module re-exports their public names (the import path used by the API, CLI,
 """
 
 from .zcalib import (  # noqa: F401
-    DEFAULT_EXTRAPOLATION, DEFAULT_MAGNIFICATION, POLY_DEGREE, ZCalibration, bead_boxes, calibrate_widths,
-    calibrate_z, calibrate_z_beads, fit_range, stage_positions, track_beads, within_one_sd,
+    DEFAULT_EXTRAPOLATION,
+    DEFAULT_MAGNIFICATION,
+    POLY_DEGREE,
+    ZCalibration,
+    bead_boxes,
+    calibrate_widths,
+    calibrate_z,
+    calibrate_z_beads,
+    fit_range,
+    stage_positions,
+    track_beads,
+    within_one_sd,
 )
 from .zmodel import (  # noqa: F401
-    _deviance_moments, axial_precision, fit_z_huang, fit_z_mle, neighbour_light, width_se_nm,
+    _deviance_moments,
+    axial_precision,
+    fit_z_huang,
+    fit_z_mle,
+    neighbour_light,
+    width_se_nm,
 )
 from .zpolicy import (  # noqa: F401
-    Z_BOX_MARGIN, Z_EXTRA_FIELDS, Z_METHODS, ZFitOptions, cut_boxes, fit_z, with_z_fields, z_document,
+    Z_BOX_MARGIN,
+    Z_EXTRA_FIELDS,
+    Z_METHODS,
+    ZFitOptions,
+    cut_boxes,
+    fit_z,
+    with_z_fields,
+    z_document,
 )

@@ -13,10 +13,9 @@ import numpy as np
 import yaml
 
 from ..core.errors import LocalizeError
+from ..core.zfit import ZCalibration
 from . import safe_yaml
 from .publish import Publisher, write_text
-
-from ..core.zfit import ZCalibration
 
 
 class CalibrationFileError(LocalizeError):

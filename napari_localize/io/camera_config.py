@@ -20,9 +20,8 @@ from pathlib import Path
 
 import yaml
 
-from . import safe_yaml
-
 from ..core.camera import CameraConfig, CameraConfigError, CameraSpec
+from . import safe_yaml
 
 __all__ = [
     "CameraConfigError", "ENV_CONFIG", "ENV_CONFIG_DIR", "USER_CONFIG_NAME", "config_candidates",

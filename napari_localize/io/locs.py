@@ -18,8 +18,8 @@ import yaml
 
 from ..core.errors import LocalizeError, OutputError
 from . import safe_yaml
-from .publish import Publisher, describe_os_error
 from .embedded import read_embedded_info, write_embedded_info
+from .publish import Publisher, describe_os_error
 
 #: older or GUI spellings of metadata keys, mapped to the API spelling
 KEY_ALIASES = {

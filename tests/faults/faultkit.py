@@ -8,13 +8,11 @@ result is byte-identical.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 import tifffile
 
 REPO = Path(__file__).resolve().parents[2]

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import tifffile
 import yaml
-
 from faultkit import BASE_ARGS, DATA, assert_clean_failure, assert_unchanged, cli, snapshot
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fuzz"))

@@ -11,10 +11,7 @@ import threading
 
 import numpy as np
 import pytest
-import tifffile
-
-from faultkit import BASE_ARGS, REPO, assert_clean_failure, assert_unchanged, cli, snapshot, temp_files, \
-    two_channel_ome
+from faultkit import BASE_ARGS, REPO, assert_clean_failure, assert_unchanged, cli, snapshot, temp_files, two_channel_ome
 
 
 @pytest.mark.parametrize("names", [("m.tif", "m.tiff"), ("m.raw", "m.tif")])

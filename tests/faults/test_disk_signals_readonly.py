@@ -13,7 +13,6 @@ import time
 
 import numpy as np
 import pytest
-
 from faultkit import BASE_ARGS, REPO, assert_clean_failure, assert_unchanged, cli, simulate, snapshot, temp_files
 
 
@@ -121,7 +120,7 @@ def test_read_only_folder_keeps_earlier_result(movie_with_result, read_only):
 
 def test_stale_temp_files_of_a_killed_run_are_swept(movie_with_result):
     """Our temporary files from a dead process (SIGKILL) are removed by the next run; others' files stay."""
-    from napari_localize.io.publish import TMP_PREFIX, _HOST
+    from napari_localize.io.publish import _HOST, TMP_PREFIX
 
     folder = movie_with_result.parent
     dead = subprocess.Popen([sys.executable, "-c", "pass"])

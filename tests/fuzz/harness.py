@@ -19,7 +19,6 @@ import random
 import select
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -141,7 +140,7 @@ def _worker():
 class Counts:
     case: str
     tried: int = 0
-    outcomes: dict = field(default_factory=lambda: {k: 0 for k in OUTCOMES})
+    outcomes: dict = field(default_factory=lambda: dict.fromkeys(OUTCOMES, 0))
     examples: dict = field(default_factory=dict)
 
     def add(self, outcome, detail):

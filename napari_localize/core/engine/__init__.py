@@ -16,9 +16,28 @@ from . import _cache
 _cache.install()  # before any kernel of the package is compiled or loaded from the cache
 
 from .models import (  # noqa: E402
-    IB, IN, ISX, ISY, IX, IY, IZ, MAX_EMITTERS, MAX_PARAMS, MODEL_ASTIG_Z, MODEL_GAUSS, MODEL_GAUSS_FIXED,
-    MODEL_MULTI, MODEL_NAMES, MODEL_SPLINE_2D, MODEL_SPLINE_Z, SIGMA_MIN, SPLINE_HEADER, astig_aux, default_bounds,
-    emitter_index, spline_aux,
+    IB,
+    IN,
+    ISX,
+    ISY,
+    IX,
+    IY,
+    IZ,
+    MAX_EMITTERS,
+    MAX_PARAMS,
+    MODEL_ASTIG_Z,
+    MODEL_GAUSS,
+    MODEL_GAUSS_FIXED,
+    MODEL_MULTI,
+    MODEL_NAMES,
+    MODEL_SPLINE_2D,
+    MODEL_SPLINE_Z,
+    SIGMA_MIN,
+    SPLINE_HEADER,
+    astig_aux,
+    default_bounds,
+    emitter_index,
+    spline_aux,
 )
 from .noise import NOISE_LSQ, NOISE_NAMES, NOISE_POISSON, NOISE_SCMOS, NOISE_WLSQ  # noqa: E402
 

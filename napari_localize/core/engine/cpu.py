@@ -10,7 +10,6 @@ from numba import njit, prange
 from .lm import fit_box, normal_equations
 from .models import MAX_PARAMS, SCRATCH_ROWS, n_params, prepare
 
-
 #: batches of fewer boxes than this run on one thread: waking the thread pool costs more than they take
 SERIAL_BELOW = 256
 

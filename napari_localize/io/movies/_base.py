@@ -6,7 +6,6 @@ import threading
 
 import numpy as np
 
-
 from ...core.errors import MovieError  # noqa: F401  (the reader layer's error; defined with the others)
 
 
