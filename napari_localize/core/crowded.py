@@ -500,7 +500,8 @@ def fit_crowded(frames, ids, fit0, p, options: CrowdedOptions, noise=NOISE_POISS
 
     ``frames`` are the chunk's frames ``(n, height, width)``, photons = ``(frames - baseline) * factor``;
     ``ids`` the identification with ``frame`` relative to the chunk; ``fit0`` the dict of
-    :func:`~napari_localize.core.fit_mle.fit_mle` (or ``fit_lq``) for those boxes. Returns a dict of per-emitter columns: ``frame``, ``x``, ``y`` (frame pixels),
+    :func:`~napari_localize.core.fit_mle.fit_mle` (or ``fit_lq``) for those boxes. Returns a dict of per-emitter
+    columns: ``frame``, ``x``, ``y`` (frame pixels),
     the fit columns of ``fit0`` (per emitter; box-wide bg, widths and log-likelihood), ``converged``,
     ``net_gradient``, ``n_emitters`` (emitters fitted in that box) and ``llr`` (twice the log-likelihood gain
     of the box's last accepted extra emitter; 0 for a box of one).
