@@ -193,6 +193,9 @@ def _pixel_multi(theta, k, m, aux, scratch, jrow, with_jac):
         jrow[ISX] = dsx
         jrow[ISY] = dsy
     return mu
+
+
+@register_jitable
 def _spline_pixel(model, theta, k, m, aux, jrow, with_jac):
     # emitter at (x, y) sits on spline node (cx, cy): pixel (k, m) is at spline coordinate (m - x + cx, ...)
     N = theta[IN]
