@@ -127,7 +127,7 @@ p = LocalizeParameters(baseline=100, min_net_gradient=1500)
 errors = []
 def run():
     try:
-        localize(frames, p, chunk_frames=20)
+        localize(frames, p, chunk_frames=64)  # 512 boxes a chunk: the parallel fit driver (>= 256 boxes)
     except BaseException as exc:
         errors.append(exc)
 threads = [threading.Thread(target=run) for _ in range(2)]
