@@ -203,11 +203,11 @@ def cmd_localize(args) -> int:
         raise CliError(f"--output-dir {args.output_dir}: no such folder")
     if args.workers is not None and args.workers < 1:
         raise CliError(f"--workers must be a whole number >= 1, got {args.workers}")
-    _check_flags(args)
     from .cli_post import check_repeated_flags, drift_after_localize, localize_regions_separately
     from .io.movies import open_movie
 
     check_repeated_flags(args)
+    _check_flags(args)
     if args.drift < 0:
         raise CliError(f"--drift must be a number of frames >= 0 (0: off), got {args.drift}")
     if args.concat:  # the files are one movie: it is named after its first file
@@ -276,6 +276,8 @@ def cmd_localize(args) -> int:
                         extra_fit_info=camera_doc, camera=maps)
                 finally:
                     bar.close()
+        except CliError:
+            raise  # a usage error (e.g. --regions-separately without --roi): exit 2 before anything else runs
         except Exception as exc:  # noqa: BLE001 (one movie's failure is reported; the batch goes on)
             failures += 1
             report_error(exc, path, args.debug)

@@ -151,14 +151,14 @@ def region_parameters(p, args) -> list:
 
 
 def check_repeated_flags(args):
-    """Several --fit-method / --min-net-gradient values only make sense per region."""
+    """Several --fit-method / --min-net-gradient values are per-region values of --regions-separately; without it
+    the last one given wins (as for any other flag), so a script may append an override."""
     if getattr(args, "regions_separately", False):
         return
     for name in ("fit_method", "min_net_gradient"):
         values = getattr(args, name)
         if isinstance(values, list) and len(values) > 1:
-            raise _cli_error(f"--{name.replace('_', '-')} was given {len(values)} times: several values are "
-                             "per-region values of --regions-separately")
+            setattr(args, name, values[-1:])
 
 
 def localize_regions_separately(movie, path, p, args, extra_fit_info=None, progress=None):

@@ -125,8 +125,14 @@ def test_regions_separately_errors(movie, tmp_path, capsys):
     assert main(["localize", str(path), "--roi", "0", "0", "30", "32", "--roi", "0", "32", "30", "64",
                  "--regions-separately", "--fit-method", "mle", "--fit-method", "lq", "--fit-method", "avg"]) == 2
     assert "3 --fit-method values for 2 --roi" in capsys.readouterr().err
-    assert main(["localize", str(path), "--fit-method", "mle", "--fit-method", "lq"]) == 2
-    assert "per-region" in capsys.readouterr().err
+    # without --regions-separately a repeated flag's last value wins, as for any other flag
+    from argparse import Namespace
+
+    from napari_localize.cli_post import check_repeated_flags
+
+    args = Namespace(regions_separately=False, fit_method=["mle", "lq"], min_net_gradient=[1500.0, float("nan")])
+    check_repeated_flags(args)
+    assert args.fit_method == ["lq"] and np.isnan(args.min_net_gradient[0]) and len(args.min_net_gradient) == 1
     assert main(["localize", str(path), "--roi", "0", "0", "30", "40", "--roi", "0", "0", "300", "40"]) != 0
     assert "ROI 2 (y0 x0 y1 x1) = 0 0 300 40 is not inside" in capsys.readouterr().err
     assert not list(tmp_path.glob("*_locs.hdf5"))

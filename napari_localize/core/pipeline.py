@@ -173,7 +173,9 @@ def localize_frames(frames, p: LocalizeParameters, first_frame: int = 0, stats: 
 
     # the crowded-fields refit models the camera with the scalar baseline/sensitivity and Poisson noise only, so
     # with per-pixel sCMOS maps it is not run (one emitter per box; recorded in the fit document by core.run)
-    if p.max_emitters > 1 and p.fit_method in ("mle", "lq") and camera is None:
+    # nor with an identification prefilter: the residual search on the raw frames would take the light the
+    # prefilter removed (static debris, uneven background) for emitters
+    if p.max_emitters > 1 and p.fit_method in ("mle", "lq") and camera is None and identify_frames is None:
         fit, ids = _fit_crowded(frames, ids, fit, p, first_frame, stats.device)
         stats.seconds["fit"] += time.perf_counter() - t2
         fit["dx"], fit["dy"] = fit["x"] - ids["x"], fit["y"] - ids["y"]
