@@ -445,7 +445,7 @@ def _check_spline_options(args, psf):
     if args.box_size > grid:
         raise CliError(f"--box-size {args.box_size}: larger than the spline calibration's grid ({grid} px); "
                        f"use at most {grid if grid % 2 else grid - 1}")
-    if args.fit_method == "avg":
+    if _first(args.fit_method, "mle") == "avg":
         raise CliError("--fit-method avg has no PSF: a spline calibration needs mle or lq")
     if args.z_method != "mle":
         raise CliError("--z-method huang matches Gaussian widths: with a spline calibration z comes from the "

@@ -349,7 +349,6 @@ def test_cli_calibrates_a_spline_and_keeps_the_poly_default(stack, tmp_path, cap
     (["--model", "spline", "--output", "x.yaml"], ".hdf5"),
     (["--model", "spline", "--box-size", "10"], "odd"),
     (["--model", "spline", "--pooled"], "--model poly only"),
-    (["--frames-per-step", "2"], "--model spline only"),
     (["--dimensions", "2d"], "--model spline only"),
 ])
 def test_cli_refuses_bad_spline_options(stack, tmp_path, capsys, argv, message):
