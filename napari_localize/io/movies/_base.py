@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 
 import numpy as np
@@ -153,6 +154,35 @@ def _expand_key(key, ndim):
         used = sum(1 for i in out if i is not None and not (not isinstance(i, np.ndarray) and i is Ellipsis))
         out[k:k + 1] = [slice(None)] * max(ndim - used, 0)
     return tuple(out)
+
+
+class LibraryMovie(Movie):
+    """A movie read through a format library's file object (``self._f``): opening and choosing the channel and
+    position (the subclass's ``_setup(channel, position)``) turn any library failure into one :class:`MovieError`
+    naming the file, and the file is always closed."""
+
+    _f = None
+
+    def _open(self, path, open_file, kind: str, channel=None, position=None):
+        self.path = os.fspath(path)
+        self._f = None
+        try:
+            self._f = open_file(self.path)
+            self._setup(channel, position)
+        except MovieError:
+            self.close()
+            raise
+        except Exception as exc:  # noqa: BLE001 (format libraries raise many types on damaged files)
+            self.close()
+            raise MovieError(f"{self.path}: not a readable {kind} file ({type(exc).__name__}: {exc})") from None
+
+    def _setup(self, channel, position):
+        raise NotImplementedError
+
+    def close(self):
+        f, self._f = self._f, None
+        if f is not None:
+            f.close()
 
 
 class ArrayMovie(Movie):

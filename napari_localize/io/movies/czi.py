@@ -9,12 +9,11 @@ levels are not single-molecule movies and are refused with a message. Pixel size
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 
 import numpy as np
 
-from ._base import Movie, MovieError, movie_info
+from ._base import LibraryMovie, MovieError, movie_info
 from .metadata import MovieChoiceError, choose
 
 
@@ -27,22 +26,11 @@ def _import():
     return czifile
 
 
-class CziMovie(Movie):
+class CziMovie(LibraryMovie):
     """One channel and scene of a ``.czi`` file as ``(frames, height, width)``."""
 
     def __init__(self, path, channel=None, position=None):
-        czifile = _import()
-        self.path = os.fspath(path)
-        self._f = None
-        try:
-            self._f = czifile.CziFile(self.path)
-            self._setup(channel, position)
-        except MovieError:
-            self.close()
-            raise
-        except Exception as exc:  # czifile raises many types on damaged files
-            self.close()
-            raise MovieError(f"{self.path}: not a readable CZI file ({type(exc).__name__}: {exc})") from None
+        self._open(path, _import().CziFile, "CZI", channel, position)
 
     def _setup(self, channel, position):
         f = self._f
@@ -123,8 +111,3 @@ class CziMovie(Movie):
             out[k] = np.asarray(data).reshape(self.shape[1:])
         return out
 
-    def close(self):
-        f = getattr(self, "_f", None)
-        if f is not None:
-            f.close()
-        self._f = None

@@ -8,11 +8,10 @@ the file's order. Pixel size from the X coordinates (metres).
 from __future__ import annotations
 
 import itertools
-import os
 
 import numpy as np
 
-from ._base import Movie, MovieError, movie_info
+from ._base import LibraryMovie, MovieError, movie_info
 from .metadata import MovieChoiceError, choose
 
 
@@ -25,22 +24,11 @@ def _import():
     return liffile
 
 
-class LifMovie(Movie):
+class LifMovie(LibraryMovie):
     """One channel of one image series of a ``.lif`` file as ``(frames, height, width)``."""
 
     def __init__(self, path, channel=None, position=None):
-        liffile = _import()
-        self.path = os.fspath(path)
-        self._f = None
-        try:
-            self._f = liffile.LifFile(self.path)
-            self._setup(channel, position)
-        except MovieError:
-            self.close()
-            raise
-        except Exception as exc:  # liffile raises many types on damaged files
-            self.close()
-            raise MovieError(f"{self.path}: not a readable LIF file ({type(exc).__name__}: {exc})") from None
+        self._open(path, _import().LifFile, "LIF", channel, position)
 
     def _setup(self, channel, position):
         images = [im for im in self._f.images if "X" in im.dims and "Y" in im.dims]
@@ -102,8 +90,3 @@ class LifMovie(Movie):
                 raise MovieError(f"{self.path}: frame {start + k} cannot be read ({exc})") from None
         return out
 
-    def close(self):
-        f = getattr(self, "_f", None)
-        if f is not None:
-            f.close()
-        self._f = None

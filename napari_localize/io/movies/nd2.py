@@ -6,12 +6,11 @@ The camera name and settings become a Micro-Manager-style metadata dict so the c
 
 from __future__ import annotations
 
-import os
 import re
 
 import numpy as np
 
-from ._base import Movie, MovieError, movie_info
+from ._base import LibraryMovie, MovieError, movie_info
 from .metadata import MovieChoiceError, choose, plain
 
 
@@ -39,23 +38,13 @@ def nd2_camera_metadata(text_info: dict) -> tuple[str, dict]:
     return camera, settings
 
 
-class Nd2Movie(Movie):
+class Nd2Movie(LibraryMovie):
     """One channel/position of an ``.nd2`` file as ``(frames, height, width)``; the file is closed on close()."""
 
     def __init__(self, path, channel=None, position=None):
         import nd2
 
-        self.path = os.fspath(path)
-        self._f = None
-        try:
-            self._f = nd2.ND2File(self.path)
-            self._setup(channel, position)
-        except MovieError:
-            self.close()
-            raise
-        except Exception as exc:  # nd2 raises many types on damaged files
-            self.close()
-            raise MovieError(f"{self.path}: not a readable ND2 file ({type(exc).__name__}: {exc})") from None
+        self._open(path, nd2.ND2File, "ND2", channel, position)
 
     def _setup(self, channel, position):
         f = self._f
@@ -149,8 +138,3 @@ class Nd2Movie(Movie):
             out[k] = frame
         return out
 
-    def close(self):
-        f = getattr(self, "_f", None)
-        if f is not None:
-            f.close()
-        self._f = None
