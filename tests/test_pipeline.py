@@ -129,3 +129,60 @@ def test_photon_conversion_with_em_gain():
     assert acc.jaccard > 0.97
     assert np.median(locs["photons"]) == pytest.approx(1500, rel=0.05)
     assert np.median(locs["bg"]) == pytest.approx(10, rel=0.1)
+
+
+def test_overlapped_chunks_equal_one_at_a_time(movie, monkeypatch):
+    """Chunks processed two at a time (the pipeline overlap) give the table and counts of one at a time."""
+    import napari_localize.core.pipeline as pipeline
+
+    frames, _ = movie
+    overlapped, s2 = localize(frames, PARAMS, chunk_frames=9)
+    monkeypatch.setattr(pipeline, "PIPELINE_DEPTH", 1)
+    serial, s1 = localize(frames, PARAMS, chunk_frames=9)
+    np.testing.assert_array_equal(overlapped, serial)
+    assert (s2.frames, s2.identified, s2.localized, s2.not_converged) == \
+        (s1.frames, s1.identified, s1.localized, s1.not_converged)
+
+
+class _Recording:
+    """A movie that records how many chunk reads are in flight at once and can fail at one frame."""
+
+    def __init__(self, frames, fail_at=None):
+        self.frames, self.fail_at = frames, fail_at
+        self.shape, self.dtype = frames.shape, frames.dtype
+        self.lock = threading.Lock()
+        self.active = self.most = 0
+        self.reads = []
+
+    def __getitem__(self, key):
+        with self.lock:
+            self.active += 1
+            self.most = max(self.most, self.active)
+            self.reads.append(key.start)
+        try:
+            if self.fail_at is not None and key.start <= self.fail_at < key.stop:
+                raise OSError(f"bad sector at frame {self.fail_at}")
+            threading.Event().wait(0.05)  # a slow disk: the other chunk's reading must overlap it
+            return self.frames[key]
+        finally:
+            with self.lock:
+                self.active -= 1
+
+
+def test_next_chunk_is_read_while_this_one_is_processed(movie):
+    frames, _ = movie
+    rec = _Recording(frames)
+    starts = [c.start for c in iter_localize(rec, PARAMS, chunk_frames=20)]
+    assert starts == list(range(0, 120, 20))  # in order
+    assert rec.most == 2
+
+
+def test_a_failing_chunk_stops_the_run_and_nothing_after_it_starts(movie):
+    frames, _ = movie
+    rec = _Recording(frames, fail_at=45)
+    seen = []
+    with pytest.raises(OSError, match="frame 45"):
+        for chunk in iter_localize(rec, PARAMS, chunk_frames=20):
+            seen.append(chunk.start)
+    assert seen == [0, 20]
+    assert max(rec.reads) <= 60  # at most the chunk after the failing one was already started

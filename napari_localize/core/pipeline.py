@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -27,6 +28,8 @@ from .spots import cut_spots
 
 #: pixels per chunk; 8 Mpx is 512 frames of 128x128 and keeps a chunk well under a second
 CHUNK_PIXELS = 8 * 1024 * 1024
+#: chunks processed at once by :func:`iter_localize` (each on its own thread; results stay in chunk order)
+PIPELINE_DEPTH = 2
 
 
 class LocalizeCancelled(Exception):
@@ -303,33 +306,45 @@ def iter_localize(movie, p: LocalizeParameters, cancel: CancelToken | None = Non
             else None
         background = TemporalMedianBackground(movie, prefilter.temporal_median, prefilter.median_stride, crop)
 
-    def read(a, b):
+    def process(a, b):
+        # one chunk, start to end, on a pipeline thread: while it is identified and fitted, the next chunk is
+        # read and processed on the other thread (reading, the serial parts of identification and the
+        # Python around the fits overlap the numba kernels of the other chunk); its own stats are merged in
+        # chunk order by the caller
+        own = LocalizeStats(device=stats.device)
         t = time.perf_counter()
-        data = np.asarray(movie[a:b])
-        stats.seconds["read"] += time.perf_counter() - t
-        return data
+        frames = np.asarray(movie[a:b])
+        own.seconds["read"] += time.perf_counter() - t
+        ident = None
+        if prefilter.active:
+            t = time.perf_counter()
+            ident = _prefiltered(frames, a, prefilter, background)
+            own.seconds["identify"] += time.perf_counter() - t
+        if localize_fn is not None:  # another model's chunk fit (the spline PSF, core.spline_fit)
+            locs = localize_fn(frames, p, a, own)
+        else:
+            locs = localize_frames(frames, p, a, own, camera, ident)
+        return frames, locs, own
 
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="napari-localize-read") as reader:
-        pending = reader.submit(read, *bounds[0]) if bounds else None
-        for i, (a, b) in enumerate(bounds):
-            if cancel is not None and cancel.cancelled:
-                pending.cancel()
-                raise LocalizeCancelled("localization cancelled")
-            frames = pending.result()
-            pending = reader.submit(read, *bounds[i + 1]) if i + 1 < len(bounds) else None
-            ident = None
-            if prefilter.active:
-                t = time.perf_counter()
-                ident = _prefiltered(frames, a, prefilter, background)
-                stats.seconds["identify"] += time.perf_counter() - t
-            if localize_fn is not None:  # another model's chunk fit (the spline PSF, core.spline_fit)
-                locs = localize_fn(frames, p, a, stats)
-            else:
-                locs = localize_frames(frames, p, a, stats, camera, ident)
-            yield Chunk(a, b, locs, frames)
-            del frames
-        if cancel is not None:
-            cancel.raise_if_cancelled()
+    with ThreadPoolExecutor(max_workers=PIPELINE_DEPTH, thread_name_prefix="napari-localize-chunk") as pool:
+        pending = deque()
+        try:
+            for i, (a, b) in enumerate(bounds):
+                while len(pending) < PIPELINE_DEPTH and i + len(pending) < len(bounds):
+                    if cancel is not None and cancel.cancelled:
+                        break
+                    pending.append(pool.submit(process, *bounds[i + len(pending)]))
+                if cancel is not None and cancel.cancelled:
+                    raise LocalizeCancelled("localization cancelled")
+                frames, locs, own = pending.popleft().result()
+                stats.merge(own)
+                yield Chunk(a, b, locs, frames)
+                del frames, locs
+            if cancel is not None:
+                cancel.raise_if_cancelled()
+        finally:
+            for f in pending:  # cancelled, failed or closed early: no chunk is started after this
+                f.cancel()
 
 
 def localize(movie, p: LocalizeParameters | None = None, progress=None, cancel: CancelToken | None = None,
