@@ -35,7 +35,7 @@ class ProgressBar:
 
 # ------------------------------------------------------------------------------------------------ localize
 def _movie_files(paths) -> list[str]:
-    from .io.movies import is_movie_path, list_movies
+    from .io.movies import is_movie_path, list_movies, movie_kind
 
     files = []
     for path in paths:
@@ -45,7 +45,7 @@ def _movie_files(paths) -> list[str]:
                 raise CliError(f"{path}: no movie files in this folder")
             files.extend(found)
         elif os.path.exists(path):
-            if not is_movie_path(path):
+            if not is_movie_path(path) and movie_kind(path) is None:  # the factory's detection (name + signature)
                 from .io.movies import MOVIE_EXTENSIONS
 
                 raise CliError(f"{path}: not a movie file napari-localize reads ({', '.join(MOVIE_EXTENSIONS)})")
