@@ -197,7 +197,7 @@ def _plan(args, files, config, opener):
 
 
 def cmd_localize(args) -> int:
-    from .api import localize_to_file
+    from .api import localize
 
     if args.output_dir is not None and not os.path.isdir(args.output_dir):
         raise CliError(f"--output-dir {args.output_dir}: no such folder")
@@ -270,10 +270,11 @@ def cmd_localize(args) -> int:
                             drift_after_localize(region_path, args.drift)
                     continue
                 try:
-                    written, stats = localize_to_file(
-                        movie, p, hdf5_path, progress=bar, calibration=calibration, z_options=z_options,
+                    result = localize(
+                        movie, p, progress=bar, output=hdf5_path, calibration=calibration, z_options=z_options,
                         calibration_path=os.path.abspath(args.zcalib) if calibration is not None else None,
                         extra_fit_info=camera_doc, camera=maps)
+                    written, stats = result.paths, result.stats
                 finally:
                     bar.close()
         except CliError:
