@@ -87,6 +87,10 @@ def test_validate_checks_the_data_attributes_a_reader_sets():
 
     with pytest.raises(MovieError, match=r"half\.bin: Half gave shape \(3, 4\)"):
         Half().validate()
+    half = Half()
+    half.shape, half.dtype = (3, 4, 1), None
+    with pytest.raises(MovieError, match="gave no numeric pixel type"):
+        half.validate()
     movie = ArrayMovie(np.zeros((3, 4, 5), np.uint16))
     assert movie.validate() is movie
     movie.info["Frames"] = 7
@@ -164,10 +168,10 @@ def test_bigtiff_under_any_movie_name_is_read_as_tiff(tmp_path):
     with open_movie(path) as movie:
         np.testing.assert_array_equal(movie[:], data)
     os.rename(path, tmp_path / "big.nd2")
-    with pytest.warns(MovieFormatWarning, match="a TIFF file by its first bytes"):
-        with open_movie(tmp_path / "big.nd2") as movie:
-            assert type(movie) is TiffMovie
-            np.testing.assert_array_equal(movie[:], data)
+    with pytest.warns(MovieFormatWarning, match="a TIFF file by its first bytes"), \
+            open_movie(tmp_path / "big.nd2") as movie:
+        assert type(movie) is TiffMovie
+        np.testing.assert_array_equal(movie[:], data)
 
 
 def test_nd2_renamed_tif_is_read_as_nd2(tmp_path):
@@ -187,10 +191,9 @@ def test_ims_renamed_nd2_is_read_as_imaris(tmp_path):
     shutil.copy(src, tmp_path / "x.nd2")
     with h5py.File(src, "r") as f:
         ref = f["DataSet/ResolutionLevel 0/TimePoint 0/Channel 0/Data"][:]
-    with pytest.warns(MovieFormatWarning, match="an Imaris"):
-        with open_movie(tmp_path / "x.nd2") as movie:
-            assert type(movie) is ImsMovie
-            np.testing.assert_array_equal(np.asarray(movie)[0], ref[0])
+    with pytest.warns(MovieFormatWarning, match="an Imaris"), open_movie(tmp_path / "x.nd2") as movie:
+        assert type(movie) is ImsMovie
+        np.testing.assert_array_equal(np.asarray(movie)[0], ref[0])
 
 
 @pytest.mark.parametrize("content,name,needle", [
@@ -237,10 +240,10 @@ def test_czi_and_lif_by_signature_under_other_names(tmp_path):
     write_lif(tmp_path / "a.lif", [("s1", data)])
     assert movie_kind(tmp_path / "a.lif").format == "lif"
     shutil.copy(tmp_path / "a.lif", tmp_path / "a.tif")
-    with pytest.warns(MovieFormatWarning, match="a Leica LIF file by its first bytes"):
-        with open_movie(tmp_path / "a.tif") as movie:
-            assert type(movie) is LifMovie
-            np.testing.assert_array_equal(movie[:], data[:, 0])
+    with pytest.warns(MovieFormatWarning, match="a Leica LIF file by its first bytes"), \
+            open_movie(tmp_path / "a.tif") as movie:
+        assert type(movie) is LifMovie
+        np.testing.assert_array_equal(movie[:], data[:, 0])
     pyczi = pytest.importorskip("pylibCZIrw.czi")
     from napari_localize.io.movies.czi import CziMovie
 
@@ -248,16 +251,16 @@ def test_czi_and_lif_by_signature_under_other_names(tmp_path):
         for t in range(3):
             w.write(data[t, 0], plane={"T": t, "C": 0}, scene=0)
     shutil.copy(tmp_path / "b.czi", tmp_path / "b.raw")
-    with pytest.warns(MovieFormatWarning, match="a Zeiss CZI file by its first bytes"):
-        with open_movie(tmp_path / "b.raw") as movie:
-            assert type(movie) is CziMovie
-            np.testing.assert_array_equal(movie[:], data[:3, 0])
+    with pytest.warns(MovieFormatWarning, match="a Zeiss CZI file by its first bytes"), \
+            open_movie(tmp_path / "b.raw") as movie:
+        assert type(movie) is CziMovie
+        np.testing.assert_array_equal(movie[:], data[:3, 0])
 
 
 # ------------------------------------------------------------------------------------------------ one detection
 def _every_path_in_tests_data():
     out = []
-    for root, dirs, files in os.walk(DATA):
+    for root, _dirs, files in os.walk(DATA):
         out.append(root)
         out.extend(os.path.join(root, n) for n in files)
     return sorted(out)

@@ -17,6 +17,7 @@ from ..io.locs import LocsFileError, get_metadata, load_locs
 from ..io.movies import MovieChoiceError, MovieError, movie_kind, open_movie
 from ..io.movies.raw import raw_info_path
 
+
 def napari_get_reader(path):
     """Return a reader for ``path`` if we can open it, else ``None``. Never raises."""
     try:

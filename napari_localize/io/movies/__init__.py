@@ -42,7 +42,8 @@ def open_movie(path, channel=None, position=None, **options) -> Movie:
     ----------
     path : str or PathLike
         A movie file (``.ome.tif``, ``.ome.tiff``, ``.tif``, ``.tiff``, ``.raw``, ``.ims``, ``.nd2``, ``.czi``,
-        ``.lif``), any file of an NDTiff dataset (its ``NDTiff.index`` too), or the dataset folder. For a Micro-Manager set, the first file reads them all.
+        ``.lif``), any file of an NDTiff dataset (its ``NDTiff.index`` too), or the dataset folder. For a
+        Micro-Manager set, the first file reads them all.
     channel, position : int or str, optional
         Index or name of the channel / stage position. A file with several and no choice raises
         :class:`MovieChoiceError` (a :class:`MovieError`) listing them: localizing a silently chosen channel

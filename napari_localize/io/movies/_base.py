@@ -48,11 +48,13 @@ class Movie(abc.ABC):
         if not (isinstance(shape, tuple) and len(shape) == 3
                 and all(isinstance(n, (int, np.integer)) and n >= 0 for n in shape)):
             raise MovieError(f"{self.path}: {name} gave shape {shape!r}, not (frames, height, width)")
+        dtype = getattr(self, "dtype", None)
         try:
-            np.dtype(getattr(self, "dtype", None))
+            ok = dtype is not None and np.dtype(dtype).kind in "biuf"
         except TypeError:
-            raise MovieError(f"{self.path}: {name} gave no pixel type (dtype {getattr(self, 'dtype', None)!r})") \
-                from None
+            ok = False
+        if not ok:
+            raise MovieError(f"{self.path}: {name} gave no numeric pixel type (dtype {dtype!r})")
         info = getattr(self, "info", None)
         if not isinstance(info, dict):
             raise MovieError(f"{self.path}: {name} gave no movie metadata (info {info!r})")
