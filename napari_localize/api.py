@@ -124,6 +124,7 @@ def _as_camera(camera, movie, p):
 def _prepare(movie, p, output, keep_locs, calibration, z_options, calibration_path, camera):
     p = p or LocalizeParameters()
     movie = _as_movie(movie)
+    p.validate(*(int(n) for n in movie.shape))  # a bad parameter is named before anything is set up
     calibration, calibration_path = _as_calibration(calibration, calibration_path)
     z = _zrun(calibration, z_options, calibration_path)
     dtype = run_dtype(p, z)
