@@ -3,7 +3,7 @@
 Picasso: the bead z-stack is localized with its default GUI fit (LQ, ``picasso.localize.localize``) and
 calibrated with ``picasso.zfit.calibrate_z``; the blinking movie goes through its CLI,
 ``python -m picasso localize movie -a lq-3d -zc cal.yaml -mf 1 ...`` (LQ 2D fit, then z, filter 0). Ours:
-``calibrate_z_stack`` on the same stack and ``localize_movie_3d`` with each z method and 2D fit, and
+``calibrate_z_stack`` on the same stack and ``localize(..., calibration=)`` with each z method and 2D fit, and
 variants of the z MLE (box size, neighbour model, goodness-of-fit filter).
 
 The blinking spots have log-normal photons (mean ``--photons``, spread ``--photon-spread``) and heights
@@ -28,7 +28,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from napari_localize.api import calibrate_z_stack, localize_movie_3d  # noqa: E402
+from napari_localize.api import calibrate_z_stack, localize  # noqa: E402
 from napari_localize.core.parameters import LocalizeParameters  # noqa: E402
 from napari_localize.core.simulate import (  # noqa: E402
     SimulationParameters,
@@ -207,9 +207,9 @@ def main(argv=None):
     ]
     for name, fit2d, opt in variants:
         p2 = p.replace(fit_method=fit2d)
-        localize_movie_3d(bframes[:2], p2, cal, opt)  # JIT warm-up
+        localize(bframes[:2], p2, calibration=cal, z_options=opt)  # JIT warm-up
         t = time.perf_counter()
-        locs, _, _ = localize_movie_3d(bframes, p2, cal, opt)
+        locs = localize(bframes, p2, calibration=cal, z_options=opt).locs
         dt = time.perf_counter() - t
         key = f"ours {name}"
         results[key] = summarise(f"napari-localize {key} [{dt:.1f} s]", locs["z"], locs["frame"], locs["x"],

@@ -35,7 +35,7 @@ class ProgressBar:
 
 # ------------------------------------------------------------------------------------------------ localize
 def _movie_files(paths) -> list[str]:
-    from .io.movies import is_movie_path, list_movies
+    from .io.movies import is_movie_path, list_movies, movie_kind
 
     files = []
     for path in paths:
@@ -45,7 +45,7 @@ def _movie_files(paths) -> list[str]:
                 raise CliError(f"{path}: no movie files in this folder")
             files.extend(found)
         elif os.path.exists(path):
-            if not is_movie_path(path):
+            if not is_movie_path(path) and movie_kind(path) is None:  # the factory's detection (name + signature)
                 from .io.movies import MOVIE_EXTENSIONS
 
                 raise CliError(f"{path}: not a movie file napari-localize reads ({', '.join(MOVIE_EXTENSIONS)})")
@@ -197,7 +197,7 @@ def _plan(args, files, config, opener):
 
 
 def cmd_localize(args) -> int:
-    from .api import localize_to_file
+    from .api import localize
 
     if args.output_dir is not None and not os.path.isdir(args.output_dir):
         raise CliError(f"--output-dir {args.output_dir}: no such folder")
@@ -270,10 +270,11 @@ def cmd_localize(args) -> int:
                             drift_after_localize(region_path, args.drift)
                     continue
                 try:
-                    written, stats = localize_to_file(
-                        movie, p, hdf5_path, progress=bar, calibration=calibration, z_options=z_options,
+                    result = localize(
+                        movie, p, progress=bar, output=hdf5_path, calibration=calibration, z_options=z_options,
                         calibration_path=os.path.abspath(args.zcalib) if calibration is not None else None,
                         extra_fit_info=camera_doc, camera=maps)
+                    written, stats = result.paths, result.stats
                 finally:
                     bar.close()
         except CliError:

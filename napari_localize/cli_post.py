@@ -167,7 +167,7 @@ def localize_regions_separately(movie, path, p, args, extra_fit_info=None, progr
     without localizations writes nothing (and says so)."""
     import sys
 
-    from .api import localize_movie
+    from .api import localize
     from .core.locs import sane
     from .core.regions import region_movie_info, region_suffix, to_region_coordinates
     from .io.locs import locs_paths, save_locs
@@ -175,7 +175,8 @@ def localize_regions_separately(movie, path, p, args, extra_fit_info=None, progr
     written = []
     params = region_parameters(p, args)
     for k, q in enumerate(params):
-        locs, info, stats = localize_movie(movie, q, progress=progress)
+        result = localize(movie, q, progress=progress)
+        locs, info, stats = result.locs, result.info, result.stats
         y0, x0, y1, x1 = q.roi
         table = to_region_coordinates(locs, q.roi)
         table = table[sane(table, x1 - x0, y1 - y0)]

@@ -12,9 +12,20 @@ documents, atomic publish), so the result is identical to a one-by-one run.
 from __future__ import annotations
 
 import os
+from typing import NamedTuple
 
 from .core.parameters import LocalizeParameters
 from .core.pipeline import LocalizeCancelled, LocalizeStats
+
+
+class FileOutcome(NamedTuple):
+    """One movie of a Dask batch: the ``_locs.hdf5`` written and the run's stats, or the error (a failed movie
+    is reported, not raised, so the batch goes on)."""
+
+    path: str
+    hdf5_path: str | None
+    stats: LocalizeStats | None
+    error: str | None
 
 #: frames per task for long movies
 FRAMES_PER_TASK = 2000
@@ -116,10 +127,10 @@ def iter_files_distributed(paths, p: LocalizeParameters | dict, scheduler: str =
                            workers: int | None = None, suffix: str = "", output_dir=None,
                            movie_options: dict | None = None, frames_per_task: int = FRAMES_PER_TASK,
                            calibration=None, z_options=None, calibration_path=None, cancel=None):
-    """Generator: localize movie files on a Dask cluster, yielding ``(path, hdf5_path or None, stats or None,
-    error or None)`` as each movie finishes (3D with a ``calibration``). Cancelling ``cancel`` raises
-    :class:`~napari_localize.core.pipeline.LocalizeCancelled` before the next block is taken; unfinished files
-    are not published."""
+    """Generator: localize movie files on a Dask cluster, yielding a :class:`FileOutcome` ``(path, hdf5_path or
+    None, stats or None, error or None)`` as each movie finishes (3D with a ``calibration``). Cancelling
+    ``cancel`` raises :class:`~napari_localize.core.pipeline.LocalizeCancelled` before the next block is taken;
+    unfinished files are not published."""
     from dask.distributed import as_completed
 
     from .core.run import ZRun
@@ -148,7 +159,7 @@ def iter_files_distributed(paths, p: LocalizeParameters | dict, scheduler: str =
                     f = client.submit(_localize_block, os.path.abspath(path), q, a, b, movie_options, z, pure=False)
                     futures[f] = (path, index)
             except Exception as exc:  # noqa: BLE001 (this movie's failure is reported; the others run)
-                yield path, None, None, _message(exc, path)
+                yield FileOutcome(path, None, None, _message(exc, path))
         failed = set()
         for future in as_completed(list(futures)):
             if cancel is not None and cancel.cancelled:
@@ -164,12 +175,12 @@ def iter_files_distributed(paths, p: LocalizeParameters | dict, scheduler: str =
                 if m.add(index, block):
                     written, stats = m.finish()
                     del movies[path]
-                    yield path, written, stats, None
+                    yield FileOutcome(path, written, stats, None)
             except Exception as exc:  # noqa: BLE001 (a worker's failure: reported, the batch goes on)
                 m.abort(exc)
                 failed.add(path)
                 del movies[path]
-                yield path, None, None, _message(exc, path)
+                yield FileOutcome(path, None, None, _message(exc, path))
     finally:
         for m in movies.values():
             m.abort()
@@ -187,7 +198,8 @@ def localize_files_distributed(paths, p: LocalizeParameters | dict, scheduler: s
     ``calibration``).
 
     ``p`` is one parameter set for all movies, or a dict mapping each path to its own.
-    Returns a list of ``(path, hdf5_path or None, stats or None, error message or None)`` in input order.
+    Returns a list of :class:`FileOutcome` ``(path, hdf5_path or None, stats or None, error message or None)``
+    in input order.
     ``on_done(path, hdf5_path, stats, error)`` is called as each movie finishes.
     """
     done = {}

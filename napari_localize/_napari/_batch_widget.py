@@ -1,7 +1,7 @@
 """Batch dock widget: localize every movie of a folder with the session's parameters, with progress.
 
 Runs in a napari thread worker (the viewer stays responsive), either in this process, movie after movie,
-each streamed to its ``_locs.hdf5`` (:func:`~napari_localize.api.localize_to_file_steps`), or on a Dask cluster
+each streamed to its ``_locs.hdf5`` (:func:`~napari_localize.api.localize_steps`), or on a Dask cluster
 (``local`` starts a LocalCluster, an address such as ``tcp://host:8786`` uses a running scheduler; see
 :mod:`napari_localize.distributed`). A movie that fails is reported and the batch goes on; Cancel stops before
 the next chunk (in this process) or the next movie (Dask): finished movies keep their files, the interrupted
@@ -68,7 +68,7 @@ def batch_steps(paths, p, cancel: CancelToken, suffix: str = "", skip_existing: 
     Yields :class:`BatchEvent` after every chunk; returns the list of :class:`BatchOutcome` (``None`` rows
     are never returned: every path gets one). A cancel stops before the next chunk and returns what finished.
     """
-    from ..api import camera_maps, localize_to_file_steps
+    from ..api import camera_maps, localize_steps
 
     calibration, z_options, calibration_path = z if z is not None else (None, None, None)
     outcomes = []
@@ -81,13 +81,13 @@ def batch_steps(paths, p, cancel: CancelToken, suffix: str = "", skip_existing: 
         try:
             with open_movie(path) as movie:
                 camera = None if camera_calibration is None else camera_maps(camera_calibration, movie, p)
-                steps = localize_to_file_steps(movie, p, hdf5_path, cancel, calibration, z_options,
-                                               calibration_path, camera=camera)
+                steps = localize_steps(movie, p, cancel, output=hdf5_path, calibration=calibration,
+                                       z_options=z_options, calibration_path=calibration_path, camera=camera)
                 while True:
                     try:
                         done, total = next(steps)
                     except StopIteration as finished:
-                        (written, _), stats = finished.value
+                        written, stats = finished.value.hdf5_path, finished.value.stats
                         break
                     yield BatchEvent(index, count, done, total, outcomes)
             outcomes.append(BatchOutcome(path, written, stats.localized))

@@ -1,7 +1,9 @@
 """npe2 reader hook: movies as lazy image layers, ``*_locs.hdf5`` as points layers.
 
-The hook only claims files it can check cheaply (file signature, or an NDTiff dataset folder) and never
-raises: a file it declines gives ``None`` so napari can try other readers.
+The hook claims a movie when :func:`~napari_localize.io.movies.movie_kind` (the detection
+:func:`~napari_localize.io.movies.open_movie` uses for the CLI and the API: name and file signature) names a
+reader for it, so the plugin and the CLI accept the same files. It never raises: a file it declines gives
+``None`` so napari can try other readers.
 """
 
 from __future__ import annotations
@@ -12,31 +14,8 @@ import warnings
 import numpy as np
 
 from ..io.locs import LocsFileError, get_metadata, load_locs
-from ..io.movies import MovieChoiceError, MovieError, is_ndtiff_folder, open_movie
+from ..io.movies import MovieChoiceError, MovieError, movie_kind, open_movie
 from ..io.movies.raw import raw_info_path
-
-_SIGNATURES = {
-    (".tif", ".tiff"): (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"),
-    (".ims",): (b"\x89HDF",),
-    (".nd2",): (b"\xda\xce\xbe\x0a", b"\x00\x00\x00\x0cjP  "),
-    (".czi",): (b"ZISRAWFILE",),
-    (".lif",): (b"\x70\x00\x00\x00",),
-}
-
-
-def _signature_ok(path: str) -> bool:
-    lower = path.lower()
-    if lower.endswith(".raw"):
-        return os.path.isfile(path)
-    for exts, magics in _SIGNATURES.items():
-        if lower.endswith(exts):
-            try:
-                with open(path, "rb") as fh:
-                    head = fh.read(12)
-            except OSError:
-                return False
-            return any(head.startswith(m) for m in magics)
-    return False
 
 
 def napari_get_reader(path):
@@ -57,9 +36,7 @@ def napari_get_reader(path):
             from ..io.export import is_thunderstorm_csv
 
             return read_thunderstorm_csv if os.path.isfile(path) and is_thunderstorm_csv(path) else None
-        if os.path.isdir(path):
-            return read_movie if is_ndtiff_folder(path) else None
-        if _signature_ok(path):
+        if movie_kind(path) is not None:  # the factory's own detection (an NDTiff folder too)
             return read_movie
     except Exception:  # a reader hook must never raise
         return None

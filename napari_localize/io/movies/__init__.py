@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 import re
-import stat
 import struct
 
 import numpy as np
 
-from ._base import ArrayMovie, Movie, MovieError, movie_info
+from ._base import ArrayMovie, LibraryMovie, Movie, MovieError, movie_info
+from .detect import MovieFormatWarning, MovieKind, _ndtiff_first, detect_movie, is_ndtiff_folder, movie_kind
 from .metadata import MovieChoiceError
 from .raw import RawMovie, read_raw_info, write_raw_info
 from .tiff import TiffMovie, follow_on_of
@@ -30,25 +30,20 @@ def is_movie_path(path) -> bool:
     return path.lower().endswith(MOVIE_EXTENSIONS)
 
 
-def is_ndtiff_folder(path) -> bool:
-    """True if ``path`` is a folder holding an NDTiff dataset (``NDTiff.index`` and ``*_NDTiffStack.tif``)."""
-    path = os.fspath(path)
-    return os.path.isdir(path) and os.path.isfile(os.path.join(path, "NDTiff.index")) and bool(_ndtiff_first(path))
-
-
-def _ndtiff_first(folder):
-    names = sorted(n for n in os.listdir(folder) if re.search(r"_NDTiffStack\.tiff?$", n, re.IGNORECASE))
-    return os.path.join(folder, names[0]) if names else None
-
-
 def open_movie(path, channel=None, position=None, **options) -> Movie:
-    """Open a movie lazily; the single entry point for every format.
+    """Open a movie lazily; the single entry point for every format (the CLI, the API, the widgets and the
+    npe2 reader all open movies here).
+
+    The reader is chosen by the file's name and its first bytes (:func:`~.detect.detect_movie`): a file
+    whose name and signature disagree is read by what its signature says, with a :class:`MovieFormatWarning`;
+    one that matches no movie format is refused with a :class:`MovieError` saying what it looks like.
 
     Parameters
     ----------
     path : str or PathLike
-        A movie file (``.ome.tif``, ``.ome.tiff``, ``.tif``, ``.tiff``, ``.raw``, ``.ims``, ``.nd2``), any file
-        of an NDTiff dataset, or the dataset folder. For a Micro-Manager set, the first file reads them all.
+        A movie file (``.ome.tif``, ``.ome.tiff``, ``.tif``, ``.tiff``, ``.raw``, ``.ims``, ``.nd2``, ``.czi``,
+        ``.lif``), any file of an NDTiff dataset (its ``NDTiff.index`` too), or the dataset folder. For a
+        Micro-Manager set, the first file reads them all.
     channel, position : int or str, optional
         Index or name of the channel / stage position. A file with several and no choice raises
         :class:`MovieChoiceError` (a :class:`MovieError`) listing them: localizing a silently chosen channel
@@ -73,6 +68,11 @@ def open_movie(path, channel=None, position=None, **options) -> Movie:
             OverflowError, AttributeError, AssertionError, EOFError, UnicodeError, struct.error) as exc:
         raise MovieError(f"{path}: cannot be read; the file is damaged or not a movie of its type "
                          f"({type(exc).__name__}: {_one_line(exc)})") from None
+    try:
+        movie.validate()
+    except MovieError:
+        movie.close()
+        raise
     frame_bytes = int(movie.shape[1]) * int(movie.shape[2]) * np.dtype(movie.dtype).itemsize
     if frame_bytes > MAX_FRAME_BYTES:
         movie.close()
@@ -91,43 +91,48 @@ def _one_line(exc) -> str:
 
 
 def _open(path, channel=None, position=None, **options) -> Movie:
-    if not os.path.exists(path):
-        raise MovieError(f"{path}: no such file")
-    if not os.path.isdir(path) and not stat.S_ISREG(os.stat(path).st_mode):
-        raise MovieError(f"{path}: not a regular file (a pipe, device or socket); copy the movie to a file first")
-    if os.path.isdir(path):
-        if is_ndtiff_folder(path):
-            path = _ndtiff_first(path)
-        else:
-            raise MovieError(f"{path}: a folder, not a movie (only NDTiff dataset folders open as one movie)")
-    lower = path.lower()
-    if lower.endswith(".raw"):
-        for name, value in (("channel", channel), ("position", position)):
-            if value not in (None, 0, "0"):
-                raise MovieError(f"{path}: .raw movies have one channel and one position; got {name}={value!r}")
-        return RawMovie(path, info=options.get("info"))
-    if lower.endswith((".tif", ".tiff")):
-        return TiffMovie(path, channel=channel, position=position, series=int(options.get("series", 0)))
-    if lower.endswith(".ims"):
-        from .ims import ImsMovie
+    kind = detect_movie(path)
+    return READERS[kind.format](kind.path, channel, position, **options)
 
-        return ImsMovie(path, channel=channel, position=position)
-    if lower.endswith(".nd2"):
-        from .nd2 import Nd2Movie
 
-        return Nd2Movie(path, channel=channel, position=position)
-    if lower.endswith(".czi"):  # optional readers (czifile, liffile), imported only here
-        from .czi import CziMovie
+def _open_raw(path, channel=None, position=None, info=None, **_):
+    for name, value in (("channel", channel), ("position", position)):
+        if value not in (None, 0, "0"):
+            raise MovieError(f"{path}: .raw movies have one channel and one position; got {name}={value!r}")
+    return RawMovie(path, info=info)
 
-        return CziMovie(path, channel=channel, position=position)
-    if lower.endswith(".lif"):
-        from .lif import LifMovie
 
-        return LifMovie(path, channel=channel, position=position)
-    raise MovieError(
-        f"{path}: unknown movie type; napari-localize reads {', '.join(MOVIE_EXTENSIONS)} "
-        "(and NDTiff dataset folders)"
-    )
+def _open_tiff(path, channel=None, position=None, series=0, **_):
+    return TiffMovie(path, channel=channel, position=position, series=int(series))
+
+
+def _open_ims(path, channel=None, position=None, **_):
+    from .ims import ImsMovie
+
+    return ImsMovie(path, channel=channel, position=position)
+
+
+def _open_nd2(path, channel=None, position=None, **_):
+    from .nd2 import Nd2Movie
+
+    return Nd2Movie(path, channel=channel, position=position)
+
+
+def _open_czi(path, channel=None, position=None, **_):  # optional readers (czifile, liffile), imported only here
+    from .czi import CziMovie
+
+    return CziMovie(path, channel=channel, position=position)
+
+
+def _open_lif(path, channel=None, position=None, **_):
+    from .lif import LifMovie
+
+    return LifMovie(path, channel=channel, position=position)
+
+
+#: the reader of each detected format (:mod:`.detect`): ``opener(path, channel, position, **options)``
+READERS = {"raw": _open_raw, "tiff": _open_tiff, "ims": _open_ims, "nd2": _open_nd2, "czi": _open_czi,
+           "lif": _open_lif}
 
 
 def movie_choices(path) -> tuple[list[str], list[str]]:
@@ -165,7 +170,8 @@ def list_movies(folder) -> list[str]:
 
 
 __all__ = [
-    "ArrayMovie", "MOVIE_EXTENSIONS", "list_movies", "Movie", "MovieChoiceError", "MovieError", "RawMovie",
-    "TiffMovie", "is_movie_path", "is_ndtiff_folder", "movie_choices", "movie_info", "open_movie",
-    "read_raw_info", "write_raw_info",
+    "ArrayMovie", "LibraryMovie", "MOVIE_EXTENSIONS", "list_movies", "Movie", "MovieChoiceError", "MovieError",
+    "MovieFormatWarning", "MovieKind", "RawMovie", "TiffMovie", "detect_movie", "is_movie_path",
+    "is_ndtiff_folder", "movie_choices", "movie_info", "movie_kind", "open_movie", "read_raw_info",
+    "write_raw_info",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 import os
 import threading
 
@@ -10,13 +11,19 @@ import numpy as np
 from ...core.errors import MovieError  # noqa: F401  (the reader layer's error; defined with the others)
 
 
-class Movie:
-    """A lazily read movie of shape ``(frames, height, width)``.
+class Movie(abc.ABC):
+    """A lazily read movie of shape ``(frames, height, width)``: the abstract base of every reader.
 
-    Subclasses implement :meth:`_read` (a contiguous frame range) and set ``shape``, ``dtype``, ``info``
-    (Picasso-style movie info: ``Byte Order``, ``Data Type``, ``Frames``, ``Height``, ``Width``, ``File``, ...)
-    and ``path``. Indexing with an int or a slice on the first axis reads only those frames; further indices
-    are applied to what was read. Use as a context manager, or call :meth:`close`.
+    A reader implements the two abstract methods, :meth:`_read` (a contiguous frame range, as an array
+    ``(stop - start, height, width)`` of ``dtype``) and :meth:`close` (release its file), and sets four data
+    attributes in its ``__init__``: ``shape`` (three ints), ``dtype`` (a numpy dtype), ``info`` (Picasso-style
+    movie metadata: ``Byte Order``, ``Data Type``, ``Frames``, ``Height``, ``Width``, ``File``, ...) and
+    ``path`` (None for an array). :meth:`validate` checks that contract; :func:`~napari_localize.io.movies.open_movie`
+    (the one factory: extension and file signature) calls it on every movie it opens.
+
+    Everything else is shared: indexing with numpy's semantics (an int, slice or index array on the first axis
+    reads only those frames), ``len``, ``np.asarray(movie)``, :meth:`to_dask`, thread-safe reads, and the
+    context manager (``with open_movie(path) as movie:`` closes the file).
     """
 
     path: str | None = None
@@ -25,11 +32,36 @@ class Movie:
     info: dict
 
     # -- to implement --------------------------------------------------------------------------
+    @abc.abstractmethod
     def _read(self, start: int, stop: int) -> np.ndarray:
-        raise NotImplementedError
+        """Frames ``start:stop`` (``0 <= start <= stop <= frames``) as an array ``(stop - start, height, width)``."""
 
+    @abc.abstractmethod
     def close(self) -> None:
-        pass
+        """Release the file (idempotent); reads after it may fail."""
+
+    # -- the contract --------------------------------------------------------------------------
+    def validate(self):
+        """Check the data attributes a reader must set; return ``self``. Raises :class:`MovieError`."""
+        name = type(self).__name__
+        shape = getattr(self, "shape", None)
+        if not (isinstance(shape, tuple) and len(shape) == 3
+                and all(isinstance(n, (int, np.integer)) and n >= 0 for n in shape)):
+            raise MovieError(f"{self.path}: {name} gave shape {shape!r}, not (frames, height, width)")
+        dtype = getattr(self, "dtype", None)
+        try:
+            ok = dtype is not None and np.dtype(dtype).kind in "biuf"
+        except TypeError:
+            ok = False
+        if not ok:
+            raise MovieError(f"{self.path}: {name} gave no numeric pixel type (dtype {dtype!r})")
+        info = getattr(self, "info", None)
+        if not isinstance(info, dict):
+            raise MovieError(f"{self.path}: {name} gave no movie metadata (info {info!r})")
+        for key, n in zip(("Frames", "Height", "Width"), shape):
+            if key in info and int(info[key]) != int(n):
+                raise MovieError(f"{self.path}: {name}'s metadata says {key} {info[key]} but the movie has {n}")
+        return self
 
     # -- shared behaviour ----------------------------------------------------------------------
     @property
@@ -176,8 +208,9 @@ class LibraryMovie(Movie):
             self.close()
             raise MovieError(f"{self.path}: not a readable {kind} file ({type(exc).__name__}: {exc})") from None
 
+    @abc.abstractmethod
     def _setup(self, channel, position):
-        raise NotImplementedError
+        """Choose the channel and position in ``self._f``; set ``shape``, ``dtype`` and ``info``."""
 
     def close(self):
         f, self._f = self._f, None
@@ -200,6 +233,9 @@ class ArrayMovie(Movie):
 
     def _read(self, start, stop):
         return np.asarray(self._data[start:stop])
+
+    def close(self):
+        pass  # the array belongs to the caller
 
 
 def movie_info(shape, dtype, path=None, **extra) -> dict:
