@@ -77,8 +77,8 @@ def test_spline_run_with_the_temporal_median_ignores_static_debris(spline_file, 
                              min_separation=14, margin=7)
     frames, truth = simulate_frames(p)
     rng = np.random.default_rng(9)
-    static = expected_image(48, 48, rng.uniform(6, 42, 8), rng.uniform(6, 42, 8), np.full(8, 3000.0),
-                            1.3, 1.3, 0.0)  # debris as bright as a molecule, in every frame
+    dx, dy = rng.uniform(6, 42, 3), rng.uniform(6, 42, 3)
+    static = expected_image(48, 48, dx, dy, np.full(3, 3000.0), 1.3, 1.3, 0.0)  # debris, in every frame
     movie_frames = (frames.astype(np.float32) + rng.poisson(static, frames.shape)).astype(np.uint16)
     movie = tmp_path / "debris.ome.tif"
     write_movie(movie, iter([movie_frames]), movie_frames.shape, movie_frames.dtype)
@@ -87,13 +87,20 @@ def test_spline_run_with_the_temporal_median_ignores_static_debris(spline_file, 
     assert main(common + ["--suffix", "_raw"]) == 0
     assert main(common + ["--temporal-median", "41", "--gaussian-filter", "0.8", "--suffix", "_med"]) == 0
     raw, _ = load_locs(tmp_path / "debris.ome_raw_locs.hdf5")
-    med, info = load_locs(tmp_path / "debris.ome_med_locs.hdf5")
-    found, rmse, idx = _z_rmse(med, truth)
-    assert found >= 0.85, found
-    assert (idx >= 0).mean() > 0.9  # the debris is not localized
-    assert rmse < 30.0, rmse
-    raw_idx = match_truth(raw, truth, 1.0)
-    assert (raw_idx < 0).sum() > 5 * max(1, (idx < 0).sum())  # without the filter it is, in every frame
+    med, _ = load_locs(tmp_path / "debris.ome_med_locs.hdf5")
+
+    def near_debris(x, y, r):
+        return np.hypot(np.asarray(x)[:, None] - dx[None], np.asarray(y)[:, None] - dy[None]).min(axis=1) < r
+
+    # spots clear of the debris (the fit still sees the raw frame: a box holding debris is not one emitter)
+    clear = truth[~near_debris(truth["x"], truth["y"], 8.0)]
+    found, rmse, _ = _z_rmse(med, clear)
+    assert found >= 0.9, found
+    assert rmse < 25.0, rmse
+    # the debris itself is localized in nearly every frame without the filter, hardly ever with it
+    on_raw = int(near_debris(raw["x"], raw["y"], 1.5).sum())
+    on_med = int(near_debris(med["x"], med["y"], 1.5).sum())
+    assert on_raw > 100 and on_med < 0.1 * on_raw, (on_raw, on_med)
 
 
 # ------------------------------------------------------------------------------------------------- Dask
