@@ -613,6 +613,8 @@ def cmd_calibrate_z(args) -> int:
         return _calibrate_spline(args, frames)
     if args.dimensions != "3d":
         raise CliError("--dimensions 2d applies to --model spline only")
+    if args.spline_oversampling is not None:
+        raise CliError("--spline-oversampling applies to --model spline only")
     from .api import calibrate_z_stack
     from .io.calibration import calibration_paths, plot_calibration, save_calibration
 
@@ -676,7 +678,7 @@ def _calibrate_spline(args, frames=None) -> int:
     options = SplineCalibrationOptions(
         box_size=args.box_size, frames_per_step=args.frames_per_step, frame_order=args.frame_order,
         frame_bounds=frames, dimensions=args.dimensions,
-        magnification_factor=args.magnification_factor)
+        magnification_factor=args.magnification_factor, oversampling=args.spline_oversampling)
     try:
         options.validate()
     except ValueError as exc:
@@ -711,6 +713,9 @@ def add_calibrate_parser(sub):
                    help="poly: astigmatic Gaussian widths (Huang 2008); spline: experimental PSF (default poly)")
     p.add_argument("--dimensions", choices=("3d", "2d"), default="3d",
                    help="spline: 3d (z from the PSF shape) or 2d (the in-focus PSF only) (default 3d)")
+    p.add_argument("--spline-oversampling", type=int, choices=(1, 2), default=None,
+                   help="spline: lateral nodes per camera pixel (default: 2 with at least 8 registered beads, "
+                        "else 1); Picasso reads either file (it gets the whole-pixel nodes)")
     p.add_argument("--frames-per-step", type=int, default=1,
                    help="frames (fields of view) acquired at each z position (default 1)")
     p.add_argument("--frame-order", choices=("fov", "z"), default="fov",

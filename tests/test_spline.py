@@ -349,6 +349,13 @@ def test_cli_calibrates_a_spline_and_keeps_the_poly_default(stack, tmp_path, cap
     assert "calibration z precision" in out
     psf = load_spline_calibration(cal)
     assert psf.box == 11 and psf.pixelsize == 130.0 and psf.magnification_factor == 1.0
+    assert psf.oversampling == 1  # 6 beads: whole-pixel nodes by default
+    # half-pixel nodes on request: the factor is in the file and the grid is the same in pixels
+    assert main(["calibrate-z", str(movie), "--step-nm", "40", "--model", "spline", "--box-size", "11",
+                 "--baseline", "100", "--min-net-gradient", "1000", "--magnification-factor", "1",
+                 "--spline-oversampling", "2", "--output", str(tmp_path / "half.hdf5")]) == 0
+    half = load_spline_calibration(tmp_path / "half.hdf5")
+    assert half.oversampling == 2 and half.grid_px == psf.grid_px == 13 and half.n_nodes[-1] == 25
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -356,6 +363,7 @@ def test_cli_calibrates_a_spline_and_keeps_the_poly_default(stack, tmp_path, cap
     (["--model", "spline", "--box-size", "10"], "odd"),
     (["--model", "spline", "--pooled"], "--model poly only"),
     (["--dimensions", "2d"], "--model spline only"),
+    (["--spline-oversampling", "2"], "--model spline only"),
 ])
 def test_cli_refuses_bad_spline_options(stack, tmp_path, capsys, argv, message):
     frames, _ = stack

@@ -599,7 +599,6 @@ def _oversampled_template(vols, valids, shifts, scale, good, s0, s1, centre, gri
     cf = (n_fine - 1) / 2.0
     big = vols.shape[-1]
     m = np.arange(big, dtype=float)
-    ns = s1 - s0
     rows, grams, datas, masks = [], [], [], []
     for b in np.nonzero(good)[0]:
         dz, dy, dx = shifts[b]

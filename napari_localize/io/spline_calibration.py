@@ -28,7 +28,8 @@ Conventions (Picasso's, which we follow so that each program reads the other's f
   ``((nx - 1) / 2, (ny - 1) / 2)``. The value at a node is the expected share of the photons in the camera
   pixel centred there (pixel-integrated). In the oversampled table node ``j`` is the pixel whose centre lies
   ``(j - (nx - 1) / 2) / oversampling`` pixels from the emitter. The emitter's lateral position is the
-  intensity centroid of the (background-free) average bead's in-focus image over the calibration box. Our grid is the fit box plus one pixel on each side, so fits of the
+  intensity centroid of the (background-free) average bead's in-focus image within 1.2 um of it. Our grid
+  is the fit box plus one pixel on each side, so fits of the
   calibration's box never leave the spline. Picasso crops a larger grid to its fit box about the centre.
 * **Heights.** Node ``k`` is z-step ``k`` of the scan, frame 0 at the top: its stage height is
   ``(z_center - k) * z_step_nm``. A fitted node coordinate ``k`` is reported as
