@@ -14,10 +14,15 @@ The steps follow Li et al., Nat. Methods 15, 367 (2018) and Babcock & Zhuang, Sc
    shift of the beads is kept at zero, so the template's heights are those of the average bead.
 4. **Outliers.** Beads whose normalised residual exceeds the median by more than 3 robust standard
    deviations, whose shift runs off the margin or whose fit fails are dropped and the average rebuilt.
-5. **Smoothing** of every voxel's profile along z with a cubic smoothing spline (penalty by generalised
-   cross-validation, scipy's ``make_smoothing_spline``), **centring** (the intensity centroid of the slices
-   around focus moved to the centre pixel), **normalisation** (unit peak at the most compact slice; the photon
-   scale is that slice's sum) and the **coefficients** (:func:`~.spline.spline_coefficients`).
+5. **Centre, template, smoothing.** The emitter is the intensity centroid of the registered average around its
+   most compact slice within :data:`CENTROID_RADIUS_NM`, in a window centred on the centroid itself. The
+   template is then fitted to the bead pixels by linear least squares on a grid of ``oversampling`` lateral
+   nodes per pixel (bead ``b``'s pixel ``m`` samples the pixel-integrated PSF at the offset
+   ``m - dx_b - centre``: the beads' diverse sub-pixel positions fill in the half-pixel nodes), slice by slice,
+   through the same interpolating spline the fit evaluates. Every voxel's profile along z is smoothed
+   (penalised second differences, strength by generalised cross-validation), the template **normalised** (unit
+   peak at the most compact slice; the photon scale is that slice's sum over the grid's pixels) and the
+   **coefficients** computed (:func:`~.spline.spline_coefficients`).
 6. **Self-check.** Every single bead slice is fitted back with the finished spline (least squares, x, y, z,
    amplitude, background free): the calibration's own z precision and bias per height.
 
@@ -671,9 +676,14 @@ def _self_check(psf, vols, valids, shifts, good, s0, s1, centre=None, pad=PAD, m
             if not np.all(valids[b][s, pad:pad + g, pad:pad + g]):
                 continue
             true_idx = s - s0 - shifts[b, 0]
+            # only the pixels the spline covers at the bead's registered position (no extrapolation)
+            px = np.arange(g, dtype=float)
+            inx = np.abs((px - shifts[b, 2] - off[0]) * o) <= psf.cx
+            iny = np.abs((px - shifts[b, 1] - off[1]) * o) <= psf.cy
+            cover = (iny[:, None] & inx[None, :])[None]
             best = None
             for st in starts:
-                theta, rms, ok = fit_shift(img[None], np.ones((1, g, g), bool), psf.coefficients, np.zeros(1),
+                theta, rms, ok = fit_shift(img[None], cover, psf.coefficients, np.zeros(1),
                                            (float(img.sum()), shifts[b, 2] + off[0], shifts[b, 1] + off[1],
                                             -st, 0.0), nodes_per_px=o, origin=psf.cx)
                 if ok and (best is None or rms < best[1]):
