@@ -233,10 +233,11 @@ def cmd_localize(args) -> int:
         raise CliError("--concat, --regions-separately and --drift run in this process: leave out --scheduler")
     if args.camera_calibration is not None and args.regions_separately:
         raise CliError("--camera-calibration does not work with --regions-separately yet")
+    spline = calibration is not None and _is_spline(calibration)
     if args.camera_calibration is not None:
-        if calibration is not None:
-            raise CliError("--camera-calibration works with 2D localization for now; the 3D fit (--zcalib) uses "
-                           "the scalar --baseline/--sensitivity")
+        if calibration is not None and not spline:
+            raise CliError("--camera-calibration works with 2D localization and the spline PSF fit for now; the "
+                           "polynomial 3D fit (--zcalib YAML) uses the scalar --baseline/--sensitivity")
         if args.scheduler:
             raise CliError("--camera-calibration runs on this machine for now; drop --scheduler")
         _load_camera_calibration(args, args.camera_calibration)  # a bad file stops the run before any movie
@@ -257,7 +258,8 @@ def cmd_localize(args) -> int:
                     for notice in match.notices:
                         print(f"napari-localize: note: {path}: {notice}", file=sys.stderr)
                 camera_doc = _camera_document(config, match) if match is not None else None
-                maps = _camera_maps(args, movie, p, match, three_d=calibration is not None)
+                maps = _camera_maps(args, movie, p, match,
+                                    three_d=calibration is not None and not _is_spline(calibration))
                 bar = ProgressBar(os.path.basename(path))
                 if args.regions_separately:
                     try:
@@ -436,13 +438,19 @@ def _z_setup(args):
     return calibration, options
 
 
+def _is_spline(calibration) -> bool:
+    from .core.spline import SplinePSF
+
+    return isinstance(calibration, SplinePSF)
+
+
 def _check_spline_options(args, psf):
     """What a spline PSF calibration changes: the box (default the calibration's) and the z options that apply."""
     for notice in psf.notices:
         print(f"napari-localize: note: --zcalib {args.zcalib}: {notice}", file=sys.stderr)
     if args.box_size is None:
         args.box_size = int(psf.box)
-    grid = psf.n_nodes[-1]
+    grid = psf.grid_px
     if args.box_size > grid:
         raise CliError(f"--box-size {args.box_size}: larger than the spline calibration's grid ({grid} px); "
                        f"use at most {grid if grid % 2 else grid - 1}")
@@ -457,8 +465,6 @@ def _check_spline_options(args, psf):
     if args.z_box_size:
         raise CliError("--z-box-size: with a spline calibration the fit box is --box-size (default the "
                        "calibration's)")
-    if getattr(args, "scheduler", None):
-        raise CliError("--scheduler with a spline calibration is not supported yet: run without --scheduler")
 
 
 def _add_z_options(p):
@@ -608,6 +614,8 @@ def cmd_calibrate_z(args) -> int:
         return _calibrate_spline(args, frames)
     if args.dimensions != "3d":
         raise CliError("--dimensions 2d applies to --model spline only")
+    if args.spline_oversampling is not None:
+        raise CliError("--spline-oversampling applies to --model spline only")
     from .api import calibrate_z_stack
     from .io.calibration import calibration_paths, plot_calibration, save_calibration
 
@@ -671,7 +679,7 @@ def _calibrate_spline(args, frames=None) -> int:
     options = SplineCalibrationOptions(
         box_size=args.box_size, frames_per_step=args.frames_per_step, frame_order=args.frame_order,
         frame_bounds=frames, dimensions=args.dimensions,
-        magnification_factor=args.magnification_factor)
+        magnification_factor=args.magnification_factor, oversampling=args.spline_oversampling)
     try:
         options.validate()
     except ValueError as exc:
@@ -706,6 +714,9 @@ def add_calibrate_parser(sub):
                    help="poly: astigmatic Gaussian widths (Huang 2008); spline: experimental PSF (default poly)")
     p.add_argument("--dimensions", choices=("3d", "2d"), default="3d",
                    help="spline: 3d (z from the PSF shape) or 2d (the in-focus PSF only) (default 3d)")
+    p.add_argument("--spline-oversampling", type=int, choices=(1, 2), default=None,
+                   help="spline: lateral nodes per camera pixel (default: 2 with at least 8 registered beads, "
+                        "else 1); Picasso reads either file (it gets the whole-pixel nodes)")
     p.add_argument("--frames-per-step", type=int, default=1,
                    help="frames (fields of view) acquired at each z position (default 1)")
     p.add_argument("--frame-order", choices=("fov", "z"), default="fov",

@@ -119,10 +119,13 @@ def calibrated(stack):
 
 def _fit_height(psf, img):
     g = img.shape[0]
+    o = psf.oversampling
     best = None
     for st in np.linspace(0.1, 0.9, 5) * (psf.n_nodes[0] - 1):
+        # box pixel m sits at spline coordinate (m - c - dx) o + cx: the emitter dx from the box centre c
         th, rms, ok = sc.fit_shift(img[None], np.ones((1, g, g), bool), psf.coefficients, np.zeros(1),
-                                   (img.sum(), 0.0, 0.0, -st, 0.0))
+                                   (img.sum(), 0.0, 0.0, -st, 0.0), nodes_per_px=o,
+                                   origin=psf.cx - (g - 1) / 2.0 * o)
         if ok and (best is None or rms < best[1]):
             best = (th, rms)
     th = best[0]
@@ -152,7 +155,7 @@ def test_calibrated_model_is_unbiased_on_the_true_psf(calibrated):
     psf = calibrated
     assert psf.z_range[0] <= -500 and psf.z_range[1] >= 500
     truth_psf = PupilPSF(zernike_nm=ASTIGMATIC_3D)
-    g = psf.n_nodes[-1]
+    g = psf.grid_px
     errors = []
     for z in np.arange(-500.0, 501.0, 100.0):
         img = truth_psf.spot(0.2, -0.3, z, g) * 5000.0
@@ -201,6 +204,8 @@ def test_an_aggregate_bead_is_rejected_as_an_outlier():
 def test_two_dimensional_spline_is_the_in_focus_psf(stack):
     frames, _ = stack
     psf = sc.calibrate_spline(frames, PARAMS, STEP, sc.SplineCalibrationOptions(box_size=11, dimensions="2d"))
+    # 6 beads: one node per pixel by default (too few sub-pixel phases for half-pixel nodes), said so
+    assert psf.oversampling == 1 and any("one spline node per pixel" in n for n in psf.diagnostics["notices"])
     assert not psf.is_3d and psf.coefficients.shape == (12, 12, 4, 4)
     img = psf.patch(6.0, 6.0, 0.0, 13, 13)
     assert img.sum() == pytest.approx(1.0, rel=0.02)
@@ -263,7 +268,8 @@ def test_picasso_reads_our_file_and_models_the_same_psf(calibrated, tmp_path):
         # Picasso's z for node coordinate k, by its own rule
         z = (cal["z_init"] - k) * cal["z_step_nm"] * cal["magnification_factor"] + \
             (cal["z_center"] - cal["z_init"]) * cal["z_step_nm"]
-        ours = calibrated.patch(c + xs, c + ys, z, box, box) * cal["photon_scale"]
+        # Picasso reads the one-node-per-pixel table (our oversampled one's nodes at whole-pixel offsets)
+        ours = calibrated.pixel_grid().patch(c + xs, c + ys, z, box, box) * cal["photon_scale"]
         assert np.allclose(mu[0], ours, atol=1e-6)
 
 
@@ -343,6 +349,13 @@ def test_cli_calibrates_a_spline_and_keeps_the_poly_default(stack, tmp_path, cap
     assert "calibration z precision" in out
     psf = load_spline_calibration(cal)
     assert psf.box == 11 and psf.pixelsize == 130.0 and psf.magnification_factor == 1.0
+    assert psf.oversampling == 1  # 6 beads: whole-pixel nodes by default
+    # half-pixel nodes on request: the factor is in the file and the grid is the same in pixels
+    assert main(["calibrate-z", str(movie), "--step-nm", "40", "--model", "spline", "--box-size", "11",
+                 "--baseline", "100", "--min-net-gradient", "1000", "--magnification-factor", "1",
+                 "--spline-oversampling", "2", "--output", str(tmp_path / "half.hdf5")]) == 0
+    half = load_spline_calibration(tmp_path / "half.hdf5")
+    assert half.oversampling == 2 and half.grid_px == psf.grid_px == 13 and half.n_nodes[-1] == 25
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -350,6 +363,7 @@ def test_cli_calibrates_a_spline_and_keeps_the_poly_default(stack, tmp_path, cap
     (["--model", "spline", "--box-size", "10"], "odd"),
     (["--model", "spline", "--pooled"], "--model poly only"),
     (["--dimensions", "2d"], "--model spline only"),
+    (["--spline-oversampling", "2"], "--model spline only"),
 ])
 def test_cli_refuses_bad_spline_options(stack, tmp_path, capsys, argv, message):
     frames, _ = stack

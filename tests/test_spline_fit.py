@@ -134,28 +134,119 @@ def calibrated():
                                                                                magnification_factor=1.0))
 
 
-def test_spline_fit_is_unbiased_in_z_on_pupil_simulated_spots(calibrated):
-    """Pupil-PSF spots (not the model) fitted with the calibrated spline: bias per 100 nm bin."""
-    pp = PupilPSF(zernike_nm=ASTIGMATIC_3D)
-    rng = np.random.default_rng(8)
-    n = 1200
+def _pupil_spots(n, seed, noisy, pp=None, photons=5000.0, bg=20.0):
+    pp = pp or PupilPSF(zernike_nm=ASTIGMATIC_3D)
+    rng = np.random.default_rng(seed)
     z = rng.uniform(-600, 600, n)
     d = rng.uniform(-0.5, 0.5, (n, 2))
-    spots = np.stack([rng.poisson(pp.spot(d[i, 0], d[i, 1], z[i], 13) * 5000 + 20) for i in range(n)])
-    res = fit_spline_boxes(spots.astype(np.float32), calibrated, "mle")
-    ok = res.converged
-    dz = res.theta[ok, 4] - z[ok]
-    biases = []
+    mu = np.stack([pp.spot(d[i, 0], d[i, 1], z[i], 13) * photons + bg for i in range(n)])
+    return (rng.poisson(mu) if noisy else mu).astype(np.float32), z, d
+
+
+def _bin_bias(dz, z):
+    out = []
     for a in range(-600, 600, 100):
-        s = (z[ok] >= a) & (z[ok] < a + 100)
-        biases.append(dz[s].mean())
-        se = dz[s].std() / np.sqrt(s.sum())
-        # the issue's target is 5 nm; the 1-pixel lateral sampling of the spline leaves up to ~8 nm where the
-        # PSF is narrowest (the x and y foci), see the report
-        assert abs(dz[s].mean()) < 8.0 + 2 * se, f"bin {a}: bias {dz[s].mean():.1f} nm"
-    assert np.sqrt(np.mean(np.square(biases))) < 5.0
-    lat = (res.theta[ok, 0] - 6 - d[ok, 0]), (res.theta[ok, 1] - 6 - d[ok, 1])
-    assert max(abs(np.mean(lat[0])), abs(np.mean(lat[1]))) < 0.05  # the calibration's centring
+        s = (z >= a) & (z < a + 100)
+        out.append((dz[s].mean(), dz[s].std() / np.sqrt(s.sum())))
+    return np.array(out)
+
+
+def test_calibration_has_half_pixel_nodes(calibrated):
+    # 11 beads: half-pixel lateral nodes by default; the grid is still the fit box + 2 pixels
+    assert calibrated.oversampling == 2 and calibrated.grid_px == 15 and calibrated.n_nodes[-1] == 29
+
+
+def test_oversampled_spline_fit_reaches_the_crlb_on_its_own_spots(calibrated):
+    spots, x, y, z = _spline_spots(calibrated, 800, 3000.0, 20.0, seed=21)
+    res = fit_spline_boxes(spots, calibrated, "mle")
+    assert res.converged.mean() > 0.99
+    ok = res.converged
+    crlb = spline_crlb(calibrated, x[ok], y[ok], z[ok], 3000.0, 20.0, 13)
+    for j, truth, name in ((0, x, "x"), (1, y, "y"), (4, z, "z")):
+        rmse = np.sqrt(np.mean((res.theta[ok, j] - truth[ok]) ** 2))
+        bound = np.sqrt(np.mean(crlb[:, j]))
+        assert 0.85 * bound <= rmse <= 1.1 * bound, f"{name}: RMSE {rmse:.4g} vs CRLB {bound:.4g}"
+
+
+def test_spline_fit_is_unbiased_in_z_on_pupil_simulated_spots(calibrated):
+    """Pupil-PSF spots (not the model) fitted with the calibrated spline: bias per 100 nm bin <= 5 nm."""
+    # noise-free: the model error alone
+    spots, z, d = _pupil_spots(300, 8, noisy=False)
+    res = fit_spline_boxes(spots, calibrated, "mle")
+    assert res.converged.all()
+    bias = _bin_bias(res.theta[:, 4] - z, z)
+    assert np.abs(bias[:, 0]).max() <= 5.0, np.round(bias[:, 0], 1)
+    lat = np.array([np.mean(res.theta[:, 0] - 6 - d[:, 0]), np.mean(res.theta[:, 1] - 6 - d[:, 1])])
+    # the lateral origin is a convention for a PSF with coma (the centroid within 1.2 um); the pupil
+    # simulator's and the calibration's agree to a few hundredths of a pixel (see the symmetric-PSF test)
+    assert np.abs(lat).max() < 0.03, lat
+    # Poisson noise: the bias is still within 5 nm (+ 2 standard errors of the bin's mean)
+    spots, z, d = _pupil_spots(1200, 9, noisy=True)
+    res = fit_spline_boxes(spots, calibrated, "mle")
+    ok = res.converged
+    assert ok.mean() > 0.99
+    bias = _bin_bias(res.theta[ok, 4] - z[ok], z[ok])
+    assert np.all(np.abs(bias[:, 0]) <= 5.0 + 2 * bias[:, 1]), np.round(bias, 1)
+    # and the z precision is the spline's CRLB at the fit (the model is close to the truth)
+    crlb = spline_crlb(calibrated, res.theta[ok, 0], res.theta[ok, 1], res.theta[ok, 4], 5000.0, 20.0, 13)
+    ratio = np.sqrt(np.mean((res.theta[ok, 4] - z[ok]) ** 2) / np.mean(crlb[:, 4]))
+    assert 0.85 < ratio < 1.2, ratio
+
+
+@pytest.fixture(scope="module")
+def calibrated_symmetric():
+    """A calibration of a PSF without odd aberrations: its centroid is the emitter whatever the window."""
+    zern = {"astigmatism": 80.0, "spherical": 25.0}
+    p = SimulationParameters(n_frames=61, height=96, width=96, photons=20000, bg=20, baseline=100.0, seed=2,
+                             psf="pupil", pupil={"zernike_nm": zern}, min_separation=20, margin=12)
+    frames, _ = simulate_bead_stack(p, n_beads=12, step_nm=20.0)
+    params = LocalizeParameters(box_size=13, min_net_gradient=1000, baseline=100.0)
+    return sc.calibrate_spline(frames, params, 20.0, sc.SplineCalibrationOptions(box_size=13,
+                                                                               magnification_factor=1.0)), zern
+
+
+def test_calibration_puts_the_emitter_on_the_pixel_centre_convention(calibrated_symmetric):
+    """No constant lateral offset from the centring: pupil spots (truth at integer box coordinates + d) are
+    fitted where they are, and spots rendered with the calibrated spline itself too."""
+    psf, zern = calibrated_symmetric
+    assert psf.oversampling == 2
+    pp = PupilPSF(zernike_nm=zern)
+    spots, z, d = _pupil_spots(200, 11, noisy=False, pp=pp)
+    keep = np.abs(z) < 500  # inside the 61-step scan's range
+    res = fit_spline_boxes(spots[keep], psf, "mle")
+    lat = np.array([np.mean(res.theta[:, 0] - 6 - d[keep, 0]), np.mean(res.theta[:, 1] - 6 - d[keep, 1])])
+    assert np.abs(lat).max() < 0.01, lat
+    # spline-simulated spots: the fit returns the position the spline was rendered at
+    rng = np.random.default_rng(12)
+    x = 6 + rng.uniform(-0.5, 0.5, 100)
+    y = 6 + rng.uniform(-0.5, 0.5, 100)
+    zz = rng.uniform(-400, 400, 100)
+    spots = np.stack([psf.patch(x[i], y[i], zz[i], 13, 13) * 5000 + 20 for i in range(100)])
+    res = fit_spline_boxes(spots, psf, "mle")
+    assert np.abs(res.theta[:, 0] - x).max() < 1e-3 and np.abs(res.theta[:, 1] - y).max() < 1e-3
+
+
+def test_oversampled_file_round_trips_and_picasso_reads_its_pixel_table(calibrated, tmp_path):
+    import h5py
+    from picasso import io as pio
+
+    from napari_localize.io.spline_calibration import load_spline_calibration
+
+    path = save_spline_calibration(tmp_path / "cal.hdf5", calibrated)
+    back = load_spline_calibration(path)
+    assert back.oversampling == 2 and back.grid_px == 15 and back.cx == 14.0
+    assert np.allclose(back.coefficients, calibrated.coefficients, rtol=1e-9, atol=1e-12)
+    with h5py.File(path) as f:
+        assert "coefficients_oversampled" in f
+    cal = pio.load_spline_calibration(path)
+    assert cal["n_data"][:2] == [15, 15] and cal["oversampling"] == 1.0
+    # both tables are the same PSF at whole-pixel offsets; between them the pixel table interpolates
+    a = back.patch(6.0, 6.0, 0.0, 13, 13)
+    b = back.pixel_grid().patch(6.0, 6.0, 0.0, 13, 13)
+    assert np.allclose(a, b, atol=1e-9)
+    c = back.patch(6.5, 6.5, 0.0, 13, 13)
+    e = back.pixel_grid().patch(6.5, 6.5, 0.0, 13, 13)
+    assert np.abs(c - e).max() < 0.1 * c.max()
 
 
 def test_localize_cli_with_our_spline_file_and_picasso_reads_the_result(calibrated, tmp_path, capsys):

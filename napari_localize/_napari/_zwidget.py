@@ -79,7 +79,7 @@ def describe_spline(psf: SplinePSF, path: str | None) -> str:
                      f"{psf.magnification_factor:g}), {psf.n_nodes[0]} slices")
     else:
         lines.append(f"2D spline PSF ({psf.source}), in focus")
-    lines.append(f"fit box {psf.box} px, grid {psf.n_nodes[-1]} px, pixel {psf.pixelsize:g} nm")
+    lines.append(f"fit box {psf.box} px, grid {psf.grid_px} px, pixel {psf.pixelsize:g} nm")
     d = psf.diagnostics or {}
     if "good" in d:
         lines.append(f"{int(sum(d['good']))} of {len(d['good'])} beads averaged")
@@ -245,11 +245,11 @@ class ZWidget(CancellableRun, Container):
         if psf.is_3d:
             lo, hi = psf.z_range
             zs = np.arange(lo, hi + 1e-9, abs(psf.z_step))
-            data = psf.stack(zs, psf.n_nodes[-1] - (1 - psf.n_nodes[-1] % 2))
+            data = psf.stack(zs, psf.grid_px - (1 - psf.grid_px % 2))
             scale = (abs(psf.z_step), psf.pixelsize, psf.pixelsize)
             translate = (float(zs[0]), 0.0, 0.0)
         else:
-            data = psf.patch(psf.cx, psf.cy, 0.0, psf.n_nodes[-1], psf.n_nodes[-2])
+            data = psf.patch((psf.grid_px - 1) / 2.0, (psf.grid_px - 1) / 2.0, 0.0, psf.grid_px, psf.grid_px)
             scale = (psf.pixelsize, psf.pixelsize)
             translate = (0.0, 0.0)
         name = "spline PSF model"

@@ -275,7 +275,8 @@ def iter_localize(movie, p: LocalizeParameters, cancel: CancelToken | None = Non
     ``movie`` is anything of shape ``(frames, height, width)`` whose slices along the first axis give arrays
     (a :class:`~napari_localize.io.movies.Movie`, a numpy array or memmap, a dask array). Cancelling the
     token raises :class:`LocalizeCancelled` before the next chunk (within one chunk's time).
-    ``localize_fn(frames, p, first_frame, stats)`` replaces :func:`localize_frames` (the spline PSF run).
+    ``localize_fn(frames, p, first_frame, stats, camera, identify_frames)`` replaces :func:`localize_frames`
+    (the spline PSF run).
     """
     movie = as_movie_input(movie)
     n_frames, height, width = (int(s) for s in movie.shape[-3:])
@@ -283,8 +284,6 @@ def iter_localize(movie, p: LocalizeParameters, cancel: CancelToken | None = Non
     if camera is not None and tuple(camera.shape) != (height, width):
         raise ValueError(f"the camera maps are {camera.shape[0]}x{camera.shape[1]} pixels but the movie's frames "
                          f"are {height}x{width}")
-    if localize_fn is not None and (camera is not None or p.prefilter().active):
-        raise ValueError("the spline PSF fit does not use per-pixel sCMOS maps or identification prefilters yet")
     if camera is not None and p.prefilter().active:
         raise ValueError("the identification prefilters (--temporal-median, --gaussian-filter) do not work with "
                          "per-pixel sCMOS maps yet: use one or the other")
@@ -321,7 +320,7 @@ def iter_localize(movie, p: LocalizeParameters, cancel: CancelToken | None = Non
             ident = _prefiltered(frames, a, prefilter, background)
             own.seconds["identify"] += time.perf_counter() - t
         if localize_fn is not None:  # another model's chunk fit (the spline PSF, core.spline_fit)
-            locs = localize_fn(frames, p, a, own)
+            locs = localize_fn(frames, p, a, own, camera, ident)
         else:
             locs = localize_frames(frames, p, a, own, camera, ident)
         return frames, locs, own

@@ -62,9 +62,9 @@ class ZRun:
 
         psf, opts = self.calibration, self.options
 
-        def fn(frames, p, first_frame, stats):
+        def fn(frames, p, first_frame, stats, camera=None, identify_frames=None):
             return localize_frames_spline(frames, p, psf, first_frame, stats, neighbours=opts.neighbours,
-                                          max_gof=opts.max_gof)
+                                          max_gof=opts.max_gof, camera=camera, identify_frames=identify_frames)
 
         return fn
 
@@ -238,7 +238,7 @@ def run_steps(movie, p: LocalizeParameters, sink, z: ZRun | None = None, cancel=
     ``p.baseline``/``p.sensitivity``; identification and fit use the variance map); its ``source`` is recorded
     in the fit document.
     """
-    if camera is not None and z is not None:
+    if camera is not None and z is not None and not z.spline:
         raise ValueError("per-pixel sCMOS maps (--camera-calibration) are not used by the 3D fit yet; localize in "
                          "2D with them, or in 3D with the scalar baseline and sensitivity")
     if camera is not None and camera.source:

@@ -21,8 +21,11 @@ a little past the edge still sees a gradient).
 
 Coordinates of :class:`SplinePSF` (the fitted model): an emitter at box coordinates ``(x0, y0)`` (pixels, pixel
 centres at integers) and height ``z`` (nm) puts ``N * f(s)`` photons in pixel ``(row k, column m)``, with the
-spline coordinate ``s = (m - x0 + cx, k - y0 + cy, (z - z_first) / z_step)``; ``(cx, cy)`` is the node the
-emitter sits on (the template centre) and ``z_first``/``z_step`` map node index to height (``z_step`` may be
+spline coordinate ``s = ((m - x0) o + cx, (k - y0) o + cy, (z - z_first) / z_step)``; ``(cx, cy)`` is the node
+the emitter sits on (the template centre) and ``o`` (``oversampling``) the lateral nodes per camera pixel: the
+value at lateral node ``j`` is the photon share of the pixel whose centre lies ``(j - cx) / o`` pixels from the
+emitter, i.e. the pixel-integrated PSF sampled at sub-pixel shifts (``o = 1``: one node per pixel, Picasso's
+files) and ``z_first``/``z_step`` map node index to height (``z_step`` may be
 negative: Picasso's slices run from the top of the scan down). ``f`` is normalised so that ``N`` is the
 number of photons the camera records within the calibration box at the reference height
 (see :mod:`napari_localize.io.spline_calibration`).
@@ -133,6 +136,8 @@ class SplinePSF:
     #: reference height (nm) a fit starts from when nothing better is known (the most compact slice)
     z_init: float = 0.0
     volume: np.ndarray | None = None
+    #: lateral spline nodes per camera pixel (1, or 2 for our oversampled calibrations)
+    oversampling: int = 1
     source: str = "napari-localize"
     path: str | None = None
     notices: list = field(default_factory=list)
@@ -147,6 +152,9 @@ class SplinePSF:
             raise ValueError("spline coefficients contain NaN or infinity")
         if self.is_3d and not (np.isfinite(self.z_step) and self.z_step != 0):
             raise ValueError(f"z step between spline nodes must be non-zero, got {self.z_step}")
+        if int(self.oversampling) != self.oversampling or self.oversampling < 1:
+            raise ValueError(f"spline oversampling must be a positive integer, got {self.oversampling}")
+        self.oversampling = int(self.oversampling)
         self.coefficients = c
         self.flat = c.ravel()
 
@@ -176,6 +184,11 @@ class SplinePSF:
         return tuple(n + 1 for n in self.n_cells)
 
     @property
+    def grid_px(self) -> int:
+        """Lateral extent of the spline grid in camera pixels (x; the nodes span ``grid_px - 1`` pixels)."""
+        return (self.n_nodes[-1] - 1) // self.oversampling + 1
+
+    @property
     def z_range(self) -> tuple[float, float]:
         """Calibrated heights (nm): the first and last node."""
         if not self.is_3d:
@@ -189,8 +202,9 @@ class SplinePSF:
 
     def spline_coordinates(self, m, k, x0, y0, z=0.0):
         """Spline coordinates of pixel column ``m``, row ``k`` for an emitter at ``(x0, y0, z)``."""
-        sx = np.asarray(m, float) - x0 + self.cx
-        sy = np.asarray(k, float) - y0 + self.cy
+        o = self.oversampling
+        sx = (np.asarray(m, float) - x0) * o + self.cx
+        sy = (np.asarray(k, float) - y0) * o + self.cy
         return sx, sy, (self.z_coordinate(z) if self.is_3d else None)
 
     def inside(self, sx, sy):
@@ -210,8 +224,8 @@ class SplinePSF:
         v = np.where(mask, out[..., 0], 0.0)
         if not derivatives:
             return v
-        dx = np.where(mask, -out[..., 1], 0.0)
-        dy = np.where(mask, -out[..., 2], 0.0)
+        dx = np.where(mask, -out[..., 1] * self.oversampling, 0.0)
+        dy = np.where(mask, -out[..., 2] * self.oversampling, 0.0)
         dz = np.where(mask, out[..., 3] / self.z_step, 0.0) if self.is_3d else np.zeros_like(v)
         return v, dx, dy, dz
 
@@ -222,8 +236,9 @@ class SplinePSF:
     def render(self, image, x, y, z, photons):
         """Add spots to ``image`` in place (positions in pixels of the image, ``z`` nm)."""
         h, w = image.shape
-        rx = int(math.ceil(max(self.cx, self.n_nodes[-1] - 1 - self.cx))) + 1
-        ry = int(math.ceil(max(self.cy, self.n_nodes[-2] - 1 - self.cy))) + 1
+        o = self.oversampling
+        rx = int(math.ceil(max(self.cx, self.n_nodes[-1] - 1 - self.cx) / o)) + 1
+        ry = int(math.ceil(max(self.cy, self.n_nodes[-2] - 1 - self.cy) / o)) + 1
         for xi, yi, zi, ni in zip(np.atleast_1d(x), np.atleast_1d(y), np.atleast_1d(z), np.atleast_1d(photons)):
             ix, iy = int(round(float(xi))), int(round(float(yi)))
             x0, x1 = max(ix - rx, 0), min(ix + rx + 1, w)
@@ -239,8 +254,23 @@ class SplinePSF:
         from .pupil import gaussian_widths
 
         if box is None:
-            box = self.n_nodes[-1] - (1 - self.n_nodes[-1] % 2)
+            box = self.grid_px - (1 - self.grid_px % 2)
         return gaussian_widths(self, z_values, box, 1.0)
+
+    def pixel_grid(self) -> SplinePSF:
+        """The same PSF with one node per camera pixel (every ``oversampling``-th node of ``volume``), for
+        programs that read only such splines (Picasso). ``self`` when it already is one."""
+        import dataclasses
+
+        o = self.oversampling
+        if o == 1:
+            return self
+        if self.volume is None or (self.cx % o) or (self.cy % o):
+            raise ValueError("a one-node-per-pixel copy needs the template volume, centred on a pixel node")
+        vol = self.volume[..., int(self.cy) % o::o, int(self.cx) % o::o]
+        return dataclasses.replace(self, coefficients=spline_coefficients(vol), cx=self.cx / o, cy=self.cy / o,
+                                   volume=vol, oversampling=1, meta=dict(self.meta), notices=list(self.notices),
+                                   diagnostics=self.diagnostics)
 
     def stack(self, z_values, box: int | None = None):
         """Model images ``(len(z), box, box)`` of a centred emitter, for display (a napari layer)."""

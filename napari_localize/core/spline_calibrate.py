@@ -14,10 +14,15 @@ The steps follow Li et al., Nat. Methods 15, 367 (2018) and Babcock & Zhuang, Sc
    shift of the beads is kept at zero, so the template's heights are those of the average bead.
 4. **Outliers.** Beads whose normalised residual exceeds the median by more than 3 robust standard
    deviations, whose shift runs off the margin or whose fit fails are dropped and the average rebuilt.
-5. **Smoothing** of every voxel's profile along z with a cubic smoothing spline (penalty by generalised
-   cross-validation, scipy's ``make_smoothing_spline``), **centring** (the intensity centroid of the slices
-   around focus moved to the centre pixel), **normalisation** (unit peak at the most compact slice; the photon
-   scale is that slice's sum) and the **coefficients** (:func:`~.spline.spline_coefficients`).
+5. **Centre, template, smoothing.** The emitter is the intensity centroid of the registered average around its
+   most compact slice within :data:`CENTROID_RADIUS_NM`, in a window centred on the centroid itself. The
+   template is then fitted to the bead pixels by linear least squares on a grid of ``oversampling`` lateral
+   nodes per pixel (bead ``b``'s pixel ``m`` samples the pixel-integrated PSF at the offset
+   ``m - dx_b - centre``: the beads' diverse sub-pixel positions fill in the half-pixel nodes), slice by slice,
+   through the same interpolating spline the fit evaluates. Every voxel's profile along z is smoothed
+   (penalised second differences, strength by generalised cross-validation), the template **normalised** (unit
+   peak at the most compact slice; the photon scale is that slice's sum over the grid's pixels) and the
+   **coefficients** computed (:func:`~.spline.spline_coefficients`).
 6. **Self-check.** Every single bead slice is fitted back with the finished spline (least squares, x, y, z,
    amplitude, background free): the calibration's own z precision and bias per height.
 
@@ -34,8 +39,25 @@ import numpy as np
 
 from .spline import SplinePSF, evaluate, spline_coefficients
 
+#: beads needed for half-pixel lateral nodes by default: each bead samples the PSF at one sub-pixel phase,
+#: with fewer the half-pixel nodes are poorly constrained (measured: 6 beads on a 40 nm scan gave a larger z
+#: error with 2 nodes per pixel than with 1; 11 beads on 20 nm a smaller one)
+MIN_BEADS_OVERSAMPLED = 8
+
 #: registration margin (pixels) around the spline grid
 PAD = 2
+
+#: the emitter's lateral position is the intensity centroid of the in-focus average bead within this radius
+#: (nm; a window of ``2 ceil(R / pixel) + 1`` pixels centred on the emitter): a coma tail carries a lever, so
+#: the window is a convention -- a physical one, the same as :mod:`.pupil`'s, independent of the fit box
+CENTROID_RADIUS_NM = 1200.0
+
+
+def bead_pad(grid: int, pixelsize: float) -> int:
+    """Pixels cut around the spline grid of a bead: the registration margin, and room for the centroid window."""
+    import math
+
+    return max(PAD, int(math.ceil(CENTROID_RADIUS_NM / pixelsize)) + 1 - grid // 2)
 
 
 @dataclass
@@ -58,6 +80,10 @@ class SplineCalibrationOptions:
     #: rounds of model-based refinement after the registration (each bead's residual to the shifted model,
     #: shifted back and averaged, is added to the template): removes the blur of interpolating pixelated beads
     refine_rounds: int = 3
+    #: lateral spline nodes per camera pixel: 2 samples the pixel-integrated PSF at half-pixel shifts of the
+    #: emitter (the beads' sub-pixel positions fill them in), 1 is one node per pixel (Picasso's grid);
+    #: None: 2 when at least :data:`MIN_BEADS_OVERSAMPLED` beads are registered, else 1
+    oversampling: int | None = None
 
     def validate(self):
         if self.box_size % 2 != 1 or self.box_size < 5:
@@ -70,6 +96,9 @@ class SplineCalibrationOptions:
             raise ValueError(f"dimensions must be '3d' or '2d', got {self.dimensions!r}")
         if not self.magnification_factor > 0:
             raise ValueError(f"magnification factor must be positive, got {self.magnification_factor}")
+        if self.oversampling is not None and (int(self.oversampling) != self.oversampling
+                                              or not 1 <= self.oversampling <= 4):
+            raise ValueError(f"spline oversampling must be 1, 2, 3 or 4 nodes per pixel, got {self.oversampling}")
 
 
 def step_and_fov(n_frames: int, frames_per_step: int, frame_order: str, frame_bounds=None):
@@ -98,7 +127,7 @@ def step_heights(n_steps: int, step_nm: float) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------------------- beads
-def find_beads(frames, fov_frames, box_size, min_net_gradient, grid, roi=None, min_fraction=0.3):
+def find_beads(frames, fov_frames, box_size, min_net_gradient, grid, roi=None, min_fraction=0.3, pad=PAD):
     """Bead centres ``(x, y)`` (float pixels) of one field of view, and the rejected ones with reasons."""
     from .identify import identify
 
@@ -121,7 +150,7 @@ def find_beads(frames, fov_frames, box_size, min_net_gradient, grid, roi=None, m
             continue  # the same bead
         sel = (np.abs(ids["x"] - x) <= 2) & (np.abs(ids["y"] - y) <= 2)
         beads.append((float(np.mean(ids["x"][sel])), float(np.mean(ids["y"][sel])), int(sel.sum())))
-    half = grid // 2 + PAD
+    half = grid // 2 + pad
     kept = []
     for i, (x, y, _) in enumerate(beads):
         if x < half or y < half or x > w - 1 - half or y > h - 1 - half:
@@ -136,12 +165,14 @@ def find_beads(frames, fov_frames, box_size, min_net_gradient, grid, roi=None, m
 
 
 # ----------------------------------------------------------------------------------------------- fitting
-def fit_shift(data, valid, coef, cz_offsets, start, max_iterations=30, fix_z=False, dz_bounds=None):
+def fit_shift(data, valid, coef, cz_offsets, start, max_iterations=30, fix_z=False, dz_bounds=None,
+              nodes_per_px=1, origin=0.0):
     """Least-squares ``a T(m - dx, k - dy, zs - dz) + c`` of ``data[s, k, m]`` (damped Gauss-Newton).
 
     ``coef`` is the spline of ``T`` on the same lateral grid as ``data`` (3D, or 2D: no z); slice ``s`` sits
     at spline z coordinate ``cz_offsets[s] - dz``, and only voxels whose coordinate lies on the spline's z
-    range count. ``start`` = (a, dx, dy, dz, c); ``dz`` stays within ``dz_bounds``. Returns
+    range count. An oversampled ``coef`` (``nodes_per_px`` lateral nodes per pixel) is evaluated at
+    ``(m - dx) nodes_per_px + origin``. ``start`` = (a, dx, dy, dz, c); ``dz`` stays within ``dz_bounds``. Returns
     ``(params, rms, ok)``; ``rms`` is the residual RMS over the voxels used.
     """
     ns, h, w = data.shape
@@ -165,8 +196,8 @@ def fit_shift(data, valid, coef, cz_offsets, start, max_iterations=30, fix_z=Fal
             use = base
         if not use.any():
             return np.inf, None, None, use
-        sx = (mm - t[1])[use]
-        sy = (kk - t[2])[use]
+        sx = (mm - t[1])[use] * nodes_per_px + origin
+        sy = (kk - t[2])[use] * nodes_per_px + origin
         if is_3d:
             sz = np.broadcast_to((offs - t[3])[:, None, None], data.shape)[use]
             out = evaluate(coef, sx, sy, sz)
@@ -181,7 +212,8 @@ def fit_shift(data, valid, coef, cz_offsets, start, max_iterations=30, fix_z=Fal
     ok = True
     free = [0, 1, 2, 4] if (fix_z or not is_3d) else [0, 1, 2, 3, 4]
     for _ in range(max_iterations):
-        jac = np.stack([out[:, 0], -theta[0] * out[:, 1], -theta[0] * out[:, 2], theta[0] * -out[:, 3],
+        jac = np.stack([out[:, 0], -nodes_per_px * theta[0] * out[:, 1], -nodes_per_px * theta[0] * out[:, 2],
+                        theta[0] * -out[:, 3],
                         np.ones(len(r))], axis=1)[:, free]
         a = jac.T @ jac
         g = jac.T @ r
@@ -219,8 +251,11 @@ def _shift_volume(vol, valid, dz, dy, dx):
 
     filled = np.where(valid, vol, 0.0)
     out = shift(filled, (-dz, -dy, -dx), order=3, mode="nearest", prefilter=True)
-    # lateral edges are padded (the margin is cropped later); along z a shift runs off the scan
+    # lateral box edges are padded (the margin is cropped later); along z a shift runs off the scan; pixels
+    # past the frame (a bead near the edge) are not data
     ok = shift(valid.astype(float), (-dz, 0.0, 0.0), order=1, mode="constant", cval=0.0) > 0.999
+    inside = np.any(valid, axis=0).astype(float)
+    ok &= shift(inside, (-dy, -dx), order=1, mode="nearest") > 0.999
     return out, ok
 
 
@@ -255,8 +290,10 @@ def calibrate_spline(frames, params, step_nm: float, options: SplineCalibrationO
         raise ValueError(f"a 3D spline calibration needs at least 5 z-steps, got {len(steps_used)}")
     heights = step_heights(n_steps, step_nm)
     grid = o.box_size + 2
-    big = grid + 2 * PAD
+    pad = bead_pad(grid, float(params.pixelsize))
+    big = grid + 2 * pad
     r = big // 2
+    c_big = (big - 1) / 2.0
     notices = []
 
     # 1-2: beads and their normalised volumes
@@ -272,8 +309,12 @@ def calibrate_spline(frames, params, step_nm: float, options: SplineCalibrationO
             for s in steps_used:
                 sel = fidx[step_of[fidx] == s]
                 if len(sel):
-                    cut = stack[sel, iy - r: iy + r + 1, ix - r: ix + r + 1].astype(float)
-                    vol[s] = adu_to_photons(cut, params.baseline, params.sensitivity, params.em_gain).mean(0)
+                    # the cut may reach past the frame (the centroid window's margin): those pixels stay NaN
+                    y0, y1 = max(iy - r, 0), min(iy + r + 1, height)
+                    x0, x1 = max(ix - r, 0), min(ix + r + 1, width)
+                    cut = stack[sel, y0:y1, x0:x1].astype(float)
+                    vol[s, y0 - iy + r: y1 - iy + r, x0 - ix + r: x1 - ix + r] = adu_to_photons(
+                        cut, params.baseline, params.sensitivity, params.em_gain).mean(0)
             valid = np.isfinite(vol)
             border = np.concatenate([vol[:, 0], vol[:, -1], vol[:, 1:-1, 0], vol[:, 1:-1, -1]], axis=1)
             bmean = np.nanmean(border, axis=1)
@@ -318,7 +359,7 @@ def calibrate_spline(frames, params, step_nm: float, options: SplineCalibrationO
         coef = spline_coefficients(tfill if reg3d else tfill[0])
         for b in range(nb):
             inner = np.zeros_like(valids[b])
-            inner[:, PAD:-PAD, PAD:-PAD] = True
+            inner[:, pad:-pad, pad:-pad] = True
             theta, rms[b], ok = fit_shift(vols[b], valids[b] & inner, coef, np.arange(n_steps_reg, dtype=float),
                                           (1.0, shifts[b, 2], shifts[b, 1], shifts[b, 0], 0.0),
                                           fix_z=not reg3d, dz_bounds=(-n_steps_reg / 4.0, n_steps_reg / 4.0))
@@ -352,7 +393,7 @@ def calibrate_spline(frames, params, step_nm: float, options: SplineCalibrationO
         progress(2, 4)
 
     # which steps are fully covered
-    covered = np.all(np.isfinite(template), axis=(1, 2))
+    covered = np.all(np.isfinite(template[:, pad:-pad, pad:-pad]), axis=(1, 2))
     if reg3d:
         idx = np.nonzero(covered)[0]
         if len(idx) < 5:
@@ -360,32 +401,42 @@ def calibrate_spline(frames, params, step_nm: float, options: SplineCalibrationO
         s0, s1 = int(idx[0]), int(idx[-1]) + 1
     else:
         s0, s1 = 0, 1
-    vol = template[s0:s1]
 
-    # 5: smoothing, centring, cropping, normalisation
+    # 5: centring, the (oversampled) template, smoothing, normalisation
+    if o.oversampling is None:
+        os_ = 2 if good.sum() >= MIN_BEADS_OVERSAMPLED else 1
+        if os_ == 1:
+            notices.append(f"{int(good.sum())} beads registered (fewer than {MIN_BEADS_OVERSAMPLED}): one spline "
+                           "node per pixel; more beads allow half-pixel nodes (less z bias near focus)")
+    else:
+        os_ = int(o.oversampling)
+    vol1 = template[s0:s1]
+    if reg3d and o.smooth:
+        vol1 = _smooth_z(vol1)
+    ref = int(np.nanargmax(np.nanmax(vol1, axis=(1, 2))))
+    # the emitter is where the intensity centroid of the in-focus image is (the whole-box centroid of the
+    # background-free average bead around its most compact slice): a linear, shift-equivariant measure
+    half_window = int(np.ceil(CENTROID_RADIUS_NM / float(params.pixelsize)))
+    centre = _centred_centroid(vol1[max(0, ref - 1): ref + 2], half_window)
+    vol = _oversampled_template(vols, valids, shifts, scale, good, s0, s1, centre, grid, os_,
+                                vol1 if reg3d else vol1[:1])
     if reg3d and o.smooth:
         vol = _smooth_z(vol)
-    peak_per_slice = np.nanmax(vol, axis=(1, 2))
-    ref = int(np.nanargmax(peak_per_slice))
-    lo_c, hi_c = max(0, ref - 3), min(len(vol), ref + 4)
-    centre = _centroid(vol[lo_c:hi_c])
-    c_big = (big - 1) / 2.0
-    from scipy.ndimage import shift as ndi_shift
-
-    vol = ndi_shift(vol, (0.0, c_big - centre[1], c_big - centre[0]), order=3, mode="nearest")
-    vol = vol[:, PAD:PAD + grid, PAD:PAD + grid]
     if o.dimensions == "2d":
         # the most compact slice of the scan (in-focus data)
         vol = vol[ref]
-    peak = float(np.max(vol[ref] if vol.ndim == 3 else vol))
+    on_pixels = vol[..., ::os_, ::os_]  # nodes at whole-pixel offsets: a camera patch, emitter on a pixel centre
+    peak = float(np.max(on_pixels[ref] if vol.ndim == 3 else on_pixels))
     unit = vol / peak
-    photon_scale = float(np.clip(unit[ref] if unit.ndim == 3 else unit, 0, None).sum())
-    volume = unit / photon_scale  # N * volume summed over the grid at the reference slice = N
+    photon_scale = float(np.clip(unit[ref][::os_, ::os_] if unit.ndim == 3 else unit[::os_, ::os_], 0,
+                                 None).sum())
+    volume = unit / photon_scale  # N * volume summed over the grid's pixels at the reference slice = N
     coef = spline_coefficients(volume)
     mag = float(o.magnification_factor)
     h = heights[s0:s1]
     centre_idx = (n_steps - 1) / 2.0 - s0  # node index of stage height 0
-    psf = SplinePSF(coef, cx=(grid - 1) / 2.0, cy=(grid - 1) / 2.0,
+    n_fine = os_ * (grid - 1) + 1
+    psf = SplinePSF(coef, cx=(n_fine - 1) / 2.0, cy=(n_fine - 1) / 2.0, oversampling=os_,
                     z_first=float(h[0] * mag) if volume.ndim == 3 else 0.0,
                     z_step=float(-step_nm * mag), pixelsize=float(params.pixelsize),
                     magnification_factor=mag, box=o.box_size,
@@ -406,11 +457,11 @@ def calibrate_spline(frames, params, step_nm: float, options: SplineCalibrationO
         progress(3, 4)
 
     # 6: the calibration's own precision: every bead slice fitted back
-    psf.diagnostics = _self_check(psf, vols, valids, shifts, good, s0, s1) if psf.is_3d else \
+    psf.diagnostics = _self_check(psf, vols, valids, shifts, good, s0, s1, centre, pad) if psf.is_3d else \
         {"z_precision_nm": float("nan")}
     psf.diagnostics.update({
         "beads": bead_xy, "good": good, "shifts": shifts, "rms": rms, "why": why, "rejected": rejected,
-        "heights": h * mag, "template_raw": template[s0:s1],
+        "heights": h * mag, "template_raw": template[s0:s1], "centre_px": (centre[0] - c_big, centre[1] - c_big),
         "method": f"spline {o.dimensions}: {int(good.sum())} of {nb} beads registered and averaged "
                   f"({len(rejected)} more left out at detection)",
         "notices": notices,
@@ -484,36 +535,157 @@ def _smooth_z(vol):
 
 
 def _centroid(vol):
-    """Intensity centroid ``(x, y)`` of the slices summed, above the median of their border."""
+    """Intensity centroid ``(x, y)`` (pixels of the box) of the slices summed.
+
+    The bead volumes are background-free already (their border level was subtracted), so the whole box
+    counts as it is: clipping or a second background would remove tail light unevenly (coma) and move it.
+    """
     img = np.nansum(vol, axis=0)
-    border = np.concatenate([img[0], img[-1], img[1:-1, 0], img[1:-1, -1]])
-    img = np.clip(img - np.median(border), 0, None)
     k, m = np.mgrid[0: img.shape[0], 0: img.shape[1]]
     s = img.sum()
     return float((img * m).sum() / s), float((img * k).sum() / s)
 
 
-def _self_check(psf, vols, valids, shifts, good, s0, s1, max_beads=12, max_slices=30):
+def _centred_centroid(vol, half: int, rounds: int = 20):
+    """Intensity centroid ``(x, y)`` (box pixels) of the slices of ``vol`` summed, in a ``2 half + 1`` pixel
+    window centred on the centroid itself (found by iteration; the window's values are the slices' cubic
+    interpolation at the sub-pixel shift). A window fixed on the box would be off-centre by the beads' mean
+    offset and cut the PSF's tails unevenly, moving the centroid towards the box centre.
+    """
+    from scipy.ndimage import map_coordinates
+
+    img = np.nansum(vol, axis=0)
+    n = img.shape[0]
+    c = np.array(_centroid(vol))
+    mid = (n - 1) / 2.0
+    for _ in range(rounds):
+        w = int(min(half, np.floor(mid - np.max(np.abs(c - mid)))))
+        if w < 2:
+            break
+        j = np.arange(-w, w + 1, dtype=float)
+        yy, xx = np.meshgrid(c[1] + j, c[0] + j, indexing="ij")
+        win = map_coordinates(img, [yy, xx], order=3, mode="nearest")
+        total = win.sum()
+        if not total > 0:
+            break
+        step = np.array([(win * xx).sum() / total, (win * yy).sum() / total]) - c
+        c = c + step
+        if np.max(np.abs(step)) < 1e-6:
+            break
+    return float(c[0]), float(c[1])
+
+
+def _weights(coords, n: int) -> np.ndarray:
+    """Rows of the linear map from ``n`` node values to their interpolating spline at ``coords`` (nodes)."""
+    from .spline import interpolation_operator
+
+    op = interpolation_operator(n)  # (n - 1, 4, n)
+    c = np.asarray(coords, float)
+    i = np.clip(np.floor(c).astype(int), 0, n - 2)
+    t = c - i
+    powers = t[:, None] ** np.arange(4)[None, :]
+    return np.einsum("ap,apn->an", powers, op[i])
+
+
+def _oversampled_template(vols, valids, shifts, scale, good, s0, s1, centre, grid, os_, coarse):
+    """The registered beads' common PSF on a grid of ``os_`` lateral nodes per pixel, slice by slice.
+
+    Bead ``b``'s pixel ``m`` (box coordinates) lies ``v = m - dx_b - centre_x`` pixels from the emitter, so
+    its value samples the pixel-integrated PSF at the sub-pixel shift ``v``; the nodes of the template sit at
+    ``v = (j - c) / os_``. The node values are the linear least-squares fit of every bead pixel (through the
+    template's interpolating spline, so the spline the fit uses is the one fitted), a small ridge towards the
+    one-node-per-pixel average ``coarse`` keeping nodes no bead phase constrains. Beads are first moved to
+    the template's heights (cubic interpolation along z, which a z-stack samples finely).
+    """
+    from scipy.linalg import cho_factor, cho_solve
+    from scipy.ndimage import shift as ndi_shift
+
+    n_fine = os_ * (grid - 1) + 1
+    cf = (n_fine - 1) / 2.0
+    big = vols.shape[-1]
+    m = np.arange(big, dtype=float)
+    rows, grams, datas, masks = [], [], [], []
+    for b in np.nonzero(good)[0]:
+        dz, dy, dx = shifts[b]
+        sx = (m - dx - centre[0]) * os_ + cf
+        sy = (m - dy - centre[1]) * os_ + cf
+        ux = (sx >= 0) & (sx <= n_fine - 1)
+        uy = (sy >= 0) & (sy <= n_fine - 1)
+        wx = _weights(sx[ux], n_fine)
+        wy = _weights(sy[uy], n_fine)
+        v = (vols[b] - scale[b, 1]) / scale[b, 0]
+        valid = valids[b]
+        if vols.shape[1] > 1 and abs(dz) > 1e-9:
+            v = ndi_shift(np.where(valid, v, 0.0), (-dz, 0.0, 0.0), order=3, mode="nearest")
+            valid = ndi_shift(valid.astype(float), (-dz, 0.0, 0.0), order=1, mode="constant", cval=0.0) > 0.999
+        v = v[s0:s1][:, uy][:, :, ux]
+        ok = np.all(valid[s0:s1][:, uy][:, :, ux], axis=(1, 2))
+        rows.append((wy, wx))
+        grams.append((wy.T @ wy, wx.T @ wx))
+        datas.append(v)
+        masks.append(ok)
+    # the coarse (one node per pixel) average, interpolated onto the fine nodes: the ridge's target
+    c_big = (big - 1) / 2.0
+    u = (np.arange(n_fine) - cf) / os_
+    target_x = u + centre[0] - c_big + (coarse.shape[-1] - 1) / 2.0
+    target_y = u + centre[1] - c_big + (coarse.shape[-2] - 1) / 2.0
+    tx = _weights(np.clip(target_x, 0, coarse.shape[-1] - 1), coarse.shape[-1])
+    ty = _weights(np.clip(target_y, 0, coarse.shape[-2] - 1), coarse.shape[-2])
+    masks = np.array(masks)
+    out = np.zeros((len(coarse), n_fine, n_fine))
+    factors = {}
+    for s in range(len(coarse)):
+        use = tuple(np.nonzero(masks[:, s])[0]) if masks.shape[1] > s else ()
+        prior = ty @ np.nan_to_num(coarse[s]) @ tx.T
+        if not use:
+            out[s] = prior
+            continue
+        if use not in factors:
+            a = np.zeros((n_fine * n_fine, n_fine * n_fine))
+            for i in use:
+                a += np.kron(*grams[i])
+            mu = RIDGE * float(np.mean(np.diag(a)))
+            factors[use] = (cho_factor(a + mu * np.eye(len(a))), mu)
+        fac, mu = factors[use]
+        rhs = sum((rows[i][0].T @ datas[i][s] @ rows[i][1]).ravel() for i in use) + mu * prior.ravel()
+        out[s] = cho_solve(fac, rhs).reshape(n_fine, n_fine)
+    return out
+
+
+#: ridge of the oversampled template fit, relative to the mean diagonal of its normal matrix
+RIDGE = 0.02
+
+
+def _self_check(psf, vols, valids, shifts, good, s0, s1, centre=None, pad=PAD, max_beads=12, max_slices=30):
     """Fit good beads' single slices with the finished spline (least squares, multi-start in z).
 
     The reference height of bead ``b``'s slice ``s`` is where the registration put it on the template
     (index ``s - s0 - dz_b``): the error is that of the model and the fit, not of the bead's own height.
     """
-    g = psf.n_nodes[-1]
+    g = psf.grid_px
     n_nodes = psf.n_nodes[0]
+    o = psf.oversampling
+    # bead b's emitter sits at crop pixel dx_b + centre - pad; the spline's emitter node is psf.cx
+    off = (0.0, 0.0) if centre is None else (centre[0] - pad, centre[1] - pad)
     starts = np.linspace(0.15, 0.85, 4) * (n_nodes - 1)
     rows = []
     beads = np.nonzero(good)[0][:max_beads]
     for b in beads:
         for s in range(s0, s1, max(1, (s1 - s0) // max_slices)):
-            img = vols[b][s, PAD:PAD + g, PAD:PAD + g]
-            if not np.all(valids[b][s, PAD:PAD + g, PAD:PAD + g]):
+            img = vols[b][s, pad:pad + g, pad:pad + g]
+            if not np.all(valids[b][s, pad:pad + g, pad:pad + g]):
                 continue
             true_idx = s - s0 - shifts[b, 0]
+            # only the pixels the spline covers at the bead's registered position (no extrapolation)
+            px = np.arange(g, dtype=float)
+            inx = np.abs((px - shifts[b, 2] - off[0]) * o) <= psf.cx
+            iny = np.abs((px - shifts[b, 1] - off[1]) * o) <= psf.cy
+            cover = (iny[:, None] & inx[None, :])[None]
             best = None
             for st in starts:
-                theta, rms, ok = fit_shift(img[None], np.ones((1, g, g), bool), psf.coefficients, np.zeros(1),
-                                           (float(img.sum()), shifts[b, 2], shifts[b, 1], -st, 0.0))
+                theta, rms, ok = fit_shift(img[None], cover, psf.coefficients, np.zeros(1),
+                                           (float(img.sum()), shifts[b, 2] + off[0], shifts[b, 1] + off[1],
+                                            -st, 0.0), nodes_per_px=o, origin=psf.cx)
                 if ok and (best is None or rms < best[1]):
                     best = (theta, rms)
             if best is None:
@@ -521,7 +693,7 @@ def _self_check(psf, vols, valids, shifts, good, s0, s1, max_beads=12, max_slice
             theta = best[0]
             fit_idx = -theta[3]
             rows.append((b, psf.z_first + psf.z_step * true_idx, (fit_idx - true_idx) * psf.z_step,
-                         theta[1] - shifts[b, 2], theta[2] - shifts[b, 1]))
+                         theta[1] - shifts[b, 2] - off[0], theta[2] - shifts[b, 1] - off[1]))
     if not rows:
         return {"z_precision_nm": float("nan")}
     a = np.array(rows, float)

@@ -40,7 +40,8 @@ def aux_of(psf: SplinePSF) -> np.ndarray:
     """The engine's ``aux`` for ``psf`` (cached on the object: the table can be large)."""
     aux = psf.__dict__.get("_aux")
     if aux is None:
-        aux = spline_aux(psf.coefficients, psf.cx, psf.cy, psf.z_first, psf.z_step, psf.z_init)
+        aux = spline_aux(psf.coefficients, psf.cx, psf.cy, psf.z_first, psf.z_step, psf.z_init,
+                         psf.oversampling)
         psf.__dict__["_aux"] = aux
     return aux
 
@@ -88,23 +89,24 @@ def fit_spline_boxes(spots, psf: SplinePSF, method: str = "mle", starts=DEFAULT_
     """Fit ``(n, box, box)`` photon boxes with the spline PSF from several starting heights; keep the best.
 
     ``method``: ``"mle"`` (Poisson likelihood; CRLB) or ``"lq"`` (least squares). ``other``: fixed light of
-    neighbours per box (photons), ``variance``: sCMOS per-pixel variance (photons^2, MLE only).
+    neighbours per box (photons), ``variance``: sCMOS per-pixel readout variance (photons^2).
     """
     spots = np.asarray(spots)
     if spots.ndim != 3 or spots.shape[1] != spots.shape[2] or spots.shape[1] % 2 == 0:
         raise ValueError(f"spline fit: expected odd square boxes (n, box, box), got {spots.shape}")
     box = spots.shape[1]
-    grid = psf.n_nodes[-1]
+    grid = psf.grid_px
     if box > grid:
         raise ValueError(f"the fit box ({box} px) is larger than the spline calibration's grid ({grid} nodes): "
                          f"use a box of at most {grid - 2 if grid % 2 else grid - 1}")
     if method not in ("mle", "lq"):
         raise ValueError(f"spline fit method must be 'mle' or 'lq', got {method!r}")
-    from .engine import NOISE_SCMOS
+    from .engine import NOISE_SCMOS, NOISE_WLSQ
 
     noise = NOISE_POISSON if method == "mle" else NOISE_LSQ
-    if variance is not None and method == "mle":
-        noise = NOISE_SCMOS
+    if variance is not None:
+        # sCMOS: the likelihood of Huang et al. 2013 (MLE), or least squares weighted by each pixel's variance
+        noise = NOISE_SCMOS if method == "mle" else NOISE_WLSQ
     model = MODEL_SPLINE_Z if psf.is_3d else MODEL_SPLINE_2D
     aux = aux_of(psf)
     lo_z, hi_z = psf.z_range
@@ -197,7 +199,7 @@ def neighbour_light_spline(frame, x, y, photons, z, bx, by, box: int, psf: Splin
     n = len(x)
     out = np.zeros((n, box, box))
     r = box // 2
-    reach = box + psf.n_nodes[-1] / 2.0
+    reach = box + psf.grid_px / 2.0
     order = np.argsort(frame, kind="stable")
     f = np.asarray(frame)[order]
     starts = np.searchsorted(f, np.unique(f))
@@ -215,9 +217,14 @@ def neighbour_light_spline(frame, x, y, photons, z, bx, by, box: int, psf: Splin
 
 
 def localize_frames_spline(frames, p, psf: SplinePSF, first_frame: int = 0, stats=None, neighbours: bool = True,
-                           max_gof: float = 0.0, device: str | None = None):
+                           max_gof: float = 0.0, device: str | None = None, camera=None, identify_frames=None):
     """Localize ``frames`` (ADU) with the spline PSF: identify with ``p.box_size``, fit the spline in boxes of
     ``p.box_size`` (MLE or LQ by ``p.fit_method``), one pass with the neighbours' light if ``neighbours``.
+
+    ``camera``: per-pixel sCMOS maps (:class:`~napari_localize.core.camera.CameraMaps`) of these frames: they
+    replace ``p.baseline``/``p.sensitivity``, identification is variance-aware and the MLE uses the sCMOS
+    likelihood (Poisson light plus each pixel's readout variance). ``identify_frames``: what identification
+    sees when a prefilter is on (same shape); the fit always uses ``frames``.
 
     Returns the :func:`spline_locs_dtype` table; fits that did not converge, ended on a bound of the
     calibrated z range, fail Picasso's sanity filter or (``max_gof`` > 0) fit badly are dropped and counted.
@@ -225,9 +232,8 @@ def localize_frames_spline(frames, p, psf: SplinePSF, first_frame: int = 0, stat
     import time
 
     from .camera import adu_to_photons
-    from .identify import identify
     from .locs import sane
-    from .pipeline import LocalizeStats
+    from .pipeline import LocalizeStats, identify_in_regions
     from .spots import cut_spots
 
     stats = stats if stats is not None else LocalizeStats()
@@ -242,7 +248,19 @@ def localize_frames_spline(frames, p, psf: SplinePSF, first_frame: int = 0, stat
         frames = frames[None]
     n, height, width = frames.shape
     t0 = time.perf_counter()
-    ids = identify(frames, p.box_size, p.min_net_gradient, p.roi, first_frame)
+    if camera is None:
+        ids = identify_in_regions(frames if identify_frames is None else np.asarray(identify_frames), p,
+                                  first_frame)
+    else:  # offset/gain-corrected, variance-aware, as the 2D run
+        from .identify_scmos import identify_scmos
+        from .regions import roi_index
+
+        rois = p.region_list()
+        ids = identify_scmos(frames, p.box_size, p.min_net_gradient, camera.offset, camera.sensitivity,
+                             camera.variance, camera.em_gain, rois[0] if rois and len(rois) == 1 else None,
+                             first_frame)
+        if rois and len(rois) > 1:
+            ids = ids[roi_index(ids["y"], ids["x"], rois) >= 0]
     t1 = time.perf_counter()
     box = int(p.box_size)
     r = box // 2
@@ -254,14 +272,18 @@ def localize_frames_spline(frames, p, psf: SplinePSF, first_frame: int = 0, stat
 
     def cut(cx, cy):
         spots = cut_spots(frames, local, cy, cx, box)
-        return adu_to_photons(spots, p.baseline, p.sensitivity, p.em_gain)
+        if camera is None:
+            return adu_to_photons(spots, p.baseline, p.sensitivity, p.em_gain), None
+        return camera.boxes_to_photons(spots, cy, cx)
 
     def fit(photons, other=None, sel=None):
+        var = variance if (variance is None or sel is None) else variance[sel]
         return fit_spline_boxes(photons if sel is None else photons[sel], psf, method, eps=p.convergence,
                                 max_iterations=p.max_iterations, device=device, gof=method == "mle",
-                                other=None if other is None else (other if sel is None else other[sel]))
+                                other=None if other is None else (other if sel is None else other[sel]),
+                                variance=var)
 
-    photons = cut(cx, cy)
+    photons, variance = cut(cx, cy)
     res = fit(photons)
     for _ in range(RECENTRE_ROUNDS):
         off_x = np.rint(res.theta[:, IX] - r).astype(np.int64)
@@ -273,7 +295,7 @@ def localize_frames_spline(frames, p, psf: SplinePSF, first_frame: int = 0, stat
             break
         cx = np.where(move, nx, cx)
         cy = np.where(move, ny, cy)
-        photons = cut(cx, cy)
+        photons, variance = cut(cx, cy)
         again = fit(photons, sel=move)
         _take(res, again, move)
     if neighbours and len(ids) > 1 and method == "mle":
@@ -372,7 +394,8 @@ def spline_z_document(psf: SplinePSF, options, generated_by: str, calibration_pa
         "Calibration path": path, "Z Calibration Path": path, "Spline calibration": path,
         "Z fit method": "spline PSF (the fit method's estimator: MLE or least squares)",
         "Spline calibration source": psf.source,
-        "Spline box size": int(psf.n_nodes[-1]),
+        "Spline box size": int(psf.grid_px),
+        "Spline lateral oversampling": int(psf.oversampling),
         "Z calibrated range in nm": [float(lo), float(hi)],
         "Z fit range in nm": [float(lo), float(hi)],
         "Z drop fits at the fit range bound": True,

@@ -16,11 +16,20 @@ One layout serves both programs: Picasso's, extended. An HDF5 file with
     ``napari-localize`` (format version, fit box, the conventions below in words).
 ``psf`` (dataset, float32, ours only)
     The normalised template the spline interpolates, ``[z, y, x]`` in node order.
+``coefficients_oversampled`` (dataset, float64, ours only, format version 2)
+    The per-cell table of our oversampled spline (``lateral oversampling`` in our keys, nodes per camera
+    pixel, normally 2); ``psf`` is then its template. ``coefficients`` stays the one-node-per-pixel spline
+    through every ``oversampling``-th node (the nodes at whole-pixel offsets), so Picasso reads the file as
+    before; napari-localize fits with the oversampled table.
 
 Conventions (Picasso's, which we follow so that each program reads the other's files):
 
 * **Nodes.** Lateral node ``j`` is camera pixel ``j`` of the calibration grid; the emitter is on node
-  ``((nx - 1) / 2, (ny - 1) / 2)``. Our grid is the fit box plus one pixel on each side, so fits of the
+  ``((nx - 1) / 2, (ny - 1) / 2)``. The value at a node is the expected share of the photons in the camera
+  pixel centred there (pixel-integrated). In the oversampled table node ``j`` is the pixel whose centre lies
+  ``(j - (nx - 1) / 2) / oversampling`` pixels from the emitter. The emitter's lateral position is the
+  intensity centroid of the (background-free) average bead's in-focus image within 1.2 um of it. Our grid
+  is the fit box plus one pixel on each side, so fits of the
   calibration's box never leave the spline. Picasso crops a larger grid to its fit box about the centre.
 * **Heights.** Node ``k`` is z-step ``k`` of the scan, frame 0 at the top: its stage height is
   ``(z_center - k) * z_step_nm``. A fitted node coordinate ``k`` is reported as
@@ -46,7 +55,7 @@ import numpy as np
 from .. import __version__
 from ..core.spline import SplinePSF
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 class SplineCalibrationError(ValueError):
@@ -65,6 +74,8 @@ def is_spline_calibration_path(path) -> bool:
 
 def _to_picasso(psf: SplinePSF) -> tuple[np.ndarray, dict]:
     """The coefficient table and metadata of ``psf`` in Picasso's layout."""
+    fine = psf
+    psf = psf.pixel_grid()
     meta = psf.meta
     photon_scale = float(meta.get("photon_scale", 1.0))
     coef = psf.coefficients * photon_scale  # unit-peak template
@@ -102,8 +113,11 @@ def _to_picasso(psf: SplinePSF) -> tuple[np.ndarray, dict]:
         "Path": psf.path or "N/A",
         "napari-localize": {
             "format version": FORMAT_VERSION, "fit box": int(psf.box), "reference height nm": float(psf.z_init),
+            "lateral oversampling": int(fine.oversampling),
             "z calibration precision nm": _finite_or_none(psf.diagnostics.get("z_precision_nm")),
-            "conventions": "node j = camera pixel j of the grid, emitter on the central node; node k = z-step k "
+            "conventions": "node j = camera pixel j of the grid (pixel-integrated), emitter on the central node "
+                           "(the in-focus intensity centroid); oversampled table: node j = the pixel centred "
+                           "(j - centre) / oversampling pixels from the emitter; node k = z-step k "
                            "(frame 0 at the top), stage height (z_center - k) * z_step_nm; z reported = "
                            "stage height * magnification_factor, z = 0 at the scan centre; photons = "
                            "amplitude * photon_scale (light within the grid at the reference height); "
@@ -135,6 +149,8 @@ def save_spline_calibration(path, psf: SplinePSF) -> str:
     try:
         with h5py.File(tmp, "w") as f:
             f.create_dataset("coefficients", data=table)
+            if psf.oversampling > 1:
+                f.create_dataset("coefficients_oversampled", data=np.asarray(psf.coefficients * meta["photon_scale"]))
             if psf.volume is not None:
                 f.create_dataset("psf", data=np.asarray(psf.volume * meta["photon_scale"], np.float32))
             f.attrs["metadata"] = json.dumps(meta)
@@ -164,6 +180,8 @@ def load_spline_calibration(path, magnification_factor: float | None = None) -> 
             table = np.asarray(f["coefficients"][()], np.float64)
             raw = f.attrs["metadata"]
             volume = np.asarray(f["psf"][()], np.float64) if "psf" in f else None
+            fine = np.asarray(f["coefficients_oversampled"][()], np.float64) \
+                if "coefficients_oversampled" in f else None
     except OSError as exc:
         raise SplineCalibrationError(f"{path}: not a readable HDF5 file ({exc})") from None
     try:
@@ -171,14 +189,14 @@ def load_spline_calibration(path, magnification_factor: float | None = None) -> 
     except (ValueError, UnicodeDecodeError) as exc:
         raise SplineCalibrationError(f"{path}: the 'metadata' attribute is not JSON ({exc})") from None
     try:
-        return _from_picasso(table, meta, volume, path, magnification_factor)
+        return _from_picasso(table, meta, volume, path, magnification_factor, fine)
     except (KeyError, TypeError, ValueError) as exc:
         if isinstance(exc, SplineCalibrationError):
             raise
         raise SplineCalibrationError(f"{path}: {type(exc).__name__}: {exc}") from None
 
 
-def _from_picasso(table, meta, volume, path, magnification_factor):
+def _from_picasso(table, meta, volume, path, magnification_factor, fine=None):
     model = meta.get("model")
     if model not in ("spline-3d", "spline-2d"):
         raise SplineCalibrationError(
@@ -226,7 +244,21 @@ def _from_picasso(table, meta, volume, path, magnification_factor):
     box = int(ours.get("fit box", meta.get("box", n_int[0] + 1)))
     if box % 2 == 0:
         box -= 1
-    psf = SplinePSF(coef / photon_scale, cx=n_int[0] / 2.0, cy=n_int[1] / 2.0, z_first=z_first, z_step=z_step,
+    o = int((ours.get("lateral oversampling") or 1) if fine is not None else 1)
+    if o > 1:
+        per = 64 if model == "spline-3d" else 16
+        n_fine = [o * n for n in n_int[:2]]
+        cells = (n_int[2],) + tuple(n_fine[::-1]) if model == "spline-3d" else tuple(n_fine[::-1])
+        if fine.size != per * int(np.prod(cells)):
+            raise SplineCalibrationError(f"{path}: coefficients_oversampled of {fine.size} values do not match "
+                                         f"{o} nodes per pixel on n_intervals {n_int}")
+        coef = fine.reshape(cells + ((4, 4, 4) if model == "spline-3d" else (4, 4)))
+        if volume is not None and volume.shape[-1] != n_fine[0] + 1:
+            volume = None
+    elif volume is not None and volume.shape[-1] != n_int[0] + 1:
+        volume = None
+    psf = SplinePSF(coef / photon_scale, cx=o * n_int[0] / 2.0, cy=o * n_int[1] / 2.0, oversampling=o,
+                    z_first=z_first, z_step=z_step,
                     pixelsize=float(meta.get("pixelsize", 130.0)), magnification_factor=mag,
                     box=min(box, n_int[0] + 1),
                     z_init=float(ours.get("reference height nm", z_first + z_step * z_init)),

@@ -43,8 +43,9 @@ MODEL_NAMES = {MODEL_GAUSS: "gauss", MODEL_GAUSS_FIXED: "gauss_fixed", MODEL_AST
 #: most emitters of ``MODEL_MULTI`` in one box
 MAX_EMITTERS = 5
 
-# spline aux header: [n_z cells (0 in 2D), n_y, n_x, cx, cy, z_first, z_step, z_init], then the table
-SPLINE_HEADER = 8
+# spline aux header: [n_z cells (0 in 2D), n_y, n_x, cx, cy, z_first, z_step, z_init, lateral nodes per pixel],
+# then the table
+SPLINE_HEADER = 9
 
 IX, IY, IN, IB, ISX, ISY = range(6)
 IZ = 4
@@ -197,10 +198,13 @@ def _pixel_multi(theta, k, m, aux, scratch, jrow, with_jac):
 
 @register_jitable
 def _spline_pixel(model, theta, k, m, aux, jrow, with_jac):
-    # emitter at (x, y) sits on spline node (cx, cy): pixel (k, m) is at spline coordinate (m - x + cx, ...)
+    # emitter at (x, y) sits on spline node (cx, cy): pixel (k, m) is at spline coordinate
+    # ((m - x) * os + cx, ...), os lateral nodes per camera pixel (an oversampled spline samples the
+    # pixel-integrated PSF at sub-pixel shifts of the emitter)
     N = theta[IN]
-    sx = m - theta[IX] + aux[3]
-    sy = k - theta[IY] + aux[4]
+    os_ = aux[8]
+    sx = (m - theta[IX]) * os_ + aux[3]
+    sy = (k - theta[IY]) * os_ + aux[4]
     gz = 0.0
     if model == MODEL_SPLINE_Z:
         sz = (theta[IZ] - aux[5]) / aux[6]
@@ -214,8 +218,8 @@ def _spline_pixel(model, theta, k, m, aux, jrow, with_jac):
         gy = 0.0
         gz = 0.0
     if with_jac:
-        jrow[IX] = -N * gx
-        jrow[IY] = -N * gy
+        jrow[IX] = -N * gx * os_
+        jrow[IY] = -N * gy * os_
         jrow[IN] = v
         jrow[IB] = 1.0
         if model == MODEL_SPLINE_Z:
@@ -376,15 +380,18 @@ def astig_aux(x_coefficients, y_coefficients) -> np.ndarray:
 
 
 def spline_aux(coefficients, cx: float, cy: float, z_first: float = 0.0, z_step: float = 1.0,
-               z_init: float = 0.0) -> np.ndarray:
+               z_init: float = 0.0, oversampling: float = 1.0) -> np.ndarray:
     """``aux`` of :data:`MODEL_SPLINE_Z` (coefficients ``(nz, ny, nx, 4, 4, 4)``) or :data:`MODEL_SPLINE_2D`
     (``(ny, nx, 4, 4)``), see :mod:`napari_localize.core.spline`: the emitter sits on spline node ``(cx, cy)``,
-    node ``k`` along z is at height ``z_first + k z_step`` (nm), fits start at ``z_init``."""
+    node ``k`` along z is at height ``z_first + k z_step`` (nm), fits start at ``z_init``; ``oversampling``
+    lateral nodes per camera pixel."""
+    if not oversampling > 0:
+        raise ValueError(f"spline oversampling must be positive, got {oversampling}")
     c = np.ascontiguousarray(coefficients, np.float64)
     if c.ndim == 6:
-        head = [c.shape[0], c.shape[1], c.shape[2], cx, cy, z_first, z_step, z_init]
+        head = [c.shape[0], c.shape[1], c.shape[2], cx, cy, z_first, z_step, z_init, oversampling]
     elif c.ndim == 4:
-        head = [0, c.shape[0], c.shape[1], cx, cy, 0.0, 1.0, 0.0]
+        head = [0, c.shape[0], c.shape[1], cx, cy, 0.0, 1.0, 0.0, oversampling]
     else:
         raise ValueError(f"spline coefficients must be (nz, ny, nx, 4, 4, 4) or (ny, nx, 4, 4), got {c.shape}")
     return np.concatenate([np.asarray(head, float), c.ravel()])
