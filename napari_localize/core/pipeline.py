@@ -171,12 +171,10 @@ def localize_frames(frames, p: LocalizeParameters, first_frame: int = 0, stats: 
     stats.frames += n
     stats.identified += len(ids)
 
-    # the crowded-fields refit models the camera with the scalar baseline/sensitivity and Poisson noise only, so
-    # with per-pixel sCMOS maps it is not run (one emitter per box; recorded in the fit document by core.run)
-    # nor with an identification prefilter: the residual search on the raw frames would take the light the
-    # prefilter removed (static debris, uneven background) for emitters
-    if p.max_emitters > 1 and p.fit_method in ("mle", "lq") and camera is None and identify_frames is None:
-        fit, ids = _fit_crowded(frames, ids, fit, p, first_frame, stats.device)
+    # the crowded-fields refit: with sCMOS maps the joint fits use the per-pixel conversion and readout variance;
+    # with an identification prefilter the residual is searched where the prefilter's static light is removed
+    if p.max_emitters > 1 and p.fit_method in ("mle", "lq"):
+        fit, ids = _fit_crowded(frames, ids, fit, p, first_frame, stats.device, camera, identify_frames)
         stats.seconds["fit"] += time.perf_counter() - t2
         fit["dx"], fit["dy"] = fit["x"] - ids["x"], fit["y"] - ids["y"]
     locs = np.zeros(len(ids), locs_dtype(p.fit_method, p.max_emitters))
@@ -202,9 +200,12 @@ def localize_frames(frames, p: LocalizeParameters, first_frame: int = 0, stats: 
     return locs
 
 
-def _fit_crowded(frames, ids, fit, p: LocalizeParameters, first_frame: int, device: str = "cpu"):
+def _fit_crowded(frames, ids, fit, p: LocalizeParameters, first_frame: int, device: str = "cpu", camera=None,
+                 identify_frames=None):
     """Refine the single-emitter fits of a chunk for crowding (:func:`~napari_localize.core.crowded.fit_crowded`).
 
+    ``camera``: per-pixel sCMOS maps (the refit converts and weighs every pixel with them); ``identify_frames``:
+    what identification saw (a prefilter): the light it removed is static light for the residual search.
     Returns per-emitter fit columns and an identification-like table (frame, integer x, y of the emitter's
     pixel, net gradient) with one row per emitter.
     """
@@ -216,9 +217,20 @@ def _fit_crowded(frames, ids, fit, p: LocalizeParameters, first_frame: int, devi
     local = ids.copy()
     local["frame"] -= first_frame
     mle = p.fit_method == "mle"
-    out = fit_crowded(frames, local, fit, p, CrowdedOptions(max_emitters=p.max_emitters),
-                      MODE_POISSON if mle else MODE_LSQ, p.baseline, p.sensitivity / p.em_gain,
-                      device if device in ("cpu", "cuda") else "cpu")
+    if camera is None:
+        baseline, factor, variance = p.baseline, p.sensitivity / p.em_gain, None
+    else:
+        baseline, factor, variance = camera.offset, camera.sensitivity / np.float32(camera.em_gain), camera.variance
+    noise = MODE_POISSON if mle else MODE_LSQ
+    if mle and camera is not None:
+        from .engine import NOISE_SCMOS
+
+        noise = NOISE_SCMOS
+    static = None
+    if identify_frames is not None and p.prefilter().temporal_median > 0:
+        static = _static_light(frames, identify_frames, p, factor)
+    out = fit_crowded(frames, local, fit, p, CrowdedOptions(max_emitters=p.max_emitters), noise, baseline, factor,
+                      device if device in ("cpu", "cuda") else "cpu", variance, static)
     em = p.em_gain > 1
     if mle and em:
         for name in ("lpx", "lpy", "photons_unc", "bg_unc", "sx_unc", "sy_unc"):
@@ -245,6 +257,21 @@ def _fit_crowded(frames, ids, fit, p: LocalizeParameters, first_frame: int, devi
             new_ids["net_gradient"][i] = net_gradient_at(np.asarray(frames[int(out["frame"][i])], np.float32), y, x,
                                                          r)
     return out, new_ids
+
+
+def _static_light(frames, identify_frames, p: LocalizeParameters, factor):
+    """The light an identification prefilter took away as static (photons): ``frames - identify_frames``, with
+    the Gaussian (linear, so it commutes with the median's subtraction) applied to ``frames`` first when it is
+    on: it smooths rather than removes, so only the median's static background remains."""
+    from .prefilter import gaussian_filter_frames
+
+    pf = p.prefilter()
+    raw = np.asarray(frames, np.float32)
+    if pf.gaussian_sigma > 0:
+        raw = gaussian_filter_frames(raw, pf.gaussian_sigma)
+    static = raw - np.asarray(identify_frames, np.float32)
+    static *= np.asarray(factor, np.float32)
+    return static
 
 
 def _prefiltered(frames, first_frame, prefilter, background):
