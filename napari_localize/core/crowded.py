@@ -38,7 +38,7 @@ import numpy as np
 from numba import njit
 from scipy.spatial import cKDTree
 
-from .engine import MAX_EMITTERS, MAX_PARAMS, MODEL_MULTI, NOISE_POISSON, emitter_index, fit_boxes
+from .engine import MAX_EMITTERS, MAX_PARAMS, MODEL_GAUSS, MODEL_MULTI, NOISE_POISSON, emitter_index, fit_boxes
 
 
 @dataclass
@@ -128,9 +128,9 @@ def _maps(value):
 def _group_boxes(frames, baseline, factor, variance, static, sel, gframe, gcy, gcx, egroup, order, fstarts, ex, ey,
                  eN, esx, esy, box, data, other, var, search):
     """Cut the box of each group of ``sel`` (camera counts to photons: ``(counts - baseline) * factor``, both
-    scalars or per-pixel maps), its readout-variance box (photons^2, sCMOS; ``variance`` of shape (0, 0): none)
-    and the box the residual is searched in (``static``: the static light the identification prefilter
-    removed, photons, (0, 0, 0): none), and render the light of every other emitter of its frame into it."""
+    scalars or per-pixel maps) and its readout-variance box (photons^2, sCMOS; ``variance`` of shape (0, 0):
+    none), and render into its other light the light of every other emitter of its frame and the structure of
+    the static light an identification prefilter removed (``static``, photons; (0, 0, 0): none)."""
     _shared(_group_boxes_kernel, len(sel), frames, _maps(baseline), _maps(factor), variance, static,
             np.asarray(sel, np.int64), gframe, gcy, gcx, egroup, order, fstarts, ex, ey, eN, esx, esy, box, data,
             other, var, search)
@@ -165,14 +165,15 @@ def _group_boxes_kernel(lo, hi, frames, baseline, factor, variance, static, sel,
                 if has_var:
                     var[g, k * box + m] = variance[y, x]
         if has_static:
-            mean = 0.0
+            # the static light's structure is fixed light (its level above the box's minimum: the flat part
+            # is the fitted background)
+            low = 1e300
             for k in range(box):
                 for m in range(box):
-                    mean += static[f, cy - r + k, cx - r + m]
-            mean /= npx
+                    low = min(low, static[f, cy - r + k, cx - r + m])
             for k in range(box):
                 for m in range(box):
-                    search[g, k * box + m] = data[g, k * box + m] - (static[f, cy - r + k, cx - r + m] - mean)
+                    other[g, k * box + m] = static[f, cy - r + k, cx - r + m] - low
         for a in range(fstarts[f], fstarts[f + 1]):
             j = order[a]
             if egroup[j] == g:
@@ -578,6 +579,31 @@ def _inherit(G_old, G_new, n, alive):
     G_new.lit[s] = G_old.lit[src]
 
 
+#: the crowded refits go to the engine in batches of at most this many boxes, shared by the identification's
+#: threads: the engine runs a batch this small on its calling thread, without a parallel launch (which costs
+#: more than a few hundred small fits take)
+FIT_BATCH = 192
+
+
+def _fit_batches(spots, model, noise, theta0, aux, other, variance, eps, max_iterations, device):
+    """:func:`~napari_localize.core.engine.fit_boxes` of ``spots``, several small batches at a time on threads."""
+    from .engine import FitResult
+
+    n = len(spots)
+    kw = dict(aux=aux, eps=eps, max_iterations=max_iterations, device=device)
+    if device != "cpu" or n <= FIT_BATCH or _threads() == 1:
+        return fit_boxes(spots, model, noise, theta0=theta0, other=other, variance=variance, **kw)
+    from .identify import _pool
+
+    edges = list(range(0, n, FIT_BATCH)) + [n]
+    jobs = [_pool().submit(fit_boxes, spots[a:b], model, noise, theta0=theta0[a:b], other=other[a:b],
+                           variance=None if variance is None else variance[a:b], **kw)
+            for a, b in zip(edges[:-1], edges[1:], strict=True)]
+    parts = [job.result() for job in jobs]
+    return FitResult(*(np.concatenate([getattr(r, f) for r in parts]) for f in
+                       ("theta", "crlb", "objective", "iterations", "converged", "gof")))
+
+
 def _state(ids, fit0, box, sigma):
     """Emitters and singleton groups (one per identified box) with the single-emitter fits ``fit0``."""
     r = box // 2
@@ -630,9 +656,10 @@ def fit_crowded(frames, ids, fit0, p, options: CrowdedOptions, noise=NOISE_POISS
     (``baseline`` and ``factor`` scalars or per-pixel maps, sCMOS); ``variance`` the per-pixel readout
     variance map (photons^2; the joint fits then use ``noise`` with variance boxes, the likelihood test
     Huang et al.'s sCMOS likelihood); ``static`` (photons, the chunk's shape) the static light an
-    identification prefilter removed: the residual is searched, and extra emitters tested, in the photons
-    minus that light's structure (its box mean stays, as the fitted background), while every fit uses the
-    raw photons. ``ids`` the identification with ``frame`` relative to the chunk; ``fit0`` the dict of
+    identification prefilter removed (a temporal median's background): its structure within a box (above
+    the box's minimum, the flat rest being the fitted background) is fixed other light in every refit, the
+    residual search and the likelihood test, so static debris is neither fitted as an emitter nor pulls one;
+    every fit uses the raw photons. ``ids`` the identification with ``frame`` relative to the chunk; ``fit0`` the dict of
     :func:`~napari_localize.core.fit_mle.fit_mle` (or ``fit_lq``) for those boxes. Returns a dict of per-emitter
     columns: ``frame``, ``x``, ``y`` (frame pixels),
     the fit columns of ``fit0`` (per emitter; box-wide bg, widths and log-likelihood), ``converged``,
@@ -737,8 +764,7 @@ class _Camera:
         data = np.zeros((n, self.npx))
         other = np.zeros((n, self.npx))
         var = np.zeros((n if self.has_var else 0, self.npx))
-        search = np.zeros((n, self.npx)) if self.has_static else data
-        return data, other, var, search
+        return data, other, var, data
 
     def cut(self, sel, G, egroup, order, fstarts, E, data, other, var, search):
         _group_boxes(self.frames, self.baseline, self.factor, self.variance, self.static, sel, G.frame, G.cy, G.cx,
@@ -804,10 +830,14 @@ def _refine(cam, ids, fit0, p, options, noise, device, sigma, width_noise):
             rows = np.flatnonzero(k == K)
             P = 6 + 3 * (int(k) - 1)
             g = gsel[rows]
-            res = fit_boxes(data[g].reshape(-1, box, box), MODEL_MULTI, noise, theta0=theta[rows, :P],
-                            aux=np.array([float(k)]), other=other[g].reshape(-1, box, box),
-                            variance=var[g].reshape(-1, box, box) if cam.has_var else None,
-                            eps=float(p.convergence), max_iterations=int(p.max_iterations), device=device)
+            _t = time.perf_counter()
+            _c = time.process_time()
+            # one emitter: the engine's single Gaussian (the same model as MODEL_MULTI with K = 1, less work)
+            res = _fit_batches(data[g].reshape(-1, box, box), MODEL_GAUSS if k == 1 else MODEL_MULTI, noise,
+                               theta[rows, :P], None if k == 1 else np.array([float(k)]),
+                               other[g].reshape(-1, box, box), var[g].reshape(-1, box, box) if cam.has_var else None,
+                               float(p.convergence), int(p.max_iterations), device)
+            counts["cpu_fits"] = counts.get("cpu_fits", 0.0) + time.process_time() - _c
             theta[rows, :P] = res.theta
             var_out[rows, :P] = res.crlb
             obj[rows], its[rows], conv[rows] = res.objective, res.iterations, res.converged

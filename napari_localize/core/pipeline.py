@@ -222,10 +222,10 @@ def _fit_crowded(frames, ids, fit, p: LocalizeParameters, first_frame: int, devi
     else:
         baseline, factor, variance = camera.offset, camera.sensitivity / np.float32(camera.em_gain), camera.variance
     noise = MODE_POISSON if mle else MODE_LSQ
-    if mle and camera is not None:
-        from .engine import NOISE_SCMOS
+    if camera is not None:  # as the single fit: the sCMOS likelihood, or least squares weighted per pixel
+        from .engine import NOISE_SCMOS, NOISE_WLSQ
 
-        noise = NOISE_SCMOS
+        noise = NOISE_SCMOS if mle else NOISE_WLSQ
     static = None
     if identify_frames is not None and p.prefilter().temporal_median > 0:
         static = _static_light(frames, identify_frames, p, factor)
@@ -235,15 +235,22 @@ def _fit_crowded(frames, ids, fit, p: LocalizeParameters, first_frame: int, devi
     if mle and em:
         for name in ("lpx", "lpy", "photons_unc", "bg_unc", "sx_unc", "sy_unc"):
             out[name] = out[name] * np.sqrt(2.0)
-    if not mle:
-        out["lpx"] = mortensen_precision(out["photons"], out["bg"], out["sx"], out["sy"], em)
-        out["lpy"] = mortensen_precision(out["photons"], out["bg"], out["sy"], out["sx"], em)
     new_ids = np.zeros(len(out["x"]), IDENTIFICATION_DTYPE)
     new_ids["frame"] = out["frame"] + first_frame
     with np.errstate(invalid="ignore"):
         new_ids["x"] = np.nan_to_num(np.rint(out["x"])).astype(np.int64)
         new_ids["y"] = np.nan_to_num(np.rint(out["y"])).astype(np.int64)
     new_ids["net_gradient"] = out["net_gradient"]
+    if not mle:
+        noise_bg = out["bg"]
+        if camera is not None:  # the box's mean readout variance is background variance (as fit_lq)
+            h, w = frames.shape[-2:]
+            r = p.box_size // 2
+            cy = np.clip(new_ids["y"], r, h - r - 1)
+            cx = np.clip(new_ids["x"], r, w - r - 1)
+            noise_bg = noise_bg + camera.cut("variance", cy, cx, p.box_size).reshape(len(cy), -1).mean(axis=1)
+        out["lpx"] = mortensen_precision(out["photons"], noise_bg, out["sx"], out["sy"], em)
+        out["lpy"] = mortensen_precision(out["photons"], noise_bg, out["sy"], out["sx"], em)
     added = out["added"]
     if added.any():
         # an emitter found in the residual is scored like an identified one: the net gradient at its pixel
@@ -254,8 +261,17 @@ def _fit_crowded(frames, ids, fit, p: LocalizeParameters, first_frame: int, devi
         for i in np.flatnonzero(added):
             y = min(max(int(new_ids["y"][i]), 0), h - 1)
             x = min(max(int(new_ids["x"][i]), 0), w - 1)
-            new_ids["net_gradient"][i] = net_gradient_at(np.asarray(frames[int(out["frame"][i])], np.float32), y, x,
-                                                         r)
+            f = int(out["frame"][i])
+            if identify_frames is not None:  # what identification saw
+                seen = np.asarray(identify_frames[f], np.float32)
+            elif camera is not None:  # the sCMOS identification's image
+                from .identify_scmos import identification_image
+
+                seen = identification_image(frames[f], camera.offset, camera.sensitivity, camera.variance,
+                                            camera.em_gain)
+            else:
+                seen = np.asarray(frames[f], np.float32)
+            new_ids["net_gradient"][i] = net_gradient_at(seen, y, x, r)
     return out, new_ids
 
 
