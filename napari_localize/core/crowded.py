@@ -131,16 +131,17 @@ def _group_boxes(frames, baseline, factor, variance, static, sel, gframe, gcy, g
     scalars or per-pixel maps) and its readout-variance box (photons^2, sCMOS; ``variance`` of shape (0, 0):
     none), and render into its other light the light of every other emitter of its frame and the structure of
     the static light an identification prefilter removed (``static``, photons; (0, 0, 0): none)."""
+    c = np.ascontiguousarray  # one layout, one compiled specialisation
     _shared(_group_boxes_kernel, len(sel), frames, _maps(baseline), _maps(factor), variance, static,
-            np.asarray(sel, np.int64), gframe, gcy, gcx, egroup, order, fstarts, ex, ey, eN, esx, esy, box, data,
-            other, var, search)
+            c(sel, np.int64), c(gframe, np.int64), c(gcy, np.int64), c(gcx, np.int64), c(egroup, np.int64),
+            c(order, np.int64), c(fstarts, np.int64), c(ex, np.float64), c(ey, np.float64), c(eN, np.float64),
+            c(esx, np.float64), c(esy, np.float64), box, data, other, var, search)
 
 
 @njit(cache=True, nogil=True)
 def _group_boxes_kernel(lo, hi, frames, baseline, factor, variance, static, sel, gframe, gcy, gcx, egroup, order,
                         fstarts, ex, ey, eN, esx, esy, box, data, other, var, search):
     r = box // 2
-    npx = box * box
     per_pixel = baseline.shape[0] > 1 or factor.shape[0] > 1
     has_var = variance.shape[0] > 0
     has_static = static.shape[0] > 0
@@ -194,8 +195,9 @@ def _residual_peaks(data, other, var, K, theta, box, out, want_ll=True):
     variance boxes (sCMOS; the likelihood is then Huang et al.'s), shape (0, pixels) for none. The
     log-likelihood is skipped (0) unless ``want_ll``.
     """
-    _shared(_residual_peaks_kernel, len(data), data, other, var, np.asarray(K, np.int64), theta, box, out,
-            bool(want_ll))
+    c = np.ascontiguousarray
+    _shared(_residual_peaks_kernel, len(data), c(data, np.float64), c(other, np.float64), c(var, np.float64),
+            c(K, np.int64), c(theta, np.float64), int(box), out, bool(want_ll))
 
 
 @njit(cache=True, nogil=True)
@@ -659,24 +661,47 @@ def fit_crowded(frames, ids, fit0, p, options: CrowdedOptions, noise=NOISE_POISS
     identification prefilter removed (a temporal median's background): its structure within a box (above
     the box's minimum, the flat rest being the fitted background) is fixed other light in every refit, the
     residual search and the likelihood test, so static debris is neither fitted as an emitter nor pulls one;
-    every fit uses the raw photons. ``ids`` the identification with ``frame`` relative to the chunk; ``fit0`` the dict of
-    :func:`~napari_localize.core.fit_mle.fit_mle` (or ``fit_lq``) for those boxes. Returns a dict of per-emitter
-    columns: ``frame``, ``x``, ``y`` (frame pixels),
-    the fit columns of ``fit0`` (per emitter; box-wide bg, widths and log-likelihood), ``converged``,
-    ``net_gradient``, ``n_emitters`` (emitters fitted in that box) and ``llr`` (twice the log-likelihood gain
-    of the box's last accepted extra emitter; 0 for a box of one).
+    every fit uses the raw photons. ``ids`` the identification with ``frame`` relative to the chunk; ``fit0``
+    the dict of :func:`~napari_localize.core.fit_mle.fit_mle` (or ``fit_lq``) for those boxes. Returns a dict of
+    per-emitter columns: ``frame``, ``x``, ``y`` (frame pixels), the fit columns of ``fit0`` (per emitter;
+    box-wide bg, widths and log-likelihood), ``converged``, ``net_gradient``, ``n_emitters`` (emitters fitted
+    in that box), ``llr`` (twice the log-likelihood gain of the box's last accepted extra emitter; 0 for a box
+    of one) and ``added``, ordered by frame, box (row-major) and emitter. See :func:`refine_crowded`.
+    """
+    box = int(p.box_size)
+    conv0 = np.asarray(fit0["converged"], bool)
+    ok_w = conv0 & np.isfinite(fit0["sx"])
+    sigma = float(np.median(np.minimum(fit0["sx"][ok_w], fit0["sy"][ok_w]))) if ok_w.any() else 1.0
+    active, out, keys = refine_crowded(frames, ids, fit0, p, options, noise, baseline, factor, device, variance,
+                                       static)
+    rest = ~active
+    Ei, Gi, _ = _state(_take(ids, rest), _take(fit0, rest), box, sigma)
+    single, single_keys = _columns(Ei, Gi, np.ones(len(Ei), bool), box)
+    if out is None:
+        return single
+    out = {k: np.concatenate([out[k], single[k]]) for k in out}
+    o = np.lexsort([np.concatenate([a, b]) for a, b in zip(keys, single_keys, strict=True)])
+    return {k: v[o] for k, v in out.items()}
+
+
+def refine_crowded(frames, ids, fit0, p, options: CrowdedOptions, noise=NOISE_POISSON, baseline=0.0, factor=1.0,
+                   device="cpu", variance=None, static=None):
+    """The work of :func:`fit_crowded` on the boxes that need it; every other box keeps its single fit.
+
+    Returns ``(active, columns, keys)``: which boxes of ``ids`` were refined, the per-emitter columns of
+    :func:`fit_crowded` for those boxes (None if none) and their sort keys ``(emitter, box column, box row,
+    frame)`` (for :func:`numpy.lexsort`, to merge them with the single fits of the other boxes).
 
     **Screening.** Every box is first cut once with the light of all other emitters of its frame and its
     residual searched (one pass, no fit). A box needs the crowded machinery only if its single fit failed,
     its other light is significant (``sum(other^2 / variance) > light_chi2``: by Cauchy-Schwarz this bounds the
     bias the ignored light can cause in any parameter to ``sqrt(light_chi2)`` CRLB standard deviations), its
-    residual holds a peak above ``candidate_z``, or its spot is wider than ``split_width`` PSF widths. Those
-    boxes and the emitters near them are refined; every other box keeps its single-emitter fit exactly.
+    residual holds a peak above ``candidate_z``, or its spot is significantly wider than the PSF (``split_width``,
+    ``split_z``). Those boxes and the emitters whose light reaches them are refined.
     """
     frames = np.ascontiguousarray(frames)
     n_frames, height, width = frames.shape
     box = int(p.box_size)
-    npx = box * box
     conv0 = np.asarray(fit0["converged"], bool)
     ok_w = conv0 & np.isfinite(fit0["sx"])
     # the PSF width: the narrower fitted width of a typical spot (blends of two spots widen one axis)
@@ -689,7 +714,7 @@ def fit_crowded(frames, ids, fit0, p, options: CrowdedOptions, noise=NOISE_POISS
     last_counts.update(boxes=n, active=0, fits=0, extra_emitter_fits=0, passes=0)
     t0 = time.process_time()
     if n == 0 or int(options.max_emitters) < 2:
-        return _columns(E, G, np.ones(n, bool), box)[0]
+        return np.zeros(n, bool), None, None
     # screening: one cut of every box with all other light, one residual search of the single fits
     alive = np.ones(n, bool)
     order, fstarts = _frame_index(E, n_frames, alive)
@@ -706,8 +731,6 @@ def fit_crowded(frames, ids, fit0, p, options: CrowdedOptions, noise=NOISE_POISS
         seed = bad | (res[:, 5] > options.light_chi2) | (res[:, 1] > options.candidate_z) | wide
     active = seed.copy()
     if _DEBUG:
-        print("sigma", sigma, "sx pct", np.percentile(fit0["sx"][ok_w], [16, 50, 84]), "min pct",
-              np.percentile(np.minimum(fit0["sx"], fit0["sy"])[ok_w], [16, 50, 84]))
         print("seeds", int(seed.sum()), "bad", int(bad.sum()), "light", int((res[:, 5] > options.light_chi2).sum()),
               "z", int((res[:, 1] > options.candidate_z).sum()), "wide", int(wide.sum()), "of", n)
     if seed.any() and not seed.all():
@@ -726,23 +749,11 @@ def fit_crowded(frames, ids, fit0, p, options: CrowdedOptions, noise=NOISE_POISS
     t1 = time.process_time()
     last_counts["cpu_screen"] = t1 - t0
     if not active.any():
-        return _columns(E, G, alive, box)[0]
-    parts = [_refine(cam, _take(ids, active), _take(fit0, active), p, options, noise, device, sigma,
-                     width_noise)]
-    t2 = time.process_time()
-    last_counts["cpu_refine"] = t2 - t1
-    if not active.all():
-        rest = ~active
-        Ei, Gi, _ = _state(_take(ids, rest), _take(fit0, rest), box, sigma)
-        parts.append(_columns(Ei, Gi, np.ones(len(Ei), bool), box))
-    if len(parts) == 1:
-        return parts[0][0]
-    out = {k: np.concatenate([part[0][k] for part in parts]) for k in parts[0][0]}
-    keys = [np.concatenate([part[1][i] for part in parts]) for i in range(4)]
-    o = np.lexsort(keys)
-    out = {k: v[o] for k, v in out.items()}
-    last_counts["cpu_merge"] = time.process_time() - t2
-    return out
+        return active, None, None
+    out, keys = _refine(cam, _take(ids, active), _take(fit0, active), p, options, noise, device, sigma,
+                        width_noise)
+    last_counts["cpu_refine"] = time.process_time() - t1
+    return active, out, keys
 
 
 class _Camera:

@@ -176,7 +176,6 @@ def localize_frames(frames, p: LocalizeParameters, first_frame: int = 0, stats: 
     if p.max_emitters > 1 and p.fit_method in ("mle", "lq"):
         fit, ids = _fit_crowded(frames, ids, fit, p, first_frame, stats.device, camera, identify_frames)
         stats.seconds["fit"] += time.perf_counter() - t2
-        fit["dx"], fit["dy"] = fit["x"] - ids["x"], fit["y"] - ids["y"]
     locs = np.zeros(len(ids), locs_dtype(p.fit_method, p.max_emitters))
     locs["frame"] = ids["frame"]
     locs["x"] = ids["x"] + fit["dx"]
@@ -209,7 +208,7 @@ def _fit_crowded(frames, ids, fit, p: LocalizeParameters, first_frame: int, devi
     Returns per-emitter fit columns and an identification-like table (frame, integer x, y of the emitter's
     pixel, net gradient) with one row per emitter.
     """
-    from .crowded import CrowdedOptions, fit_crowded
+    from .crowded import CrowdedOptions, refine_crowded
     from .fit_lq import mortensen_precision
     from .identify import IDENTIFICATION_DTYPE
     from .psf import MODE_LSQ, MODE_POISSON
@@ -229,8 +228,11 @@ def _fit_crowded(frames, ids, fit, p: LocalizeParameters, first_frame: int, devi
     static = None
     if identify_frames is not None and p.prefilter().temporal_median > 0:
         static = _static_light(frames, identify_frames, p, factor)
-    out = fit_crowded(frames, local, fit, p, CrowdedOptions(max_emitters=p.max_emitters), noise, baseline, factor,
-                      device if device in ("cpu", "cuda") else "cpu", variance, static)
+    active, out, keys = refine_crowded(frames, local, fit, p, CrowdedOptions(max_emitters=p.max_emitters), noise,
+                                       baseline, factor, device if device in ("cpu", "cuda") else "cpu", variance,
+                                       static)
+    if out is None:  # no box needed more than its single fit
+        return fit, ids
     em = p.em_gain > 1
     if mle and em:
         for name in ("lpx", "lpy", "photons_unc", "bg_unc", "sx_unc", "sy_unc"):
@@ -272,7 +274,21 @@ def _fit_crowded(frames, ids, fit, p: LocalizeParameters, first_frame: int, devi
             else:
                 seen = np.asarray(frames[f], np.float32)
             new_ids["net_gradient"][i] = net_gradient_at(seen, y, x, r)
-    return out, new_ids
+    out["dx"], out["dy"] = out["x"] - new_ids["x"], out["y"] - new_ids["y"]
+    # the refined emitters and the boxes that kept their single fit, in frame, box, emitter order
+    rest = ~active
+    n_rest = int(rest.sum())
+    merged = {}
+    for name, v in fit.items():
+        if np.ndim(v) and len(v) == len(ids) and name in out:
+            a = np.asarray(out[name])
+            merged[name] = np.concatenate([a, np.asarray(v)[rest].astype(a.dtype, copy=False)])
+    merged["n_emitters"] = np.concatenate([out["n_emitters"], np.ones(n_rest, out["n_emitters"].dtype)])
+    merged["llr"] = np.concatenate([out["llr"], np.zeros(n_rest)])
+    all_ids = np.concatenate([new_ids, ids[rest]])
+    rest_keys = (np.zeros(n_rest, np.int64), ids["x"][rest], ids["y"][rest], ids["frame"][rest] - first_frame)
+    order = np.lexsort([np.concatenate([a, b]) for a, b in zip(keys, rest_keys, strict=True)])
+    return {k: v[order] for k, v in merged.items()}, all_ids[order]
 
 
 def _static_light(frames, identify_frames, p: LocalizeParameters, factor):
