@@ -4,16 +4,18 @@ The orchestration around the fit engine's multi-emitter model (``MODEL_MULTI`` o
 pixel-integrated Gaussians in one box, one background and one pair of widths, fixed "other light"; the joint
 Fisher matrix gives each emitter's CRLB), per chunk of frames:
 
-1. Every identified box is fitted with one emitter (the single-emitter fit; nothing else happens to a box
-   with no neighbour in reach and nothing significant left in its residual, so sparse data give exactly the
-   single-emitter results).
+1. Every identified box is fitted with one emitter (the single-emitter fit), then screened once, with no fit
+   (:func:`refine_crowded`): only a box whose fit failed, whose other light is significant
+   (``sum(other^2 / variance) > light_chi2``), whose residual holds a peak or whose spot is significantly wide
+   goes on, with the emitters whose light reaches it; every other box keeps its single fit exactly.
 2. Rounds of:
    a. **Groups.** Emitters of a frame closer than ``join_sigmas`` PSF widths are joined into one group
       (nearest pairs first) as long as the group keeps at most ``max_emitters`` emitters and fits a box with a
       pixel to spare. A group is fitted jointly in one box centred on it (several emitters in one model).
    b. **Other light.** The light of every emitter outside a group that reaches its box is added to that box's
       model as fixed light (each neighbour's latest fit), so a neighbour 4-6 px away no longer pulls the fit.
-      Groups with such light, new groups and failed fits are refitted.
+      New groups, failed fits and groups whose other light changed significantly since their last fit are
+      refitted.
    c. **Residual re-identification** (as 3D-DAOSTORM, Babcock et al. 2012): in each box the residual
       ``data - model`` is scanned with a PSF-weighted matched filter; a peak whose significance exceeds
       ``candidate_z`` (standard deviations of the Poisson noise of the model) becomes a candidate emitter, at
