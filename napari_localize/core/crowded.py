@@ -4,16 +4,18 @@ The orchestration around the fit engine's multi-emitter model (``MODEL_MULTI`` o
 pixel-integrated Gaussians in one box, one background and one pair of widths, fixed "other light"; the joint
 Fisher matrix gives each emitter's CRLB), per chunk of frames:
 
-1. Every identified box is fitted with one emitter (the single-emitter fit; nothing else happens to a box
-   with no neighbour in reach and nothing significant left in its residual, so sparse data give exactly the
-   single-emitter results).
+1. Every identified box is fitted with one emitter (the single-emitter fit), then screened once, with no fit
+   (:func:`refine_crowded`): only a box whose fit failed, whose other light is significant
+   (``sum(other^2 / variance) > light_chi2``), whose residual holds a peak or whose spot is significantly wide
+   goes on, with the emitters whose light reaches it; every other box keeps its single fit exactly.
 2. Rounds of:
    a. **Groups.** Emitters of a frame closer than ``join_sigmas`` PSF widths are joined into one group
       (nearest pairs first) as long as the group keeps at most ``max_emitters`` emitters and fits a box with a
       pixel to spare. A group is fitted jointly in one box centred on it (several emitters in one model).
    b. **Other light.** The light of every emitter outside a group that reaches its box is added to that box's
       model as fixed light (each neighbour's latest fit), so a neighbour 4-6 px away no longer pulls the fit.
-      Groups with such light, new groups and failed fits are refitted.
+      New groups, failed fits and groups whose other light changed significantly since their last fit are
+      refitted.
    c. **Residual re-identification** (as 3D-DAOSTORM, Babcock et al. 2012): in each box the residual
       ``data - model`` is scanned with a PSF-weighted matched filter; a peak whose significance exceeds
       ``candidate_z`` (standard deviations of the Poisson noise of the model) becomes a candidate emitter, at
@@ -31,14 +33,14 @@ noise model.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 from scipy.spatial import cKDTree
 
-from .engine import MAX_EMITTERS, MAX_PARAMS, MODEL_MULTI, NOISE_POISSON, emitter_index, fit_boxes
-from .engine.models import SCRATCH_ROWS, pixel, prepare
+from .engine import MAX_EMITTERS, MAX_PARAMS, MODEL_GAUSS, MODEL_MULTI, NOISE_POISSON, emitter_index, fit_boxes
 
 
 @dataclass
@@ -60,12 +62,17 @@ class CrowdedOptions:
     #: a single emitter fitted wider than this many PSF widths is also tried as two (a pair closer than the
     #: residual shows)
     split_width: float = 1.12
+    #: ... and its width exceeds the PSF's by this many of its standard deviations (a noisy width of a dim
+    #: single spot is not tried as two)
+    split_z: float = 3.0
     #: passes refitting every box with neighbour light before the first residual search
     settle_passes: int = 2
     #: passes refitting every box with neighbour light after the last round (neighbours' light settles)
     polish_passes: int = 0
-    #: neighbour light below this many photons per box is ignored (the box is not refitted for it)
-    light_floor: float = 0.5
+    #: other light in a box (or a change of it) whose significance ``sum(light^2 / variance)`` is below this is
+    #: ignored: the box is not refitted for it (it can bias no parameter by more than ``sqrt(light_chi2)`` of
+    #: its CRLB standard deviation)
+    light_chi2: float = 0.3
 
     def validate(self):
         if not 1 <= int(self.max_emitters) <= MAX_EMITTERS:
@@ -90,48 +97,86 @@ def _add_light(out, box, x, y, photons, sx, sy, ex):
             out[k * box + m] += photons * ey * ex[m]
 
 
-#: batches smaller than this run on one thread (a parallel launch costs more than the work)
-SERIAL_BELOW = 4096
+#: batches smaller than this run on the calling thread (handing work to the pool costs more than it takes)
+SERIAL_BELOW = 2048
 
 
-def _group_boxes(frames, baseline, factor, sel, *args):
-    """Cut each group's box (camera counts to photons: ``(counts - baseline) * factor``) and render the light of
-    every other emitter of its frame into it; only the groups ``sel``."""
-    if len(sel) < SERIAL_BELOW:
-        _group_boxes_serial(frames, baseline, factor, sel, *args)
-    else:
-        _group_boxes_parallel(frames, baseline, factor, sel, *args)
+def _threads() -> int:
+    from numba import config
+
+    return max(1, int(config.NUMBA_NUM_THREADS))
 
 
-@njit(cache=True, nogil=True, parallel=True)
-def _group_boxes_parallel(frames, baseline, factor, sel, gframe, gcy, gcx, egroup, order, fstarts, ex, ey, eN, esx,
-                          esy, box, data, other):
-    for q in prange(sel.shape[0]):
-        _group_box(frames, baseline, factor, sel[q], gframe, gcy, gcx, egroup, order, fstarts, ex, ey, eN, esx,
-                   esy, box, data, other)
+def _shared(kernel, n, *args):
+    """Run ``kernel(lo, hi, *args)`` over ``[0, n)``: on this thread, or in a few shares on the identification's
+    thread pool (the kernels are ``nogil`` and serial, so no parallel region is compiled)."""
+    threads = _threads()
+    if n < SERIAL_BELOW or threads == 1:
+        kernel(0, n, *args)
+        return
+    from .identify import _pool
+
+    shares = 2 * threads
+    edges = [n * k // shares for k in range(shares + 1)]
+    for job in [_pool().submit(kernel, lo, hi, *args) for lo, hi in zip(edges[:-1], edges[1:], strict=True)]:
+        job.result()
+
+
+def _maps(value):
+    """A scalar or a per-pixel map as a 2D float64 array (1x1 for a scalar)."""
+    return np.ascontiguousarray(np.atleast_2d(np.asarray(value, np.float64)))
+
+
+def _group_boxes(frames, baseline, factor, variance, static, sel, gframe, gcy, gcx, egroup, order, fstarts, ex, ey,
+                 eN, esx, esy, box, data, other, var, search):
+    """Cut the box of each group of ``sel`` (camera counts to photons: ``(counts - baseline) * factor``, both
+    scalars or per-pixel maps) and its readout-variance box (photons^2, sCMOS; ``variance`` of shape (0, 0):
+    none), and render into its other light the light of every other emitter of its frame and the structure of
+    the static light an identification prefilter removed (``static``, photons; (0, 0, 0): none)."""
+    c = np.ascontiguousarray  # one layout, one compiled specialisation
+    _shared(_group_boxes_kernel, len(sel), frames, _maps(baseline), _maps(factor), variance, static,
+            c(sel, np.int64), c(gframe, np.int64), c(gcy, np.int64), c(gcx, np.int64), c(egroup, np.int64),
+            c(order, np.int64), c(fstarts, np.int64), c(ex, np.float64), c(ey, np.float64), c(eN, np.float64),
+            c(esx, np.float64), c(esy, np.float64), box, data, other, var, search)
 
 
 @njit(cache=True, nogil=True)
-def _group_boxes_serial(frames, baseline, factor, sel, gframe, gcy, gcx, egroup, order, fstarts, ex, ey, eN, esx,
-                        esy, box, data, other):
-    for q in range(sel.shape[0]):
-        _group_box(frames, baseline, factor, sel[q], gframe, gcy, gcx, egroup, order, fstarts, ex, ey, eN, esx,
-                   esy, box, data, other)
-
-
-@njit(cache=True, nogil=True)
-def _group_box(frames, baseline, factor, g, gframe, gcy, gcx, egroup, order, fstarts, ex, ey, eN, esx, esy, box,
-               data, other):
+def _group_boxes_kernel(lo, hi, frames, baseline, factor, variance, static, sel, gframe, gcy, gcx, egroup, order,
+                        fstarts, ex, ey, eN, esx, esy, box, data, other, var, search):
     r = box // 2
-    if True:
+    per_pixel = baseline.shape[0] > 1 or factor.shape[0] > 1
+    has_var = variance.shape[0] > 0
+    has_static = static.shape[0] > 0
+    buf = np.empty(box)
+    for q in range(lo, hi):
+        g = sel[q]
         f = gframe[g]
         cy = gcy[g]
         cx = gcx[g]
         for k in range(box):
             for m in range(box):
-                data[g, k * box + m] = (float(frames[f, cy - r + k, cx - r + m]) - baseline) * factor
+                y = cy - r + k
+                x = cx - r + m
+                if per_pixel:
+                    b0 = baseline[y if baseline.shape[0] > 1 else 0, x if baseline.shape[1] > 1 else 0]
+                    f0 = factor[y if factor.shape[0] > 1 else 0, x if factor.shape[1] > 1 else 0]
+                else:
+                    b0 = baseline[0, 0]
+                    f0 = factor[0, 0]
+                data[g, k * box + m] = (float(frames[f, y, x]) - b0) * f0
                 other[g, k * box + m] = 0.0
-        buf = np.empty(box)
+                if has_var:
+                    var[g, k * box + m] = variance[y, x]
+        if has_static:
+            # the static light's structure is fixed light (its level above the box's minimum: the flat part
+            # is the fitted background)
+            low = 1e300
+            for k in range(box):
+                for m in range(box):
+                    low = min(low, static[f, cy - r + k, cx - r + m])
+            for k in range(box):
+                for m in range(box):
+                    other[g, k * box + m] = static[f, cy - r + k, cx - r + m] - low
         for a in range(fstarts[f], fstarts[f + 1]):
             j = order[a]
             if egroup[j] == g:
@@ -142,88 +187,99 @@ def _group_box(frames, baseline, factor, g, gframe, gcy, gcx, egroup, order, fst
             _add_light(other[g], box, ex[j] - cx + r, ey[j] - cy + r, eN[j], esx[j], esy[j], buf)
 
 
-@njit(cache=True, nogil=True)
-def _expected(theta, K, box, other, mu):
-    """Expected photons of a fitted box (the engine's multi-emitter model) plus its other light."""
-    aux = np.empty(1)
-    aux[0] = K
-    scratch = np.empty((SCRATCH_ROWS, box))
-    jrow = np.empty(MAX_PARAMS)
-    prepare(MODEL_MULTI, theta, box, aux, scratch)
-    for k in range(box):
-        for m in range(box):
-            mu[k * box + m] = pixel(MODEL_MULTI, theta, k, m, aux, scratch, jrow, False) + other[k * box + m]
-
-
-@njit(cache=True, nogil=True)
-def _poisson_ll(data, mu):
-    s = 0.0
-    for p in range(data.shape[0]):
-        x = data[p]
-        m = mu[p]
-        if x > 0:
-            s += x * math.log(m / x) - m + x
-        else:
-            s -= m
-    return s
-
-
-def _residual_peaks(data, other, K, theta, box, out):
+def _residual_peaks(data, other, var, K, theta, box, out, want_ll=True):
     """Per box: Poisson log-likelihood of the model and the most significant residual peak.
 
-    ``out[g] = (loglik, z, row, column, photons)``: z is the PSF-weighted residual sum over its Poisson standard
-    deviation at the best pixel, (row, column) the residual's centroid around it (box pixels) and photons a
-    rough estimate of the missing spot's photons.
+    ``out[g] = (loglik, z, row, column, photons, light)``: z is the PSF-weighted residual sum over its noise
+    standard deviation at the best pixel, (row, column) the residual's centroid around it (box pixels),
+    photons a rough estimate of the missing spot's photons, and light the significance of the box's other
+    light, ``sum(other^2 / variance)`` (the chi-square it adds; see :func:`fit_crowded`). ``var``: readout
+    variance boxes (sCMOS; the likelihood is then Huang et al.'s), shape (0, pixels) for none. The
+    log-likelihood is skipped (0) unless ``want_ll``.
     """
-    if len(data) < SERIAL_BELOW:
-        _residual_peaks_serial(data, other, K, theta, box, out)
-    else:
-        _residual_peaks_parallel(data, other, K, theta, box, out)
-
-
-@njit(cache=True, nogil=True, parallel=True)
-def _residual_peaks_parallel(data, other, K, theta, box, out):
-    for g in prange(data.shape[0]):
-        _residual_peak(data, other, K, theta, box, out, g)
+    c = np.ascontiguousarray
+    _shared(_residual_peaks_kernel, len(data), c(data, np.float64), c(other, np.float64), c(var, np.float64),
+            c(K, np.int64), c(theta, np.float64), int(box), out, bool(want_ll))
 
 
 @njit(cache=True, nogil=True)
-def _residual_peaks_serial(data, other, K, theta, box, out):
-    for g in range(data.shape[0]):
-        _residual_peak(data, other, K, theta, box, out, g)
-
-
-@njit(cache=True, nogil=True)
-def _residual_peak(data, other, K, theta, box, out, g):
+def _residual_peaks_kernel(lo, hi, data, other, var, K, theta, box, out, want_ll):
     npx = box * box
-    if True:
-        mu = np.empty(npx)
-        _expected(theta[g], K[g], box, other[g], mu)
-        out[g, 0] = _poisson_ll(data[g], mu)
+    mu = np.empty(npx)
+    den = np.empty(npx)
+    res = np.empty(npx)
+    hs = np.empty(npx)
+    hv = np.empty(npx)
+    ex = np.empty((MAX_EMITTERS, box))
+    ey = np.empty((MAX_EMITTERS, box))
+    wx = np.empty(2 * box + 1)
+    wy = np.empty(2 * box + 1)
+    has_var = var.shape[0] > 0
+    for g in range(lo, hi):
+        # the expected photons: K pixel-integrated Gaussians (the engine's MODEL_MULTI), background, other light
         sx = theta[g, 4]
         sy = theta[g, 5]
-        rw = max(1, int(round(1.0 * max(sx, sy))))
-        wx = np.empty(2 * rw + 1)
-        wy = np.empty(2 * rw + 1)
+        kx = 1.0 / (math.sqrt(2.0) * sx)
+        ky = 1.0 / (math.sqrt(2.0) * sy)
+        for e in range(K[g]):
+            j = 0 if e == 0 else 6 + 3 * (e - 1)
+            for m in range(box):
+                ex[e, m] = 0.5 * (math.erf((m + 0.5 - theta[g, j]) * kx) - math.erf((m - 0.5 - theta[g, j]) * kx))
+                ey[e, m] = 0.5 * (math.erf((m + 0.5 - theta[g, j + 1]) * ky) - math.erf((m - 0.5 - theta[g, j + 1])
+                                                                                          * ky))
+        ll = 0.0
+        light = 0.0
+        for k in range(box):
+            for m in range(box):
+                p = k * box + m
+                u = theta[g, 3] + other[g, p]
+                for e in range(K[g]):
+                    u += theta[g, 2 if e == 0 else 8 + 3 * (e - 1)] * ex[e, m] * ey[e, k]
+                mu[p] = u
+                v = var[g, p] if has_var else 0.0
+                mv = max(u + v, 1e-9)
+                den[p] = mv
+                res[p] = data[g, p] - u
+                if want_ll:
+                    x = data[g, p] + v
+                    if x > 0:
+                        ll += x * math.log(mv / x) - mv + x
+                    else:
+                        ll -= mv
+                o = other[g, p]
+                light += o * o / max(mv, 1.0)
+        out[g, 0] = ll
+        out[g, 5] = light
+        # matched filter (separable Gaussian weights over +-1 width): residual sum over its noise sd
+        rw = 1
+        smax = max(sx, sy)
+        if smax == smax:
+            rw = min(box, max(1, int(round(smax))))
         for t in range(-rw, rw + 1):
             wx[t + rw] = math.exp(-0.5 * t * t / (sx * sx))
             wy[t + rw] = math.exp(-0.5 * t * t / (sy * sy))
+        for k in range(box):
+            for m in range(box):
+                a_s = 0.0
+                a_v = 0.0
+                for b in range(max(0, m - rw), min(box, m + rw + 1)):
+                    w = wx[b - m + rw]
+                    a_s += w * res[k * box + b]
+                    a_v += w * w * den[k * box + b]
+                hs[k * box + m] = a_s
+                hv[k * box + m] = a_v
         best = -1e300
         bk = 0
         bm = 0
         for k in range(box):
             for m in range(box):
-                s = 0.0
-                v = 0.0
-                wsum = 0.0
+                a_s = 0.0
+                a_v = 0.0
                 for a in range(max(0, k - rw), min(box, k + rw + 1)):
-                    for b in range(max(0, m - rw), min(box, m + rw + 1)):
-                        w = wy[a - k + rw] * wx[b - m + rw]
-                        p = a * box + b
-                        s += w * (data[g, p] - mu[p])
-                        v += w * w * mu[p]
-                        wsum += w
-                z = s / math.sqrt(max(v, 1e-12))
+                    w = wy[a - k + rw]
+                    a_s += w * hs[a * box + m]
+                    a_v += w * w * hv[a * box + m]
+                z = a_s / math.sqrt(max(a_v, 1e-12))
                 if z > best:
                     best = z
                     bk = k
@@ -234,7 +290,7 @@ def _residual_peak(data, other, K, theta, box, out, g):
         cm = 0.0
         for a in range(max(0, bk - 1), min(box, bk + 2)):
             for b in range(max(0, bm - 1), min(box, bm + 2)):
-                d = data[g, a * box + b] - mu[a * box + b]
+                d = res[a * box + b]
                 if d > 0:
                     tot += d
                     ck += d * a
@@ -251,6 +307,33 @@ def _residual_peak(data, other, K, theta, box, out, g):
         out[g, 2] = ck
         out[g, 3] = cm
         out[g, 4] = max(tot / max(fx * fy, 0.05), 10.0)
+
+
+def _width_noise(theta, ok, sigma, box):
+    """How much a single spot's fitted width scatters in this chunk: the Cramér-Rao standard deviation of
+    ``sx`` for a spot of the chunk's median photons and background at width ``sigma`` (the engine's Fisher
+    matrix, Poisson), and those median photons (it scales about as ``1 / sqrt(photons)``)."""
+    from .engine import MODEL_GAUSS, curvature
+
+    N = float(np.median(np.maximum(theta[ok, 2], 1.0))) if ok.any() else 1000.0
+    bg = float(np.median(np.maximum(theta[ok, 3], 0.01))) if ok.any() else 1.0
+    r = box // 2
+    try:
+        sd = float(np.sqrt(np.linalg.inv(curvature([r, r, N, bg, sigma, sigma], box, MODEL_GAUSS))[4, 4]))
+    except np.linalg.LinAlgError:
+        sd = np.inf
+    return sd if np.isfinite(sd) else np.inf, N
+
+
+def _wide(theta, sigma, options, width_noise):
+    """Single-emitter fits (``theta`` rows: x, y, N, bg, sx, sy) wider than the PSF by ``split_width`` and
+    by ``split_z`` standard deviations of a single spot's fitted width (:func:`_width_noise`, scaled to each
+    spot's photons)."""
+    sd, n_med = width_noise
+    s = np.maximum(theta[:, 4], theta[:, 5])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sd_i = sd * np.sqrt(n_med / np.maximum(theta[:, 2], 1.0))
+        return (s > options.split_width * sigma) & (s - sigma > options.split_z * sd_i)
 
 
 def _split_starts(data, theta, box, sigma):
@@ -316,7 +399,7 @@ class _Emitters:
 class _Groups:
     """Groups of emitters fitted in one box: CSR membership, box centres and the latest fit."""
 
-    def __init__(self, frame, cy, cx, start, members):
+    def __init__(self, frame, cy, cx, start, members, npx):
         self.frame = np.asarray(frame, np.int64)
         self.cy = np.asarray(cy, np.int64)
         self.cx = np.asarray(cx, np.int64)
@@ -335,6 +418,10 @@ class _Groups:
         self.light = np.zeros(G)
         #: the residual of the latest fit was searched (and gave no emitter that passed the test)
         self.checked = np.zeros(G, bool)
+        #: the other light in the box when it was last fitted (photons per pixel)
+        self.other_fit = np.zeros((G, npx))
+        #: the last fit had other light in its box
+        self.lit = np.zeros(G, bool)
 
     def __len__(self):
         return len(self.frame)
@@ -420,7 +507,7 @@ def _make_groups(E, alive, box, height, width, max_emitters, join_px):
         frame = E.frame[members[s0]]
     else:
         cx = cy = frame = np.zeros(0, np.int64)
-    return _Groups(frame, cy, cx, start, members)
+    return _Groups(frame, cy, cx, start, members, box * box)
 
 
 def _slots(G, gsel):
@@ -492,33 +579,44 @@ def _inherit(G_old, G_new, n, alive):
     G_new.fitted[s] = True
     G_new.light[s] = G_old.light[src]
     G_new.checked[s] = G_old.checked[src]
+    G_new.other_fit[s] = G_old.other_fit[src]
+    G_new.lit[s] = G_old.lit[src]
 
 
-def fit_crowded(frames, ids, fit0, p, options: CrowdedOptions, noise=NOISE_POISSON, baseline=0.0, factor=1.0,
-                device="cpu"):
-    """Emitters of a chunk: the single-emitter fits ``fit0`` of the identified boxes ``ids``, refined.
+#: the crowded refits go to the engine in batches of at most this many boxes, shared by the identification's
+#: threads: the engine runs a batch this small on its calling thread, without a parallel launch (which costs
+#: more than a few hundred small fits take)
+FIT_BATCH = 192
 
-    ``frames`` are the chunk's frames ``(n, height, width)``, photons = ``(frames - baseline) * factor``;
-    ``ids`` the identification with ``frame`` relative to the chunk; ``fit0`` the dict of
-    :func:`~napari_localize.core.fit_mle.fit_mle` (or ``fit_lq``) for those boxes. Returns a dict of per-emitter
-    columns: ``frame``, ``x``, ``y`` (frame pixels),
-    the fit columns of ``fit0`` (per emitter; box-wide bg, widths and log-likelihood), ``converged``,
-    ``net_gradient``, ``n_emitters`` (emitters fitted in that box) and ``llr`` (twice the log-likelihood gain
-    of the box's last accepted extra emitter; 0 for a box of one).
-    """
-    frames = np.ascontiguousarray(frames)
-    n_frames, height, width = frames.shape
-    box = int(p.box_size)
+
+def _fit_batches(spots, model, noise, theta0, aux, other, variance, eps, max_iterations, device):
+    """:func:`~napari_localize.core.engine.fit_boxes` of ``spots``, several small batches at a time on threads."""
+    from .engine import FitResult
+
+    n = len(spots)
+    kw = dict(aux=aux, eps=eps, max_iterations=max_iterations, device=device)
+    if device != "cpu" or n <= FIT_BATCH or _threads() == 1:
+        return fit_boxes(spots, model, noise, theta0=theta0, other=other, variance=variance, **kw)
+    from .identify import _pool
+
+    edges = list(range(0, n, FIT_BATCH)) + [n]
+    jobs = [_pool().submit(fit_boxes, spots[a:b], model, noise, theta0=theta0[a:b], other=other[a:b],
+                           variance=None if variance is None else variance[a:b], **kw)
+            for a, b in zip(edges[:-1], edges[1:], strict=True)]
+    parts = [job.result() for job in jobs]
+    return FitResult(*(np.concatenate([getattr(r, f) for r in parts]) for f in
+                       ("theta", "crlb", "objective", "iterations", "converged", "gof")))
+
+
+def _state(ids, fit0, box, sigma):
+    """Emitters and singleton groups (one per identified box) with the single-emitter fits ``fit0``."""
     r = box // 2
-    npx = box * box
     conv0 = np.asarray(fit0["converged"], bool)
-    E = _Emitters(ids["frame"], ids["x"] + np.where(conv0, fit0["dx"], 0.0), ids["y"] + np.where(conv0, fit0["dy"], 0.0),  # noqa: E501
-                  fit0["photons"], fit0["bg"], fit0["sx"], fit0["sy"], ids["net_gradient"])
+    E = _Emitters(ids["frame"], ids["x"] + np.where(conv0, fit0["dx"], 0.0),
+                  ids["y"] + np.where(conv0, fit0["dy"], 0.0), fit0["photons"], fit0["bg"], fit0["sx"], fit0["sy"],
+                  ids["net_gradient"])
     E.hx = np.asarray(ids["x"], np.int64).copy()
     E.hy = np.asarray(ids["y"], np.int64).copy()
-    ok_w = conv0 & np.isfinite(fit0["sx"])
-    # the PSF width: the narrower fitted width of a typical spot (blends of two spots widen one axis)
-    sigma = float(np.median(np.minimum(fit0["sx"][ok_w], fit0["sy"][ok_w]))) if ok_w.any() else 1.0
     # failed single fits restart from their box's moments
     bad = ~conv0 | ~np.isfinite(E.x) | ~np.isfinite(E.N)
     E.x[bad] = ids["x"][bad]
@@ -527,10 +625,7 @@ def fit_crowded(frames, ids, fit0, p, options: CrowdedOptions, noise=NOISE_POISS
     E.sy[bad] = sigma
     E.N[bad] = np.where(np.isfinite(E.N[bad]) & (E.N[bad] > 10), E.N[bad], 100.0)
     E.bg[bad] = np.where(np.isfinite(E.bg[bad]) & (E.bg[bad] > 0), E.bg[bad], 1.0)
-    alive = np.ones(len(E), bool)
-
-    # the identified boxes as singleton groups, with their single-emitter fits
-    G = _Groups(ids["frame"], ids["y"], ids["x"], np.arange(len(E) + 1), np.arange(len(E)))
+    G = _Groups(ids["frame"], ids["y"], ids["x"], np.arange(len(E) + 1), np.arange(len(E)), box * box)
     G.theta[:, :6] = np.column_stack([fit0["dx"] + r, fit0["dy"] + r, fit0["photons"], fit0["bg"], fit0["sx"],
                                       fit0["sy"]])
     nan = np.full(len(E), np.nan)
@@ -541,14 +636,172 @@ def fit_crowded(frames, ids, fit0, p, options: CrowdedOptions, noise=NOISE_POISS
     G.iterations[:] = fit0["iterations"]
     G.converged[:] = conv0
     G.fitted[:] = conv0
+    return E, G, bad
+
+
+def _take(d, mask):
+    """Rows ``mask`` of a structured array or of a dict of columns."""
+    if isinstance(d, np.ndarray):
+        return d[mask]
+    return {k: (np.asarray(v)[mask] if np.ndim(v) else v) for k, v in d.items()}
+
+
+_DEBUG = bool(__import__("os").environ.get("NAPARI_LOCALIZE_CROWDED_DEBUG"))
+
+#: counters of the last :func:`fit_crowded` call (boxes refitted, extra fits, passes; for benchmarks)
+last_counts: dict = {}
+
+
+def fit_crowded(frames, ids, fit0, p, options: CrowdedOptions, noise=NOISE_POISSON, baseline=0.0, factor=1.0,
+                device="cpu", variance=None, static=None):
+    """Emitters of a chunk: the single-emitter fits ``fit0`` of the identified boxes ``ids``, refined.
+
+    ``frames`` are the chunk's frames ``(n, height, width)``, photons = ``(frames - baseline) * factor``
+    (``baseline`` and ``factor`` scalars or per-pixel maps, sCMOS); ``variance`` the per-pixel readout
+    variance map (photons^2; the joint fits then use ``noise`` with variance boxes, the likelihood test
+    Huang et al.'s sCMOS likelihood); ``static`` (photons, the chunk's shape) the static light an
+    identification prefilter removed (a temporal median's background): its structure within a box (above
+    the box's minimum, the flat rest being the fitted background) is fixed other light in every refit, the
+    residual search and the likelihood test, so static debris is neither fitted as an emitter nor pulls one;
+    every fit uses the raw photons. ``ids`` the identification with ``frame`` relative to the chunk; ``fit0``
+    the dict of :func:`~napari_localize.core.fit_mle.fit_mle` (or ``fit_lq``) for those boxes. Returns a dict of
+    per-emitter columns: ``frame``, ``x``, ``y`` (frame pixels), the fit columns of ``fit0`` (per emitter;
+    box-wide bg, widths and log-likelihood), ``converged``, ``net_gradient``, ``n_emitters`` (emitters fitted
+    in that box), ``llr`` (twice the log-likelihood gain of the box's last accepted extra emitter; 0 for a box
+    of one) and ``added``, ordered by frame, box (row-major) and emitter. See :func:`refine_crowded`.
+    """
+    box = int(p.box_size)
+    conv0 = np.asarray(fit0["converged"], bool)
+    ok_w = conv0 & np.isfinite(fit0["sx"])
+    sigma = float(np.median(np.minimum(fit0["sx"][ok_w], fit0["sy"][ok_w]))) if ok_w.any() else 1.0
+    active, out, keys = refine_crowded(frames, ids, fit0, p, options, noise, baseline, factor, device, variance,
+                                       static)
+    rest = ~active
+    Ei, Gi, _ = _state(_take(ids, rest), _take(fit0, rest), box, sigma)
+    single, single_keys = _columns(Ei, Gi, np.ones(len(Ei), bool), box)
+    if out is None:
+        return single
+    out = {k: np.concatenate([out[k], single[k]]) for k in out}
+    o = np.lexsort([np.concatenate([a, b]) for a, b in zip(keys, single_keys, strict=True)])
+    return {k: v[o] for k, v in out.items()}
+
+
+def refine_crowded(frames, ids, fit0, p, options: CrowdedOptions, noise=NOISE_POISSON, baseline=0.0, factor=1.0,
+                   device="cpu", variance=None, static=None):
+    """The work of :func:`fit_crowded` on the boxes that need it; every other box keeps its single fit.
+
+    Returns ``(active, columns, keys)``: which boxes of ``ids`` were refined, the per-emitter columns of
+    :func:`fit_crowded` for those boxes (None if none) and their sort keys ``(emitter, box column, box row,
+    frame)`` (for :func:`numpy.lexsort`, to merge them with the single fits of the other boxes).
+
+    **Screening.** Every box is first cut once with the light of all other emitters of its frame and its
+    residual searched (one pass, no fit). A box needs the crowded machinery only if its single fit failed,
+    its other light is significant (``sum(other^2 / variance) > light_chi2``: by Cauchy-Schwarz this bounds the
+    bias the ignored light can cause in any parameter to ``sqrt(light_chi2)`` CRLB standard deviations), its
+    residual holds a peak above ``candidate_z``, or its spot is significantly wider than the PSF (``split_width``,
+    ``split_z``). Those boxes and the emitters whose light reaches them are refined.
+    """
+    frames = np.ascontiguousarray(frames)
+    n_frames, height, width = frames.shape
+    box = int(p.box_size)
+    conv0 = np.asarray(fit0["converged"], bool)
+    ok_w = conv0 & np.isfinite(fit0["sx"])
+    # the PSF width: the narrower fitted width of a typical spot (blends of two spots widen one axis)
+    sigma = float(np.median(np.minimum(fit0["sx"][ok_w], fit0["sy"][ok_w]))) if ok_w.any() else 1.0
+    cam = _Camera(frames, baseline, factor, variance, static, box)
+    E, G, bad = _state(ids, fit0, box, sigma)
+    width_noise = _width_noise(G.theta, ok_w, sigma, box)
+    n = len(E)
+    last_counts.clear()
+    last_counts.update(boxes=n, active=0, fits=0, extra_emitter_fits=0, passes=0)
+    t0 = time.process_time()
+    if n == 0 or int(options.max_emitters) < 2:
+        return np.zeros(n, bool), None, None
+    # screening: one cut of every box with all other light, one residual search of the single fits
+    alive = np.ones(n, bool)
+    order, fstarts = _frame_index(E, n_frames, alive)
+    data, other, var, search = cam.empty(n)
+    sel = np.arange(n, dtype=np.int64)
+    cam.cut(sel, G, np.arange(n, dtype=np.int64), order, fstarts, E, data, other, var, search)
+    theta = G.theta.copy()
+    r = box // 2
+    theta[bad, :6] = (r, r, 100.0, 1.0, sigma, sigma)
+    res = np.zeros((n, 6))
+    _residual_peaks(search, other, var, G.K, theta, box, res, want_ll=False)
+    with np.errstate(invalid="ignore"):
+        wide = conv0 & _wide(G.theta, sigma, options, width_noise)
+        seed = bad | (res[:, 5] > options.light_chi2) | (res[:, 1] > options.candidate_z) | wide
+    active = seed.copy()
+    if _DEBUG:
+        print("seeds", int(seed.sum()), "bad", int(bad.sum()), "light", int((res[:, 5] > options.light_chi2).sum()),
+              "z", int((res[:, 1] > options.candidate_z).sum()), "wide", int(wide.sum()), "of", n)
+    if seed.any() and not seed.all():
+        # and the emitters whose light reaches a seed's box (their fits may change with the seed's)
+        w = np.minimum(np.maximum(E.sx, E.sy), r + 0.5)
+        reach = math.sqrt(2.0) * (r + 0.5 + 5.0 * np.where(np.isfinite(w), w, sigma))
+        pts = np.column_stack([E.x + E.frame * 1e5, E.y])
+        pairs = cKDTree(pts).query_pairs(float(reach.max()), output_type="ndarray")
+        if len(pairs):
+            a_, b_ = pairs[:, 0], pairs[:, 1]
+            close = np.hypot(*(pts[a_] - pts[b_]).T) <= np.maximum(reach[a_], reach[b_])
+            a_, b_ = a_[close], b_[close]
+            active[a_[seed[b_]]] = True
+            active[b_[seed[a_]]] = True
+    last_counts["active"] = int(active.sum())
+    t1 = time.process_time()
+    last_counts["cpu_screen"] = t1 - t0
+    if not active.any():
+        return active, None, None
+    out, keys = _refine(cam, _take(ids, active), _take(fit0, active), p, options, noise, device, sigma,
+                        width_noise)
+    last_counts["cpu_refine"] = time.process_time() - t1
+    return active, out, keys
+
+
+class _Camera:
+    """The chunk's frames and how boxes are cut from them (photon conversion, variance, static light)."""
+
+    def __init__(self, frames, baseline, factor, variance, static, box):
+        self.frames = frames
+        self.n_frames, self.height, self.width = frames.shape
+        self.baseline = _maps(baseline)
+        self.factor = _maps(factor)
+        self.has_var = variance is not None
+        self.variance = np.zeros((0, 0)) if variance is None else np.ascontiguousarray(variance, np.float64)
+        self.has_static = static is not None
+        self.static = np.zeros((0, 0, 0), np.float32) if static is None else np.ascontiguousarray(static, np.float32)
+        self.box = int(box)
+        self.npx = self.box * self.box
+
+    def empty(self, n):
+        data = np.zeros((n, self.npx))
+        other = np.zeros((n, self.npx))
+        var = np.zeros((n if self.has_var else 0, self.npx))
+        return data, other, var, data
+
+    def cut(self, sel, G, egroup, order, fstarts, E, data, other, var, search):
+        _group_boxes(self.frames, self.baseline, self.factor, self.variance, self.static, sel, G.frame, G.cy, G.cx,
+                     egroup, order, fstarts, E.x, E.y, E.N, E.sx, E.sy, self.box, data, other, var, search)
+
+
+def _refine(cam, ids, fit0, p, options, noise, device, sigma, width_noise):
+    """The crowded refinement (module docstring, steps 1-3) of the boxes ``ids`` (their single fits ``fit0``)."""
+    n_frames, height, width = cam.n_frames, cam.height, cam.width
+    box = cam.box
+    r = box // 2
+    npx = cam.npx
+    E, G, bad = _state(ids, fit0, box, sigma)
+    conv0 = G.converged.copy()
+    alive = np.ones(len(E), bool)
     dirty = ~conv0
     join_px = options.join_sigmas * sigma
     min_sep = options.min_separation_sigmas * sigma
     max_em = int(options.max_emitters)
+    counts = last_counts
 
-    def boxes(G, extra=None, data=None, other=None):
+    def boxes(G, extra=None, arrays=None):
         """Data and other light of the groups that can have other light or need a fit (or ``extra``, filled
-        into ``data`` and ``other``)."""
+        into ``arrays``)."""
         order, fstarts = _frame_index(E, n_frames, alive)
         egroup = np.full(len(E), -1, np.int64)
         egroup[G.members] = np.repeat(np.arange(len(G)), G.K)
@@ -569,20 +822,20 @@ def fit_crowded(frames, ids, fit0, p, options: CrowdedOptions, noise=NOISE_POISS
                 near[ga[differ]] = True
                 near[gb[differ]] = True
         if extra is None:
-            sel = np.flatnonzero(near | dirty).astype(np.int64)
-            data = np.zeros((len(G), npx))
-            other = np.zeros((len(G), npx))
+            # the groups that can have other light now, that had it at their last fit, or need a fit
+            sel = np.flatnonzero(near | dirty | G.lit).astype(np.int64)
+            arrays = cam.empty(len(G))
         else:
             sel = np.asarray(extra, np.int64)
-        _group_boxes(frames, float(baseline), float(factor), sel, G.frame, G.cy, G.cx, egroup, order, fstarts, E.x, E.y, E.N, E.sx, E.sy, box,  # noqa: E501
-                     data, other)
-        return data, other
+        cam.cut(sel, G, egroup, order, fstarts, E, *arrays)
+        return arrays, sel
 
-    def fit(G, gsel, data, other, theta0=None, K=None):
+    def fit(G, gsel, arrays, theta0=None, K=None):
         """Fit groups ``gsel`` with the engine's multi-emitter model, one call per number of emitters."""
+        data, other, var, _ = arrays
         theta = _theta_from_emitters(E, G, gsel, box) if theta0 is None else theta0.copy()
         K = G.K[gsel] if K is None else K
-        var = np.full((len(gsel), MAX_PARAMS), np.nan)
+        var_out = np.full((len(gsel), MAX_PARAMS), np.nan)
         obj = np.empty(len(gsel))
         its = np.zeros(len(gsel), np.int64)
         conv = np.zeros(len(gsel), np.bool_)
@@ -590,13 +843,20 @@ def fit_crowded(frames, ids, fit0, p, options: CrowdedOptions, noise=NOISE_POISS
             rows = np.flatnonzero(k == K)
             P = 6 + 3 * (int(k) - 1)
             g = gsel[rows]
-            res = fit_boxes(data[g].reshape(-1, box, box), MODEL_MULTI, noise, theta0=theta[rows, :P],
-                            aux=np.array([float(k)]), other=other[g].reshape(-1, box, box),
-                            eps=float(p.convergence), max_iterations=int(p.max_iterations), device=device)
+            _t = time.perf_counter()
+            _c = time.process_time()
+            # one emitter: the engine's single Gaussian (the same model as MODEL_MULTI with K = 1, less work)
+            res = _fit_batches(data[g].reshape(-1, box, box), MODEL_GAUSS if k == 1 else MODEL_MULTI, noise,
+                               theta[rows, :P], None if k == 1 else np.array([float(k)]),
+                               other[g].reshape(-1, box, box), var[g].reshape(-1, box, box) if cam.has_var else None,
+                               float(p.convergence), int(p.max_iterations), device)
+            counts["cpu_fits"] = counts.get("cpu_fits", 0.0) + time.process_time() - _c
             theta[rows, :P] = res.theta
-            var[rows, :P] = res.crlb
+            var_out[rows, :P] = res.crlb
             obj[rows], its[rows], conv[rows] = res.objective, res.iterations, res.converged
-        return theta, var, obj, its, conv
+            counts["fits"] += len(rows)
+            counts["extra_emitter_fits"] += len(rows) * (int(k) - 1)
+        return theta, var_out, obj, its, conv
 
     rounds = options.rounds if max_em > 1 else 0
 
@@ -605,22 +865,34 @@ def fit_crowded(frames, ids, fit0, p, options: CrowdedOptions, noise=NOISE_POISS
         _inherit(G, Gn, len(E), alive)
         return Gn
 
+    def significance(a, rows):
+        """``sum(a^2 / variance)`` of boxes ``rows`` (the variance estimated by the photons, floored at 1)."""
+        data, _, var, _ = arrays
+        den = np.maximum(data[rows] + (var[rows] if cam.has_var else 0.0), 1.0)
+        return np.sum(a * a / den, axis=1)
+
     rnd = 0
     passes = 0
     polish = 0
     settle = 0
     while True:
         passes += 1
-        data, other = boxes(G)
-        light = other.sum(axis=1)
-        lit = light > options.light_floor
-        # refit new boxes, failed ones, and boxes whose neighbours' light changed since their last fit
-        gsel = np.flatnonzero(dirty | (np.abs(light - G.light) > options.light_floor))
+        arrays, cut = boxes(G)
+        data, other, var, search = arrays
+        # refit new boxes, failed ones, and boxes whose other light changed significantly since their last fit
+        change = np.zeros(len(G))
+        change[cut] = significance(other[cut] - G.other_fit[cut], cut)
+        gsel = np.flatnonzero(dirty | (change > options.light_chi2))
+        if _DEBUG:
+            print("pass", passes, "groups", len(G), "cut", len(cut), "dirty", int(dirty.sum()), "refit", len(gsel),
+                  "K", np.bincount(G.K[gsel]) if len(gsel) else None)
         if len(gsel):
-            theta, var, obj, its, conv = fit(G, gsel, data, other)
-            G.theta[gsel], G.var[gsel], G.obj[gsel], G.iterations[gsel], G.converged[gsel] = theta, var, obj, its, conv
+            theta, var_f, obj, its, conv = fit(G, gsel, arrays)
+            G.theta[gsel], G.var[gsel], G.obj[gsel], G.iterations[gsel], G.converged[gsel] = theta, var_f, obj, its, \
+                conv
             G.fitted[gsel] = True
-            G.light[gsel] = light[gsel]
+            G.other_fit[gsel] = other[gsel]
+            G.lit[gsel] = np.any(other[gsel] != 0.0, axis=1)
             G.checked[gsel] = False
             okg = gsel[conv]
             _store(E, G, okg, theta[conv], box)
@@ -639,12 +911,12 @@ def fit_crowded(frames, ids, fit0, p, options: CrowdedOptions, noise=NOISE_POISS
             G = regroup(G)
             dirty = ~G.fitted
             continue
-        if rnd == 0 and settle < options.settle_passes and lit.any():
+        if rnd == 0 and settle < options.settle_passes and len(gsel):
             # let the neighbours' light settle (each refit with the others' refits) before reading residuals
             settle += 1
             continue
         if rnd >= rounds:
-            if polish < options.polish_passes:
+            if polish < options.polish_passes and len(gsel):
                 polish += 1
                 continue
             break
@@ -655,17 +927,18 @@ def fit_crowded(frames, ids, fit0, p, options: CrowdedOptions, noise=NOISE_POISS
         # boxes not cut yet this pass (no neighbour in reach, fit unchanged): cut them for the residual search
         missing = cand_g[~np.any(data[cand_g] != 0.0, axis=1)]
         if len(missing):
-            boxes(G, missing, data, other)
+            boxes(G, missing, arrays)
         if len(cand_g) == 0:
             rnd = rounds
             continue
-        res = np.zeros((len(cand_g), 5))
-        _residual_peaks(data[cand_g], other[cand_g], np.ascontiguousarray(G.K[cand_g]), G.theta[cand_g], box, res)
+        res = np.zeros((len(cand_g), 6))
+        _residual_peaks(search[cand_g], other[cand_g], var[cand_g] if cam.has_var else var,
+                        np.ascontiguousarray(G.K[cand_g]), G.theta[cand_g], box, res)
         base_ll = dict(zip(cand_g.tolist(), res[:, 0].tolist(), strict=True))
         hit = res[:, 1] > options.candidate_z
         # a single emitter fitted wider than the PSF may be two closer than the residual shows: split it
         th = G.theta[cand_g]
-        wide = ~hit & (G.K[cand_g] == 1) & (np.maximum(th[:, 4], th[:, 5]) > options.split_width * sigma)
+        wide = ~hit & (G.K[cand_g] == 1) & _wide(th, sigma, options, width_noise)
         split_g, split_th = cand_g[wide], th[wide]
         cand_g, res = cand_g[hit], res[hit]
         cx = res[:, 3] + G.cx[cand_g] - r
@@ -690,21 +963,23 @@ def fit_crowded(frames, ids, fit0, p, options: CrowdedOptions, noise=NOISE_POISS
         cand_g, res = cand_g[keep], res[keep]
         # nested models: the box with one emitter more, started at the residual peak or from a split
         theta1 = np.concatenate([G.theta[cand_g], _split_starts(data[split_g], split_th, box, sigma)])
-        for row, g in enumerate(cand_g):
-            j = emitter_index(int(G.K[g]))
-            theta1[row, j] = res[row, 3]
-            theta1[row, j + 1] = res[row, 2]
-            theta1[row, j + 2] = res[row, 4]
+        if len(cand_g):
+            j = 6 + 3 * (G.K[cand_g] - 1)
+            rows = np.arange(len(cand_g))
+            theta1[rows, j] = res[:, 3]
+            theta1[rows, j + 1] = res[:, 2]
+            theta1[rows, j + 2] = res[:, 4]
         cand_g = np.concatenate([cand_g, split_g]).astype(np.int64)
         if len(cand_g) == 0:
             rnd = rounds
             continue
         K1 = G.K[cand_g] + 1
-        t1, v1, o1, it1, c1 = fit(G, cand_g, data, other, theta1, K1)
-        res = np.array([[base_ll[int(g)]] for g in cand_g])
-        res1 = np.zeros((len(cand_g), 5))
-        _residual_peaks(data[cand_g], other[cand_g], np.ascontiguousarray(K1), t1, box, res1)
-        llr = 2.0 * (res1[:, 0] - res[:, 0])
+        t1, v1, o1, it1, c1 = fit(G, cand_g, arrays, theta1, K1)
+        base = np.array([base_ll[int(g)] for g in cand_g])
+        res1 = np.zeros((len(cand_g), 6))
+        _residual_peaks(search[cand_g], other[cand_g], var[cand_g] if cam.has_var else var, np.ascontiguousarray(K1),
+                        t1, box, res1)
+        llr = 2.0 * (res1[:, 0] - base)
         accept = c1 & (llr > options.llr_threshold)
         for row in np.flatnonzero(accept):
             pos = np.array([[t1[row, emitter_index(e)], t1[row, emitter_index(e) + 1]] for e in range(K1[row])])
@@ -713,6 +988,8 @@ def fit_crowded(frames, ids, fit0, p, options: CrowdedOptions, noise=NOISE_POISS
             if d.min() < min_sep:
                 accept[row] = False
         acc = np.flatnonzero(accept)
+        if _DEBUG:
+            print("round", rnd, "candidates", len(cand_g), "split", len(split_g), "accepted", len(acc))
         if len(acc) == 0:
             rnd = rounds
             continue
@@ -720,7 +997,7 @@ def fit_crowded(frames, ids, fit0, p, options: CrowdedOptions, noise=NOISE_POISS
         g_acc = cand_g[acc]
         n_old = len(E)
         new_idx = np.arange(n_old, n_old + len(acc))
-        jn = np.array([emitter_index(int(G.K[g])) for g in g_acc])
+        jn = 6 + 3 * (G.K[g_acc] - 1)
         E.append(G.frame[g_acc], t1[acc, jn] + G.cx[g_acc] - r, t1[acc, jn + 1] + G.cy[g_acc] - r,
                  t1[acc, jn + 2], t1[acc, 3], t1[acc, 4], t1[acc, 5],
                  np.zeros(len(acc), np.float32))
@@ -731,17 +1008,20 @@ def fit_crowded(frames, ids, fit0, p, options: CrowdedOptions, noise=NOISE_POISS
         members = np.insert(G.members, G.start[g_acc[o] + 1], new_idx[o])
         grew = np.zeros(len(G) + 1, np.int64)
         grew[g_acc + 1] = 1
-        G2 = _Groups(G.frame, G.cy, G.cx, G.start + np.cumsum(grew), members)
-        for name in ("theta", "var", "obj", "iterations", "converged", "llr", "fitted", "light", "checked"):
+        G2 = _Groups(G.frame, G.cy, G.cx, G.start + np.cumsum(grew), members, npx)
+        for name in ("theta", "var", "obj", "iterations", "converged", "llr", "fitted", "light", "checked",
+                     "other_fit", "lit"):
             setattr(G2, name, getattr(G, name))
         G2.theta[g_acc], G2.var[g_acc], G2.obj[g_acc] = t1[acc], v1[acc], o1[acc]
         G2.iterations[g_acc], G2.converged[g_acc], G2.llr[g_acc] = it1[acc], True, llr[acc]
         G2.fitted[g_acc] = True
-        G2.light[g_acc] = light[g_acc]
+        G2.other_fit[g_acc] = other[g_acc]
+        G2.lit[g_acc] = np.any(other[g_acc] != 0.0, axis=1)
         G2.checked[g_acc] = False
         _store(E, G2, g_acc, t1[acc], box)
         G = regroup(G2)
         dirty = ~G.fitted
+    counts["passes"] += passes
     return _columns(E, G, alive, box)
 
 
@@ -773,5 +1053,6 @@ def _columns(E, G, alive, box):
         "net_gradient": E.ng[ii], "n_emitters": G.K[gi], "llr": box_llr[gi], "added": E.added[ii],
     }
     # frame, then box in row-major order (the identification's order), then emitter
-    order = np.lexsort((ei, G.cx[gi], G.cy[gi], G.frame[gi]))
-    return {k: v[order] for k, v in out.items()}
+    keys = (ei, G.cx[gi], G.cy[gi], G.frame[gi])
+    order = np.lexsort(keys)
+    return {k: v[order] for k, v in out.items()}, tuple(k[order] for k in keys)

@@ -174,14 +174,11 @@ def localize_frames(frames, p: LocalizeParameters, first_frame: int = 0, stats: 
     stats.frames += n
     stats.identified += len(ids)
 
-    # the crowded-fields refit models the camera with the scalar baseline/sensitivity and Poisson noise only, so
-    # with per-pixel sCMOS maps it is not run (one emitter per box; recorded in the fit document by core.run)
-    # nor with an identification prefilter: the residual search on the raw frames would take the light the
-    # prefilter removed (static debris, uneven background) for emitters
-    if p.max_emitters > 1 and p.fit_method in ("mle", "lq") and camera is None and identify_frames is None:
-        fit, ids = _fit_crowded(frames, ids, fit, p, first_frame, stats.device)
+    # the crowded-fields refit: with sCMOS maps the joint fits use the per-pixel conversion and readout variance;
+    # with an identification prefilter the residual is searched where the prefilter's static light is removed
+    if p.max_emitters > 1 and p.fit_method in ("mle", "lq"):
+        fit, ids = _fit_crowded(frames, ids, fit, p, first_frame, stats.device, camera, identify_frames)
         stats.seconds["fit"] += time.perf_counter() - t2
-        fit["dx"], fit["dy"] = fit["x"] - ids["x"], fit["y"] - ids["y"]
     locs = np.zeros(len(ids), locs_dtype(p.fit_method, p.max_emitters))
     locs["frame"] = ids["frame"]
     locs["x"] = ids["x"] + fit["dx"]
@@ -205,13 +202,16 @@ def localize_frames(frames, p: LocalizeParameters, first_frame: int = 0, stats: 
     return locs
 
 
-def _fit_crowded(frames, ids, fit, p: LocalizeParameters, first_frame: int, device: str = "cpu"):
+def _fit_crowded(frames, ids, fit, p: LocalizeParameters, first_frame: int, device: str = "cpu", camera=None,
+                 identify_frames=None):
     """Refine the single-emitter fits of a chunk for crowding (:func:`~napari_localize.core.crowded.fit_crowded`).
 
+    ``camera``: per-pixel sCMOS maps (the refit converts and weighs every pixel with them); ``identify_frames``:
+    what identification saw (a prefilter): the light it removed is static light for the residual search.
     Returns per-emitter fit columns and an identification-like table (frame, integer x, y of the emitter's
     pixel, net gradient) with one row per emitter.
     """
-    from .crowded import CrowdedOptions, fit_crowded
+    from .crowded import CrowdedOptions, refine_crowded
     from .fit_lq import mortensen_precision
     from .identify import IDENTIFICATION_DTYPE
     from .psf import MODE_LSQ, MODE_POISSON
@@ -219,22 +219,43 @@ def _fit_crowded(frames, ids, fit, p: LocalizeParameters, first_frame: int, devi
     local = ids.copy()
     local["frame"] -= first_frame
     mle = p.fit_method == "mle"
-    out = fit_crowded(frames, local, fit, p, CrowdedOptions(max_emitters=p.max_emitters),
-                      MODE_POISSON if mle else MODE_LSQ, p.baseline, p.sensitivity / p.em_gain,
-                      device if device in ("cpu", "cuda") else "cpu")
+    if camera is None:
+        baseline, factor, variance = p.baseline, p.sensitivity / p.em_gain, None
+    else:
+        baseline, factor, variance = camera.offset, camera.sensitivity / np.float32(camera.em_gain), camera.variance
+    noise = MODE_POISSON if mle else MODE_LSQ
+    if camera is not None:  # as the single fit: the sCMOS likelihood, or least squares weighted per pixel
+        from .engine import NOISE_SCMOS, NOISE_WLSQ
+
+        noise = NOISE_SCMOS if mle else NOISE_WLSQ
+    static = None
+    if identify_frames is not None and p.prefilter().temporal_median > 0:
+        static = _static_light(frames, identify_frames, p, factor)
+    active, out, keys = refine_crowded(frames, local, fit, p, CrowdedOptions(max_emitters=p.max_emitters), noise,
+                                       baseline, factor, device if device in ("cpu", "cuda") else "cpu", variance,
+                                       static)
+    if out is None:  # no box needed more than its single fit
+        return fit, ids
     em = p.em_gain > 1
     if mle and em:
         for name in ("lpx", "lpy", "photons_unc", "bg_unc", "sx_unc", "sy_unc"):
             out[name] = out[name] * np.sqrt(2.0)
-    if not mle:
-        out["lpx"] = mortensen_precision(out["photons"], out["bg"], out["sx"], out["sy"], em)
-        out["lpy"] = mortensen_precision(out["photons"], out["bg"], out["sy"], out["sx"], em)
     new_ids = np.zeros(len(out["x"]), IDENTIFICATION_DTYPE)
     new_ids["frame"] = out["frame"] + first_frame
     with np.errstate(invalid="ignore"):
         new_ids["x"] = np.nan_to_num(np.rint(out["x"])).astype(np.int64)
         new_ids["y"] = np.nan_to_num(np.rint(out["y"])).astype(np.int64)
     new_ids["net_gradient"] = out["net_gradient"]
+    if not mle:
+        noise_bg = out["bg"]
+        if camera is not None:  # the box's mean readout variance is background variance (as fit_lq)
+            h, w = frames.shape[-2:]
+            r = p.box_size // 2
+            cy = np.clip(new_ids["y"], r, h - r - 1)
+            cx = np.clip(new_ids["x"], r, w - r - 1)
+            noise_bg = noise_bg + camera.cut("variance", cy, cx, p.box_size).reshape(len(cy), -1).mean(axis=1)
+        out["lpx"] = mortensen_precision(out["photons"], noise_bg, out["sx"], out["sy"], em)
+        out["lpy"] = mortensen_precision(out["photons"], noise_bg, out["sy"], out["sx"], em)
     added = out["added"]
     if added.any():
         # an emitter found in the residual is scored like an identified one: the net gradient at its pixel
@@ -245,9 +266,47 @@ def _fit_crowded(frames, ids, fit, p: LocalizeParameters, first_frame: int, devi
         for i in np.flatnonzero(added):
             y = min(max(int(new_ids["y"][i]), 0), h - 1)
             x = min(max(int(new_ids["x"][i]), 0), w - 1)
-            new_ids["net_gradient"][i] = net_gradient_at(np.asarray(frames[int(out["frame"][i])], np.float32), y, x,
-                                                         r)
-    return out, new_ids
+            f = int(out["frame"][i])
+            if identify_frames is not None:  # what identification saw
+                seen = np.asarray(identify_frames[f], np.float32)
+            elif camera is not None:  # the sCMOS identification's image
+                from .identify_scmos import identification_image
+
+                seen = identification_image(frames[f], camera.offset, camera.sensitivity, camera.variance,
+                                            camera.em_gain)
+            else:
+                seen = np.asarray(frames[f], np.float32)
+            new_ids["net_gradient"][i] = net_gradient_at(seen, y, x, r)
+    out["dx"], out["dy"] = out["x"] - new_ids["x"], out["y"] - new_ids["y"]
+    # the refined emitters and the boxes that kept their single fit, in frame, box, emitter order
+    rest = ~active
+    n_rest = int(rest.sum())
+    merged = {}
+    for name, v in fit.items():
+        if np.ndim(v) and len(v) == len(ids) and name in out:
+            a = np.asarray(out[name])
+            merged[name] = np.concatenate([a, np.asarray(v)[rest].astype(a.dtype, copy=False)])
+    merged["n_emitters"] = np.concatenate([out["n_emitters"], np.ones(n_rest, out["n_emitters"].dtype)])
+    merged["llr"] = np.concatenate([out["llr"], np.zeros(n_rest)])
+    all_ids = np.concatenate([new_ids, ids[rest]])
+    rest_keys = (np.zeros(n_rest, np.int64), ids["x"][rest], ids["y"][rest], ids["frame"][rest] - first_frame)
+    order = np.lexsort([np.concatenate([a, b]) for a, b in zip(keys, rest_keys, strict=True)])
+    return {k: v[order] for k, v in merged.items()}, all_ids[order]
+
+
+def _static_light(frames, identify_frames, p: LocalizeParameters, factor):
+    """The light an identification prefilter took away as static (photons): ``frames - identify_frames``, with
+    the Gaussian (linear, so it commutes with the median's subtraction) applied to ``frames`` first when it is
+    on: it smooths rather than removes, so only the median's static background remains."""
+    from .prefilter import gaussian_filter_frames
+
+    pf = p.prefilter()
+    raw = np.asarray(frames, np.float32)
+    if pf.gaussian_sigma > 0:
+        raw = gaussian_filter_frames(raw, pf.gaussian_sigma)
+    static = raw - np.asarray(identify_frames, np.float32)
+    static *= np.asarray(factor, np.float32)
+    return static
 
 
 def _prefiltered(frames, first_frame, prefilter, background):

@@ -243,12 +243,6 @@ def run_steps(movie, p: LocalizeParameters, sink, z: ZRun | None = None, cancel=
                          "2D with them, or in 3D with the scalar baseline and sensitivity")
     if camera is not None and camera.source:
         extra_fit_info = {**(extra_fit_info or {}), **camera.source}
-    if p.max_emitters > 1 and camera is None and p.prefilter().active:
-        extra_fit_info = {**(extra_fit_info or {}), "Crowded fields": "not used with an identification prefilter "
-                          "yet: one emitter per box"}
-    if camera is not None and p.max_emitters > 1:
-        extra_fit_info = {**(extra_fit_info or {}), "Crowded fields": "not used with per-pixel sCMOS maps yet: one "
-                          "emitter per box"}
     stats = stats if stats is not None else LocalizeStats()
     n_frames = int(movie.shape[-3])
     p.validate(n_frames, int(movie.shape[-2]), int(movie.shape[-1]))
