@@ -509,3 +509,19 @@ def test_picasso_opens_the_streamed_3d_mle_file(tmp_path, calibration, blinking)
     np.testing.assert_array_equal(np.asarray(plocs["z"]), ours["z"])
     assert pinfo[-1]["Z fit method"] == "astigmatic PSF maximum likelihood"
     assert pinfo[-1]["Z fit models neighbours"] is True
+
+
+def test_3d_fits_one_emitter_per_box_whatever_max_emitters(calibration):
+    """A defocused astigmatic spot is wide in one axis: the 2D multi-emitter model (one pair of widths per box)
+    must not split it into a false pair. A 3D run fits one emitter per box (with neighbours' light) and says so."""
+    from napari_localize.api import localize as api_localize
+
+    q = SimulationParameters(n_frames=40, height=64, width=64, spots_per_frame=8, photons=3000, bg=20,
+                             baseline=BASELINE, z_range=(-700.0, 700.0), seed=11)
+    frames, truth = simulate_frames(q)
+    five = api_localize(frames, PARAMS.replace(max_emitters=5), calibration=calibration)
+    one = api_localize(frames, PARAMS.replace(max_emitters=1), calibration=calibration)
+    np.testing.assert_array_equal(five.locs, one.locs)
+    assert "n_emitters" not in five.locs.dtype.names
+    assert len(five.locs) <= len(truth)
+    assert [d["Max emitters per box"] for d in five.info if "Max emitters per box" in d] == [1]

@@ -153,7 +153,7 @@ class TeeSink:
 def run_dtype(p: LocalizeParameters, z: ZRun | None = None) -> np.dtype:
     """The table a run writes: 2D fields of ``p.fit_method`` (+ ``z, d_zcalib, lpz`` and, for the z MLE,
     ``z_gof`` in 3D)."""
-    dtype = locs_dtype(p.fit_method, p.max_emitters)
+    dtype = locs_dtype(p.fit_method, 1 if z is not None else p.max_emitters)
     if z is not None and z.spline:
         from .spline_fit import spline_locs_dtype
 
@@ -243,6 +243,10 @@ def run_steps(movie, p: LocalizeParameters, sink, z: ZRun | None = None, cancel=
                          "2D with them, or in 3D with the scalar baseline and sensitivity")
     if camera is not None and camera.source:
         extra_fit_info = {**(extra_fit_info or {}), **camera.source}
+    if z is not None and p.max_emitters > 1:
+        # 3D fits one emitter per box, with the neighbours' light: the 2D multi-emitter model has one pair of
+        # widths per box, which an astigmatic PSF is not (it split defocused spots into false pairs)
+        p = p.replace(max_emitters=1)
     stats = stats if stats is not None else LocalizeStats()
     n_frames = int(movie.shape[-3])
     p.validate(n_frames, int(movie.shape[-2]), int(movie.shape[-1]))
