@@ -7,8 +7,17 @@ import dis
 import numpy as np
 from numba import njit
 
-from napari_localize.core.engine import MODEL_ASTIG_Z, MODEL_GAUSS, MODEL_MULTI, NOISE_LSQ, NOISE_POISSON, fit_boxes
-from napari_localize.core.engine import cpu, lm, models
+from napari_localize.core.engine import (
+    MODEL_ASTIG_Z,
+    MODEL_GAUSS,
+    MODEL_MULTI,
+    NOISE_LSQ,
+    NOISE_POISSON,
+    cpu,
+    fit_boxes,
+    lm,
+    models,
+)
 from napari_localize.core.engine.models import n_params, pixel
 from napari_localize.core.engine.specialise import specialised
 

@@ -72,7 +72,7 @@ def kernel(model: int, noise: int):
 def _pool(threads: int) -> ThreadPoolExecutor:
     global _POOL, _POOL_THREADS
     with _KERNELS_LOCK:
-        if _POOL is None or _POOL_THREADS != threads:
+        if _POOL is None or threads != _POOL_THREADS:
             _POOL = ThreadPoolExecutor(threads, thread_name_prefix="napari-localize-fit")
             _POOL_THREADS = threads
         return _POOL
@@ -83,8 +83,8 @@ def fit_boxes_cpu(model, noise, data, var, other, box, aux, lo, hi, guess, eps, 
     """Fit every box with the kernel of (model, noise) on ``threads`` threads; results into the output arrays."""
     k = kernel(model, noise)
     n = data.shape[0]
-    args = (int(model), int(noise), data, var, other, int(box), aux, lo, hi, bool(guess), float(eps), int(max_iterations), bool(want_gof),
-            theta_io, var_out, obj_out, it_out, conv_out, gof_out)
+    args = (int(model), int(noise), data, var, other, int(box), aux, lo, hi, bool(guess), float(eps),
+            int(max_iterations), bool(want_gof), theta_io, var_out, obj_out, it_out, conv_out, gof_out)
     threads = max(1, int(threads))
     if threads == 1 or n < SERIAL_BELOW:
         k(*args, 0, n)
