@@ -93,3 +93,18 @@ def test_threaded_slices_equal_one_thread():
     for a, b in zip(res[1], res[3]):
         np.testing.assert_array_equal(a, b)
     assert res[1][4].mean() > 0.99
+
+
+def test_without_source_the_generic_function_is_used(monkeypatch):
+    from napari_localize.core.engine import specialise
+
+    def no_source(fn):
+        raise OSError("no source")
+
+    monkeypatch.setattr(specialise.inspect, "getsource", no_source)
+    monkeypatch.setattr(specialise, "_TWINS", {})
+    monkeypatch.setattr(specialise, "_REACHES", {})
+    assert specialised(models.valid, MODEL_ASTIG_Z, NOISE_POISSON) is models.valid
+    assert specialised(lm.cholesky_solve, MODEL_ASTIG_Z, NOISE_POISSON) is lm.cholesky_solve
+    k = specialised(cpu._fit_slice, MODEL_ASTIG_Z, NOISE_POISSON, jit=njit)
+    assert k.py_func is cpu._fit_slice

@@ -111,7 +111,11 @@ _REACHES: dict = {}
 
 
 def _called_engine_functions(fn):
-    names = {n.id for n in ast.walk(ast.parse(textwrap.dedent(inspect.getsource(fn)))) if isinstance(n, ast.Name)}
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(fn)))
+    except OSError:  # no source: it cannot be twinned anyway
+        return []
+    names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
     return [(name, fn.__globals__[name]) for name in sorted(names)
             if name in fn.__globals__ and fn.__globals__[name] is not fn
             and _is_engine_function(fn.__globals__[name])]
@@ -149,7 +153,11 @@ def specialised(fn, model: int, noise: int, jit=register_jitable):
         if twin is None:
             if fn.__name__ in PER_PIXEL and jit is register_jitable:
                 jit = register_jitable(inline="always")
-            twin = _TWINS[key] = _make_twin(fn, values, int(model), int(noise), jit)
+            try:
+                twin = _make_twin(fn, values, int(model), int(noise), jit)
+            except OSError:  # no source to read (a frozen install): the generic function, slower, same results
+                twin = fn if jit is register_jitable or fn.__name__ in PER_PIXEL else jit(fn)
+            _TWINS[key] = twin
     return twin
 
 
