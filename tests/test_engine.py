@@ -234,8 +234,12 @@ def test_bad_arguments_are_clear():
 
 def test_engine_edit_changes_every_cache_stamp(tmp_path, monkeypatch):
     from napari_localize.core.engine import _cache
-    from napari_localize.core.engine.cpu import fit_boxes_cpu
+    from napari_localize.core.engine.cpu import kernel
+    from napari_localize.core.engine.models import MODEL_GAUSS as _GAUSS
+    from napari_localize.core.engine.noise import NOISE_POISSON as _POISSON
     from napari_localize.core.zmodel import _neighbour_light
+
+    fit_boxes_cpu = kernel(_GAUSS, _POISSON)  # a per-(model, noise) kernel (a specialised twin)
 
     assert _cache.EngineAwareLocator in __import__("numba.core.caching", fromlist=["x"]).CacheImpl._locator_classes
     copy = tmp_path / "engine"

@@ -127,7 +127,7 @@ p = LocalizeParameters(baseline=100, min_net_gradient=1500)
 errors = []
 def run():
     try:
-        localize(frames, p, chunk_frames=64)  # 512 boxes a chunk: the parallel fit driver (>= 256 boxes)
+        localize(frames, p, chunk_frames=64)  # 512 boxes a chunk: the fit's thread pool (>= 256 boxes)
     except BaseException as exc:
         errors.append(exc)
 threads = [threading.Thread(target=run) for _ in range(2)]
@@ -135,14 +135,19 @@ for t in threads: t.start()
 for _ in range(60):  # the live preview, frame after frame, while the runs go on
     localize_frames(frames[_ % 400], p)
 for t in threads: t.join()
-print("layer", numba.threading_layer(), "errors", len(errors))
+try:
+    layer = numba.threading_layer()
+except ValueError:  # no parallel kernel ran: the fit and identification run serial kernels on Python threads
+    layer = "none"
+print("layer", layer, "errors", len(errors))
 """
     env = dict(os.environ, NUMBA_NUM_THREADS="2")
     env.pop("NUMBA_THREADING_LAYER", None)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "errors 0" in proc.stdout
-    assert proc.stdout.split()[1] in ("tbb", "omp"), proc.stdout
+    # a parallel kernel that did run (crowded fields) ran on a threadsafe layer
+    assert proc.stdout.split()[1] in ("tbb", "omp", "none"), proc.stdout
 
 
 def test_reading_while_napari_displays(small_movie):

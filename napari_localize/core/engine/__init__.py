@@ -154,10 +154,9 @@ def fit_boxes(spots, model: int = MODEL_GAUSS, noise: int = NOISE_POISSON, theta
 
             fit_boxes_cuda(*args, batch_boxes=batch_boxes)
         elif device == "cpu":
-            from .cpu import SERIAL_BELOW, fit_boxes_cpu, fit_boxes_cpu_serial
+            from .cpu import fit_boxes_cpu
 
-            driver = fit_boxes_cpu_serial if n < SERIAL_BELOW else fit_boxes_cpu
-            driver(*args, int(numba.config.NUMBA_NUM_THREADS))
+            fit_boxes_cpu(*args, threads=int(numba.config.NUMBA_NUM_THREADS))
         else:
             raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
     return FitResult(theta, crlb, obj, iterations, converged, q)

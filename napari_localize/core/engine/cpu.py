@@ -1,58 +1,101 @@
-"""CPU driver of the fit engine: ``njit``, parallel over boxes, one workspace per thread (nothing allocated
-per box). The numerics are in ``lm.py``, ``models.py`` and ``noise.py``, shared with the CUDA driver."""
+"""CPU driver of the fit engine: one serial ``nogil`` kernel per (PSF model, noise model) pair, run on a few
+Python threads over contiguous slices of the boxes, one workspace per slice (nothing allocated per box). The
+numerics are in ``lm.py``, ``models.py`` and ``noise.py``, shared with the CUDA driver.
+
+Why threads and not ``parallel=True``: a parfor costs numba ~20 s of compile on top of the loop body and
+compiles the body a second time for its unsigned loop index; a serial kernel compiled once, released from the
+GIL, gives the same scaling. The pair is a closure constant of its kernel, so numba prunes the other models'
+branches (the literal-specialised functions of ``lm.py``) and compiles only the kernels a run uses; each is
+compiled once per machine and then loaded from numba's on-disk cache (the closure's constants are part of its
+cache key).
+"""
 
 from __future__ import annotations
 
-import numba
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from .lm import fit_box, normal_equations
 from .models import MAX_PARAMS, SCRATCH_ROWS, n_params, prepare
+from .specialise import specialised
 
-#: batches of fewer boxes than this run on one thread: waking the thread pool costs more than they take
+#: batches of fewer boxes than this run on the calling thread: handing them to the pool costs more than they take
 SERIAL_BELOW = 256
+#: slices per thread: a thread slowed by other work does not hold up the rest
+SLICES_PER_THREAD = 4
+
+_KERNELS: dict = {}
+_KERNELS_LOCK = threading.Lock()
+_POOL = None
+_POOL_THREADS = 0
 
 
-@njit(cache=True, nogil=True, parallel=True)
-def fit_boxes_cpu(model, noise, data, var, other, box, aux, lo, hi, guess, eps, max_iterations, want_gof,
-                  theta_io, var_out, obj_out, it_out, conv_out, gof_out, n_slots):
-    vec = np.zeros((n_slots, 7, MAX_PARAMS))
-    mat = np.zeros((n_slots, 3, MAX_PARAMS, MAX_PARAMS))
-    scr = np.zeros((n_slots, SCRATCH_ROWS, box))
-    for i in prange(data.shape[0]):
-        _fit_one(model, noise, data, var, other, box, aux, lo, hi, guess, eps, max_iterations, want_gof, theta_io,
-                 var_out, obj_out, it_out, conv_out, gof_out, i, numba.get_thread_id(), vec, mat, scr)
-
-
-@njit(cache=True, nogil=True)
-def fit_boxes_cpu_serial(model, noise, data, var, other, box, aux, lo, hi, guess, eps, max_iterations, want_gof,
-                         theta_io, var_out, obj_out, it_out, conv_out, gof_out, n_slots):
-    """:func:`fit_boxes_cpu` on the calling thread (small batches); the same results."""
-    vec = np.zeros((1, 7, MAX_PARAMS))
-    mat = np.zeros((1, 3, MAX_PARAMS, MAX_PARAMS))
-    scr = np.zeros((1, SCRATCH_ROWS, box))
-    for i in range(data.shape[0]):
-        _fit_one(model, noise, data, var, other, box, aux, lo, hi, guess, eps, max_iterations, want_gof, theta_io,
-                 var_out, obj_out, it_out, conv_out, gof_out, i, 0, vec, mat, scr)
-
-
-@njit(cache=True, nogil=True)
-def _fit_one(model, noise, data, var, other, box, aux, lo, hi, guess, eps, max_iterations, want_gof, theta_io,
-             var_out, obj_out, it_out, conv_out, gof_out, i, t, vec, mat, scr):
+def _fit_slice(model, noise, data, var, other, box, aux, lo, hi, guess, eps, max_iterations, want_gof, theta_io,
+               var_out, obj_out, it_out, conv_out, gof_out, start, stop):
+    # boxes start..stop-1 with one workspace; compiled per (model, noise) pair by kernel()
     n = n_params(model, aux)
-    theta = vec[t, 0]
-    for a in range(n):
-        theta[a] = theta_io[i, a]
-    o, its, ok, q = fit_box(model, noise, data, var, other, i, box, aux, lo, hi, guess, eps, max_iterations,
-                            want_gof, theta, vec[t, 1], vec[t, 2], vec[t, 3], vec[t, 4], vec[t, 5], vec[t, 6],
-                            mat[t, 0], mat[t, 1], mat[t, 2], scr[t], var_out)
-    for a in range(n):
-        theta_io[i, a] = theta[a]
-    obj_out[i] = o
-    it_out[i] = its
-    conv_out[i] = ok
-    gof_out[i] = q
+    vec = np.zeros((7, MAX_PARAMS))  # theta, trial, g, delta, jrow, e, col
+    mat = np.zeros((3, MAX_PARAMS, MAX_PARAMS))  # F, A, L
+    scr = np.zeros((SCRATCH_ROWS, box))
+    theta = vec[0]
+    for i in range(start, stop):
+        for a in range(n):
+            theta[a] = theta_io[i, a]
+        o, its, ok, q = fit_box(model, noise, data, var, other, i, box, aux, lo, hi, guess, eps, max_iterations,
+                                want_gof, theta, vec[1], vec[2], vec[3], vec[4], vec[5], vec[6], mat[0], mat[1],
+                                mat[2], scr, var_out)
+        for a in range(n):
+            theta_io[i, a] = theta[a]
+        obj_out[i] = o
+        it_out[i] = its
+        conv_out[i] = ok
+        gof_out[i] = q
+
+
+_KERNEL_JIT = njit(cache=True, nogil=True)
+
+
+def kernel(model: int, noise: int):
+    """The CPU kernel of one (PSF model, noise model) pair (built on first use, compiled or loaded from numba's
+    cache on its first call): :func:`_fit_slice` with the pair as constants (:mod:`.specialise`)."""
+    key = (int(model), int(noise))
+    with _KERNELS_LOCK:
+        k = _KERNELS.get(key)
+        if k is None:
+            k = _KERNELS[key] = specialised(_fit_slice, *key, jit=_KERNEL_JIT)
+    return k
+
+
+def _pool(threads: int) -> ThreadPoolExecutor:
+    global _POOL, _POOL_THREADS
+    with _KERNELS_LOCK:
+        if _POOL is None or threads != _POOL_THREADS:
+            _POOL = ThreadPoolExecutor(threads, thread_name_prefix="napari-localize-fit")
+            _POOL_THREADS = threads
+        return _POOL
+
+
+def fit_boxes_cpu(model, noise, data, var, other, box, aux, lo, hi, guess, eps, max_iterations, want_gof,
+                  theta_io, var_out, obj_out, it_out, conv_out, gof_out, threads=1):
+    """Fit every box with the kernel of (model, noise) on ``threads`` threads; results into the output arrays."""
+    k = kernel(model, noise)
+    n = data.shape[0]
+    args = (int(model), int(noise), data, var, other, int(box), aux, lo, hi, bool(guess), float(eps),
+            int(max_iterations), bool(want_gof), theta_io, var_out, obj_out, it_out, conv_out, gof_out)
+    threads = max(1, int(threads))
+    if threads == 1 or n < SERIAL_BELOW:
+        k(*args, 0, n)
+        return
+    shares = min(n // (SERIAL_BELOW // 4) or 1, SLICES_PER_THREAD * threads)
+    edges = [n * s // shares for s in range(shares + 1)]
+    if not k.signatures:
+        k(*args, 0, edges[1])  # compile (or load) once, not in every thread at the same time
+        edges = edges[1:]
+    for job in [_pool(threads).submit(k, *args, a, b) for a, b in zip(edges[:-1], edges[1:])]:
+        job.result()
 
 
 @njit(cache=True, nogil=True)
