@@ -104,9 +104,12 @@ def main(argv=None):
                         "--height", str(args.size), "--width", str(args.size), "--spots-per-frame", str(args.spots),
                         "--poisson-count", "--seed", "7"], check=True, stdout=subprocess.DEVNULL)
         gb = os.path.getsize(movie) / 1e9
-        # one untimed run fills our numba cache (the cold start above used its own)
-        run([py, "-m", "napari_localize.cli", "localize", movie, *CAMERA, "--fit-method", args.methods[0],
-             "--frames", "0", "64", "--suffix", "_warmup"])
+        # untimed runs fill our numba cache (the cold start above used its own): every method, since each
+        # (PSF model, noise model) pair has its own kernel, and enough frames that the crowded-fields refit
+        # (its own kernel) runs at least once
+        for method in args.methods:
+            run([py, "-m", "napari_localize.cli", "localize", movie, *CAMERA, "--fit-method", method,
+                 "--frames", "0", "999", "--suffix", "_warmup"])
         print(f"\nmovie: {args.frames} frames of {args.size}x{args.size} px uint16 ({gb:.2f} GB), "
               f"{args.spots:g} spots/frame; box 7, min net gradient 1200, baseline 100")
         print(f"{'method':6} {'tool':16} {'wall s':>7} {'CPU s':>7} {'peak MiB':>8} {'locs':>8} {'wall x':>6} "
