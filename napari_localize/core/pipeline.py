@@ -128,6 +128,26 @@ def identify_in_regions(frames, p: LocalizeParameters, first_frame: int = 0):
     return ids[roi_index(ids["y"], ids["x"], rois) >= 0]
 
 
+def identify_chunk(frames, p: LocalizeParameters, first_frame: int = 0, camera=None, identify_frames=None):
+    """The spots of a chunk of camera counts: ``p``'s identification in its ROIs on ``identify_frames`` (the
+    prefiltered frames) or ``frames``; with per-pixel sCMOS ``camera`` maps offset/gain-corrected and
+    variance-aware (:mod:`~napari_localize.core.identify_scmos`), several ROIs keeping the spots whose pixel
+    lies in one."""
+    if camera is None:
+        return identify_in_regions(frames if identify_frames is None else np.asarray(identify_frames), p,
+                                   first_frame)
+    from .identify_scmos import identify_scmos
+    from .regions import roi_index
+
+    rois = p.region_list()
+    ids = identify_scmos(frames, p.box_size, p.min_net_gradient, camera.offset, camera.sensitivity,
+                         camera.variance, camera.em_gain, rois[0] if rois and len(rois) == 1 else None,
+                         first_frame)
+    if rois and len(rois) > 1:
+        ids = ids[roi_index(ids["y"], ids["x"], rois) >= 0]
+    return ids
+
+
 def localize_frames(frames, p: LocalizeParameters, first_frame: int = 0, stats: LocalizeStats | None = None,
                     camera=None, identify_frames=None):
     """Localize spots in an in-memory stack ``(n, height, width)`` of camera counts (ADU).
@@ -149,18 +169,7 @@ def localize_frames(frames, p: LocalizeParameters, first_frame: int = 0, stats: 
         frames = frames[None]
     n, height, width = frames.shape
     t0 = time.perf_counter()
-    if camera is None:
-        ids = identify_in_regions(frames if identify_frames is None else identify_frames, p, first_frame)
-    else:  # offset/gain-corrected, variance-aware; several ROIs keep the spots whose pixel lies in one
-        from .identify_scmos import identify_scmos
-        from .regions import roi_index
-
-        rois = p.region_list()
-        ids = identify_scmos(frames, p.box_size, p.min_net_gradient, camera.offset, camera.sensitivity,
-                             camera.variance, camera.em_gain, rois[0] if rois and len(rois) == 1 else None,
-                             first_frame)
-        if rois and len(rois) > 1:
-            ids = ids[roi_index(ids["y"], ids["x"], rois) >= 0]
+    ids = identify_chunk(frames, p, first_frame, camera, identify_frames)
     t1 = time.perf_counter()
     spots = cut_spots(frames, ids["frame"] - first_frame, ids["y"], ids["x"], p.box_size)
     if camera is None:

@@ -233,7 +233,7 @@ def localize_frames_spline(frames, p, psf: SplinePSF, first_frame: int = 0, stat
 
     from .camera import adu_to_photons
     from .locs import sane
-    from .pipeline import LocalizeStats, identify_in_regions
+    from .pipeline import LocalizeStats, identify_chunk
     from .spots import cut_spots
 
     stats = stats if stats is not None else LocalizeStats()
@@ -248,19 +248,7 @@ def localize_frames_spline(frames, p, psf: SplinePSF, first_frame: int = 0, stat
         frames = frames[None]
     n, height, width = frames.shape
     t0 = time.perf_counter()
-    if camera is None:
-        ids = identify_in_regions(frames if identify_frames is None else np.asarray(identify_frames), p,
-                                  first_frame)
-    else:  # offset/gain-corrected, variance-aware, as the 2D run
-        from .identify_scmos import identify_scmos
-        from .regions import roi_index
-
-        rois = p.region_list()
-        ids = identify_scmos(frames, p.box_size, p.min_net_gradient, camera.offset, camera.sensitivity,
-                             camera.variance, camera.em_gain, rois[0] if rois and len(rois) == 1 else None,
-                             first_frame)
-        if rois and len(rois) > 1:
-            ids = ids[roi_index(ids["y"], ids["x"], rois) >= 0]
+    ids = identify_chunk(frames, p, first_frame, camera, identify_frames)  # as the 2D run
     t1 = time.perf_counter()
     box = int(p.box_size)
     r = box // 2
