@@ -273,8 +273,10 @@ def _fit_crowded(frames, ids, fit, p: LocalizeParameters, first_frame: int, devi
         h, w = frames.shape[-2:]
         r = p.box_size // 2
         for i in np.flatnonzero(added):
-            y = min(max(int(new_ids["y"][i]), 0), h - 1)
-            x = min(max(int(new_ids["x"][i]), 0), w - 1)
+            # the box around the pixel must lie inside the frame (identified spots do): net_gradient_at reads
+            # every pixel of it unchecked
+            y = min(max(int(new_ids["y"][i]), r), h - 1 - r) if h > 2 * r else min(max(int(new_ids["y"][i]), 0), h - 1)
+            x = min(max(int(new_ids["x"][i]), r), w - 1 - r) if w > 2 * r else min(max(int(new_ids["x"][i]), 0), w - 1)
             f = int(out["frame"][i])
             if identify_frames is not None:  # what identification saw
                 seen = np.asarray(identify_frames[f], np.float32)
