@@ -62,3 +62,42 @@ def run_and_wait(qtbot, start, timeout=120_000):
         assert isinstance(worker, WorkerBase) and widget.running
         qtbot.waitUntil(lambda: not widget.running, timeout=timeout)
     return worker
+
+
+@pytest.fixture
+def lockstep_workers(monkeypatch):
+    """Widgets' thread workers wait after every yield until the GUI thread has handled it (every slot
+    connected to ``yielded`` has run): a test that cancels on the first progress event then cancels at
+    exactly that point, however fast the run. Without it a short run can finish before the queued event
+    reaches the GUI, and a test of cancelling would test a race."""
+    import threading
+
+    from qtpy.QtCore import QTimer
+
+    from napari_localize._napari import _batch_widget, _widgets, _worker, _zwidget
+
+    real_start = _worker.start_localize
+
+    def start_in_lockstep(gen, on_yield, on_return, on_error, on_finish):
+        handled = threading.Event()
+        handled.set()  # nothing yielded yet
+
+        def stepped():
+            while True:
+                assert handled.wait(60), "the GUI thread did not handle a progress event within 60 s"
+                try:
+                    value = next(gen)
+                except StopIteration as finished:
+                    return finished.value
+                handled.clear()
+                yield value
+
+        def on_yield_then_release(value):
+            on_yield(value)
+            # after the other slots of this emission (their queued calls were posted before this timer)
+            QTimer.singleShot(0, handled.set)
+
+        return real_start(stepped(), on_yield_then_release, on_return, on_error, on_finish)
+
+    for module in (_batch_widget, _widgets, _zwidget):
+        monkeypatch.setattr(module, "start_localize", start_in_lockstep)

@@ -192,7 +192,7 @@ def test_bad_parameters_are_reported_not_run(make_napari_viewer, movie, qtbot):
     assert not w["Localize"].running and "localizations" not in viewer.layers
 
 
-def test_threaded_run_progress_and_cancel(make_napari_viewer, qtbot, tmp_path):
+def test_threaded_run_progress_and_cancel(make_napari_viewer, qtbot, tmp_path, lockstep_workers):
     p = SimulationParameters(n_frames=600, height=48, width=48, spots_per_frame=3, photons=3000, bg=10,
                              baseline=100, min_separation=10, margin=6, seed=5)
     frames, truth = simulate_frames(p)

@@ -185,7 +185,7 @@ def test_fit_z_run_matches_api_and_truth(make_napari_viewer, cli_calibration, bl
     assert abs(float(np.mean(err))) < 10.0
 
 
-def test_cancel_during_3d_run_writes_nothing(make_napari_viewer, qtbot, tmp_path, cli_calibration, blinking):
+def test_cancel_during_3d_run_writes_nothing(make_napari_viewer, qtbot, tmp_path, cli_calibration, blinking, lockstep_workers):
     frames, _, _ = blinking
     path = _write(tmp_path, "cancel.ome.tif", frames)
     viewer = make_napari_viewer()
@@ -230,7 +230,7 @@ def test_fit_z_needs_a_calibration_and_bad_yaml_is_reported(make_napari_viewer, 
     assert session.zcalibration_path == os.path.abspath(cli_calibration) and zw.fit_z.enabled
 
 
-def test_threaded_calibration_cancel_then_run(make_napari_viewer, qtbot, tmp_path, bead_stack):
+def test_threaded_calibration_cancel_then_run(make_napari_viewer, qtbot, tmp_path, bead_stack, lockstep_workers):
     stack = _write(tmp_path, "beads.ome.tif", bead_stack[0])
     viewer = make_napari_viewer()
     viewer.open(stack, plugin="napari-localize")
