@@ -319,7 +319,8 @@ def _width_noise(theta, ok, sigma, box):
     bg = float(np.median(np.maximum(theta[ok, 3], 0.01))) if ok.any() else 1.0
     r = box // 2
     try:
-        sd = float(np.sqrt(np.linalg.inv(curvature([r, r, N, bg, sigma, sigma], box, MODEL_GAUSS))[4, 4]))
+        F = curvature([r, r, N, bg, sigma, sigma], box, MODEL_GAUSS, compiled=False)  # ~1 ms, no compile
+        sd = float(np.sqrt(np.linalg.inv(F)[4, 4]))
     except np.linalg.LinAlgError:
         sd = np.inf
     return sd if np.isfinite(sd) else np.inf, N
@@ -595,6 +596,10 @@ def _fit_batches(spots, model, noise, theta0, aux, other, variance, eps, max_ite
 
     n = len(spots)
     kw = dict(aux=aux, eps=eps, max_iterations=max_iterations, device=device)
+    if device == "cpu" and model == MODEL_MULTI:
+        from .warmup import wait_for
+
+        wait_for(model, noise)  # compiled in another process (the run's start): load it, do not compile it twice
     if device != "cpu" or n <= FIT_BATCH or _threads() == 1:
         return fit_boxes(spots, model, noise, theta0=theta0, other=other, variance=variance, **kw)
     from .identify import _pool

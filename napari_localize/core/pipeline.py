@@ -211,6 +211,16 @@ def localize_frames(frames, p: LocalizeParameters, first_frame: int = 0, stats: 
     return locs
 
 
+def crowded_noise(p: LocalizeParameters, camera=None) -> int:
+    """The engine noise model of the crowded refit: the single fit's (Poisson or least squares; with sCMOS
+    maps the sCMOS likelihood or least squares weighted per pixel)."""
+    from .engine import NOISE_LSQ, NOISE_POISSON, NOISE_SCMOS, NOISE_WLSQ
+
+    if camera is not None:
+        return NOISE_SCMOS if p.fit_method == "mle" else NOISE_WLSQ
+    return NOISE_POISSON if p.fit_method == "mle" else NOISE_LSQ
+
+
 def _fit_crowded(frames, ids, fit, p: LocalizeParameters, first_frame: int, device: str = "cpu", camera=None,
                  identify_frames=None):
     """Refine the single-emitter fits of a chunk for crowding (:func:`~napari_localize.core.crowded.fit_crowded`).
@@ -223,7 +233,6 @@ def _fit_crowded(frames, ids, fit, p: LocalizeParameters, first_frame: int, devi
     from .crowded import CrowdedOptions, refine_crowded
     from .fit_lq import mortensen_precision
     from .identify import IDENTIFICATION_DTYPE
-    from .psf import MODE_LSQ, MODE_POISSON
 
     local = ids.copy()
     local["frame"] -= first_frame
@@ -232,11 +241,7 @@ def _fit_crowded(frames, ids, fit, p: LocalizeParameters, first_frame: int, devi
         baseline, factor, variance = p.baseline, p.sensitivity / p.em_gain, None
     else:
         baseline, factor, variance = camera.offset, camera.sensitivity / np.float32(camera.em_gain), camera.variance
-    noise = MODE_POISSON if mle else MODE_LSQ
-    if camera is not None:  # as the single fit: the sCMOS likelihood, or least squares weighted per pixel
-        from .engine import NOISE_SCMOS, NOISE_WLSQ
-
-        noise = NOISE_SCMOS if mle else NOISE_WLSQ
+    noise = crowded_noise(p, camera)
     static = None
     if identify_frames is not None and p.prefilter().temporal_median > 0:
         static = _static_light(frames, identify_frames, p, factor)
@@ -361,6 +366,12 @@ def iter_localize(movie, p: LocalizeParameters, cancel: CancelToken | None = Non
     if not stats.device:
         # the engine is chosen (and a missing GPU reported) before the first frame is read
         stats.device = select_device(p.box_size, p.fit_method)
+    if localize_fn is None and stats.device == "cpu" and p.max_emitters > 1 and p.fit_method in ("mle", "lq"):
+        # the crowded refit's multi-emitter kernel compiles on another core while the first chunk is identified
+        from .engine import MODEL_MULTI
+        from .warmup import compile_ahead
+
+        compile_ahead([(MODEL_MULTI, crowded_noise(p, camera))])
     step = chunk_frames or chunk_frames_for(height, width)
     bounds = [(a, min(a + step, stop)) for start, stop in p.frame_spans(n_frames)
               for a in range(start, stop, step)]

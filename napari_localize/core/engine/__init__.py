@@ -163,12 +163,14 @@ def fit_boxes(spots, model: int = MODEL_GAUSS, noise: int = NOISE_POISSON, theta
 
 
 def curvature(theta, box: int, model: int = MODEL_GAUSS, noise: int = NOISE_POISSON, aux=None, variance=None,
-              other=None) -> np.ndarray:
+              other=None, compiled: bool = True) -> np.ndarray:
     """Expected curvature (the Fisher information for the likelihood models) of one box at ``theta``.
 
-    For Poisson and sCMOS it does not depend on the data; its inverse is the CRLB.
+    For Poisson and sCMOS it does not depend on the data; its inverse is the CRLB. ``compiled=False`` runs the
+    same engine functions in the interpreter (about a millisecond for a Gaussian box, and no kernel to compile:
+    for a one-off matrix in a run that does not otherwise need this model's kernel).
     """
-    from .cpu import curvature_cpu
+    from .cpu import _curvature, curvature_cpu
 
     P = int(box) * int(box)
     aux = np.zeros(1) if aux is None else np.ascontiguousarray(aux, np.float64).ravel()
@@ -176,4 +178,6 @@ def curvature(theta, box: int, model: int = MODEL_GAUSS, noise: int = NOISE_POIS
     oth = np.zeros((0, P)) if other is None else np.ascontiguousarray(other, float).reshape(1, P)
     theta = np.zeros(MAX_PARAMS) + np.resize(np.asarray(theta, float), MAX_PARAMS) * (
         np.arange(MAX_PARAMS) < n_params(model, aux))
+    if not compiled:
+        return _curvature(int(model), int(noise), np.zeros((1, P), np.float32), var, oth, 0, int(box), aux, theta)
     return curvature_cpu(int(model), int(noise), np.zeros((1, P), np.float32), var, oth, int(box), aux, theta)

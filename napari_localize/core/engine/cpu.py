@@ -98,14 +98,30 @@ def fit_boxes_cpu(model, noise, data, var, other, box, aux, lo, hi, guess, eps, 
         job.result()
 
 
-@njit(cache=True, nogil=True)
-def curvature_cpu(model, noise, data, var, other, box, aux, theta):
-    """Curvature matrix (Fisher information for the likelihood models) of box 0 at ``theta``."""
+def _curvature(model, noise, data, var, other, i, box, aux, theta):
+    # curvature matrix of box i at theta; compiled per (model, noise) pair by curvature_kernel(). The box index
+    # is an argument, not a literal 0, so the engine functions are typed as in _fit_slice (and reused)
     n = n_params(model, aux)
     scratch = np.zeros((SCRATCH_ROWS, box))
     jrow = np.zeros(MAX_PARAMS)
     g = np.zeros(MAX_PARAMS)
     F = np.zeros((MAX_PARAMS, MAX_PARAMS))
     prepare(model, theta, box, aux, scratch)
-    normal_equations(model, noise, data, var, other, 0, box, aux, theta, scratch, jrow, g, F, n)
+    normal_equations(model, noise, data, var, other, i, box, aux, theta, scratch, jrow, g, F, n)
     return F[:n, :n].copy()
+
+
+def curvature_kernel(model: int, noise: int):
+    """The curvature (Fisher information) kernel of one (PSF model, noise model) pair: :func:`_curvature`
+    specialised like the fit kernels (a generic one would compile every model's branches, ~4 s)."""
+    key = ("curvature", int(model), int(noise))
+    with _KERNELS_LOCK:
+        k = _KERNELS.get(key)
+        if k is None:
+            k = _KERNELS[key] = specialised(_curvature, int(model), int(noise), jit=_KERNEL_JIT)
+    return k
+
+
+def curvature_cpu(model, noise, data, var, other, box, aux, theta):
+    """Curvature matrix (Fisher information for the likelihood models) of box 0 at ``theta``."""
+    return curvature_kernel(model, noise)(int(model), int(noise), data, var, other, 0, int(box), aux, theta)
