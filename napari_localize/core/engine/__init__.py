@@ -59,7 +59,7 @@ class FitResult:
     crlb : (n, n_params) diagonal of the inverse curvature: Cramér-Rao variances for the likelihood noise
         models, ``diag((J^T W J)^-1)`` for the least-squares ones; NaN where the curvature is singular
     objective : (n,) final objective (log-likelihood ratio to the saturated model, or -RSS/2)
-    iterations : (n,) int64, converged : (n,) bool, gof : (n,) standardised deviance (NaN unless asked)
+    iterations : (n,) int64, converged : (n,) bool, gof : (n,) standardised deviance (NaN unless asked, for a 3D model)
     """
 
     theta: np.ndarray

@@ -12,7 +12,19 @@ import math
 
 from numba.extending import register_jitable
 
-from .models import _hi, _lo, initial_guess, n_params, pixel, prepare, tolerance, valid
+from .models import (
+    MODEL_ASTIG_Z,
+    MODEL_SPLINE_2D,
+    MODEL_SPLINE_Z,
+    _hi,
+    _lo,
+    initial_guess,
+    n_params,
+    pixel,
+    prepare,
+    tolerance,
+    valid,
+)
 from .noise import NOISE_POISSON, NOISE_SCMOS, deviance_moments, gradient_weights, objective_term
 
 #: initial, smallest damping and the damping at which the search for an improving step gives up
@@ -169,7 +181,7 @@ def fit_box(model, noise, data, var, other, i, box, aux, lo, hi, guess, eps, max
     ``var``/``other``: ``(n_boxes, box*box)`` variance (sCMOS) and fixed other light, or ``(0, .)`` for none.
     ``guess``: start from the model's initial guess instead of ``theta``. Writes the inverse curvature
     diagonal (CRLB) to ``var_out[i]``. Returns ``(objective, iterations, converged, gof)``; gof is NaN unless
-    ``want_gof`` and the noise model is a likelihood.
+    ``want_gof``, the model is a 3D one (astigmatic or spline) and the noise model is a likelihood.
     """
     n = n_params(model, aux)
     if guess:
@@ -223,7 +235,9 @@ def fit_box(model, noise, data, var, other, i, box, aux, lo, hi, guess, eps, max
     if not valid(model, theta, box, aux):
         converged = False
     gof = math.nan
-    if want_gof and (noise == NOISE_POISSON or noise == NOISE_SCMOS):
+    # the 3D models' z-fit quality (--z-max-gof); a 2D model reports NaN: its kernels then never compile it
+    if want_gof and (model == MODEL_ASTIG_Z or model == MODEL_SPLINE_Z or model == MODEL_SPLINE_2D) and (
+            noise == NOISE_POISSON or noise == NOISE_SCMOS):
         gof = goodness_of_fit(model, noise, var, other, i, box, aux, theta, scratch, jrow, obj, n)
     return obj, iterations, converged, gof
 
