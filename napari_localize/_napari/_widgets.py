@@ -388,10 +388,13 @@ def kernels_ready() -> bool:
 
 
 def warm_up_kernels() -> threading.Thread | None:
-    """Compile the identification and fit kernels in a background thread (once per process).
+    """Compile the identification and fit kernels in the background (once per process).
 
-    A tiny simulated movie is localized with MLE and LQ, so the user's first run does not wait for numba. The
-    kernels release the GIL and numba compiles under its own lock, so a run started meanwhile is safe.
+    A second process localizes a tiny simulated movie with MLE and LQ (:mod:`napari_localize.core.warmup`),
+    which compiles every kernel of a 2D run into numba's disk cache without holding this process's GIL (the
+    viewer's); a background thread then runs the same tiny movie here, which only loads them. Should the second
+    process fail, that thread compiles them itself. A run started meanwhile is safe (numba compiles under its
+    own lock).
     """
     global _warmup_started
     with _WARMUP_LOCK:
@@ -401,17 +404,10 @@ def warm_up_kernels() -> threading.Thread | None:
 
     def work():
         try:
-            from ..cli import suggested_min_net_gradient
-            from ..core.parameters import LocalizeParameters
-            from ..core.pipeline import localize
-            from ..core.simulate import SimulationParameters, simulate_frames
+            from ..core.warmup import compile_in_background_process, localize_tiny_movie
 
-            sim = SimulationParameters(n_frames=2, height=24, width=24, spots_per_frame=2, photons=3000, bg=10,
-                                       baseline=100, min_separation=8, margin=5, seed=0)
-            frames, _ = simulate_frames(sim)
-            for method in ("mle", "lq"):
-                localize(frames, LocalizeParameters(box_size=7, min_net_gradient=suggested_min_net_gradient(sim),
-                                                    baseline=100, fit_method=method))
+            compile_in_background_process()
+            localize_tiny_movie()
         except Exception:  # noqa: BLE001  (a failed warm-up only means the first run compiles)
             pass
         finally:

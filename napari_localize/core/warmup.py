@@ -118,8 +118,46 @@ def compile_kernel(model: int, noise: int) -> None:
     fit_boxes(spots, model, noise, theta0=theta0, aux=aux, other=other, variance=variance, max_iterations=2)
 
 
+def localize_tiny_movie() -> None:
+    """Localize a tiny simulated movie with MLE and LQ and the crowded-fields default: compiles (or loads) the
+    identification, the single fits, the crowded screening and (through :func:`compile_ahead`, waited for)
+    the multi-emitter fits of both methods: every kernel a plain 2D run uses."""
+    from ..cli import suggested_min_net_gradient
+    from .engine import MODEL_MULTI
+    from .parameters import LocalizeParameters
+    from .pipeline import crowded_noise, localize
+    from .simulate import SimulationParameters, simulate_frames
+
+    sim = SimulationParameters(n_frames=2, height=24, width=24, spots_per_frame=2, photons=3000, bg=10,
+                               baseline=100, min_separation=8, margin=5, seed=0)
+    frames, _ = simulate_frames(sim)
+    for method in ("mle", "lq"):
+        p = LocalizeParameters(box_size=7, min_net_gradient=suggested_min_net_gradient(sim), baseline=100,
+                               fit_method=method)
+        localize(frames, p)
+        wait_for(MODEL_MULTI, crowded_noise(p))
+
+
+def compile_in_background_process(timeout: float = WAIT_S) -> bool:
+    """Run :func:`localize_tiny_movie` in a second process (``python -m napari_localize.core.warmup run``) and
+    wait for it: the kernels land in numba's cache without this process compiling (compiling holds the GIL,
+    which a viewer needs). True if it finished cleanly."""
+    if not enabled():
+        return False
+    try:
+        done = subprocess.run([sys.executable, "-m", __name__, "run"], stdin=subprocess.DEVNULL,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=timeout)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return done.returncode == 0
+
+
 def main(argv=None) -> int:
+    """``run``: :func:`localize_tiny_movie`; ``M:N`` items: :func:`compile_kernel` of model M, noise N."""
     for item in (sys.argv[1:] if argv is None else argv):
+        if item == "run":
+            localize_tiny_movie()
+            continue
         model, noise = (int(v) for v in item.split(":"))
         compile_kernel(model, noise)
     return 0
