@@ -1,9 +1,45 @@
-"""Choose numba's threading layer: a thread-safe one (TBB or OpenMP), see :mod:`napari_localize.core`."""
+"""Threads of the package: numba's threading layer (a thread-safe one, TBB or OpenMP, see
+:mod:`napari_localize.core`) and the named thread pools the serial ``nogil`` kernels run on.
+
+One pool per purpose (``"fit"``, ``"identify"``), not one for everything: a job of one pool may submit work to
+another and wait for it (a crowded refit batch on the identification's pool calls the fit engine, which
+shares its boxes over the fit pool); with a single fixed-size pool every worker could be waiting on jobs
+queued behind it.
+"""
 
 from __future__ import annotations
 
 import os
+import threading
 import warnings
+from concurrent.futures import ThreadPoolExecutor
+
+_POOLS: dict = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def pool(name: str, threads: int) -> ThreadPoolExecutor:
+    """The thread pool for ``name`` with ``threads`` workers, created on first use (a new one if the thread
+    count changed, e.g. ``NUMBA_NUM_THREADS`` lowered at run time)."""
+    threads = max(1, int(threads))
+    with _POOLS_LOCK:
+        entry = _POOLS.get(name)
+        if entry is None or entry[1] != threads:
+            entry = _POOLS[name] = (ThreadPoolExecutor(threads, thread_name_prefix=f"napari-localize-{name}"),
+                                    threads)
+        return entry[0]
+
+
+def run_shares(fn, n: int, shares: int, pool_name: str, threads: int) -> None:
+    """Call ``fn(lo, hi)`` over ``[0, n)`` cut into ``shares`` contiguous shares: on this thread for one share,
+    else on pool ``pool_name``; returns when all are done (the first error is raised)."""
+    shares = max(1, min(int(shares), int(n)))
+    if shares == 1:
+        fn(0, n)
+        return
+    edges = [n * k // shares for k in range(shares + 1)]
+    for job in [pool(pool_name, threads).submit(fn, a, b) for a, b in zip(edges[:-1], edges[1:])]:
+        job.result()
 
 _safe_layer: str | None = None
 

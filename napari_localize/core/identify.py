@@ -35,9 +35,6 @@ the same number, bit for bit, whichever of the two variants ran.
 
 from __future__ import annotations
 
-import threading
-from concurrent.futures import ThreadPoolExecutor
-
 import numpy as np
 from numba import config, njit
 
@@ -231,21 +228,16 @@ def _identify_blocks(frames, r, i_lo, i_hi, j_lo, j_hi, block_rows, min_ng, kern
         counts[t] = n
 
 
-_POOL = None
-_POOL_LOCK = threading.Lock()
-
-
 def identification_threads() -> int:
     """Threads that share the identification of a chunk: numba's thread count (``NUMBA_NUM_THREADS``)."""
     return max(1, int(config.NUMBA_NUM_THREADS))
 
 
-def _pool() -> ThreadPoolExecutor:
-    global _POOL
-    with _POOL_LOCK:
-        if _POOL is None:
-            _POOL = ThreadPoolExecutor(identification_threads(), thread_name_prefix="napari-localize-identify")
-        return _POOL
+def _pool():
+    """The identification's thread pool (also used by the crowded refit's screening and batches)."""
+    from ._threading import pool
+
+    return pool("identify", identification_threads())
 
 
 def native_stack(frames) -> np.ndarray:

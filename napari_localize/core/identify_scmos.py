@@ -29,19 +29,21 @@ The threshold is therefore in the same units as always (camera counts), for a pi
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
-from .identify import identify
+from ._threading import run_shares
+from .identify import identification_threads, identify
 
 
-@njit(cache=True, nogil=True, parallel=True)
-def _prepare(adu, offset, scale, noisy_y, noisy_x, noisy_e, var_typ, k_shot, excess, out, fixed):
-    """``out = (adu - offset) * scale`` for every pixel, then the shrinkage of the noisy pixels (see the module
-    docstring), all in counts of a median-sensitivity pixel. ``excess`` is the full map of ``e`` (0 for
-    ordinary pixels); ``k_shot`` turns a level in counts into its shot-noise variance in counts²."""
-    n_frames, h, w = adu.shape
+@njit(cache=True, nogil=True)
+def _prepare(lo, hi, adu, offset, scale, noisy_y, noisy_x, noisy_e, var_typ, k_shot, excess, out, fixed):
+    """Frames ``lo..hi-1``: ``out = (adu - offset) * scale`` for every pixel, then the shrinkage of the noisy
+    pixels (see the module docstring), all in counts of a median-sensitivity pixel. ``excess`` is the full map
+    of ``e`` (0 for ordinary pixels); ``k_shot`` turns a level in counts into its shot-noise variance in
+    counts². Serial and ``nogil``: :func:`identification_image` shares the frames over threads."""
+    _, h, w = adu.shape
     n_noisy = noisy_y.shape[0]
-    for f in prange(n_frames):
+    for f in range(lo, hi):
         img = out[f]
         for i in range(h):
             for j in range(w):
@@ -114,9 +116,15 @@ def identification_image(frames, offset, sensitivity, variance_e, em_gain=1.0):
     out = np.empty(stack.shape, np.float32)
     fixed = np.empty((stack.shape[0], len(noisy_y)), np.float32)
     if stack.size:
-        _prepare(np.ascontiguousarray(stack), np.ascontiguousarray(np.broadcast_to(offset, shape), np.float32),
-                 scale, noisy_y.astype(np.int64), noisy_x.astype(np.int64), excess[noisy_y, noisy_x],
-                 var_typ, to_counts, np.ascontiguousarray(excess), out, fixed)
+        args = (np.ascontiguousarray(stack), np.ascontiguousarray(np.broadcast_to(offset, shape), np.float32),
+                scale, noisy_y.astype(np.int64), noisy_x.astype(np.int64), excess[noisy_y, noisy_x], var_typ,
+                to_counts, np.ascontiguousarray(excess), out, fixed)
+        threads = identification_threads()
+        n = stack.shape[0]
+        shares = 1 if threads == 1 or stack.size < 65536 else 2 * threads
+        if shares > 1 and not _prepare.signatures:
+            _prepare(0, 1, *args)  # compile (or load) once, not in every thread at the same time
+        run_shares(lambda a, b: _prepare(a, b, *args), n, shares, "identify", threads)
     return out[0] if squeeze else out
 
 

@@ -86,11 +86,10 @@ def spline_coefficients(volume: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------------------------- evaluation
 # the jitted evaluation lives in the engine (numba cache rule: jitted code calls jitted code of other modules
 # only inside core/engine/), so the fit and everything else evaluate the same source
-from .engine.splines import (  # noqa: E402
-    eval2d_serial,
-    eval3d_parallel,
-    eval3d_serial,
-)
+from .engine.splines import eval2d_serial, eval3d_serial  # noqa: E402
+
+#: batches of more points than this are shared over threads (the kernel is serial and nogil)
+PARALLEL_ABOVE = 50000
 
 
 def evaluate(coefficients: np.ndarray, sx, sy, sz=None) -> np.ndarray:
@@ -102,9 +101,20 @@ def evaluate(coefficients: np.ndarray, sx, sy, sz=None) -> np.ndarray:
     out = np.empty((sx.size, 4))
     if c.ndim == 6:
         sz = np.broadcast_to(np.asarray(0.0 if sz is None else sz, float), shape)
-        fn = eval3d_parallel if sx.size > 50000 else eval3d_serial
-        fn(flat, c.shape[0], c.shape[1], c.shape[2], np.ascontiguousarray(sx, float).ravel(),
-           np.ascontiguousarray(sy, float).ravel(), np.ascontiguousarray(sz, float).ravel(), out)
+        px, py, pz = (np.ascontiguousarray(v, float).ravel() for v in (sx, sy, sz))
+
+        def share(a, b):
+            eval3d_serial(flat, c.shape[0], c.shape[1], c.shape[2], px[a:b], py[a:b], pz[a:b], out[a:b])
+
+        from numba import config
+
+        from ._threading import run_shares
+
+        threads = max(1, int(config.NUMBA_NUM_THREADS))
+        shares = 2 * threads if sx.size > PARALLEL_ABOVE and threads > 1 else 1
+        if shares > 1 and not eval3d_serial.signatures:
+            share(0, 1)  # compile (or load) once, not in every thread at the same time
+        run_shares(share, sx.size, shares, "spline", threads)
     elif c.ndim == 4:
         eval2d_serial(flat, c.shape[0], c.shape[1], np.ascontiguousarray(sx, float).ravel(),
                      np.ascontiguousarray(sy, float).ravel(), out)

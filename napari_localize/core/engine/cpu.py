@@ -13,7 +13,6 @@ cache key).
 from __future__ import annotations
 
 import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from numba import njit
@@ -29,8 +28,6 @@ SLICES_PER_THREAD = 4
 
 _KERNELS: dict = {}
 _KERNELS_LOCK = threading.Lock()
-_POOL = None
-_POOL_THREADS = 0
 
 
 def _fit_slice(model, noise, data, var, other, box, aux, lo, hi, guess, eps, max_iterations, want_gof, theta_io,
@@ -69,13 +66,10 @@ def kernel(model: int, noise: int):
     return k
 
 
-def _pool(threads: int) -> ThreadPoolExecutor:
-    global _POOL, _POOL_THREADS
-    with _KERNELS_LOCK:
-        if _POOL is None or threads != _POOL_THREADS:
-            _POOL = ThreadPoolExecutor(threads, thread_name_prefix="napari-localize-fit")
-            _POOL_THREADS = threads
-        return _POOL
+def _pool(threads: int):
+    from .._threading import pool
+
+    return pool("fit", threads)
 
 
 def fit_boxes_cpu(model, noise, data, var, other, box, aux, lo, hi, guess, eps, max_iterations, want_gof,

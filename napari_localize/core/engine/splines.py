@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 
-from numba import njit, prange
+from numba import njit
 from numba.extending import register_jitable
 
 
@@ -91,17 +91,6 @@ def spline2d_eval(coef, offset, n_y, n_x, sx, sy):
 def eval3d_serial(coef, n_z, n_y, n_x, sx, sy, sz, out):
     """:func:`spline3d_eval` at many points: ``out[i] = (value, d/dsx, d/dsy, d/dsz)``."""
     for i in range(sx.shape[0]):
-        v, gx, gy, gz = spline3d_eval(coef, 0, n_z, n_y, n_x, sx[i], sy[i], sz[i])
-        out[i, 0] = v
-        out[i, 1] = gx
-        out[i, 2] = gy
-        out[i, 3] = gz
-
-
-@njit(cache=True, nogil=True, parallel=True)
-def eval3d_parallel(coef, n_z, n_y, n_x, sx, sy, sz, out):
-    """:func:`eval3d_serial` over threads (for large batches)."""
-    for i in prange(sx.shape[0]):
         v, gx, gy, gz = spline3d_eval(coef, 0, n_z, n_y, n_x, sx[i], sy[i], sz[i])
         out[i, 0] = v
         out[i, 1] = gx
