@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from .engine import MODEL_ASTIG_Z, NOISE_POISSON, astig_aux, default_bounds, fit_boxes
 from .engine.models import poly
@@ -39,13 +39,26 @@ def _distance(a, b, cx, cy, z):
     return (a - math.sqrt(wx)) ** 2 + (b - math.sqrt(wy)) ** 2
 
 
-@njit(cache=True, nogil=True, parallel=True)
-def _fit_z_d(sx, sy, cx, cy, grid, gx, gy, lo, hi, z_out, d_out):
-    n = sx.shape[0]
+def _shared(kernel, n, *args, serial_below=4096):
+    """``kernel(a, b, *args)`` over ``[0, n)``: serial ``nogil`` kernels shared over threads (no parfor); fewer
+    than ``serial_below`` items run on this thread."""
+    from numba import config
+
+    from ._threading import run_shares
+
+    threads = max(1, int(config.NUMBA_NUM_THREADS))
+    shares = 2 * threads if n >= serial_below and threads > 1 else 1
+    if shares > 1 and not kernel.signatures:
+        kernel(0, 1, *args)  # compile (or load) once, not in every thread at the same time
+    run_shares(lambda a, b: kernel(a, b, *args), n, shares, "zfit", threads)
+
+
+@njit(cache=True, nogil=True)
+def _fit_z_d(start, stop, sx, sy, cx, cy, grid, gx, gy, lo, hi, z_out, d_out):
     m = grid.shape[0]
     h = grid[1] - grid[0]
     invphi = (math.sqrt(5.0) - 1.0) / 2.0
-    for i in prange(n):
+    for i in range(start, stop):
         if not (sx[i] > 0.0 and sy[i] > 0.0):
             z_out[i] = np.nan
             d_out[i] = np.nan
@@ -116,7 +129,7 @@ def fit_z_huang(sx, sy, cx, cy, lo, hi):
     d = np.empty(len(sx))
     if len(sx):
         grid, gx, gy = _grid(cx, cy, float(lo), float(hi))
-        _fit_z_d(sx, sy, cx, cy, grid, gx, gy, float(lo), float(hi), z, d)
+        _shared(_fit_z_d, len(sx), sx, sy, cx, cy, grid, gx, gy, float(lo), float(hi), z, d)
     return z, d
 
 
@@ -167,10 +180,11 @@ def _d_at(sx, sy, cal, z):
 
 
 # ------------------------------------------------------------------------------------------ neighbours' light
-@njit(cache=True, nogil=True, parallel=True)
-def _neighbour_light(starts, order, x, y, photons, sx, sy, bx, by, box, out):
+@njit(cache=True, nogil=True)
+def _neighbour_light(g0, g1, starts, order, x, y, photons, sx, sy, bx, by, box, out):
+    # frames g0..g1-1 of the frame groups (starts)
     r = box // 2
-    for g in prange(starts.shape[0] - 1):
+    for g in range(g0, g1):
         ex = np.empty(box)
         ey = np.empty(box)
         for a in range(starts[g], starts[g + 1]):
@@ -201,7 +215,8 @@ def neighbour_light(frame, x, y, photons, sx, sy, bx, by, box_size: int):
     fs = frame[order]
     starts = np.concatenate([[0], np.nonzero(np.diff(fs))[0] + 1, [n]]).astype(np.int64)
     f64 = [np.ascontiguousarray(v, float) for v in (x, y, photons, sx, sy, bx, by)]
-    _neighbour_light(starts, order.astype(np.int64), *f64, int(box_size), out)
+    _shared(_neighbour_light, len(starts) - 1, starts, order.astype(np.int64), *f64, int(box_size), out,
+            serial_below=64)  # per frame
     return out
 
 
