@@ -1,0 +1,377 @@
+"""Crowded fields in 3D (astigmatic polynomial z and cubic-spline z): iterative residual peak finding.
+
+The 3D fit is one emitter per box with the light of the frame's other localizations in the model (the
+neighbours' light, :func:`~.zmodel.neighbour_light`, :func:`~.spline_fit.neighbour_light_spline`). What it
+misses are spots that identification did not return: a spot whose box centre lies within the box of a
+brighter one (identification keeps one local maximum per box). Here, as in 3D-DAOSTORM (Babcock et al. 2012,
+Optical Nanoscopy 1:6), the fitted localizations are rendered with the calibrated PSF and subtracted from the
+frames; identification (the run's net-gradient threshold, the same box) runs again on the residual; its peaks
+farther than :attr:`CrowdedZOptions.min_separation` from every localization are added and the whole chunk is
+fitted again, every spot with its neighbours' light. Added emitters that end dimmer than
+:attr:`CrowdedZOptions.min_photons_fraction` of the chunk's median, or on top of another localization, are
+dropped.
+
+Why not a likelihood-ratio test, as the 2D fit does (:mod:`.crowded`)? With a calibration made from beads the
+PSF model is never exact; at 3000 photons the shape error alone gives a two-emitter model a large likelihood
+gain, and a fixed chi-square threshold then splits isolated spots (measured on pupil-function simulations with
+bead calibrations: ``benchmarks/RESULTS.md``). The net gradient of the residual is a threshold on light, not on
+likelihood: a shape error leaves a residual whose net gradient stays below the one a real spot has, and its
+peaks lie on the spot that was fitted (closer than ``min_separation``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.spatial import cKDTree
+
+#: rounds of residual re-identification by default
+DEFAULT_ROUNDS = 2
+
+
+@dataclass
+class CrowdedZOptions:
+    """How the 3D residual search adds emitters.
+
+    Attributes
+    ----------
+    rounds : int
+        Rounds of residual re-identification (each followed by a refit of the chunk); 0 is off.
+    min_separation : float
+        A residual peak closer than this (pixels) to a localization of its frame is the shape error of that
+        fit, not a spot.
+    min_photons_fraction : float
+        An added emitter must end with at least this fraction of the median photons of the chunk's
+        localizations.
+    duplicate_px : float
+        An added emitter that ends closer than this (pixels) to another localization is dropped.
+    """
+
+    rounds: int = DEFAULT_ROUNDS
+    min_separation: float = 2.0
+    min_photons_fraction: float = 0.2
+    duplicate_px: float = 1.0
+    isolation_boxes: float = 2.0
+    shape_quantile: float = 0.995
+    min_isolated: int = 30
+    z_bins: int = 6
+    shape_correction: bool = True
+    shape_bar: bool = False
+    fallback_ratio: float = 1.0
+
+    def as_document(self, max_emitters: int) -> dict:
+        return {
+            "Max emitters per box": int(max_emitters),
+            "Multi-emitter fit 3D": {
+                "Method": "residual re-identification (net gradient), refit with the neighbours' light",
+                "Rounds of residual re-identification": int(self.rounds),
+                "Min. separation from a localization (px)": float(self.min_separation),
+                "Min. photons of an added emitter (fraction of the median)": float(self.min_photons_fraction),
+            },
+        }
+
+
+# ------------------------------------------------------------------------------------------ the model image
+def model_photons_astig(shape, locs, cal, first_frame: int = 0) -> np.ndarray:
+    """Expected photons per pixel of the astigmatic 3D ``locs`` (no background): ``(n, height, width)``."""
+    from .engine.pixels import add_gaussian
+
+    n, h, w = shape
+    out = np.zeros((n, h, w))
+    if not len(locs):
+        return out
+    z_cal = np.asarray(locs["z"], float) / cal.magnification_factor
+    wx, wy = cal.widths(z_cal)
+    scratch = np.empty(max(h, w))
+    for f, x, y, photons, sx, sy in zip(np.asarray(locs["frame"]) - first_frame, locs["x"], locs["y"],
+                                        locs["photons"], wx, wy):
+        reach = int(np.ceil(5.0 * max(sx, sy))) + 1
+        ix, iy = int(round(float(x))), int(round(float(y)))
+        x0, x1 = max(ix - reach, 0), min(ix + reach + 1, w)
+        y0, y1 = max(iy - reach, 0), min(iy + reach + 1, h)
+        if x1 > x0 and y1 > y0:
+            add_gaussian(out[int(f)], float(x), float(y), float(photons), float(sx), float(sy), x0, x1, y0, y1,
+                         scratch, scratch.copy())
+    return out
+
+
+def model_photons_spline(shape, locs, psf, first_frame: int = 0) -> np.ndarray:
+    """Expected photons per pixel of the spline-fitted ``locs`` (no background): ``(n, height, width)``."""
+    out = np.zeros(shape)
+    frames = np.asarray(locs["frame"]) - first_frame
+    z = np.asarray(locs["z"], float) if "z" in locs.dtype.names else np.zeros(len(locs))
+    for f in np.unique(frames):
+        sel = frames == f
+        psf.render(out[int(f)], locs["x"][sel], locs["y"][sel], z[sel], locs["photons"][sel])
+    return out
+
+
+# ------------------------------------------------------------------------------------------ the driver
+def _far_from(ids, locs, first_frame: int, distance: float) -> np.ndarray:
+    """Mask of ``ids`` farther than ``distance`` (pixels) from every localization of their frame."""
+    keep = np.ones(len(ids), bool)
+    if not len(locs) or not len(ids):
+        return keep
+    for f in np.unique(ids["frame"]):
+        si = np.nonzero(ids["frame"] == f)[0]
+        sl = np.nonzero(locs["frame"] == f)[0]
+        if not len(sl):
+            continue
+        tree = cKDTree(np.column_stack([locs["x"][sl], locs["y"][sl]]).astype(float))
+        d, _ = tree.query(np.column_stack([ids["x"][si], ids["y"][si]]).astype(float))
+        keep[si] = d > distance
+    return keep
+
+
+def _nearest(ids, locs):
+    """Distance (pixels) to and index of the nearest localization of the same frame for each of ``ids``."""
+    d = np.full(len(ids), np.inf)
+    j = np.full(len(ids), -1, np.int64)
+    for f in np.unique(ids["frame"]):
+        si = np.nonzero(ids["frame"] == f)[0]
+        sl = np.nonzero(locs["frame"] == f)[0]
+        if not len(sl):
+            continue
+        dd, jj = cKDTree(np.column_stack([locs["x"][sl], locs["y"][sl]]).astype(float)).query(
+            np.column_stack([ids["x"][si], ids["y"][si]]).astype(float))
+        d[si] = dd
+        j[si] = sl[jj]
+    return d, j
+
+
+def shape_error_ratio(peaks, locs, box: int, o: "CrowdedZOptions"):
+    """The mismatch-aware bar of the residual search: ``(edges, q, n)``.
+
+    For each isolated localization (no other within :attr:`CrowdedZOptions.isolation_boxes` boxes), the
+    strongest residual peak within one box of it, as a fraction of the localization's own net gradient (0 if
+    none): the residual its fit leaves is the PSF model's shape error and noise, nothing else. The shape error
+    depends on the height, so the isolated localizations are split into :attr:`CrowdedZOptions.z_bins` bins
+    of equal count by z (``edges``, nm); ``q[k]`` is the :attr:`CrowdedZOptions.shape_quantile` of that
+    fraction in bin ``k``. With fewer than :attr:`CrowdedZOptions.min_isolated` isolated localizations per
+    bin, fewer bins; with fewer than that in all, one bin of :attr:`CrowdedZOptions.fallback_ratio`.
+    """
+    d_self, _ = _nearest_other(locs)
+    isolated = np.nonzero(d_self > o.isolation_boxes * box)[0]
+    n = int(len(isolated))
+    bins = min(int(o.z_bins), n // max(int(o.min_isolated), 1))
+    if bins < 1:
+        return np.array([-np.inf, np.inf]), np.array([o.fallback_ratio]), n
+    others = np.zeros(len(locs))
+    d, j = _nearest(peaks, locs)
+    near = d <= box
+    np.maximum.at(others, j[near], np.asarray(peaks["net_gradient"][near], float))
+    ratio = others[isolated] / np.maximum(np.abs(np.asarray(locs["net_gradient"][isolated], float)), 1e-9)
+    import os
+    if os.environ.get("CZ_DEBUG"):
+        print("ratio quantiles", np.round(np.quantile(ratio, [0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 1.0]), 3))
+    z = np.asarray(locs["z"], float)[isolated] if "z" in locs.dtype.names else np.zeros(n)
+    edges = np.quantile(z, np.linspace(0, 1, bins + 1))
+    edges[0], edges[-1] = -np.inf, np.inf
+    k = np.clip(np.searchsorted(edges, z, "right") - 1, 0, bins - 1)
+    q = np.array([np.quantile(ratio[k == b], o.shape_quantile) if (k == b).any() else o.fallback_ratio
+                  for b in range(bins)])
+    return edges, q, n
+
+
+def _patch(img, x, y, r):
+    """The ``(2r+1)^2`` patch of ``img`` centred on ``(x, y)`` (pixels, sub-pixel by bilinear shift); zeros
+    outside the image."""
+    from scipy.ndimage import shift
+
+    ix, iy = int(round(float(x))), int(round(float(y)))
+    h, w = img.shape
+    out = np.zeros((2 * r + 3, 2 * r + 3), np.float32)
+    y0, y1, x0, x1 = iy - r - 1, iy + r + 2, ix - r - 1, ix + r + 2
+    a, b, c, d = max(y0, 0), min(y1, h), max(x0, 0), min(x1, w)
+    if a < b and c < d:
+        out[a - y0:b - y0, c - x0:d - x0] = img[a:b, c:d]
+    return shift(out, (iy - float(y), ix - float(x)), order=1, mode="constant")[1:-1, 1:-1]
+
+
+def _add_patch(img, patch, x, y):
+    """Add ``patch`` (centred on its middle pixel) to ``img`` at ``(x, y)`` (sub-pixel, bilinear)."""
+    from scipy.ndimage import shift
+
+    r = patch.shape[0] // 2
+    ix, iy = int(round(float(x))), int(round(float(y)))
+    padded = np.pad(patch, 1)
+    moved = shift(padded, (float(y) - iy, float(x) - ix), order=1, mode="constant")
+    h, w = img.shape
+    y0, x0 = iy - r - 1, ix - r - 1
+    a, b, c, d = max(y0, 0), min(y0 + moved.shape[0], h), max(x0, 0), min(x0 + moved.shape[1], w)
+    if a < b and c < d:
+        img[a:b, c:d] += moved[a - y0:b - y0, c - x0:d - x0]
+
+
+def shape_error_image(residual, locs, first_frame: int, box: int, o: "CrowdedZOptions") -> np.ndarray:
+    """The PSF model's shape error, measured and put back: ``(n, height, width)`` (ADU, like ``residual``).
+
+    For the isolated localizations (no other within :attr:`CrowdedZOptions.isolation_boxes` boxes) in each
+    of :attr:`CrowdedZOptions.z_bins` bins of equal count by height, the pixel-wise median of their residual
+    patches (centred on the fit, divided by its photons) is the shape error of the model at those heights: the
+    median ignores the occasional unseen neighbour, which a mean would smear in. Every localization's
+    photons times its bin's median patch is the image returned; subtracted from the residual, a fit's shape
+    error no longer reads as a spot.
+    """
+    out = np.zeros(residual.shape, np.float32)
+    n = len(locs)
+    if not n:
+        return out
+    d_self, _ = _nearest_other(locs)
+    isolated = np.nonzero(d_self > o.isolation_boxes * box)[0]
+    bins = min(int(o.z_bins), len(isolated) // max(int(o.min_isolated), 1))
+    if bins < 1:
+        return out
+    r = box
+    z = np.asarray(locs["z"], float) if "z" in locs.dtype.names else np.zeros(n)
+    edges = np.quantile(z[isolated], np.linspace(0, 1, bins + 1))
+    edges[0], edges[-1] = -np.inf, np.inf
+    k_all = np.clip(np.searchsorted(edges, z, "right") - 1, 0, bins - 1)
+    frame = np.asarray(locs["frame"]) - first_frame
+    photons = np.maximum(np.asarray(locs["photons"], float), 1.0)
+    shapes = []
+    for b in range(bins):
+        sel = isolated[k_all[isolated] == b]
+        patches = [_patch(residual[int(frame[i])], locs["x"][i], locs["y"][i], r) for i in sel]
+        # the background (and camera offset) of each patch: the median of its border
+        patches = [(q - np.median(np.concatenate([q[0], q[-1], q[1:-1, 0], q[1:-1, -1]]))) / photons[i]
+                   for q, i in zip(patches, sel)]
+        shapes.append(np.median(np.stack(patches), axis=0) if patches else np.zeros((2 * r + 1,) * 2))
+    for i in range(n):
+        _add_patch(out[int(frame[i])], photons[i] * shapes[k_all[i]], locs["x"][i], locs["y"][i])
+    return out
+
+
+def _nearest_other(locs):
+    """Distance (pixels) to the nearest other localization of the same frame."""
+    d = np.full(len(locs), np.inf)
+    j = np.full(len(locs), -1, np.int64)
+    for f in np.unique(locs["frame"]):
+        s = np.nonzero(locs["frame"] == f)[0]
+        if len(s) < 2:
+            continue
+        dd, jj = cKDTree(np.column_stack([locs["x"][s], locs["y"][s]]).astype(float)).query(
+            np.column_stack([locs["x"][s], locs["y"][s]]).astype(float), k=2)
+        d[s] = dd[:, 1]
+        j[s] = s[jj[:, 1]]
+    return d, j
+
+
+def _above_shape_error(peaks, locs, box: int, o: "CrowdedZOptions") -> np.ndarray:
+    """Keep mask of residual ``peaks``: a peak within one box of a localization must beat the shape error
+    its fit leaves (:func:`shape_error_ratio` times that localization's net gradient)."""
+    if not len(peaks) or not len(locs):
+        return np.ones(len(peaks), bool)
+    edges, q, _ = shape_error_ratio(peaks, locs, box, o)
+    d, j = _nearest(peaks, locs)
+    j = np.maximum(j, 0)
+    z = np.asarray(locs["z"], float)[j] if "z" in locs.dtype.names else np.zeros(len(j))
+    k = np.clip(np.searchsorted(edges, z, "right") - 1, 0, len(q) - 1)
+    bar = np.where(d <= box, q[k] * np.abs(np.asarray(locs["net_gradient"], float))[j], 0.0)
+    return np.asarray(peaks["net_gradient"], float) > bar
+
+
+def _drop_weak_and_duplicates(locs, added, o: CrowdedZOptions) -> np.ndarray:
+    """Keep mask: added emitters must be bright enough and not sit on another localization."""
+    keep = np.ones(len(locs), bool)
+    if not added.any():
+        return keep
+    base = locs["photons"][~added]
+    floor = o.min_photons_fraction * float(np.median(base)) if len(base) else 0.0
+    keep &= ~added | (locs["photons"] >= floor)
+    for f in np.unique(locs["frame"][added]):
+        s = np.nonzero((locs["frame"] == f) & keep)[0]
+        if len(s) < 2:
+            continue
+        xy = np.column_stack([locs["x"][s], locs["y"][s]]).astype(float)
+        for a, b in cKDTree(xy).query_pairs(o.duplicate_px):
+            i, j = s[a], s[b]
+            if added[i] and not added[j]:
+                keep[i] = False
+            elif added[j] and not added[i]:
+                keep[j] = False
+            elif added[i] and added[j]:
+                keep[i if locs["photons"][i] < locs["photons"][j] else j] = False
+    return keep
+
+
+def localize_frames_z_crowded(frames, p, z, first_frame: int = 0, stats=None, camera=None, identify_frames=None,
+                              options: CrowdedZOptions | None = None):
+    """3D localizations of ``frames`` (ADU) with the residual search for spots identification missed.
+
+    ``p``: the run's parameters (its ``max_emitters`` is ignored: 3D fits one emitter per box); ``z``: the
+    run's :class:`~.run.ZRun` (astigmatic or spline). Returns the 3D table of the run (whole-run filters not
+    applied).
+    """
+    from .camera import adu_to_photons
+    from .pipeline import LocalizeStats, identify_chunk
+
+    o = options or CrowdedZOptions()
+    stats = stats if stats is not None else LocalizeStats()
+    p1 = p.replace(max_emitters=1) if p.max_emitters != 1 else p
+    frames = np.asarray(frames)
+    if frames.ndim == 2:
+        frames = frames[None]
+
+    def fit(ids=None, st=stats):
+        if z.spline:
+            from .spline_fit import localize_frames_spline
+
+            return localize_frames_spline(frames, p1, z.calibration, first_frame, st, neighbours=z.options.neighbours,
+                                          max_gof=z.options.max_gof, camera=camera,
+                                          identify_frames=identify_frames, ids=ids)
+        from .pipeline import localize_frames
+        from .run import fit_z_chunk
+
+        locs2d = localize_frames(frames, p1, first_frame, st, camera, identify_frames, ids=ids)
+        return fit_z_chunk(frames, locs2d, p1, z, first_frame)
+
+    locs = fit()
+    if camera is not None or o.rounds <= 0:
+        return locs
+    ids = identify_chunk(frames, p1, first_frame, None, identify_frames)
+    added_any = False
+    for _ in range(o.rounds):
+        if z.spline:
+            model = model_photons_spline(frames.shape, locs, z.calibration, first_frame)
+        else:
+            model = model_photons_astig(frames.shape, locs, z.calibration, first_frame)
+        # the model in camera counts (no offset): photons = (ADU - baseline) * sensitivity / gain
+        model_adu = model * (p1.em_gain / p1.sensitivity)
+        seen = identify_frames if identify_frames is not None else frames
+        residual = (np.asarray(seen, np.float32) - model_adu).astype(np.float32)
+        if o.shape_correction:
+            residual -= shape_error_image(residual, locs, first_frame, p1.box_size, o)
+        new = identify_chunk(residual, p1, first_frame)
+        new = new[_far_from(new, locs, first_frame, o.min_separation)]
+        new = new[_far_from(new, ids, first_frame, o.min_separation)]
+        if o.shape_bar:
+            new = new[_above_shape_error(new, locs, p1.box_size, o)]
+        if not len(new):
+            break
+        added_any = True
+        new = new.copy()
+        new["net_gradient"] = -np.abs(new["net_gradient"])  # tags the added spots through the fit
+        ids = np.concatenate([ids, new])
+        ids = ids[np.lexsort((ids["x"], ids["y"], ids["frame"]))]
+        scratch = LocalizeStats(device=stats.device)
+        locs = fit(ids, scratch)
+        stats.seconds["fit"] += scratch.seconds["fit"] + scratch.seconds["identify"]
+    if not added_any:
+        return locs
+    added = np.asarray(locs["net_gradient"]) < 0
+    keep = _drop_weak_and_duplicates(locs, added, o)
+    locs = locs[keep]
+    locs["net_gradient"] = np.abs(locs["net_gradient"])
+    n_added = int((added & keep).sum())
+    stats.identified += n_added
+    stats.localized += n_added
+    return locs
+
+
+def options_for(p) -> CrowdedZOptions:
+    """The residual search of a 3D run with ``p``: on when ``p.max_emitters > 1``."""
+    o = CrowdedZOptions()
+    return o if p.max_emitters > 1 else dataclasses.replace(o, rounds=0)
