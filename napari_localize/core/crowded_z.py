@@ -27,6 +27,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.spatial import cKDTree
 
+_DEBUG = None
+
 #: rounds of residual re-identification by default
 DEFAULT_ROUNDS = 2
 
@@ -58,6 +60,9 @@ class CrowdedZOptions:
     min_isolated: int = 30
     z_bins: int = 6
     shape_correction: bool = True
+    refit_rounds: int = 2
+    far_from_ids: bool = True
+    start_from_fits: bool = True
     shape_bar: bool = False
     fallback_ratio: float = 1.0
 
@@ -297,6 +302,185 @@ def _drop_weak_and_duplicates(locs, added, o: CrowdedZOptions) -> np.ndarray:
     return keep
 
 
+def refit_astig(frames, locs, p, z, first_frame: int = 0, rounds: int = 2, always=None):
+    """The astigmatic z MLE of ``locs`` again, each spot with the light of the others as the 3D fits see it.
+
+    The run's z fit adds the neighbours' light from their 2D fits (free widths, one emitter per box): next to
+    a close neighbour those are pulled and too wide. Here that light is rendered from the 3D fits (position,
+    photons, and the calibrated widths at the fitted height) and every spot is fitted again, ``rounds`` times.
+    Only rows with light of others in their box (and those marked ``always``) are refitted: an isolated
+    spot keeps the run's fit. A row whose refit fails keeps its previous values; returns ``(locs, good)``, ``good`` marking the rows
+    whose last refit succeeded.
+    """
+    from .zcalib import fit_range
+    from .zmodel import fit_z_mle, neighbour_light
+    from .zpolicy import cut_boxes
+
+    locs = locs.copy()
+    good = np.ones(len(locs), bool)
+    if len(locs) < 2 or rounds <= 0:
+        return locs, good
+    cal = z.calibration
+    M = cal.magnification_factor
+    box = z.options.z_box(p.box_size)
+    r = box // 2
+    h, w = np.asarray(frames).shape[-2:]
+    flo, fhi = fit_range(cal, z.options.extrapolation)
+    edge = 1e-6 * (cal.z_range[1] - cal.z_range[0])
+    photons = np.asarray(locs["photons"], float).copy()
+    bg = np.asarray(locs["bg"], float).copy()
+    for _ in range(rounds):
+        x = np.asarray(locs["x"], float)
+        y = np.asarray(locs["y"], float)
+        zc = np.asarray(locs["z"], float) / M
+        wx, wy = cal.widths(zc)
+        spots = cut_boxes(frames, locs, first_frame, box, p.baseline, p.sensitivity, p.em_gain)
+        bx = np.clip(np.rint(x), r, w - 1 - r)
+        by = np.clip(np.rint(y), r, h - 1 - r)
+        extra = neighbour_light(locs["frame"], x, y, photons, wx, wy, bx, by, box)
+        sel = extra.reshape(len(extra), -1).max(axis=1) > 1e-3 * np.maximum(photons, 1.0) / box**2
+        if always is not None:
+            sel |= always
+        theta = np.column_stack([x - bx + r, y - by + r, photons, bg, zc])
+        crlb = np.full((len(locs), 5), np.nan)
+        conv = np.zeros(len(locs), bool)
+        gof = np.zeros(len(locs))
+        if sel.any():
+            t, c, v, g = fit_z_mle(spots[sel], theta[sel, 0], theta[sel, 1], photons[sel], bg[sel], zc[sel], cal,
+                                   z_bounds=(flo, fhi), extra=extra[sel], eps=p.convergence,
+                                   max_iterations=p.max_iterations)
+            theta[sel], crlb[sel], conv[sel], gof[sel] = t, c, v, g
+        good = sel & conv & np.isfinite(theta).all(axis=1) & np.isfinite(crlb[:, 4]) & (crlb[:, 4] > 0)
+        good &= (theta[:, 4] > flo + edge) & (theta[:, 4] < fhi - edge)
+        locs["x"] = np.where(good, theta[:, 0] - r + bx, x)
+        locs["y"] = np.where(good, theta[:, 1] - r + by, y)
+        locs["z"] = np.where(good, theta[:, 4] * M, locs["z"])
+        locs["lpz"] = np.where(good, M * np.sqrt(np.where(good, crlb[:, 4], 1.0)), locs["lpz"])
+        if "z_gof" in locs.dtype.names:
+            locs["z_gof"] = np.where(good, gof, locs["z_gof"])
+        photons = np.where(good, theta[:, 2], photons)
+        bg = np.where(good, theta[:, 3], bg)
+    return locs, good | ~sel
+
+
+def new_rows_astig(residual_adu, new, like, p, z, first_frame: int = 0):
+    """3D rows (dtype of ``like``) for the residual peaks ``new``: a 2D fit in the residual's box, then Huang's
+    z from its widths; the start of their z MLE with everyone's light (:func:`refit_astig`)."""
+    from .camera import adu_to_photons
+    from .pipeline import fit_spots_by_method
+    from .spots import cut_spots
+    from .zcalib import fit_range
+    from .zmodel import fit_z_huang
+
+    cal = z.calibration
+    spots = cut_spots(residual_adu, np.asarray(new["frame"], np.int64) - first_frame, new["y"], new["x"],
+                      p.box_size)
+    fit = fit_spots_by_method(adu_to_photons(spots, p.baseline, p.sensitivity, p.em_gain), p.replace(
+        fit_method="mle" if p.fit_method == "mle" else "lq"), "cpu")
+    rows = np.zeros(len(new), like.dtype)
+    rows["frame"] = new["frame"]
+    rows["x"] = new["x"] + fit["dx"]
+    rows["y"] = new["y"] + fit["dy"]
+    rows["net_gradient"] = new["net_gradient"]
+    for name in ("photons", "sx", "sy", "bg", "lpx", "lpy"):
+        if name in rows.dtype.names:
+            rows[name] = fit[name]
+    flo, fhi = fit_range(cal, z.options.extrapolation)
+    zc, D = fit_z_huang(fit["sx"], fit["sy"], cal.x_coefficients, cal.y_coefficients, flo, fhi)
+    rows["z"] = zc * cal.magnification_factor
+    rows["d_zcalib"] = np.sqrt(D)
+    ok = np.asarray(fit["converged"], bool) & np.isfinite(rows["z"]) & (rows["photons"] > 0)
+    return rows[ok]
+
+
+def refit_spline(frames, locs, p, psf, first_frame: int = 0, rounds: int = 2, always=None):
+    """:func:`refit_astig` for the spline PSF: every spot with others' light in its box (or ``always``) fitted
+    again from its fit with the light of the others' 3D fits, ``rounds`` times; returns ``(locs, good)``."""
+    from .camera import adu_to_photons
+    from .engine import IB, IN, IX, IY, IZ, MODEL_SPLINE_Z, NOISE_LSQ, NOISE_POISSON, default_bounds, fit_boxes
+    from .locs import ellipticity
+    from .spline_fit import aux_of, neighbour_light_spline, spline_widths
+    from .spots import cut_spots
+
+    locs = locs.copy()
+    good = np.ones(len(locs), bool)
+    sel = np.zeros(len(locs), bool)
+    if len(locs) < 2 or rounds <= 0 or not psf.is_3d:
+        return locs, good
+    frames = np.asarray(frames)
+    box = int(p.box_size)
+    r = box // 2
+    h, w = frames.shape[-2:]
+    lo, hi = psf.z_range
+    edge = 1e-6 * (hi - lo)
+    noise = NOISE_POISSON if p.fit_method != "lq" else NOISE_LSQ
+    bounds = default_bounds(MODEL_SPLINE_Z, box, (lo, hi))
+    local = np.asarray(locs["frame"], np.int64) - first_frame
+    for _ in range(rounds):
+        x = np.asarray(locs["x"], float)
+        y = np.asarray(locs["y"], float)
+        cx = np.clip(np.rint(x), r, w - 1 - r).astype(np.int64)
+        cy = np.clip(np.rint(y), r, h - 1 - r).astype(np.int64)
+        light = neighbour_light_spline(locs["frame"], x, y, np.asarray(locs["photons"], float),
+                                       np.asarray(locs["z"], float), cx.astype(float), cy.astype(float), box, psf)
+        sel = light.reshape(len(light), -1).max(axis=1) > 1e-3 * np.maximum(locs["photons"], 1.0) / box**2
+        if always is not None:
+            sel |= always
+        good = np.zeros(len(locs), bool)
+        if not sel.any():
+            break
+        spots = adu_to_photons(cut_spots(frames, local[sel], cy[sel], cx[sel], box), p.baseline, p.sensitivity,
+                               p.em_gain)
+        theta0 = np.column_stack([x[sel] - cx[sel] + r, y[sel] - cy[sel] + r, locs["photons"][sel],
+                                  locs["bg"][sel], locs["z"][sel]]).astype(float)
+        res = fit_boxes(spots, MODEL_SPLINE_Z, noise, theta0=theta0, aux=aux_of(psf), bounds=bounds,
+                        other=light[sel], eps=p.convergence, max_iterations=p.max_iterations,
+                        gof=noise == NOISE_POISSON)
+        th = res.theta
+        ok = res.converged & np.isfinite(th).all(axis=1) & np.isfinite(res.crlb).all(axis=1)
+        ok &= (th[:, IZ] > lo + edge) & (th[:, IZ] < hi - edge)
+        idx = np.nonzero(sel)[0][ok]
+        good[idx] = True
+        th, sd = th[ok], np.sqrt(res.crlb[ok])
+        locs["x"][idx] = cx[idx] + th[:, IX] - r
+        locs["y"][idx] = cy[idx] + th[:, IY] - r
+        locs["photons"][idx] = th[:, IN]
+        locs["bg"][idx] = th[:, IB]
+        locs["z"][idx] = th[:, IZ]
+        locs["lpx"][idx] = sd[:, IX]
+        locs["lpy"][idx] = sd[:, IY]
+        locs["lpz"][idx] = sd[:, IZ]
+        sx, sy = spline_widths(psf, th[:, IZ])
+        locs["sx"][idx] = sx
+        locs["sy"][idx] = sy
+        locs["ellipticity"][idx] = ellipticity(sx, sy)
+        if "z_gof" in locs.dtype.names and res.gof is not None:
+            locs["z_gof"][idx] = np.where(np.isfinite(res.gof[ok]), res.gof[ok], 0.0)
+    return locs, good | ~sel
+
+
+def new_rows_spline(residual_adu, new, like, p, psf, first_frame: int = 0):
+    """Spline-fitted rows (dtype of ``like``) for the residual peaks ``new``, fitted in the residual."""
+    from .camera import adu_to_photons
+    from .spline_fit import fit_spline_boxes, spline_locs
+    from .spots import cut_spots
+
+    box = int(p.box_size)
+    spots = adu_to_photons(cut_spots(residual_adu, np.asarray(new["frame"], np.int64) - first_frame, new["y"],
+                                     new["x"], box), p.baseline, p.sensitivity, p.em_gain)
+    res = fit_spline_boxes(spots, psf, "lq" if p.fit_method == "lq" else "mle", eps=p.convergence,
+                           max_iterations=p.max_iterations, gof=p.fit_method != "lq")
+    rows = spline_locs(new, res, psf, p, box)
+    lo, hi = psf.z_range
+    ok = res.converged & np.isfinite(res.theta).all(axis=1) & (rows["photons"] > 0)
+    ok &= (rows["z"] > lo) & (rows["z"] < hi)
+    out = np.zeros(int(ok.sum()), like.dtype)
+    for name in like.dtype.names:
+        if name in rows.dtype.names:
+            out[name] = rows[name][ok]
+    return out
+
+
 def localize_frames_z_crowded(frames, p, z, first_frame: int = 0, stats=None, camera=None, identify_frames=None,
                               options: CrowdedZOptions | None = None):
     """3D localizations of ``frames`` (ADU) with the residual search for spots identification missed.
@@ -326,7 +510,10 @@ def localize_frames_z_crowded(frames, p, z, first_frame: int = 0, stats=None, ca
         from .run import fit_z_chunk
 
         locs2d = localize_frames(frames, p1, first_frame, st, camera, identify_frames, ids=ids)
-        return fit_z_chunk(frames, locs2d, p1, z, first_frame)
+        out = fit_z_chunk(frames, locs2d, p1, z, first_frame)
+        if o.refit_rounds and camera is None and z.options.neighbours:
+            out, _ = refit_astig(frames, out, p1, z, first_frame, o.refit_rounds)
+        return out
 
     locs = fit()
     if camera is not None or o.rounds <= 0:
@@ -346,9 +533,12 @@ def localize_frames_z_crowded(frames, p, z, first_frame: int = 0, stats=None, ca
             residual -= shape_error_image(residual, locs, first_frame, p1.box_size, o)
         new = identify_chunk(residual, p1, first_frame)
         new = new[_far_from(new, locs, first_frame, o.min_separation)]
-        new = new[_far_from(new, ids, first_frame, o.min_separation)]
+        if o.far_from_ids:
+            new = new[_far_from(new, ids, first_frame, o.min_separation)]
         if o.shape_bar:
             new = new[_above_shape_error(new, locs, p1.box_size, o)]
+        if _DEBUG is not None:
+            _DEBUG.append((residual, new.copy(), locs.copy()))
         if not len(new):
             break
         added_any = True
@@ -356,9 +546,32 @@ def localize_frames_z_crowded(frames, p, z, first_frame: int = 0, stats=None, ca
         new["net_gradient"] = -np.abs(new["net_gradient"])  # tags the added spots through the fit
         ids = np.concatenate([ids, new])
         ids = ids[np.lexsort((ids["x"], ids["y"], ids["frame"]))]
-        scratch = LocalizeStats(device=stats.device)
-        locs = fit(ids, scratch)
-        stats.seconds["fit"] += scratch.seconds["fit"] + scratch.seconds["identify"]
+        if not o.start_from_fits:
+            scratch = LocalizeStats(device=stats.device)
+            locs = fit(ids, scratch)
+            stats.seconds["fit"] += scratch.seconds["fit"] + scratch.seconds["identify"]
+        else:
+            if z.spline:
+                rows = new_rows_spline(residual, new, locs, p1, z.calibration, first_frame)
+            else:
+                rows = new_rows_astig(residual, new, locs, p1, z, first_frame)
+            both = np.concatenate([locs, rows])
+            is_new = np.asarray(both["net_gradient"]) < 0
+            if z.spline:
+                both, good = refit_spline(frames, both, p1, z.calibration, first_frame, o.refit_rounds + 1,
+                                          always=is_new)
+            else:
+                both, good = refit_astig(frames, both, p1, z, first_frame, o.refit_rounds + 1, always=is_new)
+            good |= ~is_new  # an old row that fails its refit keeps its fit
+            good &= _drop_weak_and_duplicates(both, is_new, o)
+            # an old row with no accepted new emitter near it goes back to its fit before this round
+            accepted = both[is_new & good]
+            n_old = len(locs)
+            d, _ = _nearest(both[:n_old], accepted) if len(accepted) else (np.full(n_old, np.inf), None)
+            back = d > z.options.z_box(p1.box_size)
+            both[:n_old][back] = locs[back]
+            locs = both[good]
+            locs = locs[np.lexsort((locs["x"], locs["frame"]))]
     if not added_any:
         return locs
     added = np.asarray(locs["net_gradient"]) < 0
