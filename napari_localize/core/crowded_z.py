@@ -21,13 +21,10 @@ peaks lie on the spot that was fitted (closer than ``min_separation``).
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 from scipy.spatial import cKDTree
-
-_DEBUG = None
 
 #: rounds of residual re-identification by default
 DEFAULT_ROUNDS = 2
@@ -49,22 +46,23 @@ class CrowdedZOptions:
         localizations.
     duplicate_px : float
         An added emitter that ends closer than this (pixels) to another localization is dropped.
+    isolation_boxes, min_isolated, z_bins : float, int, int
+        The shape error of the PSF model (:func:`shape_error_image`) is measured on localizations with no
+        other within ``isolation_boxes`` boxes, in up to ``z_bins`` bins by height of at least
+        ``min_isolated`` of them.
+    refit_rounds : int
+        Rounds of refitting every spot that has others' light in its box with the light of the others' 3D
+        fits (:func:`refit_astig`, :func:`refit_spline`); one more after emitters were added.
     """
 
     rounds: int = DEFAULT_ROUNDS
-    min_separation: float = 2.0
+    min_separation: float = 1.5
     min_photons_fraction: float = 0.2
-    duplicate_px: float = 1.0
+    duplicate_px: float = 1.5
     isolation_boxes: float = 2.0
-    shape_quantile: float = 0.995
     min_isolated: int = 30
-    z_bins: int = 6
-    shape_correction: bool = True
+    z_bins: int = 12
     refit_rounds: int = 2
-    far_from_ids: bool = True
-    start_from_fits: bool = True
-    shape_bar: bool = False
-    fallback_ratio: float = 1.0
 
     def as_document(self, max_emitters: int) -> dict:
         return {
@@ -74,6 +72,8 @@ class CrowdedZOptions:
                 "Rounds of residual re-identification": int(self.rounds),
                 "Min. separation from a localization (px)": float(self.min_separation),
                 "Min. photons of an added emitter (fraction of the median)": float(self.min_photons_fraction),
+                "Shape error measured in z bins (max)": int(self.z_bins),
+                "Refit rounds with the neighbours' 3D light": int(self.refit_rounds),
             },
         }
 
@@ -146,40 +146,6 @@ def _nearest(ids, locs):
     return d, j
 
 
-def shape_error_ratio(peaks, locs, box: int, o: "CrowdedZOptions"):
-    """The mismatch-aware bar of the residual search: ``(edges, q, n)``.
-
-    For each isolated localization (no other within :attr:`CrowdedZOptions.isolation_boxes` boxes), the
-    strongest residual peak within one box of it, as a fraction of the localization's own net gradient (0 if
-    none): the residual its fit leaves is the PSF model's shape error and noise, nothing else. The shape error
-    depends on the height, so the isolated localizations are split into :attr:`CrowdedZOptions.z_bins` bins
-    of equal count by z (``edges``, nm); ``q[k]`` is the :attr:`CrowdedZOptions.shape_quantile` of that
-    fraction in bin ``k``. With fewer than :attr:`CrowdedZOptions.min_isolated` isolated localizations per
-    bin, fewer bins; with fewer than that in all, one bin of :attr:`CrowdedZOptions.fallback_ratio`.
-    """
-    d_self, _ = _nearest_other(locs)
-    isolated = np.nonzero(d_self > o.isolation_boxes * box)[0]
-    n = int(len(isolated))
-    bins = min(int(o.z_bins), n // max(int(o.min_isolated), 1))
-    if bins < 1:
-        return np.array([-np.inf, np.inf]), np.array([o.fallback_ratio]), n
-    others = np.zeros(len(locs))
-    d, j = _nearest(peaks, locs)
-    near = d <= box
-    np.maximum.at(others, j[near], np.asarray(peaks["net_gradient"][near], float))
-    ratio = others[isolated] / np.maximum(np.abs(np.asarray(locs["net_gradient"][isolated], float)), 1e-9)
-    import os
-    if os.environ.get("CZ_DEBUG"):
-        print("ratio quantiles", np.round(np.quantile(ratio, [0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 1.0]), 3))
-    z = np.asarray(locs["z"], float)[isolated] if "z" in locs.dtype.names else np.zeros(n)
-    edges = np.quantile(z, np.linspace(0, 1, bins + 1))
-    edges[0], edges[-1] = -np.inf, np.inf
-    k = np.clip(np.searchsorted(edges, z, "right") - 1, 0, bins - 1)
-    q = np.array([np.quantile(ratio[k == b], o.shape_quantile) if (k == b).any() else o.fallback_ratio
-                  for b in range(bins)])
-    return edges, q, n
-
-
 def _patch(img, x, y, r):
     """The ``(2r+1)^2`` patch of ``img`` centred on ``(x, y)`` (pixels, sub-pixel by bilinear shift); zeros
     outside the image."""
@@ -210,7 +176,7 @@ def _add_patch(img, patch, x, y):
         img[a:b, c:d] += moved[a - y0:b - y0, c - x0:d - x0]
 
 
-def shape_error_image(residual, locs, first_frame: int, box: int, o: "CrowdedZOptions") -> np.ndarray:
+def shape_error_image(residual, locs, first_frame: int, box: int, o: CrowdedZOptions) -> np.ndarray:
     """The PSF model's shape error, measured and put back: ``(n, height, width)`` (ADU, like ``residual``).
 
     For the isolated localizations (no other within :attr:`CrowdedZOptions.isolation_boxes` boxes) in each
@@ -264,20 +230,6 @@ def _nearest_other(locs):
     return d, j
 
 
-def _above_shape_error(peaks, locs, box: int, o: "CrowdedZOptions") -> np.ndarray:
-    """Keep mask of residual ``peaks``: a peak within one box of a localization must beat the shape error
-    its fit leaves (:func:`shape_error_ratio` times that localization's net gradient)."""
-    if not len(peaks) or not len(locs):
-        return np.ones(len(peaks), bool)
-    edges, q, _ = shape_error_ratio(peaks, locs, box, o)
-    d, j = _nearest(peaks, locs)
-    j = np.maximum(j, 0)
-    z = np.asarray(locs["z"], float)[j] if "z" in locs.dtype.names else np.zeros(len(j))
-    k = np.clip(np.searchsorted(edges, z, "right") - 1, 0, len(q) - 1)
-    bar = np.where(d <= box, q[k] * np.abs(np.asarray(locs["net_gradient"], float))[j], 0.0)
-    return np.asarray(peaks["net_gradient"], float) > bar
-
-
 def _drop_weak_and_duplicates(locs, added, o: CrowdedZOptions) -> np.ndarray:
     """Keep mask: added emitters must be bright enough and not sit on another localization."""
     keep = np.ones(len(locs), bool)
@@ -309,8 +261,8 @@ def refit_astig(frames, locs, p, z, first_frame: int = 0, rounds: int = 2, alway
     a close neighbour those are pulled and too wide. Here that light is rendered from the 3D fits (position,
     photons, and the calibrated widths at the fitted height) and every spot is fitted again, ``rounds`` times.
     Only rows with light of others in their box (and those marked ``always``) are refitted: an isolated
-    spot keeps the run's fit. A row whose refit fails keeps its previous values; returns ``(locs, good)``, ``good`` marking the rows
-    whose last refit succeeded.
+    spot keeps the run's fit. A row whose refit fails keeps its previous values; returns ``(locs, good)``,
+    ``good`` marking the rows whose last refit succeeded (or that were not refitted).
     """
     from .zcalib import fit_range
     from .zmodel import fit_z_mle, neighbour_light
@@ -489,7 +441,6 @@ def localize_frames_z_crowded(frames, p, z, first_frame: int = 0, stats=None, ca
     run's :class:`~.run.ZRun` (astigmatic or spline). Returns the 3D table of the run (whole-run filters not
     applied).
     """
-    from .camera import adu_to_photons
     from .pipeline import LocalizeStats, identify_chunk
 
     o = options or CrowdedZOptions()
@@ -518,73 +469,46 @@ def localize_frames_z_crowded(frames, p, z, first_frame: int = 0, stats=None, ca
     locs = fit()
     if camera is not None or o.rounds <= 0:
         return locs
-    ids = identify_chunk(frames, p1, first_frame, None, identify_frames)
-    added_any = False
+    seen = np.asarray(identify_frames if identify_frames is not None else frames, np.float32)
     for _ in range(o.rounds):
         if z.spline:
             model = model_photons_spline(frames.shape, locs, z.calibration, first_frame)
         else:
             model = model_photons_astig(frames.shape, locs, z.calibration, first_frame)
         # the model in camera counts (no offset): photons = (ADU - baseline) * sensitivity / gain
-        model_adu = model * (p1.em_gain / p1.sensitivity)
-        seen = identify_frames if identify_frames is not None else frames
-        residual = (np.asarray(seen, np.float32) - model_adu).astype(np.float32)
-        if o.shape_correction:
-            residual -= shape_error_image(residual, locs, first_frame, p1.box_size, o)
+        residual = seen - (model * (p1.em_gain / p1.sensitivity)).astype(np.float32)
+        residual -= shape_error_image(residual, locs, first_frame, p1.box_size, o)
         new = identify_chunk(residual, p1, first_frame)
         new = new[_far_from(new, locs, first_frame, o.min_separation)]
-        if o.far_from_ids:
-            new = new[_far_from(new, ids, first_frame, o.min_separation)]
-        if o.shape_bar:
-            new = new[_above_shape_error(new, locs, p1.box_size, o)]
-        if _DEBUG is not None:
-            _DEBUG.append((residual, new.copy(), locs.copy()))
         if not len(new):
             break
-        added_any = True
         new = new.copy()
-        new["net_gradient"] = -np.abs(new["net_gradient"])  # tags the added spots through the fit
-        ids = np.concatenate([ids, new])
-        ids = ids[np.lexsort((ids["x"], ids["y"], ids["frame"]))]
-        if not o.start_from_fits:
-            scratch = LocalizeStats(device=stats.device)
-            locs = fit(ids, scratch)
-            stats.seconds["fit"] += scratch.seconds["fit"] + scratch.seconds["identify"]
+        new["net_gradient"] = -np.abs(new["net_gradient"])  # tags the added spots through the fits
+        if z.spline:
+            rows = new_rows_spline(residual, new, locs, p1, z.calibration, first_frame)
         else:
-            if z.spline:
-                rows = new_rows_spline(residual, new, locs, p1, z.calibration, first_frame)
-            else:
-                rows = new_rows_astig(residual, new, locs, p1, z, first_frame)
-            both = np.concatenate([locs, rows])
-            is_new = np.asarray(both["net_gradient"]) < 0
-            if z.spline:
-                both, good = refit_spline(frames, both, p1, z.calibration, first_frame, o.refit_rounds + 1,
-                                          always=is_new)
-            else:
-                both, good = refit_astig(frames, both, p1, z, first_frame, o.refit_rounds + 1, always=is_new)
-            good |= ~is_new  # an old row that fails its refit keeps its fit
-            good &= _drop_weak_and_duplicates(both, is_new, o)
-            # an old row with no accepted new emitter near it goes back to its fit before this round
-            accepted = both[is_new & good]
-            n_old = len(locs)
-            d, _ = _nearest(both[:n_old], accepted) if len(accepted) else (np.full(n_old, np.inf), None)
-            back = d > z.options.z_box(p1.box_size)
-            both[:n_old][back] = locs[back]
-            locs = both[good]
-            locs = locs[np.lexsort((locs["x"], locs["frame"]))]
-    if not added_any:
-        return locs
-    added = np.asarray(locs["net_gradient"]) < 0
-    keep = _drop_weak_and_duplicates(locs, added, o)
-    locs = locs[keep]
+            rows = new_rows_astig(residual, new, locs, p1, z, first_frame)
+        both = np.concatenate([locs, rows])
+        is_new = np.asarray(both["net_gradient"]) < 0
+        if z.spline:
+            both, good = refit_spline(frames, both, p1, z.calibration, first_frame, o.refit_rounds + 1,
+                                      always=is_new)
+        else:
+            both, good = refit_astig(frames, both, p1, z, first_frame, o.refit_rounds + 1, always=is_new)
+        good |= ~is_new  # an old row whose refit fails keeps its fit
+        good &= _drop_weak_and_duplicates(both, is_new, o)
+        # an old row with no accepted new emitter near it goes back to its fit before this round
+        accepted = both[is_new & good]
+        n_old = len(locs)
+        d = _nearest(both[:n_old], accepted)[0] if len(accepted) else np.full(n_old, np.inf)
+        back = d > z.options.z_box(p1.box_size)
+        both[:n_old][back] = locs[back]
+        n_added = int((is_new & good).sum())
+        stats.identified += n_added
+        stats.localized += n_added
+        locs = both[good]
+        locs = locs[np.lexsort((locs["x"], locs["frame"]))]
+        if not n_added:
+            break
     locs["net_gradient"] = np.abs(locs["net_gradient"])
-    n_added = int((added & keep).sum())
-    stats.identified += n_added
-    stats.localized += n_added
     return locs
-
-
-def options_for(p) -> CrowdedZOptions:
-    """The residual search of a 3D run with ``p``: on when ``p.max_emitters > 1``."""
-    o = CrowdedZOptions()
-    return o if p.max_emitters > 1 else dataclasses.replace(o, rounds=0)

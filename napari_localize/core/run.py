@@ -178,7 +178,10 @@ def run_documents(movie_info: dict, p: LocalizeParameters, stats: LocalizeStats 
         from .crowded_z import CrowdedZOptions
 
         fit.pop("Multi-emitter fit", None)
-        fit.update(CrowdedZOptions().as_document(p.max_emitters))
+        if z_crowded(p, z):
+            fit.update(CrowdedZOptions().as_document(p.max_emitters))
+        else:
+            fit["Max emitters per box"] = 1
     info = [dict(movie_info), identify_document(p, who), fit]
     if z is not None and z.spline:
         from .spline_fit import spline_z_document
@@ -213,8 +216,13 @@ def fit_z_chunk(frames, locs, p: LocalizeParameters, z: ZRun, first_frame: int =
 
 
 def z_crowded(p: LocalizeParameters, z: ZRun) -> bool:
-    """Whether a 3D run with ``p`` searches the residual of its fits for more emitters (:mod:`.crowded_z`)."""
-    return p.max_emitters > 1 and p.fit_method in ("mle", "lq") and (z.spline or z.options.method == "mle")
+    """Whether a 3D run with ``p`` searches the residual of its fits for more emitters (:mod:`.crowded_z`):
+    ``p.max_emitters > 1`` and ``z.options.crowded`` (None: the spline PSF yes, the astigmatic polynomial no;
+    ``docs/algorithms.md``, crowded fields in 3D)."""
+    if p.max_emitters <= 1 or p.fit_method not in ("mle", "lq") or not (z.spline or z.options.method == "mle"):
+        return False
+    crowded = getattr(z.options, "crowded", None)
+    return bool(z.spline if crowded is None else crowded)
 
 
 def crowded_z_fn(z: ZRun):
