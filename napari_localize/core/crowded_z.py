@@ -103,13 +103,36 @@ def model_photons_astig(shape, locs, cal, first_frame: int = 0) -> np.ndarray:
 
 
 def model_photons_spline(shape, locs, psf, first_frame: int = 0) -> np.ndarray:
-    """Expected photons per pixel of the spline-fitted ``locs`` (no background): ``(n, height, width)``."""
+    """Expected photons per pixel of the spline-fitted ``locs`` (no background): ``(n, height, width)``.
+
+    All spots at once: the spline is evaluated on every spot's window in one call, then added to the frames."""
+    from .spline import evaluate
+
     out = np.zeros(shape)
-    frames = np.asarray(locs["frame"]) - first_frame
-    z = np.asarray(locs["z"], float) if "z" in locs.dtype.names else np.zeros(len(locs))
-    for f in np.unique(frames):
-        sel = frames == f
-        psf.render(out[int(f)], locs["x"][sel], locs["y"][sel], z[sel], locs["photons"][sel])
+    n = len(locs)
+    if not n:
+        return out
+    _, h, w = shape
+    o = psf.oversampling
+    rx = int(np.ceil(max(psf.cx, psf.n_nodes[-1] - 1 - psf.cx) / o)) + 1
+    ry = int(np.ceil(max(psf.cy, psf.n_nodes[-2] - 1 - psf.cy) / o)) + 1
+    if n > _BATCH:
+        for a in range(0, n, _BATCH):
+            out += model_photons_spline(shape, locs[a:a + _BATCH], psf, first_frame)
+        return out
+    x = np.asarray(locs["x"], float)
+    y = np.asarray(locs["y"], float)
+    z = np.asarray(locs["z"], float) if "z" in locs.dtype.names else np.zeros(n)
+    k, m = np.mgrid[-ry:ry + 1, -rx:rx + 1]
+    cols = np.rint(x)[:, None, None].astype(np.int64) + m[None]
+    rows = np.rint(y)[:, None, None].astype(np.int64) + k[None]
+    sx, sy, sz = psf.spline_coordinates(cols, rows, x[:, None, None], y[:, None, None],
+                                        np.broadcast_to(z[:, None, None], cols.shape))
+    keep = psf.inside(sx, sy) & (cols >= 0) & (cols < w) & (rows >= 0) & (rows < h)
+    vals = evaluate(psf.coefficients, sx[keep], sy[keep], None if sz is None else np.asarray(sz)[keep])[:, 0]
+    frame = np.broadcast_to((np.asarray(locs["frame"]) - first_frame)[:, None, None], cols.shape)[keep]
+    photons = np.broadcast_to(np.asarray(locs["photons"], float)[:, None, None], cols.shape)[keep]
+    _accumulate(out, frame, rows[keep], cols[keep], photons * vals)
     return out
 
 
@@ -146,73 +169,108 @@ def _nearest(ids, locs):
     return d, j
 
 
-def _patch(img, x, y, r):
-    """The ``(2r+1)^2`` patch of ``img`` centred on ``(x, y)`` (pixels, sub-pixel by bilinear shift); zeros
-    outside the image."""
-    from scipy.ndimage import shift
-
-    ix, iy = int(round(float(x))), int(round(float(y)))
-    h, w = img.shape
-    out = np.zeros((2 * r + 3, 2 * r + 3), np.float32)
-    y0, y1, x0, x1 = iy - r - 1, iy + r + 2, ix - r - 1, ix + r + 2
-    a, b, c, d = max(y0, 0), min(y1, h), max(x0, 0), min(x1, w)
-    if a < b and c < d:
-        out[a - y0:b - y0, c - x0:d - x0] = img[a:b, c:d]
-    return shift(out, (iy - float(y), ix - float(x)), order=1, mode="constant")[1:-1, 1:-1]
-
-
-def _add_patch(img, patch, x, y):
-    """Add ``patch`` (centred on its middle pixel) to ``img`` at ``(x, y)`` (sub-pixel, bilinear)."""
-    from scipy.ndimage import shift
-
-    r = patch.shape[0] // 2
-    ix, iy = int(round(float(x))), int(round(float(y)))
-    padded = np.pad(patch, 1)
-    moved = shift(padded, (float(y) - iy, float(x) - ix), order=1, mode="constant")
-    h, w = img.shape
-    y0, x0 = iy - r - 1, ix - r - 1
-    a, b, c, d = max(y0, 0), min(y0 + moved.shape[0], h), max(x0, 0), min(x0 + moved.shape[1], w)
-    if a < b and c < d:
-        img[a:b, c:d] += moved[a - y0:b - y0, c - x0:d - x0]
+def _bilinear(x, y, r):
+    """For spots at ``(x, y)`` (pixels): the four pixels around each point ``(y + k, x + m)``, ``|k|, |m| <= r``,
+    and their bilinear weights: ``(rows, cols, weights)`` of shape ``(n, 4, 2r+1, 2r+1)``."""
+    k, m = np.mgrid[-r:r + 1, -r:r + 1]
+    py = np.asarray(y, float)[:, None, None] + k[None]
+    px = np.asarray(x, float)[:, None, None] + m[None]
+    y0 = np.floor(py).astype(np.int64)
+    x0 = np.floor(px).astype(np.int64)
+    fy = py - y0
+    fx = px - x0
+    rows = np.stack([y0, y0, y0 + 1, y0 + 1], axis=1)
+    cols = np.stack([x0, x0 + 1, x0, x0 + 1], axis=1)
+    weights = np.stack([(1 - fy) * (1 - fx), (1 - fy) * fx, fy * (1 - fx), fy * fx], axis=1)
+    return rows, cols, weights
 
 
-def shape_error_image(residual, locs, first_frame: int, box: int, o: CrowdedZOptions) -> np.ndarray:
-    """The PSF model's shape error, measured and put back: ``(n, height, width)`` (ADU, like ``residual``).
+def _patches(images, frame, x, y, r):
+    """The ``(2r+1)^2`` patches of ``images[frame]`` centred on ``(x, y)`` (bilinear; 0 outside): ``(n, .., ..)``."""
+    _, h, w = images.shape
+    rows, cols, weights = _bilinear(x, y, r)
+    inside = (rows >= 0) & (rows < h) & (cols >= 0) & (cols < w)
+    f = np.broadcast_to(np.asarray(frame, np.int64)[:, None, None, None], rows.shape)
+    vals = images[f, np.clip(rows, 0, h - 1), np.clip(cols, 0, w - 1)]
+    return np.sum(np.where(inside, vals * weights, 0.0), axis=1)
+
+
+def _add_patches(images, patches, frame, x, y):
+    """Add each patch (centred on its middle pixel) to ``images[frame]`` at ``(x, y)`` (bilinear splat)."""
+    _, h, w = images.shape
+    rows, cols, weights = _bilinear(x, y, patches.shape[-1] // 2)
+    inside = (rows >= 0) & (rows < h) & (cols >= 0) & (cols < w)
+    f = np.broadcast_to(np.asarray(frame, np.int64)[:, None, None, None], rows.shape)
+    _accumulate(images, f[inside], rows[inside], cols[inside], (patches[:, None] * weights)[inside])
+
+
+def _accumulate(images, frame, rows, cols, values):
+    """``images[frame, rows, cols] += values`` with repeated pixels summed (``np.add.at``, faster)."""
+    _, h, w = images.shape
+    flat = (np.asarray(frame, np.int64) * h + rows) * w + cols
+    lo = int(flat.min()) if len(flat) else 0
+    span = (int(flat.max()) + 1 - lo) if len(flat) else 0
+    view = images.reshape(-1)
+    view[lo:lo + span] += np.bincount(flat - lo, values, minlength=span)[:span].astype(images.dtype)
+
+
+def measure_shape_error(residual, locs, first_frame: int, box: int, o: CrowdedZOptions):
+    """The PSF model's shape error by height: ``(edges, shapes)`` (z bin edges, nm; one patch per bin, per
+    photon), or None with too few isolated localizations.
 
     For the isolated localizations (no other within :attr:`CrowdedZOptions.isolation_boxes` boxes) in each
     of :attr:`CrowdedZOptions.z_bins` bins of equal count by height, the pixel-wise median of their residual
-    patches (centred on the fit, divided by its photons) is the shape error of the model at those heights: the
-    median ignores the occasional unseen neighbour, which a mean would smear in. Every localization's
-    photons times its bin's median patch is the image returned; subtracted from the residual, a fit's shape
-    error no longer reads as a spot.
+    patches (centred on the fit, less the median of the patch border, divided by its photons) is the shape
+    error of the model at those heights: the median ignores the occasional unseen neighbour, which a mean would
+    smear in.
     """
-    out = np.zeros(residual.shape, np.float32)
     n = len(locs)
     if not n:
-        return out
+        return None
     d_self, _ = _nearest_other(locs)
     isolated = np.nonzero(d_self > o.isolation_boxes * box)[0]
     bins = min(int(o.z_bins), len(isolated) // max(int(o.min_isolated), 1))
     if bins < 1:
-        return out
-    r = box
-    z = np.asarray(locs["z"], float) if "z" in locs.dtype.names else np.zeros(n)
-    edges = np.quantile(z[isolated], np.linspace(0, 1, bins + 1))
+        return None
+    z = np.asarray(locs["z"], float)[isolated] if "z" in locs.dtype.names else np.zeros(len(isolated))
+    edges = np.quantile(z, np.linspace(0, 1, bins + 1))
     edges[0], edges[-1] = -np.inf, np.inf
-    k_all = np.clip(np.searchsorted(edges, z, "right") - 1, 0, bins - 1)
+    k = np.clip(np.searchsorted(edges, z, "right") - 1, 0, bins - 1)
+    photons = np.maximum(np.asarray(locs["photons"], float)[isolated], 1.0)
+    patches = _patches(residual, np.asarray(locs["frame"])[isolated] - first_frame, locs["x"][isolated],
+                       locs["y"][isolated], box)
+    border = np.concatenate([patches[:, 0], patches[:, -1], patches[:, 1:-1, 0], patches[:, 1:-1, -1]], axis=1)
+    patches = (patches - np.median(border, axis=1)[:, None, None]) / photons[:, None, None]
+    shapes = np.stack([np.median(patches[k == b], axis=0) if (k == b).any() else np.zeros(patches.shape[1:])
+                       for b in range(bins)])
+    return edges, shapes
+
+
+def shape_error_image(residual, locs, first_frame: int, box: int, o: CrowdedZOptions, measured=None):
+    """The shape error of every localization put back: ``(n, height, width)`` (like ``residual``).
+
+    Each localization's photons times the patch of its height's bin (:func:`measure_shape_error`, measured on
+    ``residual`` unless ``measured`` is given); subtracted from the residual, a fit's shape error no longer
+    reads as a spot.
+    """
+    out = np.zeros(residual.shape, np.float32)
+    if measured is None:
+        measured = measure_shape_error(residual, locs, first_frame, box, o)
+    if measured is None or not len(locs):
+        return out
+    edges, shapes = measured
+    z = np.asarray(locs["z"], float) if "z" in locs.dtype.names else np.zeros(len(locs))
+    k = np.clip(np.searchsorted(edges, z, "right") - 1, 0, len(shapes) - 1)
     frame = np.asarray(locs["frame"]) - first_frame
     photons = np.maximum(np.asarray(locs["photons"], float), 1.0)
-    shapes = []
-    for b in range(bins):
-        sel = isolated[k_all[isolated] == b]
-        patches = [_patch(residual[int(frame[i])], locs["x"][i], locs["y"][i], r) for i in sel]
-        # the background (and camera offset) of each patch: the median of its border
-        patches = [(q - np.median(np.concatenate([q[0], q[-1], q[1:-1, 0], q[1:-1, -1]]))) / photons[i]
-                   for q, i in zip(patches, sel)]
-        shapes.append(np.median(np.stack(patches), axis=0) if patches else np.zeros((2 * r + 1,) * 2))
-    for i in range(n):
-        _add_patch(out[int(frame[i])], photons[i] * shapes[k_all[i]], locs["x"][i], locs["y"][i])
+    for a in range(0, len(locs), _BATCH):
+        i = slice(a, a + _BATCH)
+        _add_patches(out, photons[i, None, None] * shapes[k[i]], frame[i], locs["x"][i], locs["y"][i])
     return out
+
+
+#: spots per vectorised batch (memory: ~ 4 x (2 box + 1)^2 values per spot)
+_BATCH = 2000
 
 
 def _nearest_other(locs):
@@ -470,15 +528,21 @@ def localize_frames_z_crowded(frames, p, z, first_frame: int = 0, stats=None, ca
     if camera is not None or o.rounds <= 0:
         return locs
     seen = np.asarray(identify_frames if identify_frames is not None else frames, np.float32)
+    look = np.arange(len(frames))  # the frames searched this round: all, then those that gained a spot
+    measured = None
     for _ in range(o.rounds):
+        here = locs[np.isin(np.asarray(locs["frame"]) - first_frame, look)]
         if z.spline:
-            model = model_photons_spline(frames.shape, locs, z.calibration, first_frame)
+            model = model_photons_spline(frames.shape, here, z.calibration, first_frame)
         else:
-            model = model_photons_astig(frames.shape, locs, z.calibration, first_frame)
+            model = model_photons_astig(frames.shape, here, z.calibration, first_frame)
         # the model in camera counts (no offset): photons = (ADU - baseline) * sensitivity / gain
         residual = seen - (model * (p1.em_gain / p1.sensitivity)).astype(np.float32)
-        residual -= shape_error_image(residual, locs, first_frame, p1.box_size, o)
-        new = identify_chunk(residual, p1, first_frame)
+        if measured is None:  # the shape error, from the first round's fits of the whole chunk
+            measured = measure_shape_error(residual, locs, first_frame, p1.box_size, o)
+        residual -= shape_error_image(residual, here, first_frame, p1.box_size, o, measured)
+        new = identify_chunk(residual[look], p1, 0)
+        new["frame"] = first_frame + look[new["frame"]]
         new = new[_far_from(new, locs, first_frame, o.min_separation)]
         if not len(new):
             break
@@ -490,11 +554,17 @@ def localize_frames_z_crowded(frames, p, z, first_frame: int = 0, stats=None, ca
             rows = new_rows_astig(residual, new, locs, p1, z, first_frame)
         both = np.concatenate([locs, rows])
         is_new = np.asarray(both["net_gradient"]) < 0
+        # only the frames with a new spot change
+        touched = np.isin(both["frame"], np.unique(rows["frame"]))
         if z.spline:
-            both, good = refit_spline(frames, both, p1, z.calibration, first_frame, o.refit_rounds + 1,
-                                      always=is_new)
+            sub, good_sub = refit_spline(frames, both[touched], p1, z.calibration, first_frame,
+                                         o.refit_rounds + 1, always=is_new[touched])
         else:
-            both, good = refit_astig(frames, both, p1, z, first_frame, o.refit_rounds + 1, always=is_new)
+            sub, good_sub = refit_astig(frames, both[touched], p1, z, first_frame, o.refit_rounds + 1,
+                                        always=is_new[touched])
+        both[touched] = sub
+        good = np.ones(len(both), bool)
+        good[touched] = good_sub
         good |= ~is_new  # an old row whose refit fails keeps its fit
         good &= _drop_weak_and_duplicates(both, is_new, o)
         # an old row with no accepted new emitter near it goes back to its fit before this round
@@ -510,5 +580,6 @@ def localize_frames_z_crowded(frames, p, z, first_frame: int = 0, stats=None, ca
         locs = locs[np.lexsort((locs["x"], locs["frame"]))]
         if not n_added:
             break
+        look = np.unique(np.asarray(accepted["frame"]) - first_frame)
     locs["net_gradient"] = np.abs(locs["net_gradient"])
     return locs
