@@ -536,8 +536,17 @@ def localize_frames_z_crowded(frames, p, z, first_frame: int = 0, stats=None, ca
             model = model_photons_spline(frames.shape, here, z.calibration, first_frame)
         else:
             model = model_photons_astig(frames.shape, here, z.calibration, first_frame)
-        # the model in camera counts (no offset): photons = (ADU - baseline) * sensitivity / gain
-        residual = seen - (model * (p1.em_gain / p1.sensitivity)).astype(np.float32)
+        # the model in camera counts (no offset): photons = (ADU - baseline) * sensitivity / gain; what
+        # identification sees is prefiltered linearly (the temporal median's background is subtracted, the
+        # Gaussian filter smooths): the model is smoothed the same way
+        model_adu = (model * (p1.em_gain / p1.sensitivity)).astype(np.float32)
+        # new spots start from a fit in the residual of the raw frames
+        raw_residual = None if identify_frames is None else np.asarray(frames, np.float32) - model_adu
+        if identify_frames is not None and p1.prefilter().gaussian_sigma > 0:
+            from .prefilter import gaussian_filter_frames
+
+            model_adu = gaussian_filter_frames(model_adu, p1.prefilter().gaussian_sigma)
+        residual = seen - model_adu
         if measured is None:  # the shape error, from the first round's fits of the whole chunk
             measured = measure_shape_error(residual, locs, first_frame, p1.box_size, o)
         residual -= shape_error_image(residual, here, first_frame, p1.box_size, o, measured)
@@ -548,10 +557,11 @@ def localize_frames_z_crowded(frames, p, z, first_frame: int = 0, stats=None, ca
             break
         new = new.copy()
         new["net_gradient"] = -np.abs(new["net_gradient"])  # tags the added spots through the fits
+        start = residual if raw_residual is None else raw_residual
         if z.spline:
-            rows = new_rows_spline(residual, new, locs, p1, z.calibration, first_frame)
+            rows = new_rows_spline(start, new, locs, p1, z.calibration, first_frame)
         else:
-            rows = new_rows_astig(residual, new, locs, p1, z, first_frame)
+            rows = new_rows_astig(start, new, locs, p1, z, first_frame)
         both = np.concatenate([locs, rows])
         is_new = np.asarray(both["net_gradient"]) < 0
         # only the frames with a new spot change
