@@ -149,7 +149,7 @@ def identify_chunk(frames, p: LocalizeParameters, first_frame: int = 0, camera=N
 
 
 def localize_frames(frames, p: LocalizeParameters, first_frame: int = 0, stats: LocalizeStats | None = None,
-                    camera=None, identify_frames=None, ids=None):
+                    camera=None, identify_frames=None):
     """Localize spots in an in-memory stack ``(n, height, width)`` of camera counts (ADU).
 
     ``camera``: per-pixel :class:`~napari_localize.core.camera.CameraMaps` of these frames (sCMOS); they replace
@@ -159,8 +159,7 @@ def localize_frames(frames, p: LocalizeParameters, first_frame: int = 0, stats: 
     Returns the structured localization array (Picasso fields for ``p.fit_method``), frame numbers offset by
     ``first_frame``. Fits that did not converge and rows failing Picasso's sanity filter are dropped and
     counted in ``stats``. ``identify_frames`` (same shape) are what identification sees when a prefilter is
-    on; the fit always uses ``frames``. ``ids``: the spots to fit (an :func:`identify` table), instead of
-    identifying them (the 3D crowded-field pass, :mod:`.crowded_z`).
+    on; the fit always uses ``frames``.
     """
     stats = stats if stats is not None else LocalizeStats()
     if not stats.device:
@@ -170,8 +169,7 @@ def localize_frames(frames, p: LocalizeParameters, first_frame: int = 0, stats: 
         frames = frames[None]
     n, height, width = frames.shape
     t0 = time.perf_counter()
-    if ids is None:
-        ids = identify_chunk(frames, p, first_frame, camera, identify_frames)
+    ids = identify_chunk(frames, p, first_frame, camera, identify_frames)
     t1 = time.perf_counter()
     spots = cut_spots(frames, ids["frame"] - first_frame, ids["y"], ids["x"], p.box_size)
     if camera is None:

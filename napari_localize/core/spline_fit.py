@@ -217,16 +217,14 @@ def neighbour_light_spline(frame, x, y, photons, z, bx, by, box: int, psf: Splin
 
 
 def localize_frames_spline(frames, p, psf: SplinePSF, first_frame: int = 0, stats=None, neighbours: bool = True,
-                           max_gof: float = 0.0, device: str | None = None, camera=None, identify_frames=None,
-                           ids=None):
+                           max_gof: float = 0.0, device: str | None = None, camera=None, identify_frames=None):
     """Localize ``frames`` (ADU) with the spline PSF: identify with ``p.box_size``, fit the spline in boxes of
     ``p.box_size`` (MLE or LQ by ``p.fit_method``), one pass with the neighbours' light if ``neighbours``.
 
     ``camera``: per-pixel sCMOS maps (:class:`~napari_localize.core.camera.CameraMaps`) of these frames: they
     replace ``p.baseline``/``p.sensitivity``, identification is variance-aware and the MLE uses the sCMOS
     likelihood (Poisson light plus each pixel's readout variance). ``identify_frames``: what identification
-    sees when a prefilter is on (same shape); the fit always uses ``frames``. ``ids``: the spots to fit (an
-    identification table) instead of identifying them (the 3D crowded-field pass, :mod:`.crowded_z`).
+    sees when a prefilter is on (same shape); the fit always uses ``frames``.
 
     Returns the :func:`spline_locs_dtype` table; fits that did not converge, ended on a bound of the
     calibrated z range, fail Picasso's sanity filter or (``max_gof`` > 0) fit badly are dropped and counted.
@@ -250,8 +248,7 @@ def localize_frames_spline(frames, p, psf: SplinePSF, first_frame: int = 0, stat
         frames = frames[None]
     n, height, width = frames.shape
     t0 = time.perf_counter()
-    if ids is None:
-        ids = identify_chunk(frames, p, first_frame, camera, identify_frames)  # as the 2D run
+    ids = identify_chunk(frames, p, first_frame, camera, identify_frames)  # as the 2D run
     t1 = time.perf_counter()
     box = int(p.box_size)
     r = box // 2
