@@ -36,7 +36,7 @@ from .zresidual import (  # noqa: F401  (shape_error_image: part of this module'
 )
 
 #: rounds of residual re-identification by default
-DEFAULT_ROUNDS = 2
+DEFAULT_ROUNDS = 3
 
 
 @dataclass
