@@ -83,7 +83,8 @@ def _parameters(args, movie_info: dict, match=None):
         fit_method=_first(args.fit_method, "mle"),
         convergence=args.convergence,
         max_iterations=args.max_iterations,
-        max_emitters=args.max_emitters,
+        max_emitters=(LocalizeParameters.max_emitters if getattr(args, "max_emitters", None) is None
+                      else args.max_emitters),
         camera=match.camera if match is not None else None,
         **photon,
     )
@@ -430,7 +431,8 @@ def _z_setup(args):
         args.box_size = 7
     options = ZFitOptions(method=args.z_method, filter=args.z_filter, extrapolation=args.z_extrapolation,
                           drop_out_of_range=args.z_drop_out_of_range, box_size=args.z_box_size,
-                          neighbours=not args.z_no_neighbours, max_gof=args.z_max_gof)
+                          neighbours=not args.z_no_neighbours, max_gof=args.z_max_gof,
+                          crowded=None if getattr(args, "max_emitters", None) is None else args.max_emitters > 1)
     try:
         options.validate()
     except ValueError as exc:
@@ -524,10 +526,12 @@ def _add_parameter_options(p, frames_help: str, box_default=7, box_help="odd box
                         "with --regions-separately one per --roi may be given")
     g.add_argument("--convergence", type=float, default=0.001, help="MLE/LQ step tolerance in pixels (0.001)")
     g.add_argument("--max-iterations", type=int, default=100, help="MLE/LQ iteration limit (100)")
-    g.add_argument("--max-emitters", type=int, default=5, metavar="N",
+    g.add_argument("--max-emitters", type=int, default=None, metavar="N",
                    help="MLE/LQ: most emitters fitted together in one box, 1..5; overlapping spots are fitted "
                         "jointly and further spots found in the fit residual (default 5); 1: one emitter per "
-                        "box, as Picasso")
+                        "box, as Picasso. 3D: spots missed by identification are found in the residual of the "
+                        "3D fit, by default with a spline --zcalib; with an astigmatic one only if N > 1 is "
+                        "given")
     return photon
 
 

@@ -174,6 +174,14 @@ def run_documents(movie_info: dict, p: LocalizeParameters, stats: LocalizeStats 
         fit.update(stats.as_dict())
     if extra_fit_info:
         fit.update(extra_fit_info)
+    if z is not None and p.max_emitters > 1:  # 3D: the residual search, not the 2D joint fit (core.crowded_z)
+        from .crowded_z import CrowdedZOptions
+
+        fit.pop("Multi-emitter fit", None)
+        if z_crowded(p, z):
+            fit.update(CrowdedZOptions().as_document(p.max_emitters))
+        else:
+            fit["Max emitters per box"] = 1
     info = [dict(movie_info), identify_document(p, who), fit]
     if z is not None and z.spline:
         from .spline_fit import spline_z_document
@@ -205,6 +213,26 @@ def fit_z_chunk(frames, locs, p: LocalizeParameters, z: ZRun, first_frame: int =
     out, _ = fit_z(locs, z.calibration, p.pixelsize, p.fit_method, options, spots, frames.shape[-2:],
                    p.convergence, p.max_iterations)
     return out[sane(out, frames.shape[-1], frames.shape[-2])]
+
+
+def z_crowded(p: LocalizeParameters, z: ZRun) -> bool:
+    """Whether a 3D run with ``p`` searches the residual of its fits for more emitters (:mod:`.crowded_z`):
+    ``p.max_emitters > 1`` and ``z.options.crowded`` (None: the spline PSF yes, the astigmatic polynomial no;
+    ``docs/algorithms.md``, crowded fields in 3D)."""
+    if p.max_emitters <= 1 or p.fit_method not in ("mle", "lq") or not (z.spline or z.options.method == "mle"):
+        return False
+    crowded = getattr(z.options, "crowded", None)
+    return bool(z.spline if crowded is None else crowded)
+
+
+def crowded_z_fn(z: ZRun):
+    """The chunk localizer of a 3D run with the residual search (:func:`.crowded_z.localize_frames_z_crowded`)."""
+    from .crowded_z import localize_frames_z_crowded
+
+    def fn(frames, p, first_frame, stats, camera=None, identify_frames=None):
+        return localize_frames_z_crowded(frames, p, z, first_frame, stats, camera, identify_frames)
+
+    return fn
 
 
 def finish_run(sink, movie_info: dict, p: LocalizeParameters, stats: LocalizeStats, z: ZRun | None = None,
@@ -243,10 +271,19 @@ def run_steps(movie, p: LocalizeParameters, sink, z: ZRun | None = None, cancel=
                          "2D with them, or in 3D with the scalar baseline and sensitivity")
     if camera is not None and camera.source:
         extra_fit_info = {**(extra_fit_info or {}), **camera.source}
+    fit_p = p
+    localize_fn = z.localize_fn() if z is not None else None
+    crowded_z = False
     if z is not None and p.max_emitters > 1:
         # 3D fits one emitter per box, with the neighbours' light: the 2D multi-emitter model has one pair of
-        # widths per box, which an astigmatic PSF is not (it split defocused spots into false pairs)
-        p = p.replace(max_emitters=1)
+        # widths per box, which an astigmatic PSF is not (it split defocused spots into false pairs); spots
+        # identification missed are found in the residual of the 3D fits (core.crowded_z)
+        fit_p = p.replace(max_emitters=1)
+        crowded_z = z_crowded(p, z) and camera is None  # not with per-pixel sCMOS maps yet
+        if crowded_z:
+            localize_fn = crowded_z_fn(z)
+        else:
+            p = fit_p
     stats = stats if stats is not None else LocalizeStats()
     n_frames = int(movie.shape[-3])
     p.validate(n_frames, int(movie.shape[-2]), int(movie.shape[-1]))
@@ -255,13 +292,13 @@ def run_steps(movie, p: LocalizeParameters, sink, z: ZRun | None = None, cancel=
     yield 0, total
     d_sum_sq = 0.0
     with sink:
-        for chunk in iter_localize(movie, p, cancel, chunk_frames, stats, camera,
-                                   z.localize_fn() if z is not None else None):
+        for chunk in iter_localize(movie, fit_p, cancel, chunk_frames, stats, camera, localize_fn):
             locs = chunk.locs
-            if z is not None and not z.spline:
+            if z is not None and not z.spline and not crowded_z:
                 t = time.perf_counter()
-                locs = fit_z_chunk(chunk.frames, locs, p, z, chunk.start)
+                locs = fit_z_chunk(chunk.frames, locs, fit_p, z, chunk.start)
                 stats.seconds["fit"] += time.perf_counter() - t
+            if z is not None and not z.spline:
                 d_sum_sq += float(np.sum(np.asarray(locs["d_zcalib"], float) ** 2))
             done = chunk.stop - start
             chunk = None  # let the chunk's frames go before the next chunk is fitted

@@ -52,6 +52,11 @@ class ZFitOptions:
         standardised Poisson deviance of the astigmatic fit, ``(D - E[D]) / sd(D)``: about N(0, 1) when the
         box holds one spot of the calibrated shape, large when it holds more (an unmodelled neighbour, two
         overlapping emitters). 0 is off.
+    crowded : bool or None
+        With ``max_emitters > 1``: look for the spots identification missed in the residual of the 3D fits
+        and fit them with everyone's light (:mod:`.crowded_z`). None (default): on for a spline PSF, off for
+        the astigmatic polynomial, whose Gaussian model's shape error on a real PSF made false emitters
+        (``benchmarks/RESULTS.md``); True/False: on/off for both.
     """
 
     method: str = "mle"
@@ -61,6 +66,7 @@ class ZFitOptions:
     box_size: int = 0
     neighbours: bool = True
     max_gof: float = 0.0
+    crowded: bool | None = None
 
     def z_box(self, box_size_2d: int) -> int:
         """The box side (pixels) the z MLE cuts, given the 2D fit's box."""
