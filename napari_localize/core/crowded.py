@@ -81,20 +81,29 @@ class CrowdedOptions:
 
 # ------------------------------------------------------------------------------------------ numba helpers
 @njit(cache=True, nogil=True)
-def _add_light(out, box, x, y, photons, sx, sy, ex):
-    """Add a pixel-integrated Gaussian at box coordinates (x, y) to ``out`` (box*box, flattened)."""
+def _pixel_integrals(out, box, x, k):
+    """``out[m] = (erf((m + 1/2 - x) k) - erf((m - 1/2 - x) k)) / 2`` for the ``box`` pixels of one axis
+    (``k = 1 / (sqrt(2) sigma)``): a pixel-integrated unit Gaussian, each pixel edge's erf computed once."""
+    lo = math.erf((-0.5 - x) * k)
+    for m in range(box):
+        hi = math.erf((m + 0.5 - x) * k)
+        out[m] = 0.5 * (hi - lo)
+        lo = hi
+
+
+@njit(cache=True, nogil=True)
+def _add_light(out, box, x, y, photons, sx, sy, ex, ey):
+    """Add a pixel-integrated Gaussian at box coordinates (x, y) to ``out`` (box*box, flattened); ``ex``,
+    ``ey``: buffers of ``box``."""
     if not (sx > 0.0 and sy > 0.0 and photons > 0.0):
         return
-    kx = 1.0 / (math.sqrt(2.0) * sx)
-    ky = 1.0 / (math.sqrt(2.0) * sy)
-    for m in range(box):
-        ex[m] = 0.5 * (math.erf((m + 0.5 - x) * kx) - math.erf((m - 0.5 - x) * kx))
+    _pixel_integrals(ex, box, x, 1.0 / (math.sqrt(2.0) * sx))
+    _pixel_integrals(ey, box, y, 1.0 / (math.sqrt(2.0) * sy))
     for k in range(box):
-        ey = 0.5 * (math.erf((k + 0.5 - y) * ky) - math.erf((k - 0.5 - y) * ky))
-        if ey < 1e-12:
+        if ey[k] < 1e-12:
             continue
         for m in range(box):
-            out[k * box + m] += photons * ey * ex[m]
+            out[k * box + m] += photons * ey[k] * ex[m]
 
 
 #: batches smaller than this run on the calling thread (handing work to the pool costs more than it takes)
@@ -141,50 +150,62 @@ def _group_boxes(frames, baseline, factor, variance, static, sel, gframe, gcy, g
 
 
 @njit(cache=True, nogil=True)
-def _group_boxes_kernel(lo, hi, frames, baseline, factor, variance, static, sel, gframe, gcy, gcx, egroup, order,
-                        fstarts, ex, ey, eN, esx, esy, box, data, other, var, search):
+def _cut_box(frames, baseline, factor, variance, static, f, cy, cx, g, egroup, order, a_lo, a_hi, ex, ey, eN, esx,
+             esy, box, data, other, var, bx, by, want_data=True):
+    """One box (frame ``f``, centre ``(cy, cx)``) of group ``g``: its photons into ``data`` (unless not
+    ``want_data``), its readout variance into ``var`` (sCMOS), and into ``other`` the static light's structure
+    and the light of every emitter ``order[a_lo:a_hi]`` (of frame ``f``) not in ``g`` (``egroup``) that
+    reaches it. ``bx``, ``by``: buffers of ``box``."""
     r = box // 2
     per_pixel = baseline.shape[0] > 1 or factor.shape[0] > 1
     has_var = variance.shape[0] > 0
-    has_static = static.shape[0] > 0
-    buf = np.empty(box)
-    for q in range(lo, hi):
-        g = sel[q]
-        f = gframe[g]
-        cy = gcy[g]
-        cx = gcx[g]
-        for k in range(box):
-            for m in range(box):
-                y = cy - r + k
-                x = cx - r + m
+    for k in range(box):
+        for m in range(box):
+            y = cy - r + k
+            x = cx - r + m
+            if want_data:
                 if per_pixel:
                     b0 = baseline[y if baseline.shape[0] > 1 else 0, x if baseline.shape[1] > 1 else 0]
                     f0 = factor[y if factor.shape[0] > 1 else 0, x if factor.shape[1] > 1 else 0]
                 else:
                     b0 = baseline[0, 0]
                     f0 = factor[0, 0]
-                data[g, k * box + m] = (float(frames[f, y, x]) - b0) * f0
-                other[g, k * box + m] = 0.0
-                if has_var:
-                    var[g, k * box + m] = variance[y, x]
-        if has_static:
-            # the static light's structure is fixed light (its level above the box's minimum: the flat part
-            # is the fitted background)
-            low = 1e300
-            for k in range(box):
-                for m in range(box):
-                    low = min(low, static[f, cy - r + k, cx - r + m])
-            for k in range(box):
-                for m in range(box):
-                    other[g, k * box + m] = static[f, cy - r + k, cx - r + m] - low
-        for a in range(fstarts[f], fstarts[f + 1]):
-            j = order[a]
-            if egroup[j] == g:
-                continue
-            reach = r + 0.5 + 5.0 * max(esx[j], esy[j])
-            if abs(ex[j] - cx) > reach or abs(ey[j] - cy) > reach:
-                continue
-            _add_light(other[g], box, ex[j] - cx + r, ey[j] - cy + r, eN[j], esx[j], esy[j], buf)
+                data[k * box + m] = (float(frames[f, y, x]) - b0) * f0
+            other[k * box + m] = 0.0
+            if has_var:
+                var[k * box + m] = variance[y, x]
+    if static.shape[0] > 0:
+        # the static light's structure is fixed light (its level above the box's minimum: the flat part
+        # is the fitted background)
+        low = 1e300
+        for k in range(box):
+            for m in range(box):
+                low = min(low, static[f, cy - r + k, cx - r + m])
+        for k in range(box):
+            for m in range(box):
+                other[k * box + m] = static[f, cy - r + k, cx - r + m] - low
+    for a in range(a_lo, a_hi):
+        j = order[a]
+        if egroup[j] == g:
+            continue
+        reach = r + 0.5 + 5.0 * max(esx[j], esy[j])
+        if abs(ex[j] - cx) > reach or abs(ey[j] - cy) > reach:
+            continue
+        _add_light(other, box, ex[j] - cx + r, ey[j] - cy + r, eN[j], esx[j], esy[j], bx, by)
+
+
+@njit(cache=True, nogil=True)
+def _group_boxes_kernel(lo, hi, frames, baseline, factor, variance, static, sel, gframe, gcy, gcx, egroup, order,
+                        fstarts, ex, ey, eN, esx, esy, box, data, other, var, search):
+    has_var = variance.shape[0] > 0
+    bx = np.empty(box)
+    by = np.empty(box)
+    none = np.empty(0)
+    for q in range(lo, hi):
+        g = sel[q]
+        f = gframe[g]
+        _cut_box(frames, baseline, factor, variance, static, f, gcy[g], gcx[g], g, egroup, order, fstarts[f],
+                 fstarts[f + 1], ex, ey, eN, esx, esy, box, data[g], other[g], var[g] if has_var else none, bx, by)
 
 
 def _residual_peaks(data, other, var, K, theta, box, out, want_ll=True):
@@ -203,94 +224,148 @@ def _residual_peaks(data, other, var, K, theta, box, out, want_ll=True):
 
 
 @njit(cache=True, nogil=True)
+def _box_residual(data, other, var, K, th, box, want_ll, ex, ey, res, den, hs, hv, wx, wy):
+    """The residual of one box's model (``th``: the parameters of its ``K`` emitters) and its most significant
+    peak: returns ``(loglik, light, z, row, column)`` (see :func:`_residual_peaks`). ``var`` of length 0: no
+    readout variance. The other arguments are work buffers: ``ex``, ``ey`` (MAX_EMITTERS, box); ``res``,
+    ``den`` (box * 3 box: rows padded by ``box`` zeros either side) and ``hs``, ``hv`` (3 box * box: ``box``
+    rows of zeros above and below), zero outside the box; on return ``res[k * 3 box + box + m]`` is the
+    residual at pixel (k, m)."""
+    W = 3 * box
+    # the expected photons: K pixel-integrated Gaussians (the engine's MODEL_MULTI), background, other light
+    sx = th[4]
+    sy = th[5]
+    kx = 1.0 / (math.sqrt(2.0) * sx)
+    ky = 1.0 / (math.sqrt(2.0) * sy)
+    for e in range(K):
+        j = 0 if e == 0 else 6 + 3 * (e - 1)
+        _pixel_integrals(ex[e], box, th[j], kx)
+        _pixel_integrals(ey[e], box, th[j + 1], ky)
+    has_var = var.shape[0] > 0
+    ll = 0.0
+    light = 0.0
+    if K == 1 and not has_var and not want_ll:
+        # the screening's case (one emitter, no readout variance, no likelihood), in fewer operations: the
+        # same numbers
+        bg = th[3]
+        n0 = th[2]
+        for k in range(box):
+            eyk = ey[0, k]
+            for m in range(box):
+                p = k * box + m
+                o = other[p]
+                u = bg + o
+                u += n0 * ex[0, m] * eyk
+                den[k * W + box + m] = max(u, 1e-9)
+                res[k * W + box + m] = data[p] - u
+                if o != 0.0:
+                    light += o * o / max(max(u, 1e-9), 1.0)
+        return _peak_z(res, den, hs, hv, wx, wy, sx, sy, box, ll, light)
+    for k in range(box):
+        for m in range(box):
+            p = k * box + m
+            u = th[3] + other[p]
+            for e in range(K):
+                u += th[2 if e == 0 else 8 + 3 * (e - 1)] * ex[e, m] * ey[e, k]
+            v = var[p] if has_var else 0.0
+            mv = max(u + v, 1e-9)
+            den[k * W + box + m] = mv
+            res[k * W + box + m] = data[p] - u
+            if want_ll:
+                x = data[p] + v
+                if x > 0:
+                    ll += x * math.log(mv / x) - mv + x
+                else:
+                    ll -= mv
+            o = other[p]
+            if o != 0.0:
+                light += o * o / max(mv, 1.0)
+    return _peak_z(res, den, hs, hv, wx, wy, sx, sy, box, ll, light)
+
+
+@njit(cache=True, nogil=True)
+def _peak_z(res, den, hs, hv, wx, wy, sx, sy, box, ll, light):
+    """The most significant peak of a residual ``res`` (noise variance ``den``; :func:`_box_residual`'s padded
+    layout): ``(ll, light, z, row, column)``."""
+    W = 3 * box
+    # matched filter (separable Gaussian weights over +-1 width): residual sum over its noise sd; the zeros
+    # around the box stand for the pixels outside it
+    rw = 1
+    smax = max(sx, sy)
+    if smax == smax:
+        rw = min(box, max(1, int(round(smax))))
+    for t in range(-rw, rw + 1):
+        wx[t + rw] = math.exp(-0.5 * t * t / (sx * sx))
+        wy[t + rw] = math.exp(-0.5 * t * t / (sy * sy))
+    n_w = 2 * rw + 1
+    w0, w1, w2 = wx[0], wx[1], wx[2]
+    for k in range(box):
+        for m in range(box):
+            a_s = 0.0
+            a_v = 0.0
+            base = k * W + box + m - rw
+            if rw == 1:  # the usual width, unrolled (the same sums)
+                a_s = w0 * res[base] + w1 * res[base + 1] + w2 * res[base + 2]
+                a_v = w0 * w0 * den[base] + w1 * w1 * den[base + 1] + w2 * w2 * den[base + 2]
+            else:
+                for t in range(n_w):
+                    w = wx[t]
+                    a_s += w * res[base + t]
+                    a_v += w * w * den[base + t]
+            hs[(k + box) * box + m] = a_s
+            hv[(k + box) * box + m] = a_v
+    best = -1e300
+    bk = 0
+    bm = 0
+    w0, w1, w2 = wy[0], wy[1], wy[2]
+    for k in range(box):
+        for m in range(box):
+            a_s = 0.0
+            a_v = 0.0
+            base = (k + box - rw) * box + m
+            if rw == 1:
+                a_s = w0 * hs[base] + w1 * hs[base + box] + w2 * hs[base + 2 * box]
+                a_v = w0 * w0 * hv[base] + w1 * w1 * hv[base + box] + w2 * w2 * hv[base + 2 * box]
+            else:
+                for t in range(n_w):
+                    w = wy[t]
+                    a_s += w * hs[base + t * box]
+                    a_v += w * w * hv[base + t * box]
+            z = a_s / math.sqrt(max(a_v, 1e-12))
+            if z > best:
+                best = z
+                bk = k
+                bm = m
+    return ll, light, best, bk, bm
+
+
+@njit(cache=True, nogil=True)
 def _residual_peaks_kernel(lo, hi, data, other, var, K, theta, box, out, want_ll):
-    npx = box * box
-    mu = np.empty(npx)
-    den = np.empty(npx)
-    res = np.empty(npx)
-    hs = np.empty(npx)
-    hv = np.empty(npx)
+    W = 3 * box
+    res = np.zeros(box * W)
+    den = np.zeros(box * W)
+    hs = np.zeros(W * box)
+    hv = np.zeros(W * box)
     ex = np.empty((MAX_EMITTERS, box))
     ey = np.empty((MAX_EMITTERS, box))
     wx = np.empty(2 * box + 1)
     wy = np.empty(2 * box + 1)
     has_var = var.shape[0] > 0
+    none = np.empty(0)
     for g in range(lo, hi):
-        # the expected photons: K pixel-integrated Gaussians (the engine's MODEL_MULTI), background, other light
-        sx = theta[g, 4]
-        sy = theta[g, 5]
-        kx = 1.0 / (math.sqrt(2.0) * sx)
-        ky = 1.0 / (math.sqrt(2.0) * sy)
-        for e in range(K[g]):
-            j = 0 if e == 0 else 6 + 3 * (e - 1)
-            for m in range(box):
-                ex[e, m] = 0.5 * (math.erf((m + 0.5 - theta[g, j]) * kx) - math.erf((m - 0.5 - theta[g, j]) * kx))
-                ey[e, m] = 0.5 * (math.erf((m + 0.5 - theta[g, j + 1]) * ky) - math.erf((m - 0.5 - theta[g, j + 1])
-                                                                                          * ky))
-        ll = 0.0
-        light = 0.0
-        for k in range(box):
-            for m in range(box):
-                p = k * box + m
-                u = theta[g, 3] + other[g, p]
-                for e in range(K[g]):
-                    u += theta[g, 2 if e == 0 else 8 + 3 * (e - 1)] * ex[e, m] * ey[e, k]
-                mu[p] = u
-                v = var[g, p] if has_var else 0.0
-                mv = max(u + v, 1e-9)
-                den[p] = mv
-                res[p] = data[g, p] - u
-                if want_ll:
-                    x = data[g, p] + v
-                    if x > 0:
-                        ll += x * math.log(mv / x) - mv + x
-                    else:
-                        ll -= mv
-                o = other[g, p]
-                light += o * o / max(mv, 1.0)
+        ll, light, best, bk, bm = _box_residual(data[g], other[g], var[g] if has_var else none, K[g], theta[g], box,
+                                                want_ll, ex, ey, res, den, hs, hv, wx, wy)
         out[g, 0] = ll
         out[g, 5] = light
-        # matched filter (separable Gaussian weights over +-1 width): residual sum over its noise sd
-        rw = 1
-        smax = max(sx, sy)
-        if smax == smax:
-            rw = min(box, max(1, int(round(smax))))
-        for t in range(-rw, rw + 1):
-            wx[t + rw] = math.exp(-0.5 * t * t / (sx * sx))
-            wy[t + rw] = math.exp(-0.5 * t * t / (sy * sy))
-        for k in range(box):
-            for m in range(box):
-                a_s = 0.0
-                a_v = 0.0
-                for b in range(max(0, m - rw), min(box, m + rw + 1)):
-                    w = wx[b - m + rw]
-                    a_s += w * res[k * box + b]
-                    a_v += w * w * den[k * box + b]
-                hs[k * box + m] = a_s
-                hv[k * box + m] = a_v
-        best = -1e300
-        bk = 0
-        bm = 0
-        for k in range(box):
-            for m in range(box):
-                a_s = 0.0
-                a_v = 0.0
-                for a in range(max(0, k - rw), min(box, k + rw + 1)):
-                    w = wy[a - k + rw]
-                    a_s += w * hs[a * box + m]
-                    a_v += w * w * hv[a * box + m]
-                z = a_s / math.sqrt(max(a_v, 1e-12))
-                if z > best:
-                    best = z
-                    bk = k
-                    bm = m
+        sx = theta[g, 4]
+        sy = theta[g, 5]
         # centroid of the positive residual around the peak, and the photons it holds
         tot = 0.0
         ck = 0.0
         cm = 0.0
         for a in range(max(0, bk - 1), min(box, bk + 2)):
             for b in range(max(0, bm - 1), min(box, bm + 2)):
-                d = res[a * box + b]
+                d = res[a * W + box + b]
                 if d > 0:
                     tot += d
                     ck += d * a
@@ -307,6 +382,74 @@ def _residual_peaks_kernel(lo, hi, data, other, var, K, theta, box, out, want_ll
         out[g, 2] = ck
         out[g, 3] = cm
         out[g, 4] = max(tot / max(fx * fy, 0.05), 10.0)
+
+
+def _screen(cam, G, E, theta, out, spots=None):
+    """The screening of every box of ``G`` (one emitter each, its own group; ``theta`` its single fit): per
+    box ``out[g] = (z, light)`` of :func:`_residual_peaks` for the box cut by :func:`_group_boxes`, without
+    storing the boxes. ``spots``: the boxes' photons (n, box, box) as the single fit saw them, read instead of
+    the frames (in order, so faster), or None."""
+    c = np.ascontiguousarray
+    n = len(G)
+    if spots is None or np.shape(spots)[0] != n:
+        spots = np.zeros((0, cam.npx), np.float32)
+    spots = c(np.reshape(spots, (len(spots), cam.npx)), np.float32)
+    order = np.arange(n, dtype=np.int64)
+    frame = c(G.frame, np.int64)
+    if n > 1 and np.any(np.diff(frame) < 0):
+        order = np.argsort(frame, kind="stable").astype(np.int64)
+    fstarts = np.searchsorted(frame[order], np.arange(cam.n_frames + 1)).astype(np.int64)
+    # the emitters whose light can reach a box: within r + 1/2 + 5 widths (as _cut_box renders it) of its
+    # centre; in the identification's row-major order they are a window of rows, found by bisection
+    yb = c(E.hy[order], np.int64)
+    same = frame[order][1:] == frame[order][:-1]
+    with np.errstate(invalid="ignore"):
+        dev = np.abs(E.y - E.hy)
+        reach = cam.box // 2 + 0.5 + 5.0 * np.fmax(E.sx, E.sy)
+        span = float(np.nanmax(reach) + np.max(dev)) if n else 0.0
+    if not (np.isfinite(span) and np.all(np.diff(yb)[same] >= 0)):
+        span = -1.0  # scan every emitter of the frame
+    _shared(_screen_kernel, n, cam.frames, spots, cam.baseline, cam.factor, cam.variance, cam.static, frame,
+            c(G.cy, np.int64), c(G.cx, np.int64), order, fstarts, yb, span, np.arange(n, dtype=np.int64),
+            c(E.x, np.float64), c(E.y, np.float64), c(E.N, np.float64), c(E.sx, np.float64), c(E.sy, np.float64),
+            c(theta, np.float64), cam.box, out)
+
+
+@njit(cache=True, nogil=True)
+def _screen_kernel(lo, hi, frames, spots, baseline, factor, variance, static, gframe, gcy, gcx, order, fstarts, yb, span,
+                   egroup, ex, ey, eN, esx, esy, theta, box, out):
+    npx = box * box
+    W = 3 * box
+    has_var = variance.shape[0] > 0
+    data = np.empty(npx)
+    other = np.empty(npx)
+    var = np.empty(npx if has_var else 0)
+    res = np.zeros(box * W)
+    den = np.zeros(box * W)
+    hs = np.zeros(W * box)
+    hv = np.zeros(W * box)
+    bx = np.empty((1, box))
+    by = np.empty((1, box))
+    wx = np.empty(2 * box + 1)
+    wy = np.empty(2 * box + 1)
+    read = spots.shape[0] > 0
+    for q in range(lo, hi):
+        g = order[q]
+        f = gframe[g]
+        a_lo = fstarts[f]
+        a_hi = fstarts[f + 1]
+        if span >= 0.0:  # the emitters of rows cy +- span
+            a_lo = a_lo + np.searchsorted(yb[a_lo:a_hi], gcy[g] - span)
+            a_hi = a_lo + np.searchsorted(yb[a_lo:a_hi], gcy[g] + span, side="right")
+        _cut_box(frames, baseline, factor, variance, static, f, gcy[g], gcx[g], g, egroup, order, a_lo, a_hi, ex, ey,
+                 eN, esx, esy, box, data, other, var, bx[0], by[0], not read)
+        if read:
+            for p in range(npx):
+                data[p] = spots[g, p]
+        ll, light, best, bk, bm = _box_residual(data, other, var, 1, theta[g], box, False, bx, by, res, den, hs, hv,
+                                                wx, wy)
+        out[g, 0] = best
+        out[g, 1] = light
 
 
 def _width_noise(theta, ok, sigma, box):
@@ -687,7 +830,7 @@ def fit_crowded(frames, ids, fit0, p, options: CrowdedOptions, noise=NOISE_POISS
 
 
 def refine_crowded(frames, ids, fit0, p, options: CrowdedOptions, noise=NOISE_POISSON, baseline=0.0, factor=1.0,
-                   device="cpu", variance=None, static=None):
+                   device="cpu", variance=None, static=None, spots=None):
     """The work of :func:`fit_crowded` on the boxes that need it; every other box keeps its single fit.
 
     Returns ``(active, columns, keys)``: which boxes of ``ids`` were refined, the per-emitter columns of
@@ -699,7 +842,9 @@ def refine_crowded(frames, ids, fit0, p, options: CrowdedOptions, noise=NOISE_PO
     its other light is significant (``sum(other^2 / variance) > light_chi2``: by Cauchy-Schwarz this bounds the
     bias the ignored light can cause in any parameter to ``sqrt(light_chi2)`` CRLB standard deviations), its
     residual holds a peak above ``candidate_z``, or its spot is significantly wider than the PSF (``split_width``,
-    ``split_z``). Those boxes and the emitters whose light reaches them are refined.
+    ``split_z``). Those boxes and the emitters whose light reaches them are refined. ``spots``: the photons of
+    the boxes ``ids`` (n, box, box) as the single fit saw them (the screening reads them instead of the
+    frames), or None.
     """
     frames = np.ascontiguousarray(frames)
     n_frames, height, width = frames.shape
@@ -718,23 +863,18 @@ def refine_crowded(frames, ids, fit0, p, options: CrowdedOptions, noise=NOISE_PO
     if n == 0 or int(options.max_emitters) < 2:
         return np.zeros(n, bool), None, None
     # screening: one cut of every box with all other light, one residual search of the single fits
-    alive = np.ones(n, bool)
-    order, fstarts = _frame_index(E, n_frames, alive)
-    data, other, var, search = cam.empty(n)
-    sel = np.arange(n, dtype=np.int64)
-    cam.cut(sel, G, np.arange(n, dtype=np.int64), order, fstarts, E, data, other, var, search)
     theta = G.theta.copy()
     r = box // 2
     theta[bad, :6] = (r, r, 100.0, 1.0, sigma, sigma)
-    res = np.zeros((n, 6))
-    _residual_peaks(search, other, var, G.K, theta, box, res, want_ll=False)
+    res = np.zeros((n, 2))
+    _screen(cam, G, E, theta, res, spots)
     with np.errstate(invalid="ignore"):
         wide = conv0 & _wide(G.theta, sigma, options, width_noise)
-        seed = bad | (res[:, 5] > options.light_chi2) | (res[:, 1] > options.candidate_z) | wide
+        seed = bad | (res[:, 1] > options.light_chi2) | (res[:, 0] > options.candidate_z) | wide
     active = seed.copy()
     if _DEBUG:
-        print("seeds", int(seed.sum()), "bad", int(bad.sum()), "light", int((res[:, 5] > options.light_chi2).sum()),
-              "z", int((res[:, 1] > options.candidate_z).sum()), "wide", int(wide.sum()), "of", n)
+        print("seeds", int(seed.sum()), "bad", int(bad.sum()), "light", int((res[:, 1] > options.light_chi2).sum()),
+              "z", int((res[:, 0] > options.candidate_z).sum()), "wide", int(wide.sum()), "of", n)
     if seed.any() and not seed.all():
         # and the emitters whose light reaches a seed's box (their fits may change with the seed's)
         w = np.minimum(np.maximum(E.sx, E.sy), r + 0.5)
