@@ -155,7 +155,8 @@ def _cut_box(frames, baseline, factor, variance, static, f, cy, cx, g, egroup, o
     """One box (frame ``f``, centre ``(cy, cx)``) of group ``g``: its photons into ``data`` (unless not
     ``want_data``), its readout variance into ``var`` (sCMOS), and into ``other`` the static light's structure
     and the light of every emitter ``order[a_lo:a_hi]`` (of frame ``f``) not in ``g`` (``egroup``) that
-    reaches it. ``bx``, ``by``: buffers of ``box``."""
+    reaches it. ``bx``, ``by``: buffers of ``box``. Returns False if ``other`` is all zeros (nothing was
+    rendered into it)."""
     r = box // 2
     per_pixel = baseline.shape[0] > 1 or factor.shape[0] > 1
     has_var = variance.shape[0] > 0
@@ -174,7 +175,8 @@ def _cut_box(frames, baseline, factor, variance, static, f, cy, cx, g, egroup, o
             other[k * box + m] = 0.0
             if has_var:
                 var[k * box + m] = variance[y, x]
-    if static.shape[0] > 0:
+    lit = static.shape[0] > 0
+    if lit:
         # the static light's structure is fixed light (its level above the box's minimum: the flat part
         # is the fitted background)
         low = 1e300
@@ -192,6 +194,8 @@ def _cut_box(frames, baseline, factor, variance, static, f, cy, cx, g, egroup, o
         if abs(ex[j] - cx) > reach or abs(ey[j] - cy) > reach:
             continue
         _add_light(other, box, ex[j] - cx + r, ey[j] - cy + r, eN[j], esx[j], esy[j], bx, by)
+        lit = True
+    return lit
 
 
 @njit(cache=True, nogil=True)
@@ -384,6 +388,65 @@ def _residual_peaks_kernel(lo, hi, data, other, var, K, theta, box, out, want_ll
         out[g, 4] = max(tot / max(fx * fy, 0.05), 10.0)
 
 
+@njit(cache=True, nogil=True)
+def _unlit_z(spots, g, th, box, ex, ey, dp, hs, sx_, sy_):
+    """:func:`_box_residual`'s ``z`` of a box with no other light, one emitter, no readout variance, a positive
+    background and photons and a matched filter of +-1 pixel: the filter is separable, so its model terms
+    are products of one-dimensional sums and only the data is filtered (the same number to rounding).
+    ``spots[g]``: the box's photons; ``dp`` (box * 3 box) and ``hs`` (3 box * box) zero outside the box;
+    ``sx_``, ``sy_``: buffers of (4, box)."""
+    W = 3 * box
+    sx = th[4]
+    sy = th[5]
+    _pixel_integrals(ex, box, th[0], 1.0 / (math.sqrt(2.0) * sx))
+    _pixel_integrals(ey, box, th[1], 1.0 / (math.sqrt(2.0) * sy))
+    bg = th[3]
+    n0 = th[2]
+    for k in range(box):
+        for m in range(box):
+            dp[k * W + box + m] = spots[g, k * box + m]
+    # per axis: the window sums of the weights, of their squares, and of the emitter's profile with both
+    for axis in range(2):
+        s = sx if axis == 0 else sy
+        prof = ex if axis == 0 else ey
+        out = sx_ if axis == 0 else sy_
+        w0 = math.exp(-0.5 / (s * s))
+        for m in range(box):
+            a0 = 0.0
+            a1 = 0.0
+            a2 = 0.0
+            a3 = 0.0
+            for t in range(-1, 2):
+                b = m + t
+                if 0 <= b < box:
+                    w = 1.0 if t == 0 else w0
+                    a0 += w
+                    a1 += w * w
+                    a2 += w * prof[b]
+                    a3 += w * w * prof[b]
+            out[0, m] = a0
+            out[1, m] = a1
+            out[2, m] = a2
+            out[3, m] = a3
+    wx0 = math.exp(-0.5 / (sx * sx))
+    wy0 = math.exp(-0.5 / (sy * sy))
+    for k in range(box):
+        for m in range(box):
+            base = k * W + box + m - 1
+            hs[(k + box) * box + m] = wx0 * dp[base] + dp[base + 1] + wx0 * dp[base + 2]
+    best = -1e300
+    for k in range(box):
+        for m in range(box):
+            base = (k + box - 1) * box + m
+            a_s = wy0 * hs[base] + hs[base + box] + wy0 * hs[base + 2 * box]
+            a_s -= bg * sx_[0, m] * sy_[0, k] + n0 * sx_[2, m] * sy_[2, k]
+            a_v = bg * sx_[1, m] * sy_[1, k] + n0 * sx_[3, m] * sy_[3, k]
+            z = a_s / math.sqrt(max(a_v, 1e-12))
+            if z > best:
+                best = z
+    return best
+
+
 def _screen(cam, G, E, theta, out, spots=None):
     """The screening of every box of ``G`` (one emitter each, its own group; ``theta`` its single fit): per
     box ``out[g] = (z, light)`` of :func:`_residual_peaks` for the box cut by :func:`_group_boxes`, without
@@ -416,8 +479,8 @@ def _screen(cam, G, E, theta, out, spots=None):
 
 
 @njit(cache=True, nogil=True)
-def _screen_kernel(lo, hi, frames, spots, baseline, factor, variance, static, gframe, gcy, gcx, order, fstarts, yb, span,
-                   egroup, ex, ey, eN, esx, esy, theta, box, out):
+def _screen_kernel(lo, hi, frames, spots, baseline, factor, variance, static, gframe, gcy, gcx, order, fstarts, yb,
+                   span, egroup, ex, ey, eN, esx, esy, theta, box, out):
     npx = box * box
     W = 3 * box
     has_var = variance.shape[0] > 0
@@ -433,6 +496,8 @@ def _screen_kernel(lo, hi, frames, spots, baseline, factor, variance, static, gf
     wx = np.empty(2 * box + 1)
     wy = np.empty(2 * box + 1)
     read = spots.shape[0] > 0
+    sums_x = np.empty((4, box))
+    sums_y = np.empty((4, box))
     for q in range(lo, hi):
         g = order[q]
         f = gframe[g]
@@ -441,13 +506,20 @@ def _screen_kernel(lo, hi, frames, spots, baseline, factor, variance, static, gf
         if span >= 0.0:  # the emitters of rows cy +- span
             a_lo = a_lo + np.searchsorted(yb[a_lo:a_hi], gcy[g] - span)
             a_hi = a_lo + np.searchsorted(yb[a_lo:a_hi], gcy[g] + span, side="right")
-        _cut_box(frames, baseline, factor, variance, static, f, gcy[g], gcx[g], g, egroup, order, a_lo, a_hi, ex, ey,
-                 eN, esx, esy, box, data, other, var, bx[0], by[0], not read)
+        lit = _cut_box(frames, baseline, factor, variance, static, f, gcy[g], gcx[g], g, egroup, order, a_lo, a_hi,
+                       ex, ey, eN, esx, esy, box, data, other, var, bx[0], by[0], not read)
+        th = theta[g]
+        smax = max(th[4], th[5])
+        if read and not lit and not has_var and th[3] > 1e-9 and th[2] >= 0.0 and smax < 1.5 and th[4] > 0.0 \
+                and th[5] > 0.0:
+            # the usual box: alone, a one-pixel filter (the width rounds to 1)
+            out[g, 0] = _unlit_z(spots, g, th, box, bx[0], by[0], res, hs, sums_x, sums_y)
+            out[g, 1] = 0.0
+            continue
         if read:
             for p in range(npx):
                 data[p] = spots[g, p]
-        ll, light, best, bk, bm = _box_residual(data, other, var, 1, theta[g], box, False, bx, by, res, den, hs, hv,
-                                                wx, wy)
+        ll, light, best, bk, bm = _box_residual(data, other, var, 1, th, box, False, bx, by, res, den, hs, hv, wx, wy)
         out[g, 0] = best
         out[g, 1] = light
 
@@ -782,6 +854,26 @@ def _state(ids, fit0, box, sigma):
     return E, G, bad
 
 
+def _near_seeds(E, seed, reach):
+    """The emitters of ``E`` (in the identification's frame, row order) within ``max(reach[a], reach[b])`` of a
+    seed ``b`` of their frame, found in each seed's window of rows (not a tree of every emitter); None if the
+    emitters are not in that order."""
+    dev = np.abs(E.y - E.hy)
+    if len(E) == 0 or not np.all(np.isfinite(dev)):
+        return None
+    span = int(math.ceil(float(reach.max()) + 2.0 * float(dev.max()))) + 1
+    key = E.frame * np.int64(1 << 32) + E.hy
+    if span >= 1 << 30 or np.any(np.diff(key) < 0):
+        return None
+    s = np.flatnonzero(seed)
+    lo = np.searchsorted(key, key[s] - span, side="left")
+    counts = np.searchsorted(key, key[s] + span, side="right") - lo
+    a = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts) + np.repeat(lo, counts)
+    b = np.repeat(s, counts)
+    close = np.hypot(E.x[a] - E.x[b], E.y[a] - E.y[b]) <= np.maximum(reach[a], reach[b])
+    return a[close]
+
+
 def _take(d, mask):
     """Rows ``mask`` of a structured array or of a dict of columns."""
     if isinstance(d, np.ndarray):
@@ -879,14 +971,18 @@ def refine_crowded(frames, ids, fit0, p, options: CrowdedOptions, noise=NOISE_PO
         # and the emitters whose light reaches a seed's box (their fits may change with the seed's)
         w = np.minimum(np.maximum(E.sx, E.sy), r + 0.5)
         reach = math.sqrt(2.0) * (r + 0.5 + 5.0 * np.where(np.isfinite(w), w, sigma))
-        pts = np.column_stack([E.x + E.frame * 1e5, E.y])
-        pairs = cKDTree(pts).query_pairs(float(reach.max()), output_type="ndarray")
-        if len(pairs):
-            a_, b_ = pairs[:, 0], pairs[:, 1]
-            close = np.hypot(*(pts[a_] - pts[b_]).T) <= np.maximum(reach[a_], reach[b_])
-            a_, b_ = a_[close], b_[close]
-            active[a_[seed[b_]]] = True
-            active[b_[seed[a_]]] = True
+        near = _near_seeds(E, seed, reach)
+        if near is not None:
+            active[near] = True
+        else:
+            pts = np.column_stack([E.x + E.frame * 1e5, E.y])
+            pairs = cKDTree(pts).query_pairs(float(reach.max()), output_type="ndarray")
+            if len(pairs):
+                a_, b_ = pairs[:, 0], pairs[:, 1]
+                close = np.hypot(*(pts[a_] - pts[b_]).T) <= np.maximum(reach[a_], reach[b_])
+                a_, b_ = a_[close], b_[close]
+                active[a_[seed[b_]]] = True
+                active[b_[seed[a_]]] = True
     last_counts["active"] = int(active.sum())
     t1 = time.process_time()
     last_counts["cpu_screen"] = t1 - t0
@@ -1130,6 +1226,9 @@ def _refine(cam, ids, fit0, p, options, noise, device, sigma, width_noise):
         acc = np.flatnonzero(accept)
         if _DEBUG:
             print("round", rnd, "candidates", len(cand_g), "split", len(split_g), "accepted", len(acc))
+            sa = accept[len(cand_g) - len(split_g):]
+            print("accepted splits: width / sigma", np.round(np.maximum(split_th[sa, 4], split_th[sa, 5]) / sigma, 3),
+                  "photons", np.round(split_th[sa, 2]))
         if len(acc) == 0:
             rnd = rounds
             continue
