@@ -1229,6 +1229,9 @@ def _refine(cam, ids, fit0, p, options, noise, device, sigma, width_noise):
             sa = accept[len(cand_g) - len(split_g):]
             print("accepted splits: width / sigma", np.round(np.maximum(split_th[sa, 4], split_th[sa, 5]) / sigma, 3),
                   "photons", np.round(split_th[sa, 2]))
+            print("iterations accepted", np.bincount(it1[accept], minlength=1)[:5], np.quantile(it1[accept], [0.5, 0.9, 1]) if accept.any() else None,
+                  "rejected", np.quantile(it1[~accept], [0.1, 0.5, 0.9, 1]) if (~accept).any() else None,
+                  "rejected converged", int((c1 & ~accept).sum()), "of", int((~accept).sum()))
         if len(acc) == 0:
             rnd = rounds
             continue

@@ -306,19 +306,26 @@ def _fit_crowded(frames, ids, fit, p: LocalizeParameters, first_frame: int, devi
     else:
         out_at, rest_at = slots
 
-    def merge(a, b):
-        m = np.empty(total, a.dtype)
+    # each refined box gave one row, in its place (no emitter added): the kept rows stay where they are
+    in_place = total == len(ids) and np.array_equal(out_at, np.flatnonzero(active))
+
+    def merge(a, whole):
+        """The merged column of refined rows ``a`` and the column ``whole`` of every box."""
+        if in_place:
+            m = np.array(whole, a.dtype)
+        else:
+            m = np.empty(total, a.dtype)
+            m[rest_at] = whole[rest]
         m[out_at] = a
-        m[rest_at] = b
         return m
 
     merged = {}
     for name, v in fit.items():
         if np.ndim(v) and len(v) == len(ids) and name in out:
-            merged[name] = merge(np.asarray(out[name]), np.asarray(v)[rest])
-    merged["n_emitters"] = merge(out["n_emitters"], np.ones(n_rest, out["n_emitters"].dtype))
-    merged["llr"] = merge(np.asarray(out["llr"], float), np.zeros(n_rest))
-    return merged, merge(new_ids, ids[rest])
+            merged[name] = merge(np.asarray(out[name]), np.asarray(v))
+    merged["n_emitters"] = merge(out["n_emitters"], np.ones(len(ids), out["n_emitters"].dtype))
+    merged["llr"] = merge(np.asarray(out["llr"], float), np.zeros(len(ids)))
+    return merged, merge(new_ids, ids)
 
 
 def _merge_slots(keys, rest_keys, shape):
