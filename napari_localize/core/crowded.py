@@ -854,6 +854,40 @@ def _state(ids, fit0, box, sigma):
     return E, G, bad
 
 
+def _split_test(cam, G, E, sel, p, options, noise, device, sigma):
+    """The refinement's split test (:func:`_refine`, step d) of single-emitter boxes ``sel`` (groups of ``G``,
+    one emitter each) with no other light: whether the box fitted as two (started from
+    :func:`_split_starts`) converges with the two apart and gains ``llr_threshold`` in twice the
+    log-likelihood."""
+    box = cam.box
+    n = len(sel)
+    order, fstarts = _frame_index(E, cam.n_frames, np.ones(len(E), bool))
+    data, other, var, search = cam.empty(len(G))
+    every = np.arange(len(G), dtype=np.int64)
+    cam.cut(np.asarray(sel, np.int64), G, every, order, fstarts, E, data, other, var, search)
+    data, other, var = data[sel], other[sel], var[sel] if cam.has_var else var
+    theta = G.theta[sel]
+    base = np.zeros((n, 6))
+    _residual_peaks(data, other, var, np.ones(n, np.int64), theta, box, base)
+    theta1 = _split_starts(data, theta, box, sigma)
+    P = 6 + 3
+    res = _fit_batches(data.reshape(-1, box, box), MODEL_MULTI, noise, theta1[:, :P], np.array([2.0]),
+                       other.reshape(-1, box, box), var.reshape(-1, box, box) if cam.has_var else None,
+                       float(p.convergence), int(p.max_iterations), device)
+    last_counts["fits"] += n
+    last_counts["extra_emitter_fits"] += n
+    t1 = np.zeros((n, MAX_PARAMS))
+    t1[:, :P] = res.theta
+    res1 = np.zeros((n, 6))
+    _residual_peaks(data, other, var, np.full(n, 2, np.int64), t1, box, res1)
+    llr = 2.0 * (res1[:, 0] - base[:, 0])
+    apart = np.hypot(t1[:, 0] - t1[:, 6], t1[:, 1] - t1[:, 7]) >= options.min_separation_sigmas * sigma
+    keep = res.converged & (llr > options.llr_threshold) & apart
+    if _DEBUG:
+        print("split test of lone wide boxes", n, "kept", int(keep.sum()))
+    return keep
+
+
 def _near_seeds(E, seed, reach):
     """The emitters of ``E`` (in the identification's frame, row order) within ``max(reach[a], reach[b])`` of a
     seed ``b`` of their frame, found in each seed's window of rows (not a tree of every emitter); None if the
@@ -963,6 +997,12 @@ def refine_crowded(frames, ids, fit0, p, options: CrowdedOptions, noise=NOISE_PO
     with np.errstate(invalid="ignore"):
         wide = conv0 & _wide(G.theta, sigma, options, width_noise)
         seed = bad | (res[:, 1] > options.light_chi2) | (res[:, 0] > options.candidate_z) | wide
+        # a wide spot with no other light and no residual peak in its box is refined only for the split test
+        # (the refinement would try it as two and keep its fit unless the pair passes): test it here and refine
+        # only the boxes where the pair is kept
+        lone = np.flatnonzero(wide & ~bad & (res[:, 1] == 0.0) & ~(res[:, 0] > options.candidate_z))
+    if len(lone):
+        seed[lone[~_split_test(cam, G, E, lone, p, options, noise, device, sigma)]] = False
     active = seed.copy()
     if _DEBUG:
         print("seeds", int(seed.sum()), "bad", int(bad.sum()), "light", int((res[:, 1] > options.light_chi2).sum()),
@@ -1226,12 +1266,6 @@ def _refine(cam, ids, fit0, p, options, noise, device, sigma, width_noise):
         acc = np.flatnonzero(accept)
         if _DEBUG:
             print("round", rnd, "candidates", len(cand_g), "split", len(split_g), "accepted", len(acc))
-            sa = accept[len(cand_g) - len(split_g):]
-            print("accepted splits: width / sigma", np.round(np.maximum(split_th[sa, 4], split_th[sa, 5]) / sigma, 3),
-                  "photons", np.round(split_th[sa, 2]))
-            print("iterations accepted", np.bincount(it1[accept], minlength=1)[:5], np.quantile(it1[accept], [0.5, 0.9, 1]) if accept.any() else None,
-                  "rejected", np.quantile(it1[~accept], [0.1, 0.5, 0.9, 1]) if (~accept).any() else None,
-                  "rejected converged", int((c1 & ~accept).sum()), "of", int((~accept).sum()))
         if len(acc) == 0:
             rnd = rounds
             continue
