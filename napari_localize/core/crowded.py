@@ -854,6 +854,15 @@ def _state(ids, fit0, box, sigma):
     return E, G, bad
 
 
+@dataclass
+class _Boxes:
+    """Box places (frame, centre row and column) for :meth:`_Camera.cut`."""
+
+    frame: np.ndarray
+    cy: np.ndarray
+    cx: np.ndarray
+
+
 def _split_test(cam, G, E, sel, p, options, noise, device, sigma):
     """The refinement's split test (:func:`_refine`, step d) of single-emitter boxes ``sel`` (groups of ``G``,
     one emitter each) with no other light: whether the box fitted as two (started from
@@ -862,10 +871,12 @@ def _split_test(cam, G, E, sel, p, options, noise, device, sigma):
     box = cam.box
     n = len(sel)
     order, fstarts = _frame_index(E, cam.n_frames, np.ones(len(E), bool))
-    data, other, var, search = cam.empty(len(G))
-    every = np.arange(len(G), dtype=np.int64)
-    cam.cut(np.asarray(sel, np.int64), G, every, order, fstarts, E, data, other, var, search)
-    data, other, var = data[sel], other[sel], var[sel] if cam.has_var else var
+    data, other, var, search = cam.empty(n)
+    # the boxes alone, as groups 0 .. n-1 (box sel[q] holds emitter sel[q])
+    egroup = np.full(len(E), -1, np.int64)
+    egroup[sel] = np.arange(n)
+    cam.cut(np.arange(n, dtype=np.int64), _Boxes(G.frame[sel], G.cy[sel], G.cx[sel]), egroup, order, fstarts, E,
+            data, other, var, search)
     theta = G.theta[sel]
     base = np.zeros((n, 6))
     _residual_peaks(data, other, var, np.ones(n, np.int64), theta, box, base)
