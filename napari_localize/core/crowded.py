@@ -453,7 +453,7 @@ def _screen(cam, G, E, theta, out, spots=None):
     storing the boxes. ``spots``: the boxes' photons (n, box, box) as the single fit saw them, read instead of
     the frames (in order, so faster), or None."""
     c = np.ascontiguousarray
-    n = len(G)
+    n = len(G.frame)
     if spots is None or np.shape(spots)[0] != n:
         spots = np.zeros((0, cam.npx), np.float32)
     spots = c(np.reshape(spots, (len(spots), cam.npx)), np.float32)
@@ -823,9 +823,9 @@ def _fit_batches(spots, model, noise, theta0, aux, other, variance, eps, max_ite
                        ("theta", "crlb", "objective", "iterations", "converged", "gof")))
 
 
-def _state(ids, fit0, box, sigma):
-    """Emitters and singleton groups (one per identified box) with the single-emitter fits ``fit0``."""
-    r = box // 2
+def _emitters(ids, fit0, sigma):
+    """The emitters of the single-emitter fits ``fit0`` of the boxes ``ids`` (failed fits at their box's
+    centre, at width ``sigma``), and which fits failed."""
     conv0 = np.asarray(fit0["converged"], bool)
     E = _Emitters(ids["frame"], ids["x"] + np.where(conv0, fit0["dx"], 0.0),
                   ids["y"] + np.where(conv0, fit0["dy"], 0.0), fit0["photons"], fit0["bg"], fit0["sx"], fit0["sy"],
@@ -840,9 +840,22 @@ def _state(ids, fit0, box, sigma):
     E.sy[bad] = sigma
     E.N[bad] = np.where(np.isfinite(E.N[bad]) & (E.N[bad] > 10), E.N[bad], 100.0)
     E.bg[bad] = np.where(np.isfinite(E.bg[bad]) & (E.bg[bad] > 0), E.bg[bad], 1.0)
+    return E, bad
+
+
+def _single_theta(fit0, box):
+    """The single fits' parameters (x, y in box pixels, N, bg, sx, sy), one row per box."""
+    r = box // 2
+    return np.column_stack([fit0["dx"] + r, fit0["dy"] + r, fit0["photons"], fit0["bg"], fit0["sx"],
+                            fit0["sy"]]).astype(np.float64)
+
+
+def _state(ids, fit0, box, sigma):
+    """Emitters and singleton groups (one per identified box) with the single-emitter fits ``fit0``."""
+    conv0 = np.asarray(fit0["converged"], bool)
+    E, bad = _emitters(ids, fit0, sigma)
     G = _Groups(ids["frame"], ids["y"], ids["x"], np.arange(len(E) + 1), np.arange(len(E)), box * box)
-    G.theta[:, :6] = np.column_stack([fit0["dx"] + r, fit0["dy"] + r, fit0["photons"], fit0["bg"], fit0["sx"],
-                                      fit0["sy"]])
+    G.theta[:, :6] = _single_theta(fit0, box)
     nan = np.full(len(E), np.nan)
     var0 = np.column_stack([fit0["lpx"], fit0["lpy"]] + [fit0.get(k, nan) for k in
                                                          ("photons_unc", "bg_unc", "sx_unc", "sy_unc")]) ** 2
@@ -863,10 +876,10 @@ class _Boxes:
     cx: np.ndarray
 
 
-def _split_test(cam, G, E, sel, p, options, noise, device, sigma):
-    """The refinement's split test (:func:`_refine`, step d) of single-emitter boxes ``sel`` (groups of ``G``,
-    one emitter each) with no other light: whether the box fitted as two (started from
-    :func:`_split_starts`) converges with the two apart and gains ``llr_threshold`` in twice the
+def _split_test(cam, G, theta, E, sel, p, options, noise, device, sigma):
+    """The refinement's split test (:func:`_refine`, step d) of single-emitter boxes ``sel`` (of the boxes
+    ``G``, box g holding emitter g, fitted with ``theta[g]``) with no other light: whether the box fitted as two
+    (started from :func:`_split_starts`) converges with the two apart and gains ``llr_threshold`` in twice the
     log-likelihood."""
     box = cam.box
     n = len(sel)
@@ -877,7 +890,7 @@ def _split_test(cam, G, E, sel, p, options, noise, device, sigma):
     egroup[sel] = np.arange(n)
     cam.cut(np.arange(n, dtype=np.int64), _Boxes(G.frame[sel], G.cy[sel], G.cx[sel]), egroup, order, fstarts, E,
             data, other, var, search)
-    theta = G.theta[sel]
+    theta = theta[sel]
     base = np.zeros((n, 6))
     _residual_peaks(data, other, var, np.ones(n, np.int64), theta, box, base)
     theta1 = _split_starts(data, theta, box, sigma)
@@ -991,8 +1004,11 @@ def refine_crowded(frames, ids, fit0, p, options: CrowdedOptions, noise=NOISE_PO
     # the PSF width: the narrower fitted width of a typical spot (blends of two spots widen one axis)
     sigma = float(np.median(np.minimum(fit0["sx"][ok_w], fit0["sy"][ok_w]))) if ok_w.any() else 1.0
     cam = _Camera(frames, baseline, factor, variance, static, box)
-    E, G, bad = _state(ids, fit0, box, sigma)
-    width_noise = _width_noise(G.theta, ok_w, sigma, box)
+    E, bad = _emitters(ids, fit0, sigma)
+    # the boxes, one emitter each, and their single fits
+    G = _Boxes(np.asarray(ids["frame"], np.int64), np.asarray(ids["y"], np.int64), np.asarray(ids["x"], np.int64))
+    theta0 = _single_theta(fit0, box)
+    width_noise = _width_noise(theta0, ok_w, sigma, box)
     n = len(E)
     last_counts.clear()
     last_counts.update(boxes=n, active=0, fits=0, extra_emitter_fits=0, passes=0)
@@ -1000,20 +1016,20 @@ def refine_crowded(frames, ids, fit0, p, options: CrowdedOptions, noise=NOISE_PO
     if n == 0 or int(options.max_emitters) < 2:
         return np.zeros(n, bool), None, None
     # screening: one cut of every box with all other light, one residual search of the single fits
-    theta = G.theta.copy()
+    theta = theta0.copy()
     r = box // 2
     theta[bad, :6] = (r, r, 100.0, 1.0, sigma, sigma)
     res = np.zeros((n, 2))
     _screen(cam, G, E, theta, res, spots)
     with np.errstate(invalid="ignore"):
-        wide = conv0 & _wide(G.theta, sigma, options, width_noise)
+        wide = conv0 & _wide(theta0, sigma, options, width_noise)
         seed = bad | (res[:, 1] > options.light_chi2) | (res[:, 0] > options.candidate_z) | wide
         # a wide spot with no other light and no residual peak in its box is refined only for the split test
         # (the refinement would try it as two and keep its fit unless the pair passes): test it here and refine
         # only the boxes where the pair is kept
         lone = np.flatnonzero(wide & ~bad & (res[:, 1] == 0.0) & ~(res[:, 0] > options.candidate_z))
     if len(lone):
-        seed[lone[~_split_test(cam, G, E, lone, p, options, noise, device, sigma)]] = False
+        seed[lone[~_split_test(cam, G, theta0, E, lone, p, options, noise, device, sigma)]] = False
     active = seed.copy()
     if _DEBUG:
         print("seeds", int(seed.sum()), "bad", int(bad.sum()), "light", int((res[:, 1] > options.light_chi2).sum()),
