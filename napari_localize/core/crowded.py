@@ -7,7 +7,8 @@ Fisher matrix gives each emitter's CRLB), per chunk of frames:
 1. Every identified box is fitted with one emitter (the single-emitter fit), then screened once, with no fit
    (:func:`refine_crowded`): only a box whose fit failed, whose other light is significant
    (``sum(other^2 / variance) > light_chi2``), whose residual holds a peak or whose spot is significantly wide
-   goes on, with the emitters whose light reaches it; every other box keeps its single fit exactly.
+   goes on (a wide spot alone in its box only if its split test, step 2d, keeps the pair), with the emitters
+   whose light reaches it; every other box keeps its single fit exactly.
 2. Rounds of:
    a. **Groups.** Emitters of a frame closer than ``join_sigmas`` PSF widths are joined into one group
       (nearest pairs first) as long as the group keeps at most ``max_emitters`` emitters and fits a box with a
