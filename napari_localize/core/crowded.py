@@ -147,7 +147,7 @@ def _group_boxes(frames, baseline, factor, variance, static, sel, gframe, gcy, g
     _shared(_group_boxes_kernel, len(sel), frames, _maps(baseline), _maps(factor), variance, static,
             c(sel, np.int64), c(gframe, np.int64), c(gcy, np.int64), c(gcx, np.int64), c(egroup, np.int64),
             c(order, np.int64), c(fstarts, np.int64), c(ex, np.float64), c(ey, np.float64), c(eN, np.float64),
-            c(esx, np.float64), c(esy, np.float64), box, data, other, var, search)
+            c(esx, np.float64), c(esy, np.float64), box, data, other, var, search, True)
 
 
 @njit(cache=True, nogil=True)
@@ -201,7 +201,7 @@ def _cut_box(frames, baseline, factor, variance, static, f, cy, cx, g, egroup, o
 
 @njit(cache=True, nogil=True)
 def _group_boxes_kernel(lo, hi, frames, baseline, factor, variance, static, sel, gframe, gcy, gcx, egroup, order,
-                        fstarts, ex, ey, eN, esx, esy, box, data, other, var, search):
+                        fstarts, ex, ey, eN, esx, esy, box, data, other, var, search, want_data):
     has_var = variance.shape[0] > 0
     bx = np.empty(box)
     by = np.empty(box)
@@ -210,7 +210,8 @@ def _group_boxes_kernel(lo, hi, frames, baseline, factor, variance, static, sel,
         g = sel[q]
         f = gframe[g]
         _cut_box(frames, baseline, factor, variance, static, f, gcy[g], gcx[g], g, egroup, order, fstarts[f],
-                 fstarts[f + 1], ex, ey, eN, esx, esy, box, data[g], other[g], var[g] if has_var else none, bx, by)
+                 fstarts[f + 1], ex, ey, eN, esx, esy, box, data[g], other[g], var[g] if has_var else none, bx, by,
+                 want_data)
 
 
 def _residual_peaks(data, other, var, K, theta, box, out, want_ll=True):
@@ -476,12 +477,14 @@ def _screen(cam, G, E, theta, out, spots=None):
     _shared(_screen_kernel, n, cam.frames, spots, cam.baseline, cam.factor, cam.variance, cam.static, frame,
             c(G.cy, np.int64), c(G.cx, np.int64), order, fstarts, yb, span, np.arange(n, dtype=np.int64),
             c(E.x, np.float64), c(E.y, np.float64), c(E.N, np.float64), c(E.sx, np.float64), c(E.sy, np.float64),
-            c(theta, np.float64), cam.box, out)
+            c(theta, np.float64), cam.box, out, 1, False)
 
 
 @njit(cache=True, nogil=True)
 def _screen_kernel(lo, hi, frames, spots, baseline, factor, variance, static, gframe, gcy, gcx, order, fstarts, yb,
-                   span, egroup, ex, ey, eN, esx, esy, theta, box, out):
+                   span, egroup, ex, ey, eN, esx, esy, theta, box, out, k1, want_ll):
+    # k1 = 1 and want_ll = False come as arguments: literals would compile _box_residual and _cut_box a second
+    # time
     npx = box * box
     W = 3 * box
     has_var = variance.shape[0] > 0
@@ -520,7 +523,8 @@ def _screen_kernel(lo, hi, frames, spots, baseline, factor, variance, static, gf
         if read:
             for p in range(npx):
                 data[p] = spots[g, p]
-        ll, light, best, bk, bm = _box_residual(data, other, var, 1, th, box, False, bx, by, res, den, hs, hv, wx, wy)
+        ll, light, best, bk, bm = _box_residual(data, other, var, k1, th, box, want_ll, bx, by, res, den, hs, hv, wx,
+                                                wy)
         out[g, 0] = best
         out[g, 1] = light
 
