@@ -507,9 +507,25 @@ def _screen_kernel(lo, hi, frames, spots, baseline, factor, variance, static, gf
         f = gframe[g]
         a_lo = fstarts[f]
         a_hi = fstarts[f + 1]
-        if span >= 0.0:  # the emitters of rows cy +- span
-            a_lo = a_lo + np.searchsorted(yb[a_lo:a_hi], gcy[g] - span)
-            a_hi = a_lo + np.searchsorted(yb[a_lo:a_hi], gcy[g] + span, side="right")
+        if span >= 0.0:  # the emitters of rows cy +- span (bisection: yb is sorted within the frame)
+            lo_ = a_lo
+            hi_ = a_hi
+            while lo_ < hi_:
+                mid = (lo_ + hi_) // 2
+                if yb[mid] < gcy[g] - span:
+                    lo_ = mid + 1
+                else:
+                    hi_ = mid
+            top = a_hi
+            hi_ = a_hi
+            a_lo = lo_
+            while lo_ < hi_:
+                mid = (lo_ + hi_) // 2
+                if yb[mid] <= gcy[g] + span:
+                    lo_ = mid + 1
+                else:
+                    hi_ = mid
+            a_hi = min(lo_, top)
         lit = _cut_box(frames, baseline, factor, variance, static, f, gcy[g], gcx[g], g, egroup, order, a_lo, a_hi,
                        ex, ey, eN, esx, esy, box, data, other, var, bx[0], by[0], not read)
         th = theta[g]
