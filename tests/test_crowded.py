@@ -132,14 +132,15 @@ def test_storm_analysis_frame(data_dir, box):
     assert rms(ex, ey) < rms(ex1, ey1)
 
 
-def test_sparse_spots_give_exactly_the_single_emitter_fit():
+@pytest.mark.parametrize("method", ["mle", "lq"])
+def test_sparse_spots_give_exactly_the_single_emitter_fit(method):
     # no spot reaches another's box: the crowded run must change nothing
     frames, truth, sp = simulate(6, 60, seed=5, min_separation=16.0)
-    locs, info, _ = localize_movie(frames, params(sp))
-    single, info1, _ = localize_movie(frames, params(sp, max_emitters=1))
+    locs, info, _ = localize_movie(frames, params(sp, fit_method=method))
+    single, info1, _ = localize_movie(frames, params(sp, fit_method=method, max_emitters=1))
     assert len(locs) == len(single) > 300
-    assert single.dtype == locs_dtype("mle")
-    assert locs.dtype.names == locs_dtype("mle").names + tuple(n for n, _ in CROWDED_FIELDS)
+    assert single.dtype == locs_dtype(method)
+    assert locs.dtype.names == locs_dtype(method).names + tuple(n for n, _ in CROWDED_FIELDS)
     for name in single.dtype.names:
         np.testing.assert_array_equal(locs[name], single[name], err_msg=name)
     assert (locs["n_emitters"] == 1).all() and (locs["llr"] == 0).all()
@@ -212,3 +213,61 @@ def test_cli_rejects_bad_max_emitters(tmp_path, capsys, value):
         return
     assert code != 0
     assert "max emitters" in capsys.readouterr().err
+
+
+def test_screening_finds_the_hidden_neighbours_as_the_stored_boxes_do():
+    # the screening cuts and searches each box in one pass (the photons the single fit saw, a separable
+    # filter where no other light falls): its residual significance is the stored boxes' (cut, then searched),
+    # and it flags the boxes whose second spot, 1.5-3 px away, identification did not see
+    from napari_localize.core import crowded
+    from napari_localize.core.fit_mle import fit_mle
+    from napari_localize.core.identify import identify
+    from napari_localize.core.simulate import expected_image
+    from napari_localize.core.spots import cut_spots
+
+    n = 200
+    rng = np.random.default_rng(8)
+    frames = np.empty((n, 48, 48), np.uint16)
+    hidden = []
+    for f in range(n):
+        # a pair (the second spot dimmer) in one half, a lone spot in the other, a spot 6-7 px from the lone one
+        d, a = rng.uniform(1.5, 3.0), rng.uniform(0, 2 * np.pi)
+        px, py = rng.uniform(10, 14, 2)
+        lx, ly = rng.uniform(32, 36), rng.uniform(10, 14)
+        xs = [px, px + d * np.cos(a), lx, lx + 4.5, rng.uniform(10, 38)]
+        ys = [py, py + d * np.sin(a), ly, ly + 4.5, rng.uniform(32, 38)]
+        mu = expected_image(48, 48, xs, ys, [2000.0, 1000.0, 2000.0, 2000.0, 2000.0], 1.0, 1.0, 20.0)
+        frames[f] = rng.poisson(mu) + BASELINE
+        hidden.append((px, py))
+    hidden = np.array(hidden)
+    sp = SimulationParameters(photons=2000.0)
+    p = params(sp)
+    ids = identify(frames, 7, p.min_net_gradient)
+    spots = cut_spots(frames, ids["frame"], ids["y"], ids["x"], 7).astype(np.float32) - np.float32(BASELINE)
+    fit = fit_mle(spots, p.convergence, p.max_iterations)
+    conv = fit["converged"]
+    sigma = float(np.median(np.minimum(fit["sx"][conv], fit["sy"][conv])))
+    cam = crowded._Camera(frames, BASELINE, 1.0, None, None, 7)
+    E, G, bad = crowded._state(ids, fit, 7, sigma)
+    theta = G.theta.copy()
+    theta[bad, :6] = (3, 3, 100.0, 1.0, sigma, sigma)
+    screened = np.zeros((len(ids), 2))
+    crowded._screen(cam, G, E, theta, screened, spots)
+    order, fstarts = crowded._frame_index(E, n, np.ones(len(E), bool))
+    data, other, var, search = cam.empty(len(ids))
+    every = np.arange(len(ids), dtype=np.int64)
+    cam.cut(every, G, every, order, fstarts, E, data, other, var, search)
+    stored = np.zeros((len(ids), 6))
+    crowded._residual_peaks(search, other, var, G.K, theta, 7, stored, want_ll=False)
+    np.testing.assert_allclose(screened[:, 0], stored[:, 1], rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(screened[:, 1], stored[:, 5])
+    assert (screened[:, 1] > 0).sum() > n  # the spots 4.5 px apart light each other's boxes
+    # the pair's box (at its brighter spot), the other boxes
+    at_pair = np.zeros(len(ids), bool)
+    for i, row in enumerate(ids):
+        at_pair[i] = np.hypot(row["x"] - hidden[row["frame"], 0], row["y"] - hidden[row["frame"], 1]) < 1.5
+    assert at_pair.sum() > 0.9 * n
+    flagged = (screened[:, 0] > 5.0) | crowded._wide(G.theta, sigma, crowded.CrowdedOptions(),
+                                                      crowded._width_noise(G.theta, conv, sigma, 7))
+    assert flagged[at_pair].mean() > 0.9
+    assert (screened[~at_pair, 0] > 5.0).mean() < 0.02

@@ -7,7 +7,8 @@ Fisher matrix gives each emitter's CRLB), per chunk of frames:
 1. Every identified box is fitted with one emitter (the single-emitter fit), then screened once, with no fit
    (:func:`refine_crowded`): only a box whose fit failed, whose other light is significant
    (``sum(other^2 / variance) > light_chi2``), whose residual holds a peak or whose spot is significantly wide
-   goes on, with the emitters whose light reaches it; every other box keeps its single fit exactly.
+   goes on (a wide spot alone in its box only if its split test, step 2d, keeps the pair), with the emitters
+   whose light reaches it; every other box keeps its single fit exactly.
 2. Rounds of:
    a. **Groups.** Emitters of a frame closer than ``join_sigmas`` PSF widths are joined into one group
       (nearest pairs first) as long as the group keeps at most ``max_emitters`` emitters and fits a box with a
@@ -81,20 +82,29 @@ class CrowdedOptions:
 
 # ------------------------------------------------------------------------------------------ numba helpers
 @njit(cache=True, nogil=True)
-def _add_light(out, box, x, y, photons, sx, sy, ex):
-    """Add a pixel-integrated Gaussian at box coordinates (x, y) to ``out`` (box*box, flattened)."""
+def _pixel_integrals(out, box, x, k):
+    """``out[m] = (erf((m + 1/2 - x) k) - erf((m - 1/2 - x) k)) / 2`` for the ``box`` pixels of one axis
+    (``k = 1 / (sqrt(2) sigma)``): a pixel-integrated unit Gaussian, each pixel edge's erf computed once."""
+    lo = math.erf((-0.5 - x) * k)
+    for m in range(box):
+        hi = math.erf((m + 0.5 - x) * k)
+        out[m] = 0.5 * (hi - lo)
+        lo = hi
+
+
+@njit(cache=True, nogil=True)
+def _add_light(out, box, x, y, photons, sx, sy, ex, ey):
+    """Add a pixel-integrated Gaussian at box coordinates (x, y) to ``out`` (box*box, flattened); ``ex``,
+    ``ey``: buffers of ``box``."""
     if not (sx > 0.0 and sy > 0.0 and photons > 0.0):
         return
-    kx = 1.0 / (math.sqrt(2.0) * sx)
-    ky = 1.0 / (math.sqrt(2.0) * sy)
-    for m in range(box):
-        ex[m] = 0.5 * (math.erf((m + 0.5 - x) * kx) - math.erf((m - 0.5 - x) * kx))
+    _pixel_integrals(ex, box, x, 1.0 / (math.sqrt(2.0) * sx))
+    _pixel_integrals(ey, box, y, 1.0 / (math.sqrt(2.0) * sy))
     for k in range(box):
-        ey = 0.5 * (math.erf((k + 0.5 - y) * ky) - math.erf((k - 0.5 - y) * ky))
-        if ey < 1e-12:
+        if ey[k] < 1e-12:
             continue
         for m in range(box):
-            out[k * box + m] += photons * ey * ex[m]
+            out[k * box + m] += photons * ey[k] * ex[m]
 
 
 #: batches smaller than this run on the calling thread (handing work to the pool costs more than it takes)
@@ -137,54 +147,71 @@ def _group_boxes(frames, baseline, factor, variance, static, sel, gframe, gcy, g
     _shared(_group_boxes_kernel, len(sel), frames, _maps(baseline), _maps(factor), variance, static,
             c(sel, np.int64), c(gframe, np.int64), c(gcy, np.int64), c(gcx, np.int64), c(egroup, np.int64),
             c(order, np.int64), c(fstarts, np.int64), c(ex, np.float64), c(ey, np.float64), c(eN, np.float64),
-            c(esx, np.float64), c(esy, np.float64), box, data, other, var, search)
+            c(esx, np.float64), c(esy, np.float64), box, data, other, var, search, True)
 
 
 @njit(cache=True, nogil=True)
-def _group_boxes_kernel(lo, hi, frames, baseline, factor, variance, static, sel, gframe, gcy, gcx, egroup, order,
-                        fstarts, ex, ey, eN, esx, esy, box, data, other, var, search):
+def _cut_box(frames, baseline, factor, variance, static, f, cy, cx, g, egroup, order, a_lo, a_hi, ex, ey, eN, esx,
+             esy, box, data, other, var, bx, by, want_data=True):
+    """One box (frame ``f``, centre ``(cy, cx)``) of group ``g``: its photons into ``data`` (unless not
+    ``want_data``), its readout variance into ``var`` (sCMOS), and into ``other`` the static light's structure
+    and the light of every emitter ``order[a_lo:a_hi]`` (of frame ``f``) not in ``g`` (``egroup``) that
+    reaches it. ``bx``, ``by``: buffers of ``box``. Returns False if ``other`` is all zeros (nothing was
+    rendered into it)."""
     r = box // 2
     per_pixel = baseline.shape[0] > 1 or factor.shape[0] > 1
     has_var = variance.shape[0] > 0
-    has_static = static.shape[0] > 0
-    buf = np.empty(box)
-    for q in range(lo, hi):
-        g = sel[q]
-        f = gframe[g]
-        cy = gcy[g]
-        cx = gcx[g]
-        for k in range(box):
-            for m in range(box):
-                y = cy - r + k
-                x = cx - r + m
+    for k in range(box):
+        for m in range(box):
+            y = cy - r + k
+            x = cx - r + m
+            if want_data:
                 if per_pixel:
                     b0 = baseline[y if baseline.shape[0] > 1 else 0, x if baseline.shape[1] > 1 else 0]
                     f0 = factor[y if factor.shape[0] > 1 else 0, x if factor.shape[1] > 1 else 0]
                 else:
                     b0 = baseline[0, 0]
                     f0 = factor[0, 0]
-                data[g, k * box + m] = (float(frames[f, y, x]) - b0) * f0
-                other[g, k * box + m] = 0.0
-                if has_var:
-                    var[g, k * box + m] = variance[y, x]
-        if has_static:
-            # the static light's structure is fixed light (its level above the box's minimum: the flat part
-            # is the fitted background)
-            low = 1e300
-            for k in range(box):
-                for m in range(box):
-                    low = min(low, static[f, cy - r + k, cx - r + m])
-            for k in range(box):
-                for m in range(box):
-                    other[g, k * box + m] = static[f, cy - r + k, cx - r + m] - low
-        for a in range(fstarts[f], fstarts[f + 1]):
-            j = order[a]
-            if egroup[j] == g:
-                continue
-            reach = r + 0.5 + 5.0 * max(esx[j], esy[j])
-            if abs(ex[j] - cx) > reach or abs(ey[j] - cy) > reach:
-                continue
-            _add_light(other[g], box, ex[j] - cx + r, ey[j] - cy + r, eN[j], esx[j], esy[j], buf)
+                data[k * box + m] = (float(frames[f, y, x]) - b0) * f0
+            other[k * box + m] = 0.0
+            if has_var:
+                var[k * box + m] = variance[y, x]
+    lit = static.shape[0] > 0
+    if lit:
+        # the static light's structure is fixed light (its level above the box's minimum: the flat part
+        # is the fitted background)
+        low = 1e300
+        for k in range(box):
+            for m in range(box):
+                low = min(low, static[f, cy - r + k, cx - r + m])
+        for k in range(box):
+            for m in range(box):
+                other[k * box + m] = static[f, cy - r + k, cx - r + m] - low
+    for a in range(a_lo, a_hi):
+        j = order[a]
+        if egroup[j] == g:
+            continue
+        reach = r + 0.5 + 5.0 * max(esx[j], esy[j])
+        if abs(ex[j] - cx) > reach or abs(ey[j] - cy) > reach:
+            continue
+        _add_light(other, box, ex[j] - cx + r, ey[j] - cy + r, eN[j], esx[j], esy[j], bx, by)
+        lit = True
+    return lit
+
+
+@njit(cache=True, nogil=True)
+def _group_boxes_kernel(lo, hi, frames, baseline, factor, variance, static, sel, gframe, gcy, gcx, egroup, order,
+                        fstarts, ex, ey, eN, esx, esy, box, data, other, var, search, want_data):
+    has_var = variance.shape[0] > 0
+    bx = np.empty(box)
+    by = np.empty(box)
+    none = np.empty(0)
+    for q in range(lo, hi):
+        g = sel[q]
+        f = gframe[g]
+        _cut_box(frames, baseline, factor, variance, static, f, gcy[g], gcx[g], g, egroup, order, fstarts[f],
+                 fstarts[f + 1], ex, ey, eN, esx, esy, box, data[g], other[g], var[g] if has_var else none, bx, by,
+                 want_data)
 
 
 def _residual_peaks(data, other, var, K, theta, box, out, want_ll=True):
@@ -203,94 +230,148 @@ def _residual_peaks(data, other, var, K, theta, box, out, want_ll=True):
 
 
 @njit(cache=True, nogil=True)
+def _box_residual(data, other, var, K, th, box, want_ll, ex, ey, res, den, hs, hv, wx, wy):
+    """The residual of one box's model (``th``: the parameters of its ``K`` emitters) and its most significant
+    peak: returns ``(loglik, light, z, row, column)`` (see :func:`_residual_peaks`). ``var`` of length 0: no
+    readout variance. The other arguments are work buffers: ``ex``, ``ey`` (MAX_EMITTERS, box); ``res``,
+    ``den`` (box * 3 box: rows padded by ``box`` zeros either side) and ``hs``, ``hv`` (3 box * box: ``box``
+    rows of zeros above and below), zero outside the box; on return ``res[k * 3 box + box + m]`` is the
+    residual at pixel (k, m)."""
+    W = 3 * box
+    # the expected photons: K pixel-integrated Gaussians (the engine's MODEL_MULTI), background, other light
+    sx = th[4]
+    sy = th[5]
+    kx = 1.0 / (math.sqrt(2.0) * sx)
+    ky = 1.0 / (math.sqrt(2.0) * sy)
+    for e in range(K):
+        j = 0 if e == 0 else 6 + 3 * (e - 1)
+        _pixel_integrals(ex[e], box, th[j], kx)
+        _pixel_integrals(ey[e], box, th[j + 1], ky)
+    has_var = var.shape[0] > 0
+    ll = 0.0
+    light = 0.0
+    if K == 1 and not has_var and not want_ll:
+        # the screening's case (one emitter, no readout variance, no likelihood), in fewer operations: the
+        # same numbers
+        bg = th[3]
+        n0 = th[2]
+        for k in range(box):
+            eyk = ey[0, k]
+            for m in range(box):
+                p = k * box + m
+                o = other[p]
+                u = bg + o
+                u += n0 * ex[0, m] * eyk
+                den[k * W + box + m] = max(u, 1e-9)
+                res[k * W + box + m] = data[p] - u
+                if o != 0.0:
+                    light += o * o / max(max(u, 1e-9), 1.0)
+        return _peak_z(res, den, hs, hv, wx, wy, sx, sy, box, ll, light)
+    for k in range(box):
+        for m in range(box):
+            p = k * box + m
+            u = th[3] + other[p]
+            for e in range(K):
+                u += th[2 if e == 0 else 8 + 3 * (e - 1)] * ex[e, m] * ey[e, k]
+            v = var[p] if has_var else 0.0
+            mv = max(u + v, 1e-9)
+            den[k * W + box + m] = mv
+            res[k * W + box + m] = data[p] - u
+            if want_ll:
+                x = data[p] + v
+                if x > 0:
+                    ll += x * math.log(mv / x) - mv + x
+                else:
+                    ll -= mv
+            o = other[p]
+            if o != 0.0:
+                light += o * o / max(mv, 1.0)
+    return _peak_z(res, den, hs, hv, wx, wy, sx, sy, box, ll, light)
+
+
+@njit(cache=True, nogil=True)
+def _peak_z(res, den, hs, hv, wx, wy, sx, sy, box, ll, light):
+    """The most significant peak of a residual ``res`` (noise variance ``den``; :func:`_box_residual`'s padded
+    layout): ``(ll, light, z, row, column)``."""
+    W = 3 * box
+    # matched filter (separable Gaussian weights over +-1 width): residual sum over its noise sd; the zeros
+    # around the box stand for the pixels outside it
+    rw = 1
+    smax = max(sx, sy)
+    if smax == smax:
+        rw = min(box, max(1, int(round(smax))))
+    for t in range(-rw, rw + 1):
+        wx[t + rw] = math.exp(-0.5 * t * t / (sx * sx))
+        wy[t + rw] = math.exp(-0.5 * t * t / (sy * sy))
+    n_w = 2 * rw + 1
+    w0, w1, w2 = wx[0], wx[1], wx[2]
+    for k in range(box):
+        for m in range(box):
+            a_s = 0.0
+            a_v = 0.0
+            base = k * W + box + m - rw
+            if rw == 1:  # the usual width, unrolled (the same sums)
+                a_s = w0 * res[base] + w1 * res[base + 1] + w2 * res[base + 2]
+                a_v = w0 * w0 * den[base] + w1 * w1 * den[base + 1] + w2 * w2 * den[base + 2]
+            else:
+                for t in range(n_w):
+                    w = wx[t]
+                    a_s += w * res[base + t]
+                    a_v += w * w * den[base + t]
+            hs[(k + box) * box + m] = a_s
+            hv[(k + box) * box + m] = a_v
+    best = -1e300
+    bk = 0
+    bm = 0
+    w0, w1, w2 = wy[0], wy[1], wy[2]
+    for k in range(box):
+        for m in range(box):
+            a_s = 0.0
+            a_v = 0.0
+            base = (k + box - rw) * box + m
+            if rw == 1:
+                a_s = w0 * hs[base] + w1 * hs[base + box] + w2 * hs[base + 2 * box]
+                a_v = w0 * w0 * hv[base] + w1 * w1 * hv[base + box] + w2 * w2 * hv[base + 2 * box]
+            else:
+                for t in range(n_w):
+                    w = wy[t]
+                    a_s += w * hs[base + t * box]
+                    a_v += w * w * hv[base + t * box]
+            z = a_s / math.sqrt(max(a_v, 1e-12))
+            if z > best:
+                best = z
+                bk = k
+                bm = m
+    return ll, light, best, bk, bm
+
+
+@njit(cache=True, nogil=True)
 def _residual_peaks_kernel(lo, hi, data, other, var, K, theta, box, out, want_ll):
-    npx = box * box
-    mu = np.empty(npx)
-    den = np.empty(npx)
-    res = np.empty(npx)
-    hs = np.empty(npx)
-    hv = np.empty(npx)
+    W = 3 * box
+    res = np.zeros(box * W)
+    den = np.zeros(box * W)
+    hs = np.zeros(W * box)
+    hv = np.zeros(W * box)
     ex = np.empty((MAX_EMITTERS, box))
     ey = np.empty((MAX_EMITTERS, box))
     wx = np.empty(2 * box + 1)
     wy = np.empty(2 * box + 1)
     has_var = var.shape[0] > 0
+    none = np.empty(0)
     for g in range(lo, hi):
-        # the expected photons: K pixel-integrated Gaussians (the engine's MODEL_MULTI), background, other light
-        sx = theta[g, 4]
-        sy = theta[g, 5]
-        kx = 1.0 / (math.sqrt(2.0) * sx)
-        ky = 1.0 / (math.sqrt(2.0) * sy)
-        for e in range(K[g]):
-            j = 0 if e == 0 else 6 + 3 * (e - 1)
-            for m in range(box):
-                ex[e, m] = 0.5 * (math.erf((m + 0.5 - theta[g, j]) * kx) - math.erf((m - 0.5 - theta[g, j]) * kx))
-                ey[e, m] = 0.5 * (math.erf((m + 0.5 - theta[g, j + 1]) * ky) - math.erf((m - 0.5 - theta[g, j + 1])
-                                                                                          * ky))
-        ll = 0.0
-        light = 0.0
-        for k in range(box):
-            for m in range(box):
-                p = k * box + m
-                u = theta[g, 3] + other[g, p]
-                for e in range(K[g]):
-                    u += theta[g, 2 if e == 0 else 8 + 3 * (e - 1)] * ex[e, m] * ey[e, k]
-                mu[p] = u
-                v = var[g, p] if has_var else 0.0
-                mv = max(u + v, 1e-9)
-                den[p] = mv
-                res[p] = data[g, p] - u
-                if want_ll:
-                    x = data[g, p] + v
-                    if x > 0:
-                        ll += x * math.log(mv / x) - mv + x
-                    else:
-                        ll -= mv
-                o = other[g, p]
-                light += o * o / max(mv, 1.0)
+        ll, light, best, bk, bm = _box_residual(data[g], other[g], var[g] if has_var else none, K[g], theta[g], box,
+                                                want_ll, ex, ey, res, den, hs, hv, wx, wy)
         out[g, 0] = ll
         out[g, 5] = light
-        # matched filter (separable Gaussian weights over +-1 width): residual sum over its noise sd
-        rw = 1
-        smax = max(sx, sy)
-        if smax == smax:
-            rw = min(box, max(1, int(round(smax))))
-        for t in range(-rw, rw + 1):
-            wx[t + rw] = math.exp(-0.5 * t * t / (sx * sx))
-            wy[t + rw] = math.exp(-0.5 * t * t / (sy * sy))
-        for k in range(box):
-            for m in range(box):
-                a_s = 0.0
-                a_v = 0.0
-                for b in range(max(0, m - rw), min(box, m + rw + 1)):
-                    w = wx[b - m + rw]
-                    a_s += w * res[k * box + b]
-                    a_v += w * w * den[k * box + b]
-                hs[k * box + m] = a_s
-                hv[k * box + m] = a_v
-        best = -1e300
-        bk = 0
-        bm = 0
-        for k in range(box):
-            for m in range(box):
-                a_s = 0.0
-                a_v = 0.0
-                for a in range(max(0, k - rw), min(box, k + rw + 1)):
-                    w = wy[a - k + rw]
-                    a_s += w * hs[a * box + m]
-                    a_v += w * w * hv[a * box + m]
-                z = a_s / math.sqrt(max(a_v, 1e-12))
-                if z > best:
-                    best = z
-                    bk = k
-                    bm = m
+        sx = theta[g, 4]
+        sy = theta[g, 5]
         # centroid of the positive residual around the peak, and the photons it holds
         tot = 0.0
         ck = 0.0
         cm = 0.0
         for a in range(max(0, bk - 1), min(box, bk + 2)):
             for b in range(max(0, bm - 1), min(box, bm + 2)):
-                d = res[a * box + b]
+                d = res[a * W + box + b]
                 if d > 0:
                     tot += d
                     ck += d * a
@@ -307,6 +388,161 @@ def _residual_peaks_kernel(lo, hi, data, other, var, K, theta, box, out, want_ll
         out[g, 2] = ck
         out[g, 3] = cm
         out[g, 4] = max(tot / max(fx * fy, 0.05), 10.0)
+
+
+@njit(cache=True, nogil=True)
+def _unlit_z(spots, g, th, box, ex, ey, dp, hs, sx_, sy_):
+    """:func:`_box_residual`'s ``z`` of a box with no other light, one emitter, no readout variance, a positive
+    background and photons and a matched filter of +-1 pixel: the filter is separable, so its model terms
+    are products of one-dimensional sums and only the data is filtered (the same number to rounding).
+    ``spots[g]``: the box's photons; ``dp`` (box * 3 box) and ``hs`` (3 box * box) zero outside the box;
+    ``sx_``, ``sy_``: buffers of (4, box)."""
+    W = 3 * box
+    sx = th[4]
+    sy = th[5]
+    _pixel_integrals(ex, box, th[0], 1.0 / (math.sqrt(2.0) * sx))
+    _pixel_integrals(ey, box, th[1], 1.0 / (math.sqrt(2.0) * sy))
+    bg = th[3]
+    n0 = th[2]
+    for k in range(box):
+        for m in range(box):
+            dp[k * W + box + m] = spots[g, k * box + m]
+    # per axis: the window sums of the weights, of their squares, and of the emitter's profile with both
+    for axis in range(2):
+        s = sx if axis == 0 else sy
+        prof = ex if axis == 0 else ey
+        out = sx_ if axis == 0 else sy_
+        w0 = math.exp(-0.5 / (s * s))
+        for m in range(box):
+            a0 = 0.0
+            a1 = 0.0
+            a2 = 0.0
+            a3 = 0.0
+            for t in range(-1, 2):
+                b = m + t
+                if 0 <= b < box:
+                    w = 1.0 if t == 0 else w0
+                    a0 += w
+                    a1 += w * w
+                    a2 += w * prof[b]
+                    a3 += w * w * prof[b]
+            out[0, m] = a0
+            out[1, m] = a1
+            out[2, m] = a2
+            out[3, m] = a3
+    wx0 = math.exp(-0.5 / (sx * sx))
+    wy0 = math.exp(-0.5 / (sy * sy))
+    for k in range(box):
+        for m in range(box):
+            base = k * W + box + m - 1
+            hs[(k + box) * box + m] = wx0 * dp[base] + dp[base + 1] + wx0 * dp[base + 2]
+    best = -1e300
+    for k in range(box):
+        for m in range(box):
+            base = (k + box - 1) * box + m
+            a_s = wy0 * hs[base] + hs[base + box] + wy0 * hs[base + 2 * box]
+            a_s -= bg * sx_[0, m] * sy_[0, k] + n0 * sx_[2, m] * sy_[2, k]
+            a_v = bg * sx_[1, m] * sy_[1, k] + n0 * sx_[3, m] * sy_[3, k]
+            z = a_s / math.sqrt(max(a_v, 1e-12))
+            if z > best:
+                best = z
+    return best
+
+
+def _screen(cam, G, E, theta, out, spots=None):
+    """The screening of every box of ``G`` (one emitter each, its own group; ``theta`` its single fit): per
+    box ``out[g] = (z, light)`` of :func:`_residual_peaks` for the box cut by :func:`_group_boxes`, without
+    storing the boxes. ``spots``: the boxes' photons (n, box, box) as the single fit saw them, read instead of
+    the frames (in order, so faster), or None."""
+    c = np.ascontiguousarray
+    n = len(G.frame)
+    if spots is None or np.shape(spots)[0] != n:
+        spots = np.zeros((0, cam.npx), np.float32)
+    spots = c(np.reshape(spots, (len(spots), cam.npx)), np.float32)
+    order = np.arange(n, dtype=np.int64)
+    frame = c(G.frame, np.int64)
+    if n > 1 and np.any(np.diff(frame) < 0):
+        order = np.argsort(frame, kind="stable").astype(np.int64)
+    fstarts = np.searchsorted(frame[order], np.arange(cam.n_frames + 1)).astype(np.int64)
+    # the emitters whose light can reach a box: within r + 1/2 + 5 widths (as _cut_box renders it) of its
+    # centre; in the identification's row-major order they are a window of rows, found by bisection
+    yb = c(E.hy[order], np.int64)
+    same = frame[order][1:] == frame[order][:-1]
+    with np.errstate(invalid="ignore"):
+        dev = np.abs(E.y - E.hy)
+        reach = cam.box // 2 + 0.5 + 5.0 * np.fmax(E.sx, E.sy)
+        span = float(np.nanmax(reach) + np.max(dev)) if n else 0.0
+    if not (np.isfinite(span) and np.all(np.diff(yb)[same] >= 0)):
+        span = -1.0  # scan every emitter of the frame
+    _shared(_screen_kernel, n, cam.frames, spots, cam.baseline, cam.factor, cam.variance, cam.static, frame,
+            c(G.cy, np.int64), c(G.cx, np.int64), order, fstarts, yb, span, np.arange(n, dtype=np.int64),
+            c(E.x, np.float64), c(E.y, np.float64), c(E.N, np.float64), c(E.sx, np.float64), c(E.sy, np.float64),
+            c(theta, np.float64), cam.box, out, 1, False)
+
+
+@njit(cache=True, nogil=True)
+def _screen_kernel(lo, hi, frames, spots, baseline, factor, variance, static, gframe, gcy, gcx, order, fstarts, yb,
+                   span, egroup, ex, ey, eN, esx, esy, theta, box, out, k1, want_ll):
+    # k1 = 1 and want_ll = False come as arguments: literals would compile _box_residual and _cut_box a second
+    # time
+    npx = box * box
+    W = 3 * box
+    has_var = variance.shape[0] > 0
+    data = np.empty(npx)
+    other = np.empty(npx)
+    var = np.empty(npx if has_var else 0)
+    res = np.zeros(box * W)
+    den = np.zeros(box * W)
+    hs = np.zeros(W * box)
+    hv = np.zeros(W * box)
+    bx = np.empty((1, box))
+    by = np.empty((1, box))
+    wx = np.empty(2 * box + 1)
+    wy = np.empty(2 * box + 1)
+    read = spots.shape[0] > 0
+    sums_x = np.empty((4, box))
+    sums_y = np.empty((4, box))
+    for q in range(lo, hi):
+        g = order[q]
+        f = gframe[g]
+        a_lo = fstarts[f]
+        a_hi = fstarts[f + 1]
+        if span >= 0.0:  # the emitters of rows cy +- span (bisection: yb is sorted within the frame)
+            lo_ = a_lo
+            hi_ = a_hi
+            while lo_ < hi_:
+                mid = (lo_ + hi_) // 2
+                if yb[mid] < gcy[g] - span:
+                    lo_ = mid + 1
+                else:
+                    hi_ = mid
+            top = a_hi
+            hi_ = a_hi
+            a_lo = lo_
+            while lo_ < hi_:
+                mid = (lo_ + hi_) // 2
+                if yb[mid] <= gcy[g] + span:
+                    lo_ = mid + 1
+                else:
+                    hi_ = mid
+            a_hi = min(lo_, top)
+        lit = _cut_box(frames, baseline, factor, variance, static, f, gcy[g], gcx[g], g, egroup, order, a_lo, a_hi,
+                       ex, ey, eN, esx, esy, box, data, other, var, bx[0], by[0], not read)
+        th = theta[g]
+        smax = max(th[4], th[5])
+        if read and not lit and not has_var and th[3] > 1e-9 and th[2] >= 0.0 and smax < 1.5 and th[4] > 0.0 \
+                and th[5] > 0.0:
+            # the usual box: alone, a one-pixel filter (the width rounds to 1)
+            out[g, 0] = _unlit_z(spots, g, th, box, bx[0], by[0], res, hs, sums_x, sums_y)
+            out[g, 1] = 0.0
+            continue
+        if read:
+            for p in range(npx):
+                data[p] = spots[g, p]
+        ll, light, best, bk, bm = _box_residual(data, other, var, k1, th, box, want_ll, bx, by, res, den, hs, hv, wx,
+                                                wy)
+        out[g, 0] = best
+        out[g, 1] = light
 
 
 def _width_noise(theta, ok, sigma, box):
@@ -613,9 +849,9 @@ def _fit_batches(spots, model, noise, theta0, aux, other, variance, eps, max_ite
                        ("theta", "crlb", "objective", "iterations", "converged", "gof")))
 
 
-def _state(ids, fit0, box, sigma):
-    """Emitters and singleton groups (one per identified box) with the single-emitter fits ``fit0``."""
-    r = box // 2
+def _emitters(ids, fit0, sigma):
+    """The emitters of the single-emitter fits ``fit0`` of the boxes ``ids`` (failed fits at their box's
+    centre, at width ``sigma``), and which fits failed."""
     conv0 = np.asarray(fit0["converged"], bool)
     E = _Emitters(ids["frame"], ids["x"] + np.where(conv0, fit0["dx"], 0.0),
                   ids["y"] + np.where(conv0, fit0["dy"], 0.0), fit0["photons"], fit0["bg"], fit0["sx"], fit0["sy"],
@@ -630,9 +866,22 @@ def _state(ids, fit0, box, sigma):
     E.sy[bad] = sigma
     E.N[bad] = np.where(np.isfinite(E.N[bad]) & (E.N[bad] > 10), E.N[bad], 100.0)
     E.bg[bad] = np.where(np.isfinite(E.bg[bad]) & (E.bg[bad] > 0), E.bg[bad], 1.0)
+    return E, bad
+
+
+def _single_theta(fit0, box):
+    """The single fits' parameters (x, y in box pixels, N, bg, sx, sy), one row per box."""
+    r = box // 2
+    return np.column_stack([fit0["dx"] + r, fit0["dy"] + r, fit0["photons"], fit0["bg"], fit0["sx"],
+                            fit0["sy"]]).astype(np.float64)
+
+
+def _state(ids, fit0, box, sigma):
+    """Emitters and singleton groups (one per identified box) with the single-emitter fits ``fit0``."""
+    conv0 = np.asarray(fit0["converged"], bool)
+    E, bad = _emitters(ids, fit0, sigma)
     G = _Groups(ids["frame"], ids["y"], ids["x"], np.arange(len(E) + 1), np.arange(len(E)), box * box)
-    G.theta[:, :6] = np.column_stack([fit0["dx"] + r, fit0["dy"] + r, fit0["photons"], fit0["bg"], fit0["sx"],
-                                      fit0["sy"]])
+    G.theta[:, :6] = _single_theta(fit0, box)
     nan = np.full(len(E), np.nan)
     var0 = np.column_stack([fit0["lpx"], fit0["lpy"]] + [fit0.get(k, nan) for k in
                                                          ("photons_unc", "bg_unc", "sx_unc", "sy_unc")]) ** 2
@@ -642,6 +891,71 @@ def _state(ids, fit0, box, sigma):
     G.converged[:] = conv0
     G.fitted[:] = conv0
     return E, G, bad
+
+
+@dataclass
+class _Boxes:
+    """Box places (frame, centre row and column) for :meth:`_Camera.cut`."""
+
+    frame: np.ndarray
+    cy: np.ndarray
+    cx: np.ndarray
+
+
+def _split_test(cam, G, theta, E, sel, p, options, noise, device, sigma):
+    """The refinement's split test (:func:`_refine`, step d) of single-emitter boxes ``sel`` (of the boxes
+    ``G``, box g holding emitter g, fitted with ``theta[g]``) with no other light: whether the box fitted as two
+    (started from :func:`_split_starts`) converges with the two apart and gains ``llr_threshold`` in twice the
+    log-likelihood."""
+    box = cam.box
+    n = len(sel)
+    order, fstarts = _frame_index(E, cam.n_frames, np.ones(len(E), bool))
+    data, other, var, search = cam.empty(n)
+    # the boxes alone, as groups 0 .. n-1 (box sel[q] holds emitter sel[q])
+    egroup = np.full(len(E), -1, np.int64)
+    egroup[sel] = np.arange(n)
+    cam.cut(np.arange(n, dtype=np.int64), _Boxes(G.frame[sel], G.cy[sel], G.cx[sel]), egroup, order, fstarts, E,
+            data, other, var, search)
+    theta = theta[sel]
+    base = np.zeros((n, 6))
+    _residual_peaks(data, other, var, np.ones(n, np.int64), theta, box, base)
+    theta1 = _split_starts(data, theta, box, sigma)
+    P = 6 + 3
+    res = _fit_batches(data.reshape(-1, box, box), MODEL_MULTI, noise, theta1[:, :P], np.array([2.0]),
+                       other.reshape(-1, box, box), var.reshape(-1, box, box) if cam.has_var else None,
+                       float(p.convergence), int(p.max_iterations), device)
+    last_counts["fits"] += n
+    last_counts["extra_emitter_fits"] += n
+    t1 = np.zeros((n, MAX_PARAMS))
+    t1[:, :P] = res.theta
+    res1 = np.zeros((n, 6))
+    _residual_peaks(data, other, var, np.full(n, 2, np.int64), t1, box, res1)
+    llr = 2.0 * (res1[:, 0] - base[:, 0])
+    apart = np.hypot(t1[:, 0] - t1[:, 6], t1[:, 1] - t1[:, 7]) >= options.min_separation_sigmas * sigma
+    keep = res.converged & (llr > options.llr_threshold) & apart
+    if _DEBUG:
+        print("split test of lone wide boxes", n, "kept", int(keep.sum()))
+    return keep
+
+
+def _near_seeds(E, seed, reach):
+    """The emitters of ``E`` (in the identification's frame, row order) within ``max(reach[a], reach[b])`` of a
+    seed ``b`` of their frame, found in each seed's window of rows (not a tree of every emitter); None if the
+    emitters are not in that order."""
+    dev = np.abs(E.y - E.hy)
+    if len(E) == 0 or not np.all(np.isfinite(dev)):
+        return None
+    span = int(math.ceil(float(reach.max()) + 2.0 * float(dev.max()))) + 1
+    key = E.frame * np.int64(1 << 32) + E.hy
+    if span >= 1 << 30 or np.any(np.diff(key) < 0):
+        return None
+    s = np.flatnonzero(seed)
+    lo = np.searchsorted(key, key[s] - span, side="left")
+    counts = np.searchsorted(key, key[s] + span, side="right") - lo
+    a = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts) + np.repeat(lo, counts)
+    b = np.repeat(s, counts)
+    close = np.hypot(E.x[a] - E.x[b], E.y[a] - E.y[b]) <= np.maximum(reach[a], reach[b])
+    return a[close]
 
 
 def _take(d, mask):
@@ -692,7 +1006,7 @@ def fit_crowded(frames, ids, fit0, p, options: CrowdedOptions, noise=NOISE_POISS
 
 
 def refine_crowded(frames, ids, fit0, p, options: CrowdedOptions, noise=NOISE_POISSON, baseline=0.0, factor=1.0,
-                   device="cpu", variance=None, static=None):
+                   device="cpu", variance=None, static=None, spots=None):
     """The work of :func:`fit_crowded` on the boxes that need it; every other box keeps its single fit.
 
     Returns ``(active, columns, keys)``: which boxes of ``ids`` were refined, the per-emitter columns of
@@ -704,7 +1018,9 @@ def refine_crowded(frames, ids, fit0, p, options: CrowdedOptions, noise=NOISE_PO
     its other light is significant (``sum(other^2 / variance) > light_chi2``: by Cauchy-Schwarz this bounds the
     bias the ignored light can cause in any parameter to ``sqrt(light_chi2)`` CRLB standard deviations), its
     residual holds a peak above ``candidate_z``, or its spot is significantly wider than the PSF (``split_width``,
-    ``split_z``). Those boxes and the emitters whose light reaches them are refined.
+    ``split_z``). Those boxes and the emitters whose light reaches them are refined. ``spots``: the photons of
+    the boxes ``ids`` (n, box, box) as the single fit saw them (the screening reads them instead of the
+    frames), or None.
     """
     frames = np.ascontiguousarray(frames)
     n_frames, height, width = frames.shape
@@ -714,8 +1030,11 @@ def refine_crowded(frames, ids, fit0, p, options: CrowdedOptions, noise=NOISE_PO
     # the PSF width: the narrower fitted width of a typical spot (blends of two spots widen one axis)
     sigma = float(np.median(np.minimum(fit0["sx"][ok_w], fit0["sy"][ok_w]))) if ok_w.any() else 1.0
     cam = _Camera(frames, baseline, factor, variance, static, box)
-    E, G, bad = _state(ids, fit0, box, sigma)
-    width_noise = _width_noise(G.theta, ok_w, sigma, box)
+    E, bad = _emitters(ids, fit0, sigma)
+    # the boxes, one emitter each, and their single fits
+    G = _Boxes(np.asarray(ids["frame"], np.int64), np.asarray(ids["y"], np.int64), np.asarray(ids["x"], np.int64))
+    theta0 = _single_theta(fit0, box)
+    width_noise = _width_noise(theta0, ok_w, sigma, box)
     n = len(E)
     last_counts.clear()
     last_counts.update(boxes=n, active=0, fits=0, extra_emitter_fits=0, passes=0)
@@ -723,35 +1042,40 @@ def refine_crowded(frames, ids, fit0, p, options: CrowdedOptions, noise=NOISE_PO
     if n == 0 or int(options.max_emitters) < 2:
         return np.zeros(n, bool), None, None
     # screening: one cut of every box with all other light, one residual search of the single fits
-    alive = np.ones(n, bool)
-    order, fstarts = _frame_index(E, n_frames, alive)
-    data, other, var, search = cam.empty(n)
-    sel = np.arange(n, dtype=np.int64)
-    cam.cut(sel, G, np.arange(n, dtype=np.int64), order, fstarts, E, data, other, var, search)
-    theta = G.theta.copy()
+    theta = theta0.copy()
     r = box // 2
     theta[bad, :6] = (r, r, 100.0, 1.0, sigma, sigma)
-    res = np.zeros((n, 6))
-    _residual_peaks(search, other, var, G.K, theta, box, res, want_ll=False)
+    res = np.zeros((n, 2))
+    _screen(cam, G, E, theta, res, spots)
     with np.errstate(invalid="ignore"):
-        wide = conv0 & _wide(G.theta, sigma, options, width_noise)
-        seed = bad | (res[:, 5] > options.light_chi2) | (res[:, 1] > options.candidate_z) | wide
+        wide = conv0 & _wide(theta0, sigma, options, width_noise)
+        seed = bad | (res[:, 1] > options.light_chi2) | (res[:, 0] > options.candidate_z) | wide
+        # a wide spot with no other light and no residual peak in its box is refined only for the split test
+        # (the refinement would try it as two and keep its fit unless the pair passes): test it here and refine
+        # only the boxes where the pair is kept
+        lone = np.flatnonzero(wide & ~bad & (res[:, 1] == 0.0) & ~(res[:, 0] > options.candidate_z))
+    if len(lone):
+        seed[lone[~_split_test(cam, G, theta0, E, lone, p, options, noise, device, sigma)]] = False
     active = seed.copy()
     if _DEBUG:
-        print("seeds", int(seed.sum()), "bad", int(bad.sum()), "light", int((res[:, 5] > options.light_chi2).sum()),
-              "z", int((res[:, 1] > options.candidate_z).sum()), "wide", int(wide.sum()), "of", n)
+        print("seeds", int(seed.sum()), "bad", int(bad.sum()), "light", int((res[:, 1] > options.light_chi2).sum()),
+              "z", int((res[:, 0] > options.candidate_z).sum()), "wide", int(wide.sum()), "of", n)
     if seed.any() and not seed.all():
         # and the emitters whose light reaches a seed's box (their fits may change with the seed's)
         w = np.minimum(np.maximum(E.sx, E.sy), r + 0.5)
         reach = math.sqrt(2.0) * (r + 0.5 + 5.0 * np.where(np.isfinite(w), w, sigma))
-        pts = np.column_stack([E.x + E.frame * 1e5, E.y])
-        pairs = cKDTree(pts).query_pairs(float(reach.max()), output_type="ndarray")
-        if len(pairs):
-            a_, b_ = pairs[:, 0], pairs[:, 1]
-            close = np.hypot(*(pts[a_] - pts[b_]).T) <= np.maximum(reach[a_], reach[b_])
-            a_, b_ = a_[close], b_[close]
-            active[a_[seed[b_]]] = True
-            active[b_[seed[a_]]] = True
+        near = _near_seeds(E, seed, reach)
+        if near is not None:
+            active[near] = True
+        else:
+            pts = np.column_stack([E.x + E.frame * 1e5, E.y])
+            pairs = cKDTree(pts).query_pairs(float(reach.max()), output_type="ndarray")
+            if len(pairs):
+                a_, b_ = pairs[:, 0], pairs[:, 1]
+                close = np.hypot(*(pts[a_] - pts[b_]).T) <= np.maximum(reach[a_], reach[b_])
+                a_, b_ = a_[close], b_[close]
+                active[a_[seed[b_]]] = True
+                active[b_[seed[a_]]] = True
     last_counts["active"] = int(active.sum())
     t1 = time.process_time()
     last_counts["cpu_screen"] = t1 - t0

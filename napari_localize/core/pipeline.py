@@ -186,7 +186,8 @@ def localize_frames(frames, p: LocalizeParameters, first_frame: int = 0, stats: 
     # the crowded-fields refit: with sCMOS maps the joint fits use the per-pixel conversion and readout variance;
     # with an identification prefilter the residual is searched where the prefilter's static light is removed
     if p.max_emitters > 1 and p.fit_method in ("mle", "lq"):
-        fit, ids = _fit_crowded(frames, ids, fit, p, first_frame, stats.device, camera, identify_frames)
+        fit, ids = _fit_crowded(frames, ids, fit, p, first_frame, stats.device, camera, identify_frames,
+                                 photons)
         stats.seconds["fit"] += time.perf_counter() - t2
     locs = np.zeros(len(ids), locs_dtype(p.fit_method, p.max_emitters))
     locs["frame"] = ids["frame"]
@@ -222,11 +223,12 @@ def crowded_noise(p: LocalizeParameters, camera=None) -> int:
 
 
 def _fit_crowded(frames, ids, fit, p: LocalizeParameters, first_frame: int, device: str = "cpu", camera=None,
-                 identify_frames=None):
+                 identify_frames=None, spots=None):
     """Refine the single-emitter fits of a chunk for crowding (:func:`~napari_localize.core.crowded.fit_crowded`).
 
     ``camera``: per-pixel sCMOS maps (the refit converts and weighs every pixel with them); ``identify_frames``:
-    what identification saw (a prefilter): the light it removed is static light for the residual search.
+    what identification saw (a prefilter): the light it removed is static light for the residual search;
+    ``spots``: the photon boxes the single fit saw (the screening reads them rather than the frames).
     Returns per-emitter fit columns and an identification-like table (frame, integer x, y of the emitter's
     pixel, net gradient) with one row per emitter.
     """
@@ -247,7 +249,7 @@ def _fit_crowded(frames, ids, fit, p: LocalizeParameters, first_frame: int, devi
         static = _static_light(frames, identify_frames, p, factor)
     active, out, keys = refine_crowded(frames, local, fit, p, CrowdedOptions(max_emitters=p.max_emitters), noise,
                                        baseline, factor, device if device in ("cpu", "cuda") else "cpu", variance,
-                                       static)
+                                       static, spots)
     if out is None:  # no box needed more than its single fit
         return fit, ids
     em = p.em_gain > 1
@@ -295,19 +297,62 @@ def _fit_crowded(frames, ids, fit, p: LocalizeParameters, first_frame: int, devi
             new_ids["net_gradient"][i] = net_gradient_at(seen, y, x, r)
     out["dx"], out["dy"] = out["x"] - new_ids["x"], out["y"] - new_ids["y"]
     # the refined emitters and the boxes that kept their single fit, in frame, box, emitter order
-    rest = ~active
-    n_rest = int(rest.sum())
+    rest = np.flatnonzero(~active)
+    n_rest = len(rest)
+    n_out = len(new_ids)
+    rest_keys = (np.zeros(n_rest, np.int64), ids["x"][rest], ids["y"][rest], ids["frame"][rest] - first_frame)
+    slots = _merge_slots(keys, rest_keys, frames.shape)
+    total = n_out + n_rest
+    if slots is None:  # not a sorted merge: sort all rows
+        order = np.lexsort([np.concatenate([a, b]) for a, b in zip(keys, rest_keys, strict=True)])
+        inv = np.empty(total, np.int64)
+        inv[order] = np.arange(total)
+        out_at, rest_at = inv[:n_out], inv[n_out:]
+    else:
+        out_at, rest_at = slots
+
+    # each refined box gave one row, in its place (no emitter added): the kept rows stay where they are
+    in_place = total == len(ids) and np.array_equal(out_at, np.flatnonzero(active))
+
+    def merge(a, whole):
+        """The merged column of refined rows ``a`` and the column ``whole`` of every box."""
+        if in_place:
+            m = np.array(whole, a.dtype)
+        else:
+            m = np.empty(total, a.dtype)
+            m[rest_at] = whole[rest]
+        m[out_at] = a
+        return m
+
     merged = {}
     for name, v in fit.items():
         if np.ndim(v) and len(v) == len(ids) and name in out:
-            a = np.asarray(out[name])
-            merged[name] = np.concatenate([a, np.asarray(v)[rest].astype(a.dtype, copy=False)])
-    merged["n_emitters"] = np.concatenate([out["n_emitters"], np.ones(n_rest, out["n_emitters"].dtype)])
-    merged["llr"] = np.concatenate([out["llr"], np.zeros(n_rest)])
-    all_ids = np.concatenate([new_ids, ids[rest]])
-    rest_keys = (np.zeros(n_rest, np.int64), ids["x"][rest], ids["y"][rest], ids["frame"][rest] - first_frame)
-    order = np.lexsort([np.concatenate([a, b]) for a, b in zip(keys, rest_keys, strict=True)])
-    return {k: v[order] for k, v in merged.items()}, all_ids[order]
+            merged[name] = merge(np.asarray(out[name]), np.asarray(v))
+    merged["n_emitters"] = merge(out["n_emitters"], np.ones(len(ids), out["n_emitters"].dtype))
+    merged["llr"] = merge(np.asarray(out["llr"], float), np.zeros(len(ids)))
+    return merged, merge(new_ids, ids)
+
+
+def _merge_slots(keys, rest_keys, shape):
+    """Where the refined rows (sort keys ``keys``: emitter, x, y, frame; sorted) and the kept rows
+    (``rest_keys``) go in the merged frame, box, emitter order (refined rows first among equal keys, as a
+    stable sort of both lists would put them); None unless the kept rows are sorted and the keys fit one
+    integer."""
+    n_frames, h, w = (int(v) for v in shape[-3:])
+    both = [np.concatenate([a, b]) for a, b in zip(keys, rest_keys, strict=True)]
+    e, x, y, f = (np.asarray(v, np.int64) for v in both)
+    if len(e) and not ((e >= 0).all() and (e < 8).all() and (x >= 0).all() and (x < w).all() and (y >= 0).all()
+                       and (y < h).all() and (f >= 0).all() and n_frames * h * w * 8 < 2**62):
+        return None
+    key = ((f * h + y) * w + x) * 8 + e
+    n_out = len(keys[0])
+    k_out, k_rest = key[:n_out], key[n_out:]
+    if np.any(np.diff(k_rest) < 0) or np.any(np.diff(k_out) < 0):
+        return None
+    out_at = np.searchsorted(k_rest, k_out, side="left") + np.arange(n_out)
+    is_out = np.zeros(n_out + len(k_rest), bool)
+    is_out[out_at] = True
+    return out_at, np.flatnonzero(~is_out)
 
 
 def _static_light(frames, identify_frames, p: LocalizeParameters, factor):
