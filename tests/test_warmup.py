@@ -81,9 +81,9 @@ def test_switched_off_starts_nothing(monkeypatch):
     warmup.wait_for(3, 0)  # nothing started: returns at once
 
 
-def test_a_crowded_2d_run_asks_for_its_multi_emitter_kernel(monkeypatch):
+def test_a_2d_run_asks_for_its_fit_kernels(monkeypatch):
     from napari_localize.core import pipeline
-    from napari_localize.core.engine import MODEL_MULTI, NOISE_LSQ, NOISE_POISSON
+    from napari_localize.core.engine import MODEL_GAUSS, MODEL_MULTI, NOISE_LSQ, NOISE_POISSON
     from napari_localize.core.parameters import LocalizeParameters
     from napari_localize.core.simulate import SimulationParameters, simulate_frames
 
@@ -93,4 +93,6 @@ def test_a_crowded_2d_run_asks_for_its_multi_emitter_kernel(monkeypatch):
     for method, max_emitters in (("mle", 5), ("lq", 3), ("mle", 1)):
         p = LocalizeParameters(baseline=100, min_net_gradient=500, fit_method=method, max_emitters=max_emitters)
         list(pipeline.iter_localize(frames, p))
-    assert asked == [[(MODEL_MULTI, NOISE_POISSON)], [(MODEL_MULTI, NOISE_LSQ)]]  # none for one emitter per box
+    # the single fit's kernel, then the multi-emitter refit's (none for one emitter per box)
+    assert asked == [[(MODEL_GAUSS, NOISE_POISSON)], [(MODEL_MULTI, NOISE_POISSON)],
+                     [(MODEL_GAUSS, NOISE_LSQ)], [(MODEL_MULTI, NOISE_LSQ)], [(MODEL_GAUSS, NOISE_POISSON)]]

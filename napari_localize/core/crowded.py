@@ -832,10 +832,6 @@ def _fit_batches(spots, model, noise, theta0, aux, other, variance, eps, max_ite
 
     n = len(spots)
     kw = dict(aux=aux, eps=eps, max_iterations=max_iterations, device=device)
-    if device == "cpu" and model == MODEL_MULTI:
-        from .warmup import wait_for
-
-        wait_for(model, noise)  # compiled in another process (the run's start): load it, do not compile it twice
     if device != "cpu" or n <= FIT_BATCH or _threads() == 1:
         return fit_boxes(spots, model, noise, theta0=theta0, other=other, variance=variance, **kw)
     from .identify import _pool

@@ -212,9 +212,9 @@ def localize_frames(frames, p: LocalizeParameters, first_frame: int = 0, stats: 
     return locs
 
 
-def crowded_noise(p: LocalizeParameters, camera=None) -> int:
-    """The engine noise model of the crowded refit: the single fit's (Poisson or least squares; with sCMOS
-    maps the sCMOS likelihood or least squares weighted per pixel)."""
+def fit_noise(p: LocalizeParameters, camera=None) -> int:
+    """The engine noise model of a 2D run's fits, single and crowded: Poisson or least squares; with sCMOS maps
+    the sCMOS likelihood or least squares weighted per pixel."""
     from .engine import NOISE_LSQ, NOISE_POISSON, NOISE_SCMOS, NOISE_WLSQ
 
     if camera is not None:
@@ -243,7 +243,7 @@ def _fit_crowded(frames, ids, fit, p: LocalizeParameters, first_frame: int, devi
         baseline, factor, variance = p.baseline, p.sensitivity / p.em_gain, None
     else:
         baseline, factor, variance = camera.offset, camera.sensitivity / np.float32(camera.em_gain), camera.variance
-    noise = crowded_noise(p, camera)
+    noise = fit_noise(p, camera)
     static = None
     if identify_frames is not None and p.prefilter().temporal_median > 0:
         static = _static_light(frames, identify_frames, p, factor)
@@ -411,12 +411,15 @@ def iter_localize(movie, p: LocalizeParameters, cancel: CancelToken | None = Non
     if not stats.device:
         # the engine is chosen (and a missing GPU reported) before the first frame is read
         stats.device = select_device(p.box_size, p.fit_method)
-    if localize_fn is None and stats.device == "cpu" and p.max_emitters > 1 and p.fit_method in ("mle", "lq"):
-        # the crowded refit's multi-emitter kernel compiles on another core while the first chunk is identified
-        from .engine import MODEL_MULTI
+    if localize_fn is None and stats.device == "cpu" and p.fit_method in ("mle", "lq"):
+        # a fit kernel not in numba's cache yet compiles in a second process, one per kernel, while this one
+        # identifies the first chunk (and compiles the crowded screening): see core/warmup.py
+        from .engine import MODEL_GAUSS, MODEL_MULTI
         from .warmup import compile_ahead
 
-        compile_ahead([(MODEL_MULTI, crowded_noise(p, camera))])
+        compile_ahead([(MODEL_GAUSS, fit_noise(p, camera))])
+        if p.max_emitters > 1:
+            compile_ahead([(MODEL_MULTI, fit_noise(p, camera))])
     step = chunk_frames or chunk_frames_for(height, width)
     bounds = [(a, min(a + step, stop)) for start, stop in p.frame_spans(n_frames)
               for a in range(start, stop, step)]

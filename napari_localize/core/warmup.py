@@ -1,16 +1,16 @@
-"""Compile, in a second process, the fit kernels a run will need later, while this process starts the run.
+"""Compile, in other processes, the fit kernels a run will need, while this process starts the run.
 
 numba compiles a kernel the first time it is called, once per machine (then it loads it from its disk cache),
-and compiling holds one core. A 2D run with the crowded-fields default needs two fit kernels: the single
-Gaussian (needed at once) and the multi-emitter model of the crowded refit (needed only after the first chunk's
-single fits, and the larger of the two: ~15 s of compile on a 2-core machine). When the multi-emitter kernel is
-not in the cache yet, :func:`compile_ahead` starts ``python -m napari_localize.core.warmup`` to compile it into
-the cache on another core; the run calls :func:`wait_for` before its first multi-emitter fit, which then loads
-the kernel from the cache instead of compiling it. The first run after installing is shorter by that kernel's
-compile time; later runs find it cached and start nothing.
+and compiling holds one core. A 2D run needs the single-Gaussian fit kernel after the first chunk's
+identification and, with the crowded-fields default, the multi-emitter kernel of the crowded refit after the
+first chunk's screening (the larger compile). For each that is not in the cache yet, :func:`compile_ahead`
+starts ``python -m napari_localize.core.warmup <model>:<noise>`` to compile it into the cache on another core;
+:func:`wait_for` (called by the CPU engine before a kernel's first use) waits for that process, and the
+kernel is then loaded from the cache instead of being compiled twice. The first run after installing is
+shorter by those compile times; later runs find the kernels cached and start nothing.
 
-Nothing depends on the second process: if it fails, is killed or cannot write the cache, the run compiles the
-kernel itself (the results are the same). ``NAPARI_LOCALIZE_COMPILE_AHEAD=0`` turns it off.
+Nothing depends on the other processes: if one fails, is killed or cannot write the cache, the run compiles
+the kernel itself (the results are the same). ``NAPARI_LOCALIZE_COMPILE_AHEAD=0`` turns it off.
 """
 
 from __future__ import annotations
@@ -125,7 +125,7 @@ def localize_tiny_movie() -> None:
     from ..cli import suggested_min_net_gradient
     from .engine import MODEL_MULTI
     from .parameters import LocalizeParameters
-    from .pipeline import crowded_noise, localize
+    from .pipeline import fit_noise, localize
     from .simulate import SimulationParameters, simulate_frames
 
     sim = SimulationParameters(n_frames=2, height=24, width=24, spots_per_frame=2, photons=3000, bg=10,
@@ -135,7 +135,7 @@ def localize_tiny_movie() -> None:
         p = LocalizeParameters(box_size=7, min_net_gradient=suggested_min_net_gradient(sim), baseline=100,
                                fit_method=method)
         localize(frames, p)
-        wait_for(MODEL_MULTI, crowded_noise(p))
+        wait_for(MODEL_MULTI, fit_noise(p))
 
 
 def compile_in_background_process(timeout: float = WAIT_S) -> bool:

@@ -76,6 +76,10 @@ def fit_boxes_cpu(model, noise, data, var, other, box, aux, lo, hi, guess, eps, 
                   theta_io, var_out, obj_out, it_out, conv_out, gof_out, threads=1):
     """Fit every box with the kernel of (model, noise) on ``threads`` threads; results into the output arrays."""
     k = kernel(model, noise)
+    if not k.signatures:
+        from ..warmup import wait_for
+
+        wait_for(model, noise)  # being compiled in a second process: load it then rather than compile it twice
     n = data.shape[0]
     args = (int(model), int(noise), data, var, other, int(box), aux, lo, hi, bool(guess), float(eps),
             int(max_iterations), bool(want_gof), theta_io, var_out, obj_out, it_out, conv_out, gof_out)
