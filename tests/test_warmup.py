@@ -11,6 +11,8 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
+
 from napari_localize.core import warmup
 
 SCRIPT = textwrap.dedent("""
@@ -88,11 +90,68 @@ def test_a_2d_run_asks_for_its_fit_kernels(monkeypatch):
     from napari_localize.core.simulate import SimulationParameters, simulate_frames
 
     asked = []
-    monkeypatch.setattr(warmup, "compile_ahead", lambda pairs: asked.append(list(pairs)) or [])
+    monkeypatch.setattr(warmup, "compile_ahead", lambda jobs, nice=0: asked.append((list(jobs), nice)) or [])
     frames, _ = simulate_frames(SimulationParameters(n_frames=2, height=32, width=32, spots_per_frame=2, seed=3))
+    frames = frames.astype(np.uint16)
     for method, max_emitters in (("mle", 5), ("lq", 3), ("mle", 1)):
         p = LocalizeParameters(baseline=100, min_net_gradient=500, fit_method=method, max_emitters=max_emitters)
         list(pipeline.iter_localize(frames, p))
-    # the single fit's kernel, then the multi-emitter refit's (none for one emitter per box)
-    assert asked == [[(MODEL_GAUSS, NOISE_POISSON)], [(MODEL_MULTI, NOISE_POISSON)],
-                     [(MODEL_GAUSS, NOISE_LSQ)], [(MODEL_MULTI, NOISE_LSQ)], [(MODEL_GAUSS, NOISE_POISSON)]]
+    # the single fit's kernel, then (later needed, so at a lower priority) the crowded screening's kernels for
+    # this movie's dtype and the multi-emitter refit's kernel (none for one emitter per box)
+    crowded = ("crowded", "uint16")
+    assert [jobs for jobs, _ in asked] == [
+        [(MODEL_GAUSS, NOISE_POISSON)], [crowded], [(MODEL_MULTI, NOISE_POISSON)],
+        [(MODEL_GAUSS, NOISE_LSQ)], [crowded], [(MODEL_MULTI, NOISE_LSQ)], [(MODEL_GAUSS, NOISE_POISSON)]]
+    nice = [n for _, n in asked[:3]]
+    assert nice[0] == 0 and 0 < nice[1] < nice[2]
+
+
+CROWDED_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import numpy as np
+    from numba.core import event
+    from napari_localize.core import crowded, warmup
+    from napari_localize.core.parameters import LocalizeParameters
+    from napari_localize.core.pipeline import localize
+    from napari_localize.core.simulate import SimulationParameters, simulate_frames
+
+    compiled = []
+
+    class Compiles(event.Listener):
+        def on_start(self, ev):
+            pass
+
+        def on_end(self, ev):
+            compiled.append(ev.data["dispatcher"].py_func.__qualname__)
+
+    event.register("numba:compile", Compiles())
+    job = warmup.crowded_job(np.uint16)
+    out = {"cached_before": warmup._is_cached(job), "started": warmup.compile_ahead([job], nice=1)}
+    warmup.wait_for_crowded(np.uint16)
+    out["cached_after_wait"] = crowded.kernels_cached(np.uint16)
+    # a crowded movie (pairs closer than a box): the screening, the cut and the residual search all run
+    sim = SimulationParameters(n_frames=3, height=40, width=40, spots_per_frame=14, photons=3000, bg=10,
+                               baseline=100, min_separation=2, margin=5, seed=4)
+    frames, _ = simulate_frames(sim)
+    p = LocalizeParameters(baseline=100, min_net_gradient=800, fit_method="lq", max_emitters=3)
+    locs, _ = localize(np.asarray(frames, np.uint16), p)
+    out["rows"] = len(locs)
+    out["emitters_per_box"] = int(np.max(locs["n_emitters"]))
+    out["compiled"] = [q for q in compiled if q in ("_screen_kernel", "_group_boxes_kernel",
+                                                    "_residual_peaks_kernel", "_box_residual", "_cut_box")]
+    print(json.dumps(out))
+""")
+
+
+def test_crowded_kernels_compiled_ahead_are_loaded_not_compiled_again(tmp_path):
+    # compile_kernels' synthetic chunk must give the screening, cutting and residual kernels exactly the types
+    # a real run passes: otherwise the run compiles its own specialisation and the second process was waste
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "numba-cache"), NAPARI_LOCALIZE_COMPILE_AHEAD="1")
+    done = subprocess.run([sys.executable, "-c", CROWDED_SCRIPT], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert not out["cached_before"] and out["started"] == [["crowded", "uint16"]]
+    assert out["cached_after_wait"]
+    assert out["emitters_per_box"] >= 2  # the refit did run its joint fits
+    assert out["compiled"] == []

@@ -545,6 +545,48 @@ def _screen_kernel(lo, hi, frames, spots, baseline, factor, variance, static, gf
         out[g, 1] = light
 
 
+def compile_kernels(frames_dtype) -> None:
+    """Compile (or load from numba's cache) the screening, cutting and residual kernels for frames of
+    ``frames_dtype``, with the argument types a run passes them, on a tiny synthetic chunk (no fit, nothing
+    stored): what :mod:`~napari_localize.core.warmup` runs in a second process while a first run identifies
+    and fits its first chunk. The run then loads them instead of compiling them (``tests/test_warmup.py``
+    checks that it compiles none of them again)."""
+    from .identify import IDENTIFICATION_DTYPE
+
+    box, sigma, n = 7, 1.2, 2
+    frames = np.full((1, 3 * box, 3 * box), 110, np.dtype(frames_dtype))
+    ids = np.zeros(n, IDENTIFICATION_DTYPE)
+    ids["y"] = box
+    ids["x"] = (box, 2 * box)
+    ones = np.ones(n)
+    fit0 = {"converged": np.ones(n, bool), "dx": 0.0 * ones, "dy": 0.0 * ones, "photons": 500.0 * ones,
+            "bg": 10.0 * ones, "sx": sigma * ones, "sy": sigma * ones}
+    cam = _Camera(np.ascontiguousarray(frames), 100.0, 0.5, None, None, box)
+    E, _ = _emitters(ids, fit0, sigma)
+    G = _Boxes(np.asarray(ids["frame"], np.int64), np.asarray(ids["y"], np.int64), np.asarray(ids["x"], np.int64))
+    theta = _single_theta(fit0, box)
+    _screen(cam, G, E, theta, np.zeros((n, 2)), np.zeros((n, box, box), np.float32))
+    # the boxes cut with their neighbours' light and searched, as the split test and the refinement do
+    order, fstarts = _frame_index(E, cam.n_frames, np.ones(n, bool))
+    data, other, var, search = cam.empty(n)
+    cam.cut(np.arange(n, dtype=np.int64), G, np.arange(n, dtype=np.int64), order, fstarts, E, data, other, var,
+            search)
+    _residual_peaks(data, other, var, np.ones(n, np.int64), theta, box, np.zeros((n, 6)))
+
+
+def kernels_cached(frames_dtype) -> bool:
+    """Whether :func:`compile_kernels` of ``frames_dtype`` would find its kernels in numba's cache (or
+    compiled here): the screening kernel's cache index holds an entry for frames of that dtype."""
+    from numba import typeof
+
+    from .warmup import in_cache
+
+    frames_type = typeof(np.zeros((1, 1, 1), np.dtype(frames_dtype)))
+    of_dtype = lambda sig: len(sig) > 2 and sig[2] == frames_type  # noqa: E731  (frames: the third argument)
+    return (in_cache(_screen_kernel, of_dtype) and in_cache(_group_boxes_kernel, of_dtype)
+            and in_cache(_residual_peaks_kernel, lambda sig: True))
+
+
 def _width_noise(theta, ok, sigma, box):
     """How much a single spot's fitted width scatters in this chunk: the Cramér-Rao standard deviation of
     ``sx`` for a spot of the chunk's median photons and background at width ``sigma`` (the engine's Fisher
@@ -1042,6 +1084,9 @@ def refine_crowded(frames, ids, fit0, p, options: CrowdedOptions, noise=NOISE_PO
     r = box // 2
     theta[bad, :6] = (r, r, 100.0, 1.0, sigma, sigma)
     res = np.zeros((n, 2))
+    from .warmup import wait_for_crowded
+
+    wait_for_crowded(frames.dtype)  # its kernels being compiled in a second process (first run): load them then
     _screen(cam, G, E, theta, res, spots)
     with np.errstate(invalid="ignore"):
         wide = conv0 & _wide(theta0, sigma, options, width_noise)

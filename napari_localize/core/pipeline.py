@@ -412,14 +412,16 @@ def iter_localize(movie, p: LocalizeParameters, cancel: CancelToken | None = Non
         # the engine is chosen (and a missing GPU reported) before the first frame is read
         stats.device = select_device(p.box_size, p.fit_method)
     if localize_fn is None and stats.device == "cpu" and p.fit_method in ("mle", "lq"):
-        # a fit kernel not in numba's cache yet compiles in a second process, one per kernel, while this one
-        # identifies the first chunk (and compiles the crowded screening): see core/warmup.py
+        # a kernel not in numba's cache yet compiles in a second process, one per kernel (the crowded
+        # screening's kernels: one), while this one identifies the first chunk: see core/warmup.py
         from .engine import MODEL_GAUSS, MODEL_MULTI
-        from .warmup import compile_ahead
+        from .warmup import compile_ahead, crowded_job
 
         compile_ahead([(MODEL_GAUSS, fit_noise(p, camera))])
-        if p.max_emitters > 1:
-            compile_ahead([(MODEL_MULTI, fit_noise(p, camera))])
+        if p.max_emitters > 1:  # the crowded refit, needed later: its screening (for this movie's dtype), then
+            # its joint fits; their processes yield the cores to this one and to what is needed before them
+            compile_ahead([crowded_job(movie.dtype)], nice=1)
+            compile_ahead([(MODEL_MULTI, fit_noise(p, camera))], nice=8)
     step = chunk_frames or chunk_frames_for(height, width)
     bounds = [(a, min(a + step, stop)) for start, stop in p.frame_spans(n_frames)
               for a in range(start, stop, step)]

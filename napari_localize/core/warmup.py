@@ -1,13 +1,15 @@
-"""Compile, in other processes, the fit kernels a run will need, while this process starts the run.
+"""Compile, in other processes, the kernels a run will need, while this process starts the run.
 
 numba compiles a kernel the first time it is called, once per machine (then it loads it from its disk cache),
 and compiling holds one core. A 2D run needs the single-Gaussian fit kernel after the first chunk's
-identification and, with the crowded-fields default, the multi-emitter kernel of the crowded refit after the
-first chunk's screening (the larger compile). For each that is not in the cache yet, :func:`compile_ahead`
-starts ``python -m napari_localize.core.warmup <model>:<noise>`` to compile it into the cache on another core;
-:func:`wait_for` (called by the CPU engine before a kernel's first use) waits for that process, and the
-kernel is then loaded from the cache instead of being compiled twice. The first run after installing is
-shorter by those compile times; later runs find the kernels cached and start nothing.
+identification and, with the crowded-fields default, the crowded screening's kernels (for the movie's dtype)
+after the first chunk's single fits, then the multi-emitter fit kernel of the crowded refit. For each that is
+not in the cache yet, :func:`compile_ahead` starts ``python -m napari_localize.core.warmup <job>`` (``M:N``:
+the fit kernel of model M, noise N; ``crowded:uint16``: the screening's kernels) to compile it into the cache
+on another core; :func:`wait_for` / :func:`wait_for_crowded` (called by the CPU engine and the crowded refit
+before a kernel's first use) wait for that process, and the kernel is then loaded from the cache instead of
+being compiled twice. The first run after installing is shorter by those compile times; later runs find the
+kernels cached and start nothing.
 
 Nothing depends on the other processes: if one fails, is killed or cannot write the cache, the run compiles
 the kernel itself (the results are the same). ``NAPARI_LOCALIZE_COMPILE_AHEAD=0`` turns it off.
@@ -32,21 +34,41 @@ def enabled() -> bool:
     return os.environ.get("NAPARI_LOCALIZE_COMPILE_AHEAD", "1").strip().lower() not in ("0", "false", "no", "off")
 
 
+def in_cache(dispatcher, accept) -> bool:
+    """Whether numba's disk cache of ``dispatcher`` (a ``cache=True`` kernel) holds an entry for this code and
+    this CPU whose signature ``accept(signature)`` takes, or the kernel is compiled here for one."""
+    if any(accept(sig) for sig in dispatcher.signatures):
+        return True
+    cache = getattr(dispatcher, "_cache", None)
+    try:
+        index = cache._cache_file._load_index()
+        codegen = dispatcher.targetctx.codegen()
+        return any(key == cache._index_key(key[0], codegen) and accept(key[0]) for key in index)
+    except Exception:  # noqa: BLE001  (no cache, or numba's private layout changed: treat as not cached)
+        return False
+
+
 def is_cached(model: int, noise: int) -> bool:
     """Whether the CPU fit kernel of (model, noise) is in numba's disk cache for this machine and this code
     (its index has an entry with this function's bytecode and this CPU). Also True when it is compiled here."""
     from .engine.cpu import kernel
 
-    k = kernel(model, noise)
-    if k.signatures:
-        return True
-    cache = getattr(k, "_cache", None)
-    try:
-        index = cache._cache_file._load_index()
-        codegen = k.targetctx.codegen()
-        return any(key == cache._index_key(key[0], codegen) for key in index)
-    except Exception:  # noqa: BLE001  (no cache, or numba's private layout changed: treat as not cached)
-        return False
+    return in_cache(kernel(model, noise), lambda sig: True)
+
+
+def crowded_job(frames_dtype) -> tuple:
+    """The job that compiles the crowded refit's screening and residual kernels for frames of this dtype."""
+    import numpy as np
+
+    return ("crowded", np.dtype(frames_dtype).name)
+
+
+def _is_cached(job) -> bool:
+    if job[0] == "crowded":
+        from .crowded import kernels_cached
+
+        return kernels_cached(job[1])
+    return is_cached(*job)
 
 
 def _cache_writable() -> bool:
@@ -59,44 +81,69 @@ def _cache_writable() -> bool:
     return True
 
 
-def compile_ahead(pairs) -> list:
-    """Start one background process compiling the fit kernels of ``pairs`` ((model, noise) tuples) that are
-    neither cached nor already being compiled; return the pairs it compiles (empty: nothing started)."""
+def _job(item) -> tuple | None:
+    # (model, noise) of a fit kernel compile_kernel can fit, or ("crowded", dtype name); None: not a job
+    from .engine import MODEL_GAUSS, MODEL_GAUSS_FIXED, MODEL_MULTI
+
+    if len(item) == 2 and item[0] == "crowded":
+        import numpy as np
+
+        return crowded_job(item[1]) if np.dtype(item[1]).kind in "uif" else None
+    m, n = (int(v) for v in item)
+    return (m, n) if m in (MODEL_GAUSS, MODEL_GAUSS_FIXED, MODEL_MULTI) else None
+
+
+def compile_ahead(jobs, nice: int = 0) -> list:
+    """Start one background process compiling, in order, the jobs of ``jobs`` that are neither cached nor
+    already being compiled; return the jobs it compiles (empty: nothing started). A job is a (model, noise)
+    fit kernel or :func:`crowded_job` (the crowded refit's kernels for one movie dtype). ``nice``: the
+    process's niceness increment, so that a process compiling what a run needs later yields the cores to
+    the run and to what it needs first (on two cores, that order is most of the first run's time)."""
     if not enabled():
         return []
     from numba import config
 
     if config.DISABLE_JIT:
         return []
-    from .engine import MODEL_GAUSS, MODEL_GAUSS_FIXED, MODEL_MULTI
-
     with _LOCK:
-        todo = [(int(m), int(n)) for m, n in pairs if (int(m), int(n)) not in _STARTED
-                and int(m) in (MODEL_GAUSS, MODEL_GAUSS_FIXED, MODEL_MULTI)]  # models compile_kernel can fit
-        todo = [pair for pair in todo if not is_cached(*pair)]
+        todo = []
+        for job in (_job(item) for item in jobs):
+            if job is not None and job not in _STARTED and job not in todo and not _is_cached(job):
+                todo.append(job)
         if not todo or not _cache_writable():
             return []
-        args = [sys.executable, "-m", __name__] + [f"{m}:{n}" for m, n in todo]
+        args = [sys.executable, "-m", __name__, f"--nice={int(nice)}"] + [":".join(str(v) for v in j) for j in todo]
         try:
             proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                     stderr=subprocess.DEVNULL, close_fds=True)
         except OSError:
             return []
-        for pair in todo:
-            _STARTED[pair] = proc
+        for job in todo:
+            _STARTED[job] = proc
     return todo
+
+
+def _wait(job, timeout: float) -> None:
+    # until the process compiling ``job`` has finished it (its entry is in the cache: a process may compile
+    # more jobs after it) or has ended
+    with _LOCK:
+        proc = _STARTED.get(job)
+    if proc is None or proc.poll() is not None:
+        return
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline and not _is_cached(job):
+        time.sleep(0.05)
 
 
 def wait_for(model: int, noise: int, timeout: float = WAIT_S) -> None:
     """Before the first call of the (model, noise) kernel: wait for the process compiling it, if any (at most
     ``timeout`` s; a process still running then is left to finish on its own)."""
-    with _LOCK:
-        proc = _STARTED.get((int(model), int(noise)))
-    if proc is None or proc.poll() is not None:
-        return
-    deadline = time.monotonic() + timeout
-    while proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
+    _wait((int(model), int(noise)), timeout)
+
+
+def wait_for_crowded(frames_dtype, timeout: float = WAIT_S) -> None:
+    """Before the crowded screening's first call: wait for the process compiling its kernels, if any."""
+    _wait(crowded_job(frames_dtype), timeout)
 
 
 def compile_kernel(model: int, noise: int) -> None:
@@ -153,13 +200,25 @@ def compile_in_background_process(timeout: float = WAIT_S) -> bool:
 
 
 def main(argv=None) -> int:
-    """``run``: :func:`localize_tiny_movie`; ``M:N`` items: :func:`compile_kernel` of model M, noise N."""
+    """``run``: :func:`localize_tiny_movie`; ``M:N`` items: :func:`compile_kernel` of model M, noise N;
+    ``crowded:DTYPE``: :func:`~napari_localize.core.crowded.compile_kernels` for frames of that dtype."""
     for item in (sys.argv[1:] if argv is None else argv):
+        if item.startswith("--nice="):
+            try:
+                os.nice(int(item.split("=", 1)[1]))
+            except (OSError, AttributeError, ValueError):  # not allowed or not POSIX: compile at normal priority
+                pass
+            continue
         if item == "run":
             localize_tiny_movie()
             continue
-        model, noise = (int(v) for v in item.split(":"))
-        compile_kernel(model, noise)
+        kind, value = item.split(":")
+        if kind == "crowded":
+            from .crowded import compile_kernels
+
+            compile_kernels(value)
+            continue
+        compile_kernel(int(kind), int(value))
     return 0
 
 
