@@ -164,32 +164,31 @@ def specialised(fn, model: int, noise: int, jit=register_jitable):
     return twin
 
 
-def _passthrough_callees(fdef, glb, local_names, values) -> set:
-    """Names of the engine functions that ``fdef`` may call through their twins: every call passes each of
-    the callee's switches on unchanged (the caller's own switch parameter). A call with another value (say
-    ``n_params(MODEL_MULTI, aux)``) keeps the generic callee."""
+def _passthrough_callees(names, calls, glb, local_names, values) -> set:
+    """Names of the engine functions that a function (its ``ast.Name`` nodes ``names`` and ``ast.Call`` nodes
+    ``calls``) may call through their twins: every call passes each of the callee's switches on unchanged (the
+    caller's own switch parameter). A call with another value (say ``n_params(MODEL_MULTI, aux)``) keeps the
+    generic callee."""
     ok, bad = set(), set()
-    for node in ast.walk(fdef):
-        if not isinstance(node, ast.Name) or node.id in local_names or node.id not in glb:
+    for node in names:
+        if node.id in local_names or node.id not in glb:
             continue
-        callee = glb[node.id]
-        if not _is_engine_function(callee):
-            continue
-        ok.add(node.id)
-    for node in ast.walk(fdef):
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ok:
+        if _is_engine_function(glb[node.id]):
+            ok.add(node.id)
+    for node in calls:
+        if isinstance(node.func, ast.Name) and node.func.id in ok:
             callee = glb[node.func.id]
-            names = callee.__code__.co_varnames[: callee.__code__.co_argcount]
+            arg_names = callee.__code__.co_varnames[: callee.__code__.co_argcount]
             for sw in _switch_params(callee):
-                pos = names.index(sw)
+                pos = arg_names.index(sw)
                 arg = node.args[pos] if pos < len(node.args) else next(
                     (k.value for k in node.keywords if k.arg == sw), None)
                 if not (isinstance(arg, ast.Name) and arg.id == sw and sw in values):
                     bad.add(node.func.id)
     # a name used other than as the function of a call (passed on, stored) keeps the generic function too
-    called = {id(n.func) for n in ast.walk(fdef) if isinstance(n, ast.Call)}
-    for node in ast.walk(fdef):
-        if isinstance(node, ast.Name) and node.id in ok and id(node) not in called:
+    called = {id(n.func) for n in calls}
+    for node in names:
+        if node.id in ok and id(node) not in called:
             bad.add(node.id)
     return ok - bad
 
@@ -202,18 +201,22 @@ def _make_twin(fn, values, model, noise, jit):
         raise TypeError(f"cannot specialise {fn.__qualname__}: not a plain function definition")
     fdef.decorator_list = []
     glb = fn.__globals__
-    local_names = {a.arg for a in fdef.args.args} - set(values)
+    names, calls = [], []  # one walk of the tree
     for node in ast.walk(fdef):
-        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
-            local_names.add(node.id)
-    passthrough = _passthrough_callees(fdef, glb, local_names, values)
+        if isinstance(node, ast.Name):
+            names.append(node)
+        elif isinstance(node, ast.Call):
+            calls.append(node)
+    local_names = {a.arg for a in fdef.args.args} - set(values)
+    local_names.update(n.id for n in names if isinstance(n.ctx, ast.Store))
+    passthrough = _passthrough_callees(names, calls, glb, local_names, values)
     fdef = _Fold(values, glb, local_names).visit(fdef)
     fdef.name = fn.__name__ + (_suffix(values) if values else "__twin")
     ast.fix_missing_locations(fdef)
     ast.increment_lineno(tree, fn.__code__.co_firstlineno - 1)
     # the twin's namespace: the module's, with every switch-taking engine function it calls replaced by its twin
     namespace = dict(glb)
-    for node in ast.walk(fdef):
+    for node in ast.walk(fdef):  # the folded tree: callees of dropped branches (other models) get no twin
         if isinstance(node, ast.Name) and node.id not in local_names and node.id in glb:
             callee = glb[node.id]
             if callee is not fn and _needs_twin(callee) and node.id in passthrough:
