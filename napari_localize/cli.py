@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
@@ -162,11 +163,13 @@ def _camera_maps(args, movie, p, match=None, three_d=False):
     return camera_maps(_load_camera_calibration(args, path), movie, p, offset)
 
 
-def _plan(args, files, config, opener):
+def _plan(args, files, config, opener, keep=None):
     """Open every movie once, up front: its parameters, its output path and its camera match, or its error.
 
     Returns ``[(path, output hdf5 or None, parameters or None, match, error or None)]``. Two movies that would
     write one output are refused here, before anything runs (``m.tif`` + ``m.tiff``, ``m.raw`` + ``m.tif``).
+    ``keep``: a dict that receives ``{path: movie}`` of a single movie, left open for the run (opening an
+    OME-TIFF of many frames reads its whole page chain: a second opening would read it again).
     """
     from .io.locs import choice_suffix, locs_paths, output_collisions
     from .io.publish import check_name
@@ -174,7 +177,9 @@ def _plan(args, files, config, opener):
     plans = []
     for path in files:
         try:
-            with opener(path) as movie:
+            movie = opener(path)
+            with contextlib.ExitStack() as closing:
+                closing.callback(movie.close)
                 match = None
                 if config is not None:
                     from .core.camera import match_camera
@@ -183,13 +188,18 @@ def _plan(args, files, config, opener):
                 p = _parameters(args, movie.info, match)
                 p.validate(*movie.shape)
                 hdf5_path, _ = locs_paths(path, choice_suffix(movie) + args.suffix, args.output_dir)
-            check_name(hdf5_path)
-            check_name(os.path.splitext(hdf5_path)[0] + ".yaml")
+                check_name(hdf5_path)
+                check_name(os.path.splitext(hdf5_path)[0] + ".yaml")
+                if keep is not None and len(files) == 1:
+                    closing.pop_all()  # the run closes it
+                    keep[path] = movie
             plans.append((path, hdf5_path, p, match, None))
         except Exception as exc:  # noqa: BLE001 (reported per movie; the batch goes on)
             plans.append((path, None, None, None, exc))
     clashes = output_collisions([(pl[0], pl[1]) for pl in plans if pl[1] is not None])
     if clashes:
+        for movie in (keep or {}).values():
+            movie.close()
         out, movies = clashes[0]
         more = f" (and {len(clashes) - 1} more collision(s))" if len(clashes) > 1 else ""
         raise CliError(f"{' and '.join(movies)} would all write {out}{more}; localize them separately with "
@@ -246,7 +256,8 @@ def cmd_localize(args) -> int:
         raise CliError("--camera-calibration-offset needs --camera-calibration")
     if args.scheduler:
         return _localize_distributed(args, files, config, calibration, z_options)
-    plans = _plan(args, files, config, opener)
+    kept = {}
+    plans = _plan(args, files, config, opener, kept)
     failures = 0
     for path, hdf5_path, p, match, error in plans:
         if error is not None:
@@ -254,7 +265,8 @@ def cmd_localize(args) -> int:
             report_error(error, path, args.debug)
             continue
         try:
-            with opener(path) as movie:
+            movie = kept.pop(path, None)
+            with movie if movie is not None else opener(path) as movie:
                 if match is not None:
                     for notice in match.notices:
                         print(f"napari-localize: note: {path}: {notice}", file=sys.stderr)

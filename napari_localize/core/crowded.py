@@ -40,7 +40,6 @@ from dataclasses import dataclass
 
 import numpy as np
 from numba import njit
-from scipy.spatial import cKDTree
 
 from .engine import MAX_EMITTERS, MAX_PARAMS, MODEL_GAUSS, MODEL_MULTI, NOISE_POISSON, emitter_index, fit_boxes
 
@@ -110,6 +109,14 @@ def _add_light(out, box, x, y, photons, sx, sy, ex, ey):
 
 #: batches smaller than this run on the calling thread (handing work to the pool costs more than it takes)
 SERIAL_BELOW = 2048
+
+
+def _kdtree(points):
+    """scipy's k-d tree of ``points``, imported on first use: ``scipy.spatial`` takes ~0.25 s to import, which
+    a run with nothing to refine (or the start of one, before its first chunk) need not pay."""
+    from scipy.spatial import cKDTree
+
+    return cKDTree(points)
 
 
 def _threads() -> int:
@@ -789,7 +796,7 @@ def _make_groups(E, alive, box, height, width, max_emitters, join_px):
     if max_emitters > 1 and len(idx) > 1:
         # frames far apart in a combined coordinate so one tree serves the chunk
         pts = np.column_stack([E.x[idx] + E.frame[idx] * 1e5, E.y[idx]])
-        pairs = cKDTree(pts).query_pairs(join_px, output_type="ndarray")
+        pairs = _kdtree(pts).query_pairs(join_px, output_type="ndarray")
         if len(pairs):
             a, b = idx[pairs[:, 0]], idx[pairs[:, 1]]
             o = np.argsort(np.hypot(E.x[a] - E.x[b], E.y[a] - E.y[b]), kind="stable")
@@ -1139,7 +1146,7 @@ def refine_crowded(frames, ids, fit0, p, options: CrowdedOptions, noise=NOISE_PO
             active[near] = True
         else:
             pts = np.column_stack([E.x + E.frame * 1e5, E.y])
-            pairs = cKDTree(pts).query_pairs(float(reach.max()), output_type="ndarray")
+            pairs = _kdtree(pts).query_pairs(float(reach.max()), output_type="ndarray")
             if len(pairs):
                 a_, b_ = pairs[:, 0], pairs[:, 1]
                 close = np.hypot(*(pts[a_] - pts[b_]).T) <= np.maximum(reach[a_], reach[b_])
@@ -1212,7 +1219,7 @@ def _refine(cam, ids, fit0, p, options, noise, device, sigma, width_noise):
             w = np.minimum(np.maximum(E.sx[ai], E.sy[ai]), r + 0.5)
             reach = r + 0.5 + 5.0 * w + (box - 3) / math.sqrt(2.0)
             pts = np.column_stack([E.x[ai] + E.frame[ai] * 1e5, E.y[ai]])
-            pairs = cKDTree(pts).query_pairs(float(reach.max()), output_type="ndarray")
+            pairs = _kdtree(pts).query_pairs(float(reach.max()), output_type="ndarray")
             if len(pairs):
                 a_, b_ = pairs[:, 0], pairs[:, 1]
                 d = np.hypot(*(pts[a_] - pts[b_]).T)
@@ -1299,7 +1306,7 @@ def _refine(cam, ids, fit0, p, options, noise, device, sigma, width_noise):
         ai = np.flatnonzero(alive)
         killed = False
         if len(ai) > 1 and passes < 2 * rounds + 4:
-            pairs = cKDTree(np.column_stack([E.x[ai] + E.frame[ai] * 1e5, E.y[ai]])).query_pairs(
+            pairs = _kdtree(np.column_stack([E.x[ai] + E.frame[ai] * 1e5, E.y[ai]])).query_pairs(
                 min_sep, output_type="ndarray")
             for a, b in pairs:
                 i, j = ai[a], ai[b]
@@ -1348,7 +1355,7 @@ def _refine(cam, ids, fit0, p, options, noise, device, sigma, width_noise):
         if len(cand_g):
             order_z = np.argsort(-res[:, 1], kind="stable")
             tree_pts = np.column_stack([cx + cf * 1e5, cy])
-            tree = cKDTree(tree_pts)
+            tree = _kdtree(tree_pts)
             for a in order_z:
                 if not keep[a]:
                     continue
@@ -1356,7 +1363,7 @@ def _refine(cam, ids, fit0, p, options, noise, device, sigma, width_noise):
                     if b != a and keep[b] and res[b, 1] <= res[a, 1]:
                         keep[b] = False
             ai = np.flatnonzero(alive)
-            etree = cKDTree(np.column_stack([E.x[ai] + E.frame[ai] * 1e5, E.y[ai]]))
+            etree = _kdtree(np.column_stack([E.x[ai] + E.frame[ai] * 1e5, E.y[ai]]))
             dist, _ = etree.query(tree_pts, k=1)
             keep &= dist > min_sep
         cand_g, res = cand_g[keep], res[keep]
