@@ -15,6 +15,21 @@ import numpy as np
 
 from napari_localize.core import warmup
 
+#: in a child script: ``compiled``, the qualified names of the functions numba compiles in that process
+LISTENER = """compiled = []
+
+
+class Compiles(event.Listener):
+    def on_start(self, ev):
+        pass
+
+    def on_end(self, ev):
+        d = ev.data["dispatcher"]
+        compiled.append(getattr(d, "__qualname__", "") or d.py_func.__qualname__)
+
+
+event.register("numba:compile", Compiles())"""
+
 SCRIPT = textwrap.dedent("""
     import json, sys
     import numpy as np
@@ -22,17 +37,7 @@ SCRIPT = textwrap.dedent("""
     from napari_localize.core import warmup
     from napari_localize.core.engine import MODEL_GAUSS_FIXED, NOISE_LSQ, fit_boxes
 
-    compiled = []
-
-    class Compiles(event.Listener):
-        def on_start(self, ev):
-            pass
-
-        def on_end(self, ev):
-            d = ev.data["dispatcher"]
-            compiled.append(getattr(d, "__qualname__", "") or d.py_func.__qualname__)
-
-    event.register("numba:compile", Compiles())
+    {listener}
     pair = (MODEL_GAUSS_FIXED, NOISE_LSQ)
     out = {"cached_before": warmup.is_cached(*pair), "started": warmup.compile_ahead([pair])}
     out["started_again"] = warmup.compile_ahead([pair])
@@ -47,7 +52,7 @@ SCRIPT = textwrap.dedent("""
     out["theta"] = r.theta.tolist()
     out["compiled_fit_kernels"] = [q for q in compiled if q.startswith("_fit_slice")]
     print(json.dumps(out))
-""")
+""").replace("{listener}", LISTENER)
 
 
 def _run(tmp_path, mode):
@@ -115,16 +120,7 @@ CROWDED_SCRIPT = textwrap.dedent("""
     from napari_localize.core.pipeline import localize
     from napari_localize.core.simulate import SimulationParameters, simulate_frames
 
-    compiled = []
-
-    class Compiles(event.Listener):
-        def on_start(self, ev):
-            pass
-
-        def on_end(self, ev):
-            compiled.append(ev.data["dispatcher"].py_func.__qualname__)
-
-    event.register("numba:compile", Compiles())
+    {listener}
     job = warmup.crowded_job(np.uint16)
     out = {"cached_before": warmup._is_cached(job), "started": warmup.compile_ahead([job], nice=1)}
     warmup.wait_for_crowded(np.uint16)
@@ -140,7 +136,7 @@ CROWDED_SCRIPT = textwrap.dedent("""
     out["compiled"] = [q for q in compiled if q in ("_screen_kernel", "_group_boxes_kernel",
                                                     "_residual_peaks_kernel", "_box_residual", "_cut_box")]
     print(json.dumps(out))
-""")
+""").replace("{listener}", LISTENER)
 
 
 def test_crowded_kernels_compiled_ahead_are_loaded_not_compiled_again(tmp_path):

@@ -7,9 +7,9 @@ after the first chunk's single fits, then the multi-emitter fit kernel of the cr
 not in the cache yet, :func:`compile_ahead` starts ``python -m napari_localize.core.warmup <job>`` (``M:N``:
 the fit kernel of model M, noise N; ``crowded:uint16``: the screening's kernels) to compile it into the cache
 on another core; :func:`wait_for` / :func:`wait_for_crowded` (called by the CPU engine and the crowded refit
-before a kernel's first use) wait for that process, and the kernel is then loaded from the cache instead of
-being compiled twice. The first run after installing is shorter by those compile times; later runs find the
-kernels cached and start nothing.
+before a kernel's first use) wait until that process has put the job into the cache, and the kernel is then
+loaded from the cache instead of being compiled twice. The first run after installing is shorter by those
+compile times; later runs find the kernels cached and start nothing.
 
 Nothing depends on the other processes: if one fails, is killed or cannot write the cache, the run compiles
 the kernel itself (the results are the same). ``NAPARI_LOCALIZE_COMPILE_AHEAD=0`` turns it off.
