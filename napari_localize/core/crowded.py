@@ -538,7 +538,8 @@ def _screen_kernel(lo, hi, frames, spots, baseline, factor, variance, static, gf
         smax = max(th[4], th[5])
         usual = read and not has_var and th[3] > 1e-9 and th[2] >= 0.0 and smax < 1.5 and th[4] > 0.0 and th[5] > 0.0
         if usual and static.shape[0] == 0:
-            # most boxes: is any other emitter's light in reach (as _cut_box decides)? If not, nothing is cut
+            # most boxes: is any other emitter's light in reach (_cut_box's test, written out here: a shared
+            # helper made the screening ~19 % slower)? If not, nothing is cut
             lit = False
             r = box // 2
             for a in range(a_lo, a_hi):
@@ -600,7 +601,8 @@ def compile_kernels(frames_dtype) -> None:
 
 def kernels_cached(frames_dtype) -> bool:
     """Whether :func:`compile_kernels` of ``frames_dtype`` would find its kernels in numba's cache (or
-    compiled here): the screening kernel's cache index holds an entry for frames of that dtype."""
+    compiled here): the screening's and the cut's cache indexes hold an entry for frames of that dtype, the
+    residual search's one at all."""
     from numba import typeof
 
     from .warmup import in_cache
