@@ -412,16 +412,19 @@ def iter_localize(movie, p: LocalizeParameters, cancel: CancelToken | None = Non
         # the engine is chosen (and a missing GPU reported) before the first frame is read
         stats.device = select_device(p.box_size, p.fit_method)
     if localize_fn is None and stats.device == "cpu" and p.fit_method in ("mle", "lq"):
-        # a kernel not in numba's cache yet compiles in a second process, one per kernel (the crowded
-        # screening's kernels: one), while this one identifies the first chunk: see core/warmup.py
+        # the kernels not in numba's cache yet compile in other processes while this one identifies the first
+        # chunk (see core/warmup.py): one process compiles the single fit's kernel, needed first, then the
+        # crowded refit's joint fit, needed last; a second, niced, the crowded screening's kernels for this
+        # movie's dtype. A third process for the joint fit would cost its own start (~0.9 s of CPU) on two
+        # cores that are already full: the first run took 10.6-11.9 s with it, 9.3-9.8 s without
         from .engine import MODEL_GAUSS, MODEL_MULTI
         from .warmup import compile_ahead, crowded_job
 
-        compile_ahead([(MODEL_GAUSS, fit_noise(p, camera))])
-        if p.max_emitters > 1:  # the crowded refit, needed later: its screening (for this movie's dtype), then
-            # its joint fits; their processes yield the cores to this one and to what is needed before them
+        noise = fit_noise(p, camera)
+        crowded = p.max_emitters > 1
+        compile_ahead([(MODEL_GAUSS, noise)] + ([(MODEL_MULTI, noise)] if crowded else []))
+        if crowded:
             compile_ahead([crowded_job(movie.dtype)], nice=1)
-            compile_ahead([(MODEL_MULTI, fit_noise(p, camera))], nice=8)
     step = chunk_frames or chunk_frames_for(height, width)
     bounds = [(a, min(a + step, stop)) for start, stop in p.frame_spans(n_frames)
               for a in range(start, stop, step)]

@@ -4,12 +4,13 @@ numba compiles a kernel the first time it is called, once per machine (then it l
 and compiling holds one core. A 2D run needs the single-Gaussian fit kernel after the first chunk's
 identification and, with the crowded-fields default, the crowded screening's kernels (for the movie's dtype)
 after the first chunk's single fits, then the multi-emitter fit kernel of the crowded refit. For each that is
-not in the cache yet, :func:`compile_ahead` starts ``python -m napari_localize.core.warmup <job>`` (``M:N``:
-the fit kernel of model M, noise N; ``crowded:uint16``: the screening's kernels) to compile it into the cache
-on another core; :func:`wait_for` / :func:`wait_for_crowded` (called by the CPU engine and the crowded refit
-before a kernel's first use) wait until that process has put the job into the cache, and the kernel is then
-loaded from the cache instead of being compiled twice. The first run after installing is shorter by those
-compile times; later runs find the kernels cached and start nothing.
+not in the cache yet, :func:`compile_ahead` starts ``python -m napari_localize.core.warmup <job> ...`` (``M:N``:
+the fit kernel of model M, noise N; ``crowded:uint16``: the screening's kernels) to compile its jobs, in order,
+into the cache on another core (a run starts two: the fit kernels, the screening); :func:`wait_for` /
+:func:`wait_for_crowded` (called by the CPU engine and the crowded refit before a kernel's first use) wait until
+that process has put the job into the cache, and the kernel is then loaded from the cache instead of being
+compiled twice. The first run after installing is shorter by those compile times; later runs find the
+kernels cached and start nothing.
 
 Nothing depends on the other processes: if one fails, is killed or cannot write the cache, the run compiles
 the kernel itself (the results are the same). ``NAPARI_LOCALIZE_COMPILE_AHEAD=0`` turns it off.
