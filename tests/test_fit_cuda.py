@@ -221,3 +221,23 @@ def test_cli_device_flag(tmp_path, monkeypatch, capsys):
     assert docs[-1]["Fit device"] == "cpu"
     with h5py.File(tmp_path / "m_cpu_locs.hdf5", "r") as f:
         assert len(f["locs"]) >= 0.95 * SIM.n_frames * SIM.spots_per_frame
+
+
+def test_cuda_status_agrees_with_numba_and_skips_numba_cuda_without_a_driver():
+    # a fresh interpreter: what cuda_status says, whether it imported numba.cuda, then numba's own verdict
+    script = ("import json, sys\n"
+              "from napari_localize.core.device import _driver_library_present, cuda_status\n"
+              "ok, why = cuda_status()\n"
+              "imported = 'numba.cuda' in sys.modules\n"
+              "from numba import cuda\n"
+              "print(json.dumps({'ok': ok, 'why': why, 'imported': imported, 'driver': _driver_library_present(),\n"
+              "                  'numba': bool(cuda.is_available())}))\n")
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["ok"] == out["numba"]
+    if not out["driver"]:  # no libcuda: answered without importing numba.cuda, and numba agrees
+        assert not out["imported"] and "libcuda" in out["why"] and not out["numba"]
+    else:
+        assert out["imported"]
