@@ -525,3 +525,42 @@ def test_3d_fits_one_emitter_per_box_whatever_max_emitters(calibration):
     assert "n_emitters" not in five.locs.dtype.names
     assert len(five.locs) <= len(truth)
     assert [d["Max emitters per box"] for d in five.info if "Max emitters per box" in d] == [1]
+
+
+NEIGHBOUR_LIGHT_SCRIPT = """
+import json
+import numpy as np
+from napari_localize.core import zfit
+from napari_localize.core.simulate import expected_image
+# 80 frames of two spots 5 px apart: enough frames that the frames are shared over threads
+n = 80
+frame = np.repeat(np.arange(n), 2)
+x = np.tile([20.3, 25.1], n)
+y = np.tile([30.6, 31.2], n)
+photons = np.tile([1000.0, 2000.0], n)
+sx = np.tile([1.1, 1.6], n)
+sy = np.tile([1.3, 0.9], n)
+bx, by = np.rint(x), np.rint(y)
+first = zfit.neighbour_light(frame, x, y, photons, sx, sy, bx, by, 9)  # this process's first call
+again = zfit.neighbour_light(frame, x, y, photons, sx, sy, bx, by, 9)
+img = expected_image(64, 64, [x[1]], [y[1]], [photons[1]], sx[1], sy[1], 0.0)
+want = img[int(by[0]) - 4: int(by[0]) + 5, int(bx[0]) - 4: int(bx[0]) + 5]
+print(json.dumps({"first": float(np.max(np.abs(first[0::2] - want))),
+                  "again": float(np.max(np.abs(again[0::2] - want)))}))
+"""
+
+
+def test_neighbour_light_of_a_process_first_call_on_threads_is_rendered_once():
+    # the first call of a kernel in a process (numba compiles or loads it then) shared over two threads: every
+    # box gets its neighbour's light once (a compile-once call on the first frame once added it twice there)
+    import json
+    import subprocess
+    import sys
+
+    env = dict(os.environ, NUMBA_NUM_THREADS="2")
+    done = subprocess.run([sys.executable, "-c", NEIGHBOUR_LIGHT_SCRIPT], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["again"] < 1e-9
+    assert out["first"] < 1e-9

@@ -41,6 +41,20 @@ def run_shares(fn, n: int, shares: int, pool_name: str, threads: int) -> None:
     for job in [pool(pool_name, threads).submit(fn, a, b) for a, b in zip(edges[:-1], edges[1:])]:
         job.result()
 
+
+def run_kernel(kernel, n: int, *args, pool_name: str, parallel: bool = True) -> None:
+    """``kernel(lo, hi, *args)``, a serial ``nogil`` numba kernel, over ``[0, n)``: in two shares per numba
+    thread on pool ``pool_name`` when ``parallel`` and numba has more than one thread, else on this thread.
+
+    No share runs beforehand to compile the kernel: numba compiles (or loads) it once even when several
+    threads call it first at the same time (its compiler lock, then its own check for the signature), and a
+    kernel that adds into its outputs would add that share twice."""
+    from numba import config
+
+    threads = max(1, int(config.NUMBA_NUM_THREADS))
+    shares = 2 * threads if parallel and threads > 1 else 1
+    run_shares(lambda a, b: kernel(a, b, *args), n, shares, pool_name, threads)
+
 _safe_layer: str | None = None
 
 

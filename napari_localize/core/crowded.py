@@ -128,16 +128,9 @@ def _threads() -> int:
 def _shared(kernel, n, *args):
     """Run ``kernel(lo, hi, *args)`` over ``[0, n)``: on this thread, or in a few shares on the identification's
     thread pool (the kernels are ``nogil`` and serial, so no parallel region is compiled)."""
-    threads = _threads()
-    if n < SERIAL_BELOW or threads == 1:
-        kernel(0, n, *args)
-        return
-    from .identify import _pool
+    from ._threading import run_kernel
 
-    shares = 2 * threads
-    edges = [n * k // shares for k in range(shares + 1)]
-    for job in [_pool().submit(kernel, lo, hi, *args) for lo, hi in zip(edges[:-1], edges[1:], strict=True)]:
-        job.result()
+    run_kernel(kernel, n, *args, pool_name="identify", parallel=n >= SERIAL_BELOW)
 
 
 def _maps(value):

@@ -31,8 +31,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ._threading import run_shares
-from .identify import identification_threads, identify
+from ._threading import run_kernel
+from .identify import identify
 
 
 @njit(cache=True, nogil=True)
@@ -119,12 +119,7 @@ def identification_image(frames, offset, sensitivity, variance_e, em_gain=1.0):
         args = (np.ascontiguousarray(stack), np.ascontiguousarray(np.broadcast_to(offset, shape), np.float32),
                 scale, noisy_y.astype(np.int64), noisy_x.astype(np.int64), excess[noisy_y, noisy_x], var_typ,
                 to_counts, np.ascontiguousarray(excess), out, fixed)
-        threads = identification_threads()
-        n = stack.shape[0]
-        shares = 1 if threads == 1 or stack.size < 65536 else 2 * threads
-        if shares > 1 and not _prepare.signatures:
-            _prepare(0, 1, *args)  # compile (or load) once, not in every thread at the same time
-        run_shares(lambda a, b: _prepare(a, b, *args), n, shares, "identify", threads)
+        run_kernel(_prepare, stack.shape[0], *args, pool_name="identify", parallel=stack.size >= 65536)
     return out[0] if squeeze else out
 
 

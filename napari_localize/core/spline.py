@@ -112,9 +112,7 @@ def evaluate(coefficients: np.ndarray, sx, sy, sz=None) -> np.ndarray:
 
         threads = max(1, int(config.NUMBA_NUM_THREADS))
         shares = 2 * threads if sx.size > PARALLEL_ABOVE and threads > 1 else 1
-        if shares > 1 and not eval3d_serial.signatures:
-            share(0, 1)  # compile (or load) once, not in every thread at the same time
-        run_shares(share, sx.size, shares, "spline", threads)
+        run_shares(share, sx.size, shares, "spline", threads)  # numba compiles (or loads) it once
     elif c.ndim == 4:
         eval2d_serial(flat, c.shape[0], c.shape[1], np.ascontiguousarray(sx, float).ravel(),
                      np.ascontiguousarray(sy, float).ravel(), out)

@@ -42,15 +42,9 @@ def _distance(a, b, cx, cy, z):
 def _shared(kernel, n, *args, serial_below=4096):
     """``kernel(a, b, *args)`` over ``[0, n)``: serial ``nogil`` kernels shared over threads (no parfor); fewer
     than ``serial_below`` items run on this thread."""
-    from numba import config
+    from ._threading import run_kernel
 
-    from ._threading import run_shares
-
-    threads = max(1, int(config.NUMBA_NUM_THREADS))
-    shares = 2 * threads if n >= serial_below and threads > 1 else 1
-    if shares > 1 and not kernel.signatures:
-        kernel(0, 1, *args)  # compile (or load) once, not in every thread at the same time
-    run_shares(lambda a, b: kernel(a, b, *args), n, shares, "zfit", threads)
+    run_kernel(kernel, n, *args, pool_name="zfit", parallel=n >= serial_below)
 
 
 @njit(cache=True, nogil=True)
