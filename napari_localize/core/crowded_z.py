@@ -235,11 +235,27 @@ def new_rows_astig(residual_adu, new, like, p, z, first_frame: int = 0):
     return rows[ok]
 
 
-def refit_spline(frames, locs, p, psf, first_frame: int = 0, rounds: int = 2, always=None):
+def refit_spline(frames, locs, p, psf, first_frame: int = 0, rounds: int = 2, always=None, camera=None):
     """:func:`refit_astig` for the spline PSF: every spot with others' light in its box (or ``always``) fitted
-    again from its fit with the light of the others' 3D fits, ``rounds`` times; returns ``(locs, good)``."""
+    again from its fit with the light of the others' 3D fits, ``rounds`` times; returns ``(locs, good)``.
+    ``camera``: per-pixel sCMOS maps (:class:`~napari_localize.core.camera.CameraMaps`): the boxes are converted
+    pixel by pixel and fitted with the sCMOS likelihood (MLE) or least squares weighted by each pixel's
+    variance (LQ), as the run's own fit."""
     from .camera import adu_to_photons
-    from .engine import IB, IN, IX, IY, IZ, MODEL_SPLINE_Z, NOISE_LSQ, NOISE_POISSON, default_bounds, fit_boxes
+    from .engine import (
+        IB,
+        IN,
+        IX,
+        IY,
+        IZ,
+        MODEL_SPLINE_Z,
+        NOISE_LSQ,
+        NOISE_POISSON,
+        NOISE_SCMOS,
+        NOISE_WLSQ,
+        default_bounds,
+        fit_boxes,
+    )
     from .locs import ellipticity
     from .spline_fit import aux_of, neighbour_light_spline, spline_widths
     from .spots import cut_spots
@@ -256,6 +272,8 @@ def refit_spline(frames, locs, p, psf, first_frame: int = 0, rounds: int = 2, al
     lo, hi = psf.z_range
     edge = 1e-6 * (hi - lo)
     noise = NOISE_POISSON if p.fit_method != "lq" else NOISE_LSQ
+    if camera is not None:
+        noise = NOISE_SCMOS if p.fit_method != "lq" else NOISE_WLSQ
     bounds = default_bounds(MODEL_SPLINE_Z, box, (lo, hi))
     local = np.asarray(locs["frame"], np.int64) - first_frame
     for _ in range(rounds):
@@ -271,13 +289,17 @@ def refit_spline(frames, locs, p, psf, first_frame: int = 0, rounds: int = 2, al
         good = np.zeros(len(locs), bool)
         if not sel.any():
             break
-        spots = adu_to_photons(cut_spots(frames, local[sel], cy[sel], cx[sel], box), p.baseline, p.sensitivity,
-                               p.em_gain)
+        counts = cut_spots(frames, local[sel], cy[sel], cx[sel], box)
+        variance = None
+        if camera is None:
+            spots = adu_to_photons(counts, p.baseline, p.sensitivity, p.em_gain)
+        else:
+            spots, variance = camera.boxes_to_photons(counts, cy[sel], cx[sel])
         theta0 = np.column_stack([x[sel] - cx[sel] + r, y[sel] - cy[sel] + r, locs["photons"][sel],
                                   locs["bg"][sel], locs["z"][sel]]).astype(float)
         res = fit_boxes(spots, MODEL_SPLINE_Z, noise, theta0=theta0, aux=aux_of(psf), bounds=bounds,
-                        other=light[sel], eps=p.convergence, max_iterations=p.max_iterations,
-                        gof=noise == NOISE_POISSON)
+                        other=light[sel], variance=variance, eps=p.convergence, max_iterations=p.max_iterations,
+                        gof=noise in (NOISE_POISSON, NOISE_SCMOS))
         th = res.theta
         ok = res.converged & np.isfinite(th).all(axis=1) & np.isfinite(res.crlb).all(axis=1)
         ok &= (th[:, IZ] > lo + edge) & (th[:, IZ] < hi - edge)
@@ -301,17 +323,23 @@ def refit_spline(frames, locs, p, psf, first_frame: int = 0, rounds: int = 2, al
     return locs, good | ~sel
 
 
-def new_rows_spline(residual_adu, new, like, p, psf, first_frame: int = 0):
-    """Spline-fitted rows (dtype of ``like``) for the residual peaks ``new``, fitted in the residual."""
+def new_rows_spline(residual_adu, new, like, p, psf, first_frame: int = 0, camera=None):
+    """Spline-fitted rows (dtype of ``like``) for the residual peaks ``new``, fitted in the residual (camera
+    counts with the offset; ``camera``: per-pixel sCMOS maps, used as in :func:`refit_spline`)."""
     from .camera import adu_to_photons
     from .spline_fit import fit_spline_boxes, spline_locs
     from .spots import cut_spots
 
     box = int(p.box_size)
-    spots = adu_to_photons(cut_spots(residual_adu, np.asarray(new["frame"], np.int64) - first_frame, new["y"],
-                                     new["x"], box), p.baseline, p.sensitivity, p.em_gain)
+    counts = cut_spots(residual_adu, np.asarray(new["frame"], np.int64) - first_frame, new["y"], new["x"], box)
+    variance = None
+    if camera is None:
+        spots = adu_to_photons(counts, p.baseline, p.sensitivity, p.em_gain)
+    else:
+        spots, variance = camera.boxes_to_photons(counts, np.asarray(new["y"], np.int64),
+                                                  np.asarray(new["x"], np.int64))
     res = fit_spline_boxes(spots, psf, "lq" if p.fit_method == "lq" else "mle", eps=p.convergence,
-                           max_iterations=p.max_iterations, gof=p.fit_method != "lq")
+                           max_iterations=p.max_iterations, gof=p.fit_method != "lq", variance=variance)
     rows = spline_locs(new, res, psf, p, box)
     lo, hi = psf.z_range
     ok = res.converged & np.isfinite(res.theta).all(axis=1) & (rows["photons"] > 0)
@@ -354,9 +382,19 @@ def localize_frames_z_crowded(frames, p, z, first_frame: int = 0, stats=None, ca
         locs = fit_z_chunk(frames, locs2d, p1, z, first_frame)
         if o.refit_rounds and camera is None and z.options.neighbours:
             locs, _ = refit_astig(frames, locs, p1, z, first_frame, o.refit_rounds)
-    if camera is not None or o.rounds <= 0:
+    if o.rounds <= 0 or (camera is not None and not z.spline):
         return locs
-    seen = np.asarray(identify_frames if identify_frames is not None else frames, np.float32)
+    if camera is not None:
+        # what the run's identification saw: the per-pixel converted, hot-pixel-shrunk image in counts of a
+        # median-sensitivity pixel (identify_scmos); the model goes into the same units, and into each pixel's
+        # own counts for the residual that new spots are fitted in
+        from .identify_scmos import identification_image
+
+        seen = identification_image(frames, camera.offset, camera.sensitivity, camera.variance, camera.em_gain)
+        per_count = float(camera.em_gain) / float(np.median(camera.sensitivity))  # counts of a median pixel
+        per_adu = (float(camera.em_gain) / np.asarray(camera.sensitivity, np.float32)).astype(np.float32)
+    else:
+        seen = np.asarray(identify_frames if identify_frames is not None else frames, np.float32)
     look = np.arange(len(frames))  # the frames searched this round: all, then those that gained a spot
     measured = None
     for _ in range(o.rounds):
@@ -368,9 +406,13 @@ def localize_frames_z_crowded(frames, p, z, first_frame: int = 0, stats=None, ca
         # the model in camera counts (no offset): photons = (ADU - baseline) * sensitivity / gain; what
         # identification sees is prefiltered linearly (the temporal median's background is subtracted, the
         # Gaussian filter smooths): the model is smoothed the same way
-        model_adu = (model * (p1.em_gain / p1.sensitivity)).astype(np.float32)
-        # new spots start from a fit in the residual of the raw frames
-        raw_residual = None if identify_frames is None else np.asarray(frames, np.float32) - model_adu
+        if camera is not None:
+            model_adu = (model * per_count).astype(np.float32)
+            raw_residual = np.asarray(frames, np.float32) - model * per_adu
+        else:
+            model_adu = (model * (p1.em_gain / p1.sensitivity)).astype(np.float32)
+            # new spots start from a fit in the residual of the raw frames
+            raw_residual = None if identify_frames is None else np.asarray(frames, np.float32) - model_adu
         if identify_frames is not None and p1.prefilter().gaussian_sigma > 0:
             from .prefilter import gaussian_filter_frames
 
@@ -388,7 +430,7 @@ def localize_frames_z_crowded(frames, p, z, first_frame: int = 0, stats=None, ca
         new["net_gradient"] = -np.abs(new["net_gradient"])  # tags the added spots through the fits
         start = residual if raw_residual is None else raw_residual
         if z.spline:
-            rows = new_rows_spline(start, new, locs, p1, z.calibration, first_frame)
+            rows = new_rows_spline(start, new, locs, p1, z.calibration, first_frame, camera)
         else:
             rows = new_rows_astig(start, new, locs, p1, z, first_frame)
         both = np.concatenate([locs, rows])
@@ -397,7 +439,7 @@ def localize_frames_z_crowded(frames, p, z, first_frame: int = 0, stats=None, ca
         touched = np.isin(both["frame"], np.unique(rows["frame"]))
         if z.spline:
             sub, good_sub = refit_spline(frames, both[touched], p1, z.calibration, first_frame,
-                                         o.refit_rounds + 1, always=is_new[touched])
+                                         o.refit_rounds + 1, always=is_new[touched], camera=camera)
         else:
             sub, good_sub = refit_astig(frames, both[touched], p1, z, first_frame, o.refit_rounds + 1,
                                         always=is_new[touched])

@@ -279,7 +279,7 @@ def run_steps(movie, p: LocalizeParameters, sink, z: ZRun | None = None, cancel=
         # widths per box, which an astigmatic PSF is not (it split defocused spots into false pairs); spots
         # identification missed are found in the residual of the 3D fits (core.crowded_z)
         fit_p = p.replace(max_emitters=1)
-        crowded_z = z_crowded(p, z) and camera is None  # not with per-pixel sCMOS maps yet
+        crowded_z = z_crowded(p, z) and (camera is None or z.spline)  # (sCMOS maps: the spline PSF only)
         if crowded_z:
             localize_fn = crowded_z_fn(z)
         else:
