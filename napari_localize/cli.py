@@ -140,7 +140,7 @@ def _load_camera_calibration(args, path):
     return cache[path]
 
 
-def _camera_maps(args, movie, p, match=None, three_d=False):
+def _camera_maps(args, movie, p, match=None):
     """The sCMOS maps of one movie (``None`` without a calibration): from ``--camera-calibration``, else the
     camera config's ``camera-calibrations`` entry for the matched camera; windowed to the movie's camera ROI
     (its metadata, or ``--camera-calibration-offset``). A size mismatch raises (a ValueError: this movie fails)."""
@@ -148,11 +148,6 @@ def _camera_maps(args, movie, p, match=None, three_d=False):
 
     path = getattr(args, "camera_calibration", None)
     if path is None and match is not None and match.camera_calibration is not None:
-        if three_d:
-            print(f"napari-localize: note: {movie.path}: the camera config names the sCMOS calibration "
-                  f"{match.camera_calibration}; the 3D fit does not use per-pixel maps yet (scalar conversion)",
-                  file=sys.stderr)
-            return None
         path = match.camera_calibration
     if path is None:
         return None
@@ -244,11 +239,7 @@ def cmd_localize(args) -> int:
         raise CliError("--concat, --regions-separately and --drift run in this process: leave out --scheduler")
     if args.camera_calibration is not None and args.regions_separately:
         raise CliError("--camera-calibration does not work with --regions-separately yet")
-    spline = calibration is not None and _is_spline(calibration)
     if args.camera_calibration is not None:
-        if calibration is not None and not spline:
-            raise CliError("--camera-calibration works with 2D localization and the spline PSF fit for now; the "
-                           "polynomial 3D fit (--zcalib YAML) uses the scalar --baseline/--sensitivity")
         if args.scheduler:
             raise CliError("--camera-calibration runs on this machine for now; drop --scheduler")
         _load_camera_calibration(args, args.camera_calibration)  # a bad file stops the run before any movie
@@ -271,8 +262,7 @@ def cmd_localize(args) -> int:
                     for notice in match.notices:
                         print(f"napari-localize: note: {path}: {notice}", file=sys.stderr)
                 camera_doc = _camera_document(config, match) if match is not None else None
-                maps = _camera_maps(args, movie, p, match,
-                                    three_d=calibration is not None and not _is_spline(calibration))
+                maps = _camera_maps(args, movie, p, match)
                 bar = ProgressBar(os.path.basename(path))
                 if args.regions_separately:
                     try:
@@ -450,12 +440,6 @@ def _z_setup(args):
     except ValueError as exc:
         raise CliError(str(exc)) from None
     return calibration, options
-
-
-def _is_spline(calibration) -> bool:
-    from .core.spline import SplinePSF
-
-    return isinstance(calibration, SplinePSF)
 
 
 def _check_spline_options(args, psf):

@@ -144,7 +144,7 @@ def _drop_weak_and_duplicates(locs, added, o: CrowdedZOptions) -> np.ndarray:
     return keep
 
 
-def refit_astig(frames, locs, p, z, first_frame: int = 0, rounds: int = 2, always=None):
+def refit_astig(frames, locs, p, z, first_frame: int = 0, rounds: int = 2, always=None, camera=None):
     """The astigmatic z MLE of ``locs`` again, each spot with the light of the others as the 3D fits see it.
 
     The run's z fit adds the neighbours' light from their 2D fits (free widths, one emitter per box): next to
@@ -152,11 +152,12 @@ def refit_astig(frames, locs, p, z, first_frame: int = 0, rounds: int = 2, alway
     photons, and the calibrated widths at the fitted height) and every spot is fitted again, ``rounds`` times.
     Only rows with light of others in their box (and those marked ``always``) are refitted: an isolated
     spot keeps the run's fit. A row whose refit fails keeps its previous values; returns ``(locs, good)``,
-    ``good`` marking the rows whose last refit succeeded (or that were not refitted).
+    ``good`` marking the rows whose last refit succeeded (or that were not refitted). ``camera``: per-pixel
+    sCMOS maps (the boxes converted pixel by pixel, the sCMOS likelihood).
     """
     from .zcalib import fit_range
     from .zmodel import fit_z_mle, neighbour_light
-    from .zpolicy import cut_boxes
+    from .zpolicy import cut_boxes, cut_boxes_scmos
 
     locs = locs.copy()
     good = np.ones(len(locs), bool)
@@ -176,7 +177,11 @@ def refit_astig(frames, locs, p, z, first_frame: int = 0, rounds: int = 2, alway
         y = np.asarray(locs["y"], float)
         zc = np.asarray(locs["z"], float) / M
         wx, wy = cal.widths(zc)
-        spots = cut_boxes(frames, locs, first_frame, box, p.baseline, p.sensitivity, p.em_gain)
+        variance = None
+        if camera is None:
+            spots = cut_boxes(frames, locs, first_frame, box, p.baseline, p.sensitivity, p.em_gain)
+        else:
+            spots, variance = cut_boxes_scmos(frames, locs, first_frame, box, camera)
         bx = np.clip(np.rint(x), r, w - 1 - r)
         by = np.clip(np.rint(y), r, h - 1 - r)
         extra = neighbour_light(locs["frame"], x, y, photons, wx, wy, bx, by, box)
@@ -190,7 +195,8 @@ def refit_astig(frames, locs, p, z, first_frame: int = 0, rounds: int = 2, alway
         if sel.any():
             t, c, v, g = fit_z_mle(spots[sel], theta[sel, 0], theta[sel, 1], photons[sel], bg[sel], zc[sel], cal,
                                    z_bounds=(flo, fhi), extra=extra[sel], eps=p.convergence,
-                                   max_iterations=p.max_iterations)
+                                   max_iterations=p.max_iterations,
+                                   variance=None if variance is None else variance[sel])
             theta[sel], crlb[sel], conv[sel], gof[sel] = t, c, v, g
         good = sel & conv & np.isfinite(theta).all(axis=1) & np.isfinite(crlb[:, 4]) & (crlb[:, 4] > 0)
         good &= (theta[:, 4] > flo + edge) & (theta[:, 4] < fhi - edge)
@@ -205,9 +211,10 @@ def refit_astig(frames, locs, p, z, first_frame: int = 0, rounds: int = 2, alway
     return locs, good | ~sel
 
 
-def new_rows_astig(residual_adu, new, like, p, z, first_frame: int = 0):
+def new_rows_astig(residual_adu, new, like, p, z, first_frame: int = 0, camera=None):
     """3D rows (dtype of ``like``) for the residual peaks ``new``: a 2D fit in the residual's box, then Huang's
-    z from its widths; the start of their z MLE with everyone's light (:func:`refit_astig`)."""
+    z from its widths; the start of their z MLE with everyone's light (:func:`refit_astig`). ``camera``:
+    per-pixel sCMOS maps (the box converted pixel by pixel, the 2D fit with its readout variance)."""
     from .camera import adu_to_photons
     from .pipeline import fit_spots_by_method
     from .spots import cut_spots
@@ -217,8 +224,14 @@ def new_rows_astig(residual_adu, new, like, p, z, first_frame: int = 0):
     cal = z.calibration
     spots = cut_spots(residual_adu, np.asarray(new["frame"], np.int64) - first_frame, new["y"], new["x"],
                       p.box_size)
-    fit = fit_spots_by_method(adu_to_photons(spots, p.baseline, p.sensitivity, p.em_gain), p.replace(
-        fit_method="mle" if p.fit_method == "mle" else "lq"), "cpu")
+    variance = None
+    if camera is None:
+        photons = adu_to_photons(spots, p.baseline, p.sensitivity, p.em_gain)
+    else:
+        photons, variance = camera.boxes_to_photons(spots, np.asarray(new["y"], np.int64),
+                                                    np.asarray(new["x"], np.int64))
+    fit = fit_spots_by_method(photons, p.replace(fit_method="mle" if p.fit_method == "mle" else "lq"), "cpu",
+                              variance)
     rows = np.zeros(len(new), like.dtype)
     rows["frame"] = new["frame"]
     rows["x"] = new["x"] + fit["dx"]
@@ -379,10 +392,10 @@ def localize_frames_z_crowded(frames, p, z, first_frame: int = 0, stats=None, ca
         from .run import fit_z_chunk
 
         locs2d = localize_frames(frames, p1, first_frame, stats, camera, identify_frames)
-        locs = fit_z_chunk(frames, locs2d, p1, z, first_frame)
-        if o.refit_rounds and camera is None and z.options.neighbours:
-            locs, _ = refit_astig(frames, locs, p1, z, first_frame, o.refit_rounds)
-    if o.rounds <= 0 or (camera is not None and not z.spline):
+        locs = fit_z_chunk(frames, locs2d, p1, z, first_frame, camera)
+        if o.refit_rounds and z.options.neighbours:
+            locs, _ = refit_astig(frames, locs, p1, z, first_frame, o.refit_rounds, camera=camera)
+    if o.rounds <= 0:
         return locs
     if camera is not None:
         # what the run's identification saw: the per-pixel converted, hot-pixel-shrunk image in counts of a
@@ -432,7 +445,7 @@ def localize_frames_z_crowded(frames, p, z, first_frame: int = 0, stats=None, ca
         if z.spline:
             rows = new_rows_spline(start, new, locs, p1, z.calibration, first_frame, camera)
         else:
-            rows = new_rows_astig(start, new, locs, p1, z, first_frame)
+            rows = new_rows_astig(start, new, locs, p1, z, first_frame, camera)
         both = np.concatenate([locs, rows])
         is_new = np.asarray(both["net_gradient"]) < 0
         # only the frames with a new spot change
@@ -442,7 +455,7 @@ def localize_frames_z_crowded(frames, p, z, first_frame: int = 0, stats=None, ca
                                          o.refit_rounds + 1, always=is_new[touched], camera=camera)
         else:
             sub, good_sub = refit_astig(frames, both[touched], p1, z, first_frame, o.refit_rounds + 1,
-                                        always=is_new[touched])
+                                        always=is_new[touched], camera=camera)
         both[touched] = sub
         good = np.ones(len(both), bool)
         good[touched] = good_sub

@@ -199,19 +199,24 @@ def z_filter_limit(d_sum_sq: float, rows: int, factor: float) -> float:
     return factor * float(np.sqrt(d_sum_sq / rows)) if rows else np.inf
 
 
-def fit_z_chunk(frames, locs, p: LocalizeParameters, z: ZRun, first_frame: int = 0):
-    """z for the 2D ``locs`` of ``frames`` (ADU, movie frames ``first_frame ..``) without the whole-run filter."""
+def fit_z_chunk(frames, locs, p: LocalizeParameters, z: ZRun, first_frame: int = 0, camera=None):
+    """z for the 2D ``locs`` of ``frames`` (ADU, movie frames ``first_frame ..``) without the whole-run filter.
+    ``camera``: per-pixel sCMOS maps; the z MLE's boxes are then converted pixel by pixel and fitted with the
+    sCMOS likelihood."""
     from .locs import sane
-    from .zpolicy import cut_boxes, fit_z
+    from .zpolicy import cut_boxes, cut_boxes_scmos, fit_z
 
     options = dataclasses.replace(z.options, filter=0.0)
     frames = np.asarray(frames)
-    spots = None
+    spots = variance = None
     if options.method == "mle" and len(locs):
-        spots = cut_boxes(frames, locs, first_frame, options.z_box(p.box_size), p.baseline, p.sensitivity,
-                          p.em_gain)
+        box = options.z_box(p.box_size)
+        if camera is None:
+            spots = cut_boxes(frames, locs, first_frame, box, p.baseline, p.sensitivity, p.em_gain)
+        else:
+            spots, variance = cut_boxes_scmos(frames, locs, first_frame, box, camera)
     out, _ = fit_z(locs, z.calibration, p.pixelsize, p.fit_method, options, spots, frames.shape[-2:],
-                   p.convergence, p.max_iterations)
+                   p.convergence, p.max_iterations, variance=variance)
     return out[sane(out, frames.shape[-1], frames.shape[-2])]
 
 
@@ -266,9 +271,6 @@ def run_steps(movie, p: LocalizeParameters, sink, z: ZRun | None = None, cancel=
     ``p.baseline``/``p.sensitivity``; identification and fit use the variance map); its ``source`` is recorded
     in the fit document.
     """
-    if camera is not None and z is not None and not z.spline:
-        raise ValueError("per-pixel sCMOS maps (--camera-calibration) are not used by the 3D fit yet; localize in "
-                         "2D with them, or in 3D with the scalar baseline and sensitivity")
     if camera is not None and camera.source:
         extra_fit_info = {**(extra_fit_info or {}), **camera.source}
     fit_p = p
@@ -279,7 +281,7 @@ def run_steps(movie, p: LocalizeParameters, sink, z: ZRun | None = None, cancel=
         # widths per box, which an astigmatic PSF is not (it split defocused spots into false pairs); spots
         # identification missed are found in the residual of the 3D fits (core.crowded_z)
         fit_p = p.replace(max_emitters=1)
-        crowded_z = z_crowded(p, z) and (camera is None or z.spline)  # (sCMOS maps: the spline PSF only)
+        crowded_z = z_crowded(p, z)
         if crowded_z:
             localize_fn = crowded_z_fn(z)
         else:
@@ -296,7 +298,7 @@ def run_steps(movie, p: LocalizeParameters, sink, z: ZRun | None = None, cancel=
             locs = chunk.locs
             if z is not None and not z.spline and not crowded_z:
                 t = time.perf_counter()
-                locs = fit_z_chunk(chunk.frames, locs, fit_p, z, chunk.start)
+                locs = fit_z_chunk(chunk.frames, locs, fit_p, z, chunk.start, camera)
                 stats.seconds["fit"] += time.perf_counter() - t
             if z is not None and not z.spline:
                 d_sum_sq += float(np.sum(np.asarray(locs["d_zcalib"], float) ** 2))

@@ -35,6 +35,7 @@ from .zpolicy import (  # noqa: F401
     Z_METHODS,
     ZFitOptions,
     cut_boxes,
+    cut_boxes_scmos,
     fit_z,
     with_z_fields,
     z_document,

@@ -19,7 +19,7 @@ import math
 import numpy as np
 from numba import njit
 
-from .engine import MODEL_ASTIG_Z, NOISE_POISSON, astig_aux, default_bounds, fit_boxes
+from .engine import MODEL_ASTIG_Z, NOISE_POISSON, NOISE_SCMOS, astig_aux, default_bounds, fit_boxes
 from .engine.models import poly
 from .engine.noise import deviance_moments as _deviance_moments_jit
 from .engine.pixels import add_gaussian
@@ -222,8 +222,10 @@ def _deviance_moments(mu):
 
 # ------------------------------------------------------------------------------------------ astigmatic MLE
 def fit_z_mle(spots, x0, y0, photons0, bg0, z0, cal: ZCalibration, max_iterations: int = 100,
-              z_bounds: tuple[float, float] | None = None, extra=None, eps: float = 1e-3, device: str = "cpu"):
-    """Astigmatic-PSF Poisson MLE of ``(x, y, photons, bg, z)`` for a stack of photon boxes (the engine).
+              z_bounds: tuple[float, float] | None = None, extra=None, eps: float = 1e-3, device: str = "cpu",
+              variance=None):
+    """Astigmatic-PSF Poisson MLE of ``(x, y, photons, bg, z)`` for a stack of photon boxes (the engine); with
+    per-pixel readout ``variance`` boxes (photons², sCMOS) the likelihood of Huang et al. 2013.
 
     Parameters
     ----------
@@ -263,10 +265,17 @@ def fit_z_mle(spots, x0, y0, photons0, bg0, z0, cal: ZCalibration, max_iteration
     aux = astig_aux(cal.x_coefficients, cal.y_coefficients)
     bounds = default_bounds(MODEL_ASTIG_Z, box, (lo, hi))
 
+    if variance is not None:
+        variance = np.asarray(variance, float)
+        if variance.shape != spots.shape:
+            raise ValueError(f"fit_z_mle: the variance boxes must have the shape of the spots {spots.shape}, got "
+                             f"{variance.shape}")
+    noise = NOISE_POISSON if variance is None else NOISE_SCMOS
+
     def run(sel, start):
-        return fit_boxes(spots[sel], MODEL_ASTIG_Z, NOISE_POISSON, theta0=start, aux=aux, bounds=bounds,
+        return fit_boxes(spots[sel], MODEL_ASTIG_Z, noise, theta0=start, aux=aux, bounds=bounds,
                          other=None if extra is None else extra[sel], eps=eps, max_iterations=max_iterations,
-                         gof=True, device=device)
+                         gof=True, device=device, variance=None if variance is None else variance[sel])
 
     everything = np.ones(n, bool)
     best = run(everything, theta)

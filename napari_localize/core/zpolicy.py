@@ -104,7 +104,7 @@ def with_z_fields(locs, gof: bool = False) -> np.ndarray:
 
 def fit_z(locs, cal: ZCalibration, pixelsize: float, fit_method: str = "mle", options: ZFitOptions | None = None,
           spots=None, image_shape=None, convergence: float = 1e-3, max_iterations: int = 100,
-          device: str = "cpu"):
+          device: str = "cpu", variance=None):
     """Give 2D localizations a height: returns ``(locs3d, kept mask)``.
 
     Parameters
@@ -124,6 +124,9 @@ def fit_z(locs, cal: ZCalibration, pixelsize: float, fit_method: str = "mle", op
         Frame size, to place boxes as :func:`cut_boxes` does near the edges.
     convergence, max_iterations, device
         The engine's convergence tolerance, iteration limit and device for the z MLE (the 2D fit's).
+    variance : (n, box, box) or None
+        Per-pixel readout variance (photons², sCMOS) of ``spots`` (:func:`cut_boxes_scmos`): the z MLE then
+        uses the sCMOS likelihood of Huang et al. 2013.
 
     ``z`` and ``lpz`` are in nm (times the magnification factor), ``d_zcalib`` is sqrt(D) (sqrt(pixels)).
     Rows that fail the policy of ``options`` are removed; ``kept`` marks them in the input.
@@ -157,7 +160,7 @@ def fit_z(locs, cal: ZCalibration, pixelsize: float, fit_method: str = "mle", op
             extra = neighbour_light(locs["frame"], locs["x"], locs["y"], locs["photons"], sx, sy, bx, by, box)
         theta, crlb, conv, gof = fit_z_mle(spots, x0, y0, locs["photons"], locs["bg"], z_cal, cal,
                                             z_bounds=(flo, fhi), extra=extra, eps=convergence,
-                                            max_iterations=max_iterations, device=device)
+                                            max_iterations=max_iterations, device=device, variance=variance)
         good = conv & np.isfinite(theta[:, 4]) & np.isfinite(crlb[:, 4]) & (crlb[:, 4] > 0)
         out["z_gof"] = gof  # NaN (row dropped below) where the model could not be evaluated at all
         z_cal = np.where(good, theta[:, 4], z_cal)
@@ -217,6 +220,20 @@ def cut_boxes(frames, locs, first_frame: int, box_size: int, baseline: float, se
     ``frames`` hold the movie frames ``first_frame ..``; this is what :func:`fit_z` expects as ``spots``.
     """
     from .camera import adu_to_photons
+
+    spots, _, _ = _cut_counts(frames, locs, first_frame, box_size)
+    return adu_to_photons(spots, baseline, sensitivity, em_gain)
+
+
+def cut_boxes_scmos(frames, locs, first_frame: int, box_size: int, camera):
+    """:func:`cut_boxes` with per-pixel sCMOS ``camera`` maps (:class:`~napari_localize.core.camera.CameraMaps`):
+    ``(photons, variance)``, each pixel converted with its own offset and sensitivity, and the boxes of its
+    readout variance (photons²) for :func:`fit_z`."""
+    spots, cy, cx = _cut_counts(frames, locs, first_frame, box_size)
+    return camera.boxes_to_photons(spots, cy, cx)
+
+
+def _cut_counts(frames, locs, first_frame, box_size):
     from .spots import cut_spots
 
     frames = np.asarray(frames)
@@ -224,5 +241,4 @@ def cut_boxes(frames, locs, first_frame: int, box_size: int, baseline: float, se
     r = box_size // 2
     cx = np.clip(np.rint(locs["x"]).astype(np.int64), r, width - 1 - r)
     cy = np.clip(np.rint(locs["y"]).astype(np.int64), r, height - 1 - r)
-    spots = cut_spots(frames, np.asarray(locs["frame"], np.int64) - first_frame, cy, cx, box_size)
-    return adu_to_photons(spots, baseline, sensitivity, em_gain)
+    return cut_spots(frames, np.asarray(locs["frame"], np.int64) - first_frame, cy, cx, box_size), cy, cx
