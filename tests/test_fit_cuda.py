@@ -241,3 +241,55 @@ def test_cuda_status_agrees_with_numba_and_skips_numba_cuda_without_a_driver():
         assert not out["imported"] and "libcuda" in out["why"] and not out["numba"]
     else:
         assert out["imported"]
+
+
+ZRUN_SCRIPT = r"""
+import json, os
+import numpy as np
+from napari_localize.api import localize
+from napari_localize.core.engine import cuda as engine_cuda
+from napari_localize.core.engine import MODEL_ASTIG_Z
+from napari_localize.core.parameters import LocalizeParameters
+from napari_localize.core.simulate import SimulationParameters, astigmatic_widths, simulate_frames
+from napari_localize.core.zcalib import ZCalibration
+from napari_localize.core.zpolicy import ZFitOptions
+
+models = []
+real = engine_cuda.fit_boxes_cuda
+def counted(model, *args, **kw):  # the real kernel runs; the models it fitted are noted
+    models.append(int(model))
+    return real(model, *args, **kw)
+engine_cuda.fit_boxes_cuda = counted
+
+q = SimulationParameters(n_frames=3, height=32, width=32, spots_per_frame=3, photons=3000, bg=20, baseline=100,
+                         z_range=(-500.0, 500.0), min_separation=7.0, margin=5, seed=4)
+frames, truth = simulate_frames(q)
+zs = np.linspace(-800.0, 800.0, 161)
+sx, sy = astigmatic_widths(zs, q.sigma, q.astig_gamma, q.astig_depth)
+cal = ZCalibration(np.polyfit(zs, sx, 6), np.polyfit(zs, sy, 6), n_frames=161, step_nm=10.0, magnification_factor=1.0)
+p = LocalizeParameters(box_size=7, min_net_gradient=600, baseline=100)
+out = {}
+for device in ("auto", "cpu"):
+    os.environ["NAPARI_LOCALIZE_DEVICE"] = device
+    models.clear()
+    res = localize(frames, p, calibration=cal, z_options=ZFitOptions(crowded=True))
+    out[device] = {"z": res.locs["z"].tolist(), "x": res.locs["x"].tolist(), "device": res.stats.device,
+                   "astig_on_cuda": models.count(MODEL_ASTIG_Z)}
+print(json.dumps(out))
+"""
+
+
+def test_3d_z_fits_and_refits_run_on_the_cuda_engine_in_the_simulator():
+    # the astigmatic z MLE of a 3D run and its crowded refits run on the run's engine (the CUDA kernel, here
+    # in numba's simulator) and give the CPU engine's results
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
+    env.pop("NAPARI_LOCALIZE_DEVICE", None)
+    done = subprocess.run([sys.executable, "-c", ZRUN_SCRIPT], capture_output=True, text=True, env=env, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    gpu, cpu = out["auto"], out["cpu"]
+    assert gpu["device"] == "cuda" and cpu["device"] == "cpu"
+    assert gpu["astig_on_cuda"] >= 2 and cpu["astig_on_cuda"] == 0  # the z MLE and at least one refit pass
+    assert len(gpu["z"]) == len(cpu["z"]) >= 7
+    np.testing.assert_allclose(gpu["z"], cpu["z"], atol=1e-3)
+    np.testing.assert_allclose(gpu["x"], cpu["x"], atol=1e-5)

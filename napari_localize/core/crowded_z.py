@@ -144,7 +144,8 @@ def _drop_weak_and_duplicates(locs, added, o: CrowdedZOptions) -> np.ndarray:
     return keep
 
 
-def refit_astig(frames, locs, p, z, first_frame: int = 0, rounds: int = 2, always=None, camera=None):
+def refit_astig(frames, locs, p, z, first_frame: int = 0, rounds: int = 2, always=None, camera=None,
+                device: str = "cpu"):
     """The astigmatic z MLE of ``locs`` again, each spot with the light of the others as the 3D fits see it.
 
     The run's z fit adds the neighbours' light from their 2D fits (free widths, one emitter per box): next to
@@ -153,8 +154,9 @@ def refit_astig(frames, locs, p, z, first_frame: int = 0, rounds: int = 2, alway
     Only rows with light of others in their box (and those marked ``always``) are refitted: an isolated
     spot keeps the run's fit. A row whose refit fails keeps its previous values; returns ``(locs, good)``,
     ``good`` marking the rows whose last refit succeeded (or that were not refitted). ``camera``: per-pixel
-    sCMOS maps (the boxes converted pixel by pixel, the sCMOS likelihood).
+    sCMOS maps (the boxes converted pixel by pixel, the sCMOS likelihood). ``device``: the run's engine.
     """
+    from .device import fit_device
     from .zcalib import fit_range
     from .zmodel import fit_z_mle, neighbour_light
     from .zpolicy import cut_boxes, cut_boxes_scmos
@@ -195,7 +197,7 @@ def refit_astig(frames, locs, p, z, first_frame: int = 0, rounds: int = 2, alway
         if sel.any():
             t, c, v, g = fit_z_mle(spots[sel], theta[sel, 0], theta[sel, 1], photons[sel], bg[sel], zc[sel], cal,
                                    z_bounds=(flo, fhi), extra=extra[sel], eps=p.convergence,
-                                   max_iterations=p.max_iterations,
+                                   max_iterations=p.max_iterations, device=fit_device(device, box),
                                    variance=None if variance is None else variance[sel])
             theta[sel], crlb[sel], conv[sel], gof[sel] = t, c, v, g
         good = sel & conv & np.isfinite(theta).all(axis=1) & np.isfinite(crlb[:, 4]) & (crlb[:, 4] > 0)
@@ -211,11 +213,12 @@ def refit_astig(frames, locs, p, z, first_frame: int = 0, rounds: int = 2, alway
     return locs, good | ~sel
 
 
-def new_rows_astig(residual_adu, new, like, p, z, first_frame: int = 0, camera=None):
+def new_rows_astig(residual_adu, new, like, p, z, first_frame: int = 0, camera=None, device: str = "cpu"):
     """3D rows (dtype of ``like``) for the residual peaks ``new``: a 2D fit in the residual's box, then Huang's
     z from its widths; the start of their z MLE with everyone's light (:func:`refit_astig`). ``camera``:
     per-pixel sCMOS maps (the box converted pixel by pixel, the 2D fit with its readout variance)."""
     from .camera import adu_to_photons
+    from .device import fit_device
     from .pipeline import fit_spots_by_method
     from .spots import cut_spots
     from .zcalib import fit_range
@@ -230,8 +233,8 @@ def new_rows_astig(residual_adu, new, like, p, z, first_frame: int = 0, camera=N
     else:
         photons, variance = camera.boxes_to_photons(spots, np.asarray(new["y"], np.int64),
                                                     np.asarray(new["x"], np.int64))
-    fit = fit_spots_by_method(photons, p.replace(fit_method="mle" if p.fit_method == "mle" else "lq"), "cpu",
-                              variance)
+    fit = fit_spots_by_method(photons, p.replace(fit_method="mle" if p.fit_method == "mle" else "lq"),
+                              fit_device(device, p.box_size), variance)
     rows = np.zeros(len(new), like.dtype)
     rows["frame"] = new["frame"]
     rows["x"] = new["x"] + fit["dx"]
@@ -248,13 +251,15 @@ def new_rows_astig(residual_adu, new, like, p, z, first_frame: int = 0, camera=N
     return rows[ok]
 
 
-def refit_spline(frames, locs, p, psf, first_frame: int = 0, rounds: int = 2, always=None, camera=None):
+def refit_spline(frames, locs, p, psf, first_frame: int = 0, rounds: int = 2, always=None, camera=None,
+                 device: str = "cpu"):
     """:func:`refit_astig` for the spline PSF: every spot with others' light in its box (or ``always``) fitted
     again from its fit with the light of the others' 3D fits, ``rounds`` times; returns ``(locs, good)``.
     ``camera``: per-pixel sCMOS maps (:class:`~napari_localize.core.camera.CameraMaps`): the boxes are converted
     pixel by pixel and fitted with the sCMOS likelihood (MLE) or least squares weighted by each pixel's
-    variance (LQ), as the run's own fit."""
+    variance (LQ), as the run's own fit. ``device``: the run's engine."""
     from .camera import adu_to_photons
+    from .device import fit_device
     from .engine import (
         IB,
         IN,
@@ -312,7 +317,7 @@ def refit_spline(frames, locs, p, psf, first_frame: int = 0, rounds: int = 2, al
                                   locs["bg"][sel], locs["z"][sel]]).astype(float)
         res = fit_boxes(spots, MODEL_SPLINE_Z, noise, theta0=theta0, aux=aux_of(psf), bounds=bounds,
                         other=light[sel], variance=variance, eps=p.convergence, max_iterations=p.max_iterations,
-                        gof=noise in (NOISE_POISSON, NOISE_SCMOS))
+                        gof=noise in (NOISE_POISSON, NOISE_SCMOS), device=fit_device(device, box))
         th = res.theta
         ok = res.converged & np.isfinite(th).all(axis=1) & np.isfinite(res.crlb).all(axis=1)
         ok &= (th[:, IZ] > lo + edge) & (th[:, IZ] < hi - edge)
@@ -336,10 +341,11 @@ def refit_spline(frames, locs, p, psf, first_frame: int = 0, rounds: int = 2, al
     return locs, good | ~sel
 
 
-def new_rows_spline(residual_adu, new, like, p, psf, first_frame: int = 0, camera=None):
+def new_rows_spline(residual_adu, new, like, p, psf, first_frame: int = 0, camera=None, device: str = "cpu"):
     """Spline-fitted rows (dtype of ``like``) for the residual peaks ``new``, fitted in the residual (camera
     counts with the offset; ``camera``: per-pixel sCMOS maps, used as in :func:`refit_spline`)."""
     from .camera import adu_to_photons
+    from .device import fit_device
     from .spline_fit import fit_spline_boxes, spline_locs
     from .spots import cut_spots
 
@@ -352,7 +358,8 @@ def new_rows_spline(residual_adu, new, like, p, psf, first_frame: int = 0, camer
         spots, variance = camera.boxes_to_photons(counts, np.asarray(new["y"], np.int64),
                                                   np.asarray(new["x"], np.int64))
     res = fit_spline_boxes(spots, psf, "lq" if p.fit_method == "lq" else "mle", eps=p.convergence,
-                           max_iterations=p.max_iterations, gof=p.fit_method != "lq", variance=variance)
+                           max_iterations=p.max_iterations, gof=p.fit_method != "lq", variance=variance,
+                           device=fit_device(device, box))
     rows = spline_locs(new, res, psf, p, box)
     lo, hi = psf.z_range
     ok = res.converged & np.isfinite(res.theta).all(axis=1) & (rows["photons"] > 0)
@@ -376,6 +383,11 @@ def localize_frames_z_crowded(frames, p, z, first_frame: int = 0, stats=None, ca
 
     o = options or CrowdedZOptions()
     stats = stats if stats is not None else LocalizeStats()
+    if not stats.device:
+        from .device import select_device
+
+        stats.device = select_device(p.box_size, p.fit_method)
+    device = stats.device  # every fit of the search runs on the run's engine (the GPU where the box allows)
     p1 = p.replace(max_emitters=1) if p.max_emitters != 1 else p
     frames = np.asarray(frames)
     if frames.ndim == 2:
@@ -392,9 +404,9 @@ def localize_frames_z_crowded(frames, p, z, first_frame: int = 0, stats=None, ca
         from .run import fit_z_chunk
 
         locs2d = localize_frames(frames, p1, first_frame, stats, camera, identify_frames)
-        locs = fit_z_chunk(frames, locs2d, p1, z, first_frame, camera)
+        locs = fit_z_chunk(frames, locs2d, p1, z, first_frame, camera, device)
         if o.refit_rounds and z.options.neighbours:
-            locs, _ = refit_astig(frames, locs, p1, z, first_frame, o.refit_rounds, camera=camera)
+            locs, _ = refit_astig(frames, locs, p1, z, first_frame, o.refit_rounds, camera=camera, device=device)
     if o.rounds <= 0:
         return locs
     if camera is not None:
@@ -443,19 +455,19 @@ def localize_frames_z_crowded(frames, p, z, first_frame: int = 0, stats=None, ca
         new["net_gradient"] = -np.abs(new["net_gradient"])  # tags the added spots through the fits
         start = residual if raw_residual is None else raw_residual
         if z.spline:
-            rows = new_rows_spline(start, new, locs, p1, z.calibration, first_frame, camera)
+            rows = new_rows_spline(start, new, locs, p1, z.calibration, first_frame, camera, device)
         else:
-            rows = new_rows_astig(start, new, locs, p1, z, first_frame, camera)
+            rows = new_rows_astig(start, new, locs, p1, z, first_frame, camera, device)
         both = np.concatenate([locs, rows])
         is_new = np.asarray(both["net_gradient"]) < 0
         # only the frames with a new spot change
         touched = np.isin(both["frame"], np.unique(rows["frame"]))
         if z.spline:
             sub, good_sub = refit_spline(frames, both[touched], p1, z.calibration, first_frame,
-                                         o.refit_rounds + 1, always=is_new[touched], camera=camera)
+                                         o.refit_rounds + 1, always=is_new[touched], camera=camera, device=device)
         else:
             sub, good_sub = refit_astig(frames, both[touched], p1, z, first_frame, o.refit_rounds + 1,
-                                        always=is_new[touched], camera=camera)
+                                        always=is_new[touched], camera=camera, device=device)
         both[touched] = sub
         good = np.ones(len(both), bool)
         good[touched] = good_sub

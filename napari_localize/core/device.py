@@ -122,6 +122,12 @@ def select_device(box_size: int, fit_method: str = "mle", choice: str | None = N
     return "cuda" if cuda_available() else "cpu"
 
 
+def fit_device(run_device: str, box_size: int) -> str:
+    """The engine for one batch of boxes of a run on ``run_device``: the GPU only for boxes it handles
+    (:data:`MAX_BOX`), else the CPU (a 3D run's z box is larger than its 2D box)."""
+    return "cuda" if run_device == "cuda" and int(box_size) <= MAX_BOX else "cpu"
+
+
 def fit_spots(spots, mode, eps, max_iterations, device: str | None = None, variance=None):
     """:func:`psf.fit_spots` on the chosen engine (``device`` None: :func:`select_device` decides).
 

@@ -199,24 +199,26 @@ def z_filter_limit(d_sum_sq: float, rows: int, factor: float) -> float:
     return factor * float(np.sqrt(d_sum_sq / rows)) if rows else np.inf
 
 
-def fit_z_chunk(frames, locs, p: LocalizeParameters, z: ZRun, first_frame: int = 0, camera=None):
+def fit_z_chunk(frames, locs, p: LocalizeParameters, z: ZRun, first_frame: int = 0, camera=None,
+                device: str = "cpu"):
     """z for the 2D ``locs`` of ``frames`` (ADU, movie frames ``first_frame ..``) without the whole-run filter.
     ``camera``: per-pixel sCMOS maps; the z MLE's boxes are then converted pixel by pixel and fitted with the
-    sCMOS likelihood."""
+    sCMOS likelihood. ``device``: the run's fit engine (the z MLE runs on the GPU where its box allows)."""
+    from .device import fit_device
     from .locs import sane
     from .zpolicy import cut_boxes, cut_boxes_scmos, fit_z
 
     options = dataclasses.replace(z.options, filter=0.0)
     frames = np.asarray(frames)
     spots = variance = None
+    box = options.z_box(p.box_size)
     if options.method == "mle" and len(locs):
-        box = options.z_box(p.box_size)
         if camera is None:
             spots = cut_boxes(frames, locs, first_frame, box, p.baseline, p.sensitivity, p.em_gain)
         else:
             spots, variance = cut_boxes_scmos(frames, locs, first_frame, box, camera)
     out, _ = fit_z(locs, z.calibration, p.pixelsize, p.fit_method, options, spots, frames.shape[-2:],
-                   p.convergence, p.max_iterations, variance=variance)
+                   p.convergence, p.max_iterations, fit_device(device, box), variance)
     return out[sane(out, frames.shape[-1], frames.shape[-2])]
 
 
@@ -298,7 +300,7 @@ def run_steps(movie, p: LocalizeParameters, sink, z: ZRun | None = None, cancel=
             locs = chunk.locs
             if z is not None and not z.spline and not crowded_z:
                 t = time.perf_counter()
-                locs = fit_z_chunk(chunk.frames, locs, fit_p, z, chunk.start, camera)
+                locs = fit_z_chunk(chunk.frames, locs, fit_p, z, chunk.start, camera, stats.device)
                 stats.seconds["fit"] += time.perf_counter() - t
             if z is not None and not z.spline:
                 d_sum_sq += float(np.sum(np.asarray(locs["d_zcalib"], float) ** 2))
