@@ -240,8 +240,6 @@ def cmd_localize(args) -> int:
     if args.camera_calibration is not None and args.regions_separately:
         raise CliError("--camera-calibration does not work with --regions-separately yet")
     if args.camera_calibration is not None:
-        if args.scheduler:
-            raise CliError("--camera-calibration runs on this machine for now; drop --scheduler")
         _load_camera_calibration(args, args.camera_calibration)  # a bad file stops the run before any movie
     elif args.camera_calibration_offset is not None:
         raise CliError("--camera-calibration-offset needs --camera-calibration")
@@ -372,8 +370,8 @@ def _localize_distributed(args, files, config, calibration=None, z_options=None)
     from .distributed import localize_files_distributed
     from .io.movies import open_movie
 
-    params = {}
-    for path in files:  # parameters per movie, exactly as a serial run would choose them
+    params, cameras, refused = {}, {}, []
+    for path in files:  # parameters and sCMOS maps per movie, exactly as a serial run would choose them
         try:
             with open_movie(path, **_movie_options(args)) as movie:
                 match = None
@@ -381,13 +379,23 @@ def _localize_distributed(args, files, config, calibration=None, z_options=None)
                     from .core.camera import match_camera
 
                     match = match_camera(config, movie.info, camera=args.camera)
-                    if match.camera_calibration is not None:
-                        print(f"napari-localize: note: {path}: the camera config names the sCMOS calibration "
-                              f"{match.camera_calibration}, which --scheduler runs do not use yet (scalar "
-                              "conversion); run without --scheduler to use it", file=sys.stderr)
                 params[path] = _parameters(args, movie.info, match)
+                try:
+                    maps = _camera_maps(args, movie, params[path], match)
+                except (ValueError, OSError) as exc:  # maps that do not fit this movie: it fails, the rest run
+                    refused.append((path, exc))
+                    continue
+                if maps is not None:
+                    cameras[path] = maps
         except Exception:  # noqa: BLE001 (the run reports this movie's error and goes on)
             params[path] = _parameters(args, {})
+    for path, exc in refused:
+        text = " ".join(str(exc).split())
+        print(f"napari-localize: error: {text if str(path) in text else f'{path}: {text}'}", file=sys.stderr)
+    total = len(files)
+    files = [f for f in files if f not in {path for path, _ in refused}]
+    if not files:
+        return 1
     p = params
 
     def report(path, hdf5_path, stats, error):
@@ -400,10 +408,10 @@ def _localize_distributed(args, files, config, calibration=None, z_options=None)
                                          movie_options=_movie_options(args), on_done=report,
                                          calibration=calibration, z_options=z_options,
                                          calibration_path=os.path.abspath(args.zcalib) if calibration is not None
-                                         else None)
-    failed = sum(1 for r in results if r[3] is not None)
-    if failed and len(results) > 1:
-        print(f"napari-localize: {failed} of {len(results)} movies failed (see above)", file=sys.stderr)
+                                         else None, cameras=cameras)
+    failed = sum(1 for r in results if r[3] is not None) + len(refused)
+    if failed and total > 1:
+        print(f"napari-localize: {failed} of {total} movies failed (see above)", file=sys.stderr)
     return 0 if failed == 0 else 1
 
 

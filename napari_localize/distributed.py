@@ -31,9 +31,11 @@ class FileOutcome(NamedTuple):
 FRAMES_PER_TASK = 2000
 
 
-def _localize_block(path, p: LocalizeParameters, start: int, stop: int, movie_options: dict, z=None):
+def _localize_block(path, p: LocalizeParameters, start: int, stop: int, movie_options: dict, z=None,
+                    camera=None):
     """Worker side: run frames [start, stop) of one movie file into memory (3D with ``z``, without the whole-run
-    z filter); return ``(locs, stats, movie info, sum of d_zcalib^2)``."""
+    z filter; per-pixel sCMOS ``camera`` maps of the movie, or None); return ``(locs, stats, movie info, sum of
+    d_zcalib^2)``."""
     import dataclasses
 
     import numpy as np
@@ -47,7 +49,7 @@ def _localize_block(path, p: LocalizeParameters, start: int, stop: int, movie_op
         first, last = p.frame_span(n)
         a, b = max(start, first), min(stop, last)
         block = p.replace(frame_range=(a, b - 1))
-        res = run(movie, block, MemorySink(run_dtype(block, zb)), zb)
+        res = run(movie, block, MemorySink(run_dtype(block, zb)), zb, camera=camera)
         d2 = float(np.sum(np.asarray(res.locs["d_zcalib"], float) ** 2)) if z is not None else 0.0
         return res.locs, res.stats, movie.info, d2
 
@@ -79,8 +81,9 @@ def _client(scheduler: str, workers: int | None):
 class _Movie:
     """Client-side state of one movie: its blocks, the file sink, the blocks that arrived early."""
 
-    def __init__(self, path, p, hdf5_path, z, n_blocks):
+    def __init__(self, path, p, hdf5_path, z, n_blocks, fit_info=None):
         self.path, self.p, self.hdf5_path, self.z = path, p, hdf5_path, z
+        self.fit_info = fit_info
         self.n_blocks = n_blocks
         self.next = 0
         self.early = {}
@@ -110,7 +113,7 @@ class _Movie:
         from .core.run import finish_run
 
         try:
-            res = finish_run(self.writer, self.info, self.p, self.stats, self.z, self.d_sum_sq)
+            res = finish_run(self.writer, self.info, self.p, self.stats, self.z, self.d_sum_sq, self.fit_info)
         except BaseException as exc:
             self.abort(exc)
             raise
@@ -126,11 +129,13 @@ class _Movie:
 def iter_files_distributed(paths, p: LocalizeParameters | dict, scheduler: str = "local",
                            workers: int | None = None, suffix: str = "", output_dir=None,
                            movie_options: dict | None = None, frames_per_task: int = FRAMES_PER_TASK,
-                           calibration=None, z_options=None, calibration_path=None, cancel=None):
+                           calibration=None, z_options=None, calibration_path=None, cancel=None, cameras=None):
     """Generator: localize movie files on a Dask cluster, yielding a :class:`FileOutcome` ``(path, hdf5_path or
     None, stats or None, error or None)`` as each movie finishes (3D with a ``calibration``). Cancelling
     ``cancel`` raises :class:`~napari_localize.core.pipeline.LocalizeCancelled` before the next block is taken;
-    unfinished files are not published."""
+    unfinished files are not published. ``cameras``: ``{path: CameraMaps}``, per-pixel sCMOS maps of the movies
+    that have them (windowed to each movie, :func:`~napari_localize.api.camera_maps`); each is sent to the
+    cluster once and shared by that movie's blocks."""
     from dask.distributed import as_completed
 
     from .core.run import ZRun
@@ -154,9 +159,13 @@ def iter_files_distributed(paths, p: LocalizeParameters | dict, scheduler: str =
                 first, last = q.frame_span(shape[0])
                 blocks = [(a, min(a + frames_per_task, last)) for a in range(first, last, frames_per_task)]
                 hdf5_path, _ = locs_paths(path, out_suffix, output_dir)
-                movies[path] = _Movie(path, q, hdf5_path, z, len(blocks))
+                camera = (cameras or {}).get(path)
+                movies[path] = _Movie(path, q, hdf5_path, z, len(blocks),
+                                      dict(camera.source) if camera is not None and camera.source else None)
+                shared = None if camera is None else client.scatter(camera, broadcast=True)
                 for index, (a, b) in enumerate(blocks):
-                    f = client.submit(_localize_block, os.path.abspath(path), q, a, b, movie_options, z, pure=False)
+                    f = client.submit(_localize_block, os.path.abspath(path), q, a, b, movie_options, z, shared,
+                                      pure=False)
                     futures[f] = (path, index)
             except Exception as exc:  # noqa: BLE001 (this movie's failure is reported; the others run)
                 yield FileOutcome(path, None, None, _message(exc, path))
@@ -193,18 +202,20 @@ def localize_files_distributed(paths, p: LocalizeParameters | dict, scheduler: s
                                workers: int | None = None,
                                suffix: str = "", output_dir=None, movie_options: dict | None = None,
                                frames_per_task: int = FRAMES_PER_TASK, on_done=None, calibration=None,
-                               z_options=None, calibration_path=None):
+                               z_options=None, calibration_path=None, cameras=None):
     """Localize movie files on a Dask cluster and write each movie's ``_locs.hdf5`` + ``.yaml`` (3D with a
     ``calibration``).
 
-    ``p`` is one parameter set for all movies, or a dict mapping each path to its own.
+    ``p`` is one parameter set for all movies, or a dict mapping each path to its own; ``cameras`` the per-pixel
+    sCMOS maps of the movies that have them (:func:`iter_files_distributed`).
     Returns a list of :class:`FileOutcome` ``(path, hdf5_path or None, stats or None, error message or None)``
     in input order.
     ``on_done(path, hdf5_path, stats, error)`` is called as each movie finishes.
     """
     done = {}
     for row in iter_files_distributed(paths, p, scheduler, workers, suffix, output_dir, movie_options,
-                                      frames_per_task, calibration, z_options, calibration_path):
+                                      frames_per_task, calibration, z_options, calibration_path,
+                                      cameras=cameras):
         done[row[0]] = row
         if on_done is not None:
             on_done(*row)

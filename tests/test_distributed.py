@@ -50,3 +50,36 @@ def test_cli_scheduler_local(tmp_path):
     a, _ = load_locs(tmp_path / "c.ome_a_locs.hdf5")
     b, _ = load_locs(tmp_path / "c.ome_b_locs.hdf5")
     np.testing.assert_array_equal(a, b)
+
+
+def test_cli_scheduler_local_with_an_scmos_calibration(tmp_path, capsys):
+    """--camera-calibration on a Dask cluster: the workers convert, identify and fit with the movie's per-pixel
+    maps (sent once per movie) and write what the serial run writes; a movie the maps do not fit fails alone."""
+    from napari_localize.cli import main
+    from napari_localize.core.camera_calibration import CameraCalibration
+    from napari_localize.core.simulate_scmos import SCMOSModel, simulate_scmos_movie
+    from napari_localize.io.camera_calibration import save_camera_calibration
+
+    model = SCMOSModel(chip_height=48, chip_width=56, hot_fraction=0.03, seed=5)
+    offset, variance, gain, _ = model.maps()
+    chip = tmp_path / "chip_scmos_calib.hdf5"
+    save_camera_calibration(chip, CameraCalibration(offset, variance, gain, {"Frames": 0, "model": "scmos-noise"}))
+    sim = SimulationParameters(n_frames=60, height=48, width=56, spots_per_frame=5, photons=1500, bg=10.0, seed=3,
+                               min_separation=9, margin=5)
+    frames, _ = simulate_scmos_movie(sim, model)
+    movie = tmp_path / "s.ome.tif"
+    write_movie(movie, [frames], frames.shape, frames.dtype)
+    small = tmp_path / "small.ome.tif"  # a 40x40 movie without ROI metadata: the 48x56 maps do not fit it
+    write_movie(small, [frames[:, :40, :40]], (60, 40, 40), frames.dtype)
+    common = ["--min-net-gradient", "2000", "--camera-calibration", str(chip)]
+    assert main(["localize", str(movie), *common, "--suffix", "_serial"]) == 0
+    assert main(["localize", str(movie), str(small), *common, "--suffix", "_dask", "--scheduler", "local",
+                 "--workers", "1"]) == 1
+    err = capsys.readouterr().err
+    assert "small.ome.tif" in err and "1 of 2 movies failed" in err
+    a, info_a = load_locs(tmp_path / "s.ome_serial_locs.hdf5")
+    b, info_b = load_locs(tmp_path / "s.ome_dask_locs.hdf5")
+    assert len(a) > 200
+    np.testing.assert_array_equal(a, b)
+    assert any("chip_scmos_calib" in str(v) for doc in info_b for v in doc.values())
+    assert not (tmp_path / "small.ome_dask_locs.hdf5").exists()
