@@ -3,9 +3,11 @@ shape error, measured on isolated spots by height and put back (:mod:`.crowded_z
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 import numpy as np
+from numba import njit
 from scipy.spatial import cKDTree
 
 if TYPE_CHECKING:
@@ -69,49 +71,85 @@ def model_photons_spline(shape, locs, psf, first_frame: int = 0) -> np.ndarray:
     return out
 
 
-def _bilinear(x, y, r):
-    """For spots at ``(x, y)`` (pixels): the four pixels around each point ``(y + k, x + m)``, ``|k|, |m| <= r``,
-    and their bilinear weights: ``(rows, cols, weights)`` of shape ``(n, 4, 2r+1, 2r+1)``."""
-    k, m = np.mgrid[-r:r + 1, -r:r + 1]
-    py = np.asarray(y, float)[:, None, None] + k[None]
-    px = np.asarray(x, float)[:, None, None] + m[None]
-    y0 = np.floor(py).astype(np.int64)
-    x0 = np.floor(px).astype(np.int64)
+@njit(cache=True, nogil=True)
+def _corner(py, px, c):
+    # pixel (row, column) of bilinear corner c (0: floor, floor; 1: floor, +1; 2: +1, floor; 3: +1, +1) of the
+    # point (py, px), and its weight
+    y0 = math.floor(py)
+    x0 = math.floor(px)
     fy = py - y0
     fx = px - x0
-    rows = np.stack([y0, y0, y0 + 1, y0 + 1], axis=1)
-    cols = np.stack([x0, x0 + 1, x0, x0 + 1], axis=1)
-    weights = np.stack([(1 - fy) * (1 - fx), (1 - fy) * fx, fy * (1 - fx), fy * fx], axis=1)
-    return rows, cols, weights
+    if c == 0:
+        return int(y0), int(x0), (1.0 - fy) * (1.0 - fx)
+    if c == 1:
+        return int(y0), int(x0) + 1, (1.0 - fy) * fx
+    if c == 2:
+        return int(y0) + 1, int(x0), fy * (1.0 - fx)
+    return int(y0) + 1, int(x0) + 1, fy * fx
+
+
+@njit(cache=True, nogil=True)
+def _gather(images, frame, x, y, r, out):
+    # out[i, k, m]: the bilinear value of images[frame[i]] at (y[i] + k - r, x[i] + m - r), corners outside the
+    # image counted as 0
+    _, h, w = images.shape
+    for i in range(x.shape[0]):
+        f = frame[i]
+        for k in range(2 * r + 1):
+            for m in range(2 * r + 1):
+                s = 0.0
+                for c in range(4):
+                    row, col, wgt = _corner(y[i] + (k - r), x[i] + (m - r), c)
+                    if 0 <= row < h and 0 <= col < w:
+                        s += images[f, row, col] * wgt
+                out[i, k, m] = s
+
+
+@njit(cache=True, nogil=True)
+def _splat(images, patches, frame, x, y):
+    # images[frame[i]] += patches[i] put bilinearly at (x[i], y[i]) (its middle pixel there); per pixel the
+    # values are added spot by spot, corner by corner, row by row
+    _, h, w = images.shape
+    r = patches.shape[1] // 2
+    for i in range(x.shape[0]):
+        f = frame[i]
+        for c in range(4):
+            for k in range(2 * r + 1):
+                for m in range(2 * r + 1):
+                    row, col, wgt = _corner(y[i] + (k - r), x[i] + (m - r), c)
+                    if 0 <= row < h and 0 <= col < w:
+                        images[f, row, col] += patches[i, k, m] * wgt
+
+
+@njit(cache=True, nogil=True)
+def _add_at(images, frame, rows, cols, values):
+    # images[frame, rows, cols] += values, in order (repeated pixels summed)
+    for q in range(values.shape[0]):
+        images[frame[q], rows[q], cols[q]] += values[q]
 
 
 def _patches(images, frame, x, y, r):
     """The ``(2r+1)^2`` patches of ``images[frame]`` centred on ``(x, y)`` (bilinear; 0 outside): ``(n, .., ..)``."""
-    _, h, w = images.shape
-    rows, cols, weights = _bilinear(x, y, r)
-    inside = (rows >= 0) & (rows < h) & (cols >= 0) & (cols < w)
-    f = np.broadcast_to(np.asarray(frame, np.int64)[:, None, None, None], rows.shape)
-    vals = images[f, np.clip(rows, 0, h - 1), np.clip(cols, 0, w - 1)]
-    return np.sum(np.where(inside, vals * weights, 0.0), axis=1)
+    x = np.ascontiguousarray(x, np.float64)
+    out = np.zeros((len(x), 2 * r + 1, 2 * r + 1))
+    if len(x):
+        _gather(np.ascontiguousarray(images, np.float32), np.ascontiguousarray(frame, np.int64), x,
+                np.ascontiguousarray(y, np.float64), int(r), out)
+    return out
 
 
 def _add_patches(images, patches, frame, x, y):
     """Add each patch (centred on its middle pixel) to ``images[frame]`` at ``(x, y)`` (bilinear splat)."""
-    _, h, w = images.shape
-    rows, cols, weights = _bilinear(x, y, patches.shape[-1] // 2)
-    inside = (rows >= 0) & (rows < h) & (cols >= 0) & (cols < w)
-    f = np.broadcast_to(np.asarray(frame, np.int64)[:, None, None, None], rows.shape)
-    _accumulate(images, f[inside], rows[inside], cols[inside], (patches[:, None] * weights)[inside])
+    if len(patches):
+        _splat(images, np.ascontiguousarray(patches, np.float64), np.ascontiguousarray(frame, np.int64),
+               np.ascontiguousarray(x, np.float64), np.ascontiguousarray(y, np.float64))
 
 
 def _accumulate(images, frame, rows, cols, values):
-    """``images[frame, rows, cols] += values`` with repeated pixels summed (``np.add.at``, faster)."""
-    _, h, w = images.shape
-    flat = (np.asarray(frame, np.int64) * h + rows) * w + cols
-    lo = int(flat.min()) if len(flat) else 0
-    span = (int(flat.max()) + 1 - lo) if len(flat) else 0
-    view = images.reshape(-1)
-    view[lo:lo + span] += np.bincount(flat - lo, values, minlength=span)[:span].astype(images.dtype)
+    """``images[frame, rows, cols] += values`` with repeated pixels summed."""
+    if len(values):
+        _add_at(images, np.ascontiguousarray(frame, np.int64), np.ascontiguousarray(rows, np.int64),
+                np.ascontiguousarray(cols, np.int64), np.ascontiguousarray(values, np.float64))
 
 
 def measure_shape_error(residual, locs, first_frame: int, box: int, o: CrowdedZOptions):
