@@ -166,22 +166,28 @@ def test_cli_max_emitters_given_on_an_astigmatic_run_turns_the_search_on(tmp_pat
     assert counts["_three"] > counts["_auto"]
 
 
+def _scmos_movie(q: SimulationParameters, hot_fraction: float):
+    """``q``'s movie on a simulated 64x64 sCMOS chip: ``(frames, truth, CameraMaps of the chip, its median gain)``."""
+    from napari_localize.core.camera import CameraMaps, readout_variance_photons
+    from napari_localize.core.simulate_scmos import SCMOSModel, simulate_scmos_movie
+
+    model = SCMOSModel(chip_height=64, chip_width=64, hot_fraction=hot_fraction, seed=5)
+    frames, truth = simulate_scmos_movie(q, model)
+    offset, variance, gain, _ = model.maps()
+    sens = (1.0 / gain).astype(np.float32)
+    camera = CameraMaps(offset.astype(np.float32), sens, readout_variance_photons(variance, sens, 1.0))
+    return frames, truth, camera, float(np.median(gain))
+
+
 def test_crowded_spline_frames_on_an_scmos_camera_find_the_overlapping_spots(pupil_spline):
     """With per-pixel sCMOS maps the residual is searched in what the sCMOS identification sees (converted
     pixel by pixel, hot pixels shrunk) and new spots are fitted with the sCMOS likelihood: more true spots,
     no hot pixel taken for one, z no worse."""
-    from napari_localize.core.camera import CameraMaps, readout_variance_photons
-    from napari_localize.core.simulate_scmos import SCMOSModel, simulate_scmos_movie
-
-    model = SCMOSModel(chip_height=64, chip_width=64, hot_fraction=0.03, seed=5)
     q = SimulationParameters(n_frames=12, height=64, width=64, spots_per_frame=25, photons=3000, photon_spread=0.3,
                              bg=20, z_range=(-600.0, 600.0), min_separation=0.0, seed=6, psf="pupil",
                              pupil={"zernike_nm": ASTIGMATIC_3D})
-    frames, truth = simulate_scmos_movie(q, model)
-    offset, variance, gain, hot = model.maps()
-    sens = (1.0 / gain).astype(np.float32)
-    camera = CameraMaps(offset.astype(np.float32), sens, readout_variance_photons(variance, sens, 1.0))
-    p = PARAMS.replace(box_size=11, min_net_gradient=600 * float(np.median(gain)))
+    frames, truth, camera, gain = _scmos_movie(q, 0.03)
+    p = PARAMS.replace(box_size=11, min_net_gradient=600 * gain)
     one = api_localize(frames, p.replace(max_emitters=1), calibration=pupil_spline, camera=camera)
     five = api_localize(frames, p.replace(max_emitters=5), calibration=pupil_spline, camera=camera)
     j1, z1, m1 = _score(one.locs, truth)
@@ -204,18 +210,11 @@ def test_crowded_spline_frames_on_an_scmos_camera_find_the_overlapping_spots(pup
 def test_isolated_spline_spots_on_an_scmos_camera_keep_their_fits(pupil_spline):
     """Far apart spots on a chip with 8 % hot pixels: the residual search finds nothing to add (a hot pixel's
     flicker is shrunk in what it searches, as in the run's identification): the one-emitter table."""
-    from napari_localize.core.camera import CameraMaps, readout_variance_photons
-    from napari_localize.core.simulate_scmos import SCMOSModel, simulate_scmos_movie
-
-    model = SCMOSModel(chip_height=64, chip_width=64, hot_fraction=0.08, seed=5)
     q = SimulationParameters(n_frames=40, height=64, width=64, spots_per_frame=4, photons=3000, photon_spread=0.3,
                              bg=10, z_range=(-500.0, 500.0), min_separation=14.0, margin=7, seed=4, psf="pupil",
                              pupil={"zernike_nm": ASTIGMATIC_3D})
-    frames, truth = simulate_scmos_movie(q, model)
-    offset, variance, gain, _ = model.maps()
-    sens = (1.0 / gain).astype(np.float32)
-    camera = CameraMaps(offset.astype(np.float32), sens, readout_variance_photons(variance, sens, 1.0))
-    p = PARAMS.replace(box_size=11, min_net_gradient=300 * float(np.median(gain)))
+    frames, truth, camera, gain = _scmos_movie(q, 0.08)
+    p = PARAMS.replace(box_size=11, min_net_gradient=300 * gain)
     one = api_localize(frames, p.replace(max_emitters=1), calibration=pupil_spline, camera=camera)
     five = api_localize(frames, p.replace(max_emitters=5), calibration=pupil_spline, camera=camera)
     assert _score(one.locs, truth)[0] > 0.97
@@ -225,19 +224,13 @@ def test_isolated_spline_spots_on_an_scmos_camera_keep_their_fits(pupil_spline):
 
 # ---------------------------------------------------------------------- the astigmatic polynomial with sCMOS maps
 def _scmos_astig(seed, spots, min_separation, frames, hot_fraction=0.03):
-    from napari_localize.core.camera import CameraMaps, readout_variance_photons
-    from napari_localize.core.simulate_scmos import SCMOSModel, simulate_scmos_movie
-
-    model = SCMOSModel(chip_height=64, chip_width=64, hot_fraction=hot_fraction, seed=5)
     q = SimulationParameters(n_frames=frames, height=64, width=64, spots_per_frame=spots, photons=3000,
                              photon_spread=0.3, bg=20, z_range=(-600.0, 600.0), min_separation=min_separation,
                              margin=5, seed=seed)
-    movie, truth = simulate_scmos_movie(q, model)
-    offset, variance, gain, _ = model.maps()
-    sens = (1.0 / gain).astype(np.float32)
-    camera = CameraMaps(offset.astype(np.float32), sens, readout_variance_photons(variance, sens, 1.0))
-    p = PARAMS.replace(min_net_gradient=600 * float(np.median(gain)), baseline=float(offset.mean()),
-                       sensitivity=float(np.mean(sens)))
+    movie, truth, camera, gain = _scmos_movie(q, hot_fraction)
+    # the scalar conversion of the same chip (its mean offset and sensitivity) for the runs without maps
+    p = PARAMS.replace(min_net_gradient=600 * gain, baseline=float(camera.offset.mean()),
+                       sensitivity=float(np.mean(camera.sensitivity)))
     return q, movie, truth, camera, p
 
 

@@ -144,6 +144,16 @@ def _drop_weak_and_duplicates(locs, added, o: CrowdedZOptions) -> np.ndarray:
     return keep
 
 
+def _photon_boxes(counts, cy, cx, p, camera):
+    """Boxes of camera counts centred on rows ``cy``, columns ``cx`` in photons, and their readout-variance boxes:
+    with per-pixel sCMOS ``camera`` maps pixel by pixel, else with ``p``'s scalar conversion (variance None)."""
+    from .camera import adu_to_photons
+
+    if camera is None:
+        return adu_to_photons(counts, p.baseline, p.sensitivity, p.em_gain), None
+    return camera.boxes_to_photons(counts, np.asarray(cy, np.int64), np.asarray(cx, np.int64))
+
+
 def refit_astig(frames, locs, p, z, first_frame: int = 0, rounds: int = 2, always=None, camera=None,
                 device: str = "cpu"):
     """The astigmatic z MLE of ``locs`` again, each spot with the light of the others as the 3D fits see it.
@@ -217,7 +227,6 @@ def new_rows_astig(residual_adu, new, like, p, z, first_frame: int = 0, camera=N
     """3D rows (dtype of ``like``) for the residual peaks ``new``: a 2D fit in the residual's box, then Huang's
     z from its widths; the start of their z MLE with everyone's light (:func:`refit_astig`). ``camera``:
     per-pixel sCMOS maps (the box converted pixel by pixel, the 2D fit with its readout variance)."""
-    from .camera import adu_to_photons
     from .device import fit_device
     from .pipeline import fit_spots_by_method
     from .spots import cut_spots
@@ -227,12 +236,7 @@ def new_rows_astig(residual_adu, new, like, p, z, first_frame: int = 0, camera=N
     cal = z.calibration
     spots = cut_spots(residual_adu, np.asarray(new["frame"], np.int64) - first_frame, new["y"], new["x"],
                       p.box_size)
-    variance = None
-    if camera is None:
-        photons = adu_to_photons(spots, p.baseline, p.sensitivity, p.em_gain)
-    else:
-        photons, variance = camera.boxes_to_photons(spots, np.asarray(new["y"], np.int64),
-                                                    np.asarray(new["x"], np.int64))
+    photons, variance = _photon_boxes(spots, new["y"], new["x"], p, camera)
     fit = fit_spots_by_method(photons, p.replace(fit_method="mle" if p.fit_method == "mle" else "lq"),
                               fit_device(device, p.box_size), variance)
     rows = np.zeros(len(new), like.dtype)
@@ -258,7 +262,6 @@ def refit_spline(frames, locs, p, psf, first_frame: int = 0, rounds: int = 2, al
     ``camera``: per-pixel sCMOS maps (:class:`~napari_localize.core.camera.CameraMaps`): the boxes are converted
     pixel by pixel and fitted with the sCMOS likelihood (MLE) or least squares weighted by each pixel's
     variance (LQ), as the run's own fit. ``device``: the run's engine."""
-    from .camera import adu_to_photons
     from .device import fit_device
     from .engine import (
         IB,
@@ -307,12 +310,8 @@ def refit_spline(frames, locs, p, psf, first_frame: int = 0, rounds: int = 2, al
         good = np.zeros(len(locs), bool)
         if not sel.any():
             break
-        counts = cut_spots(frames, local[sel], cy[sel], cx[sel], box)
-        variance = None
-        if camera is None:
-            spots = adu_to_photons(counts, p.baseline, p.sensitivity, p.em_gain)
-        else:
-            spots, variance = camera.boxes_to_photons(counts, cy[sel], cx[sel])
+        spots, variance = _photon_boxes(cut_spots(frames, local[sel], cy[sel], cx[sel], box), cy[sel], cx[sel], p,
+                                        camera)
         theta0 = np.column_stack([x[sel] - cx[sel] + r, y[sel] - cy[sel] + r, locs["photons"][sel],
                                   locs["bg"][sel], locs["z"][sel]]).astype(float)
         res = fit_boxes(spots, MODEL_SPLINE_Z, noise, theta0=theta0, aux=aux_of(psf), bounds=bounds,
@@ -344,19 +343,13 @@ def refit_spline(frames, locs, p, psf, first_frame: int = 0, rounds: int = 2, al
 def new_rows_spline(residual_adu, new, like, p, psf, first_frame: int = 0, camera=None, device: str = "cpu"):
     """Spline-fitted rows (dtype of ``like``) for the residual peaks ``new``, fitted in the residual (camera
     counts with the offset; ``camera``: per-pixel sCMOS maps, used as in :func:`refit_spline`)."""
-    from .camera import adu_to_photons
     from .device import fit_device
     from .spline_fit import fit_spline_boxes, spline_locs
     from .spots import cut_spots
 
     box = int(p.box_size)
     counts = cut_spots(residual_adu, np.asarray(new["frame"], np.int64) - first_frame, new["y"], new["x"], box)
-    variance = None
-    if camera is None:
-        spots = adu_to_photons(counts, p.baseline, p.sensitivity, p.em_gain)
-    else:
-        spots, variance = camera.boxes_to_photons(counts, np.asarray(new["y"], np.int64),
-                                                  np.asarray(new["x"], np.int64))
+    spots, variance = _photon_boxes(counts, new["y"], new["x"], p, camera)
     res = fit_spline_boxes(spots, psf, "lq" if p.fit_method == "lq" else "mle", eps=p.convergence,
                            max_iterations=p.max_iterations, gof=p.fit_method != "lq", variance=variance,
                            device=fit_device(device, box))
