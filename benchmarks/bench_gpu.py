@@ -6,7 +6,12 @@ CUDA engine (one GPU thread per spot), for MLE and LQ, and prints for each: fits
 the largest |difference| of the fitted positions between the engines, and whether the convergence flags agree.
 The CUDA kernel's compile time (first call, on 1000 spots) is reported apart from the timed call.
 
-    python benchmarks/bench_gpu.py [--n 200000] [--box 7] [--photons 2000]
+    python benchmarks/bench_gpu.py [--n 200000] [--box 7] [--photons 2000] [--movie 8000]
+
+``--movie FRAMES`` then runs the whole pipeline end to end on a simulated movie of FRAMES frames of 256x256 px
+(55 spots per frame, as ``bench_speed.py``): ``napari-localize localize`` with ``--device cpu`` and with
+``--device cuda`` (MLE and LQ, the crowded-fields default), each run's wall time and time split, and the
+largest difference between the two tables' positions (0 frames: skip it).
 
 Needs a CUDA GPU that numba can use (``pip install 'napari-localize[gpu]'``); without one it says so and
 exits with status 2. ``--ptx-only`` compiles the kernel to PTX for a compute capability without a GPU (it
@@ -70,6 +75,8 @@ def main(argv=None):
     ap.add_argument("--photons", type=float, default=2000.0, help="photons per spot (default 2000)")
     ap.add_argument("--bg", type=float, default=20.0, help="background photons per pixel (default 20)")
     ap.add_argument("--ptx-only", metavar="CC", help="only compile to PTX for compute capability CC, e.g. 9.0")
+    ap.add_argument("--movie", type=int, default=0, metavar="FRAMES",
+                    help="also the end-to-end run of a simulated movie of FRAMES frames of 256x256 (default 0: skip)")
     args = ap.parse_args(argv)
     if args.ptx_only:
         major, minor = (int(v) for v in args.ptx_only.split("."))
@@ -123,7 +130,51 @@ def main(argv=None):
               f"converged CPU {cpu[4].mean():.4f}, CUDA {gpu[4].mean():.4f}, flags differ in "
               f"{int((cpu[4] != gpu[4]).sum())} spots; mean iterations CPU {cpu[3].mean():.2f}, "
               f"CUDA {gpu[3].mean():.2f}; CUDA x RMSE vs truth {rmse:.4f} px")
+    if args.movie > 0:
+        end_to_end(args.movie)
     return 0
+
+
+def end_to_end(frames: int) -> None:
+    """``localize`` of one simulated movie with each engine (see the module docstring)."""
+    import os
+    import re
+    import subprocess
+    import tempfile
+
+    import h5py
+
+    with tempfile.TemporaryDirectory() as work:
+        movie = os.path.join(work, "m.ome.tif")
+        cli = [sys.executable, "-m", "napari_localize.cli"]
+        t = time.perf_counter()
+        subprocess.run([*cli, "simulate", movie, "--frames", str(frames), "--height", "256", "--width", "256",
+                        "--spots-per-frame", "55", "--poisson-count", "--seed", "7"], check=True,
+                       stdout=subprocess.DEVNULL)
+        gb = os.path.getsize(movie) / 1e9
+        print(f"\nend to end: {frames} frames of 256x256 ({gb:.2f} GB) simulated in {time.perf_counter() - t:.0f} s")
+        for method in ("mle", "lq"):
+            tables = {}
+            for device in ("cpu", "cuda", "cpu", "cuda"):  # the first pair fills the caches, the second is timed
+                suffix = f"_{method}_{device}"
+                t = time.perf_counter()
+                done = subprocess.run([*cli, "localize", movie, "--baseline", "100", "--min-net-gradient", "1200",
+                                       "--fit-method", method, "--device", device, "--suffix", suffix],
+                                      capture_output=True, text=True)
+                wall = time.perf_counter() - t
+                if done.returncode != 0:
+                    print(f"  {method} {device}: failed: {done.stderr.strip()[-500:]}")
+                    break
+                split = re.search(r"\[read.*\]", done.stdout)
+                with h5py.File(os.path.join(work, f"m.ome{suffix}_locs.hdf5")) as f:
+                    tables[device] = f["locs"][:]
+                print(f"  {method} --device {device}: {wall:.2f} s wall, {len(tables[device])} locs "
+                      f"{split.group(0) if split else ''}")
+            if len(tables) == 2 and len(tables["cpu"]) == len(tables["cuda"]):
+                d = max(float(np.max(np.abs(tables["cpu"][k] - tables["cuda"][k]))) for k in ("x", "y"))
+                print(f"  {method}: largest |position difference| between the engines {d:.2e} px")
+            elif len(tables) == 2:
+                print(f"  {method}: the engines found {len(tables['cpu'])} vs {len(tables['cuda'])} localizations")
 
 
 if __name__ == "__main__":
