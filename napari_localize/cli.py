@@ -382,7 +382,7 @@ def _localize_distributed(args, files, config, calibration=None, z_options=None)
                 params[path] = _parameters(args, movie.info, match)
                 try:
                     maps = _camera_maps(args, movie, params[path], match)
-                except (ValueError, OSError) as exc:  # maps that do not fit this movie: it fails, the rest run
+                except Exception as exc:  # noqa: BLE001 (maps that do not fit or load: this movie fails, the rest run)
                     refused.append((path, exc))
                     continue
                 if maps is not None:

@@ -426,7 +426,7 @@ def localize_frames_z_crowded(frames, p, z, first_frame: int = 0, stats=None, ca
         # Gaussian filter smooths): the model is smoothed the same way
         if camera is not None:
             model_adu = (model * per_count).astype(np.float32)
-            raw_residual = np.asarray(frames, np.float32) - model * per_adu
+            raw_residual = np.asarray(frames, np.float32) - (model * per_adu).astype(np.float32)
         else:
             model_adu = (model * (p1.em_gain / p1.sensitivity)).astype(np.float32)
             # new spots start from a fit in the residual of the raw frames

@@ -133,7 +133,7 @@ def _patches(images, frame, x, y, r):
     x = np.ascontiguousarray(x, np.float64)
     out = np.zeros((len(x), 2 * r + 1, 2 * r + 1))
     if len(x):
-        _gather(np.ascontiguousarray(images, np.float32), np.ascontiguousarray(frame, np.int64), x,
+        _gather(np.ascontiguousarray(images), np.ascontiguousarray(frame, np.int64), x,
                 np.ascontiguousarray(y, np.float64), int(r), out)
     return out
 
