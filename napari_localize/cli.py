@@ -370,8 +370,8 @@ def _localize_distributed(args, files, config, calibration=None, z_options=None)
     from .distributed import localize_files_distributed
     from .io.movies import open_movie
 
-    params, cameras, refused = {}, {}, []
-    for path in files:  # parameters and sCMOS maps per movie, exactly as a serial run would choose them
+    params, cameras, docs, refused = {}, {}, {}, []
+    for path in files:  # parameters, sCMOS maps and camera record per movie, exactly as a serial run's
         try:
             with open_movie(path, **_movie_options(args)) as movie:
                 match = None
@@ -379,6 +379,9 @@ def _localize_distributed(args, files, config, calibration=None, z_options=None)
                     from .core.camera import match_camera
 
                     match = match_camera(config, movie.info, camera=args.camera)
+                    docs[path] = _camera_document(config, match)
+                    for notice in match.notices:
+                        print(f"napari-localize: note: {path}: {notice}", file=sys.stderr)
                 params[path] = _parameters(args, movie.info, match)
                 try:
                     maps = _camera_maps(args, movie, params[path], match)
@@ -408,7 +411,7 @@ def _localize_distributed(args, files, config, calibration=None, z_options=None)
                                          movie_options=_movie_options(args), on_done=report,
                                          calibration=calibration, z_options=z_options,
                                          calibration_path=os.path.abspath(args.zcalib) if calibration is not None
-                                         else None, cameras=cameras)
+                                         else None, cameras=cameras, fit_infos=docs)
     failed = sum(1 for r in results if r[3] is not None) + len(refused)
     if failed and total > 1:
         print(f"napari-localize: {failed} of {total} movies failed (see above)", file=sys.stderr)
@@ -1252,7 +1255,20 @@ def entry_point():
     except KeyboardInterrupt:
         print("napari-localize: interrupted (SIGINT)", file=sys.stderr)
         code = 130
+    _skip_final_collection()
     sys.exit(code)
+
+
+def _skip_final_collection():
+    """Move every object alive now to the garbage collector's permanent generation (:func:`gc.freeze`).
+
+    The interpreter's shutdown collects the heap; after numba's imports and compiles that is ~10^6 objects, and
+    it cost 0.35-0.45 s of every command (measured: `localize` of the 1 GB benchmark movie, main() done at
+    4.84 s, process gone at 5.32 s; 0.05 s with this). Objects are still finalised as usual (files closed,
+    buffers flushed), only the cycle search over them is skipped."""
+    import gc
+
+    gc.freeze()
 
 
 if __name__ == "__main__":

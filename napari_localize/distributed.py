@@ -129,13 +129,15 @@ class _Movie:
 def iter_files_distributed(paths, p: LocalizeParameters | dict, scheduler: str = "local",
                            workers: int | None = None, suffix: str = "", output_dir=None,
                            movie_options: dict | None = None, frames_per_task: int = FRAMES_PER_TASK,
-                           calibration=None, z_options=None, calibration_path=None, cancel=None, cameras=None):
+                           calibration=None, z_options=None, calibration_path=None, cancel=None, cameras=None,
+                           fit_infos=None):
     """Generator: localize movie files on a Dask cluster, yielding a :class:`FileOutcome` ``(path, hdf5_path or
     None, stats or None, error or None)`` as each movie finishes (3D with a ``calibration``). Cancelling
     ``cancel`` raises :class:`~napari_localize.core.pipeline.LocalizeCancelled` before the next block is taken;
     unfinished files are not published. ``cameras``: ``{path: CameraMaps}``, per-pixel sCMOS maps of the movies
     that have them (windowed to each movie, :func:`~napari_localize.api.camera_maps`); each is sent to the
-    cluster once and shared by that movie's blocks."""
+    cluster once and shared by that movie's blocks. ``fit_infos``: ``{path: dict}``, entries for the fit
+    document of a movie's ``_locs.yaml`` (the camera config it matched), as ``extra_fit_info`` of a serial run."""
     from dask.distributed import as_completed
 
     from .core.run import ZRun
@@ -160,8 +162,9 @@ def iter_files_distributed(paths, p: LocalizeParameters | dict, scheduler: str =
                 blocks = [(a, min(a + frames_per_task, last)) for a in range(first, last, frames_per_task)]
                 hdf5_path, _ = locs_paths(path, out_suffix, output_dir)
                 camera = (cameras or {}).get(path)
-                movies[path] = _Movie(path, q, hdf5_path, z, len(blocks),
-                                      dict(camera.source) if camera is not None and camera.source else None)
+                fit_info = {**((fit_infos or {}).get(path) or {}),
+                            **(camera.source if camera is not None and camera.source else {})}
+                movies[path] = _Movie(path, q, hdf5_path, z, len(blocks), fit_info or None)
                 shared = None if camera is None else client.scatter(camera, broadcast=True)
                 for index, (a, b) in enumerate(blocks):
                     f = client.submit(_localize_block, os.path.abspath(path), q, a, b, movie_options, z, shared,
@@ -202,12 +205,13 @@ def localize_files_distributed(paths, p: LocalizeParameters | dict, scheduler: s
                                workers: int | None = None,
                                suffix: str = "", output_dir=None, movie_options: dict | None = None,
                                frames_per_task: int = FRAMES_PER_TASK, on_done=None, calibration=None,
-                               z_options=None, calibration_path=None, cameras=None):
+                               z_options=None, calibration_path=None, cameras=None, fit_infos=None):
     """Localize movie files on a Dask cluster and write each movie's ``_locs.hdf5`` + ``.yaml`` (3D with a
     ``calibration``).
 
     ``p`` is one parameter set for all movies, or a dict mapping each path to its own; ``cameras`` the per-pixel
-    sCMOS maps of the movies that have them (:func:`iter_files_distributed`).
+    sCMOS maps of the movies that have them and ``fit_infos`` their fit-document entries
+    (:func:`iter_files_distributed`).
     Returns a list of :class:`FileOutcome` ``(path, hdf5_path or None, stats or None, error message or None)``
     in input order.
     ``on_done(path, hdf5_path, stats, error)`` is called as each movie finishes.
@@ -215,7 +219,7 @@ def localize_files_distributed(paths, p: LocalizeParameters | dict, scheduler: s
     done = {}
     for row in iter_files_distributed(paths, p, scheduler, workers, suffix, output_dir, movie_options,
                                       frames_per_task, calibration, z_options, calibration_path,
-                                      cameras=cameras):
+                                      cameras=cameras, fit_infos=fit_infos):
         done[row[0]] = row
         if on_done is not None:
             on_done(*row)

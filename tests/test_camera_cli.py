@@ -137,3 +137,26 @@ def test_bad_config_and_unknown_camera_fail_cleanly(tmp_path, capsys):
     rc, out = run([movie, "--camera", "Simulation"], capsys)
     assert rc == 2 and "no camera config found" in out.err
     assert not list(tmp_path.glob("*_locs.*"))  # nothing written
+
+
+def test_a_dask_batch_records_the_camera_match_as_a_serial_run(emccd_movie, tmp_path, capsys):
+    """--scheduler (a real LocalCluster): the matched camera values are used and the fit document records the
+    config and its categories exactly as the serial run's does."""
+    import shutil
+
+    src, _ = emccd_movie
+    movie = tmp_path / src.name
+    shutil.copy(src, movie)
+    shutil.copy(src.with_suffix(".yaml"), movie.with_suffix(".yaml"))
+    common = [movie, "--camera-config", SEED, "--fit-method", "lq", "--min-net-gradient", "300"]
+    assert main(["localize", *map(str, common), "--suffix", "_serial"]) == 0
+    assert main(["localize", *map(str, common), "--suffix", "_dask", "--scheduler", "local", "--workers", "1"]) == 0
+    capsys.readouterr()
+    serial, dask = (list(yaml.safe_load_all(movie.with_name(f"{movie.stem}_{s}_locs.yaml").read_text()))[-1]
+                    for s in ("serial", "dask"))
+    assert dask["Camera config"] == str(SEED)
+    for key in ("Camera", "Baseline", "Sensitivity", "Gain", "Camera config", "Sensitivity categories"):
+        assert dask[key] == serial[key], key
+    with h5py.File(movie.with_name(f"{movie.stem}_serial_locs.hdf5"), "r") as a, \
+            h5py.File(movie.with_name(f"{movie.stem}_dask_locs.hdf5"), "r") as b:
+        np.testing.assert_array_equal(a["locs"][...], b["locs"][...])

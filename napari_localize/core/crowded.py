@@ -41,7 +41,16 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
-from .engine import MAX_EMITTERS, MAX_PARAMS, MODEL_GAUSS, MODEL_MULTI, NOISE_POISSON, emitter_index, fit_boxes
+from .engine import (
+    MAX_EMITTERS,
+    MAX_PARAMS,
+    MODEL_GAUSS,
+    MODEL_MULTI,
+    NOISE_LSQ,
+    NOISE_POISSON,
+    emitter_index,
+    fit_boxes,
+)
 
 
 @dataclass
@@ -606,10 +615,10 @@ def kernels_cached(frames_dtype) -> bool:
             and in_cache(_residual_peaks_kernel, lambda sig: True))
 
 
-def _width_noise(theta, ok, sigma, box):
-    """How much a single spot's fitted width scatters in this chunk: the Cramér-Rao standard deviation of
-    ``sx`` for a spot of the chunk's median photons and background at width ``sigma`` (the engine's Fisher
-    matrix, Poisson), and those median photons (it scales about as ``1 / sqrt(photons)``). The medians are
+def _width_noise(theta, ok, sigma, box, noise=NOISE_POISSON):
+    """How much a single spot's fitted width scatters in this chunk: the standard deviation of ``sx`` for a
+    spot of the chunk's median photons and background at width ``sigma`` (:func:`_width_sd`) for the fit's
+    ``noise`` model, and those median photons (it scales about as ``1 / sqrt(photons)``). The medians are
     rounded to steps of 1/32 octave and ``sigma`` to 1/200 px (the standard deviation moves by < 0.6 %), so
     the chunks of one movie share one computation."""
     N = float(np.median(np.maximum(theta[ok, 2], 1.0))) if ok.any() else 1000.0
@@ -619,17 +628,41 @@ def _width_noise(theta, ok, sigma, box):
         return float(2.0 ** (round(math.log2(v) * 32.0) / 32.0))
 
     N = step(N)
-    return _width_crlb(N, step(bg), round(float(sigma) * 200.0) / 200.0, int(box)), N
+    return _width_sd(N, step(bg), round(float(sigma) * 200.0) / 200.0, int(box), noise == NOISE_LSQ), N
 
 
 @functools.lru_cache(maxsize=256)
-def _width_crlb(N, bg, sigma, box):
+def _width_sd(N, bg, sigma, box, least_squares=False):
+    """Standard deviation of the fitted ``sx`` of a single Gaussian spot (photons ``N``, background ``bg``,
+    width ``sigma``, centred in the box) under Poisson noise: the Cramér-Rao bound (the engine's Fisher
+    matrix), which the likelihood fits reach; for unweighted least squares (``least_squares``), which does
+    not reach it, the estimator's own covariance ``(J^T J)^-1 J^T diag(mu) J (J^T J)^-1`` (``J``: the model's
+    Jacobian, ``mu``: its expected photons). On simulated isolated spots (2000 photons, bg 20, sigma 1 px)
+    the fitted widths scatter by 0.0288 px (MLE) and 0.0350 px (LQ) against 0.0287 and 0.0367 from here."""
     from .engine import MODEL_GAUSS, curvature
+    from .engine.models import SCRATCH_ROWS, pixel, prepare
 
     r = box // 2
     try:
-        F = curvature([r, r, N, bg, sigma, sigma], box, MODEL_GAUSS, compiled=False)  # ~1 ms, no compile
-        sd = float(np.sqrt(np.linalg.inv(F)[4, 4]))
+        if not least_squares:
+            F = curvature([r, r, N, bg, sigma, sigma], box, MODEL_GAUSS, compiled=False)  # ~1 ms, no compile
+            sd = float(np.sqrt(np.linalg.inv(F)[4, 4]))
+        else:
+            # the engine's model functions in the interpreter, as curvature(compiled=False)
+            theta = np.zeros(MAX_PARAMS)
+            theta[:6] = (r, r, N, bg, sigma, sigma)
+            aux = np.zeros(1)
+            scratch = np.zeros((SCRATCH_ROWS, box))
+            jrow = np.zeros(MAX_PARAMS)
+            prepare(MODEL_GAUSS, theta, box, aux, scratch)
+            J = np.empty((box * box, 6))
+            mu = np.empty(box * box)
+            for k in range(box):
+                for m in range(box):
+                    mu[k * box + m] = pixel(MODEL_GAUSS, theta, k, m, aux, scratch, jrow, True)
+                    J[k * box + m] = jrow[:6]
+            A = np.linalg.inv(J.T @ J)
+            sd = float(np.sqrt((A @ (J.T @ (mu[:, None] * J)) @ A)[4, 4]))
     except np.linalg.LinAlgError:
         sd = np.inf
     return sd if np.isfinite(sd) else np.inf
@@ -1103,7 +1136,7 @@ def refine_crowded(frames, ids, fit0, p, options: CrowdedOptions, noise=NOISE_PO
     # the boxes, one emitter each, and their single fits
     G = _Boxes(np.asarray(ids["frame"], np.int64), np.asarray(ids["y"], np.int64), np.asarray(ids["x"], np.int64))
     theta0 = _single_theta(fit0, box)
-    width_noise = _width_noise(theta0, ok_w, sigma, box)
+    width_noise = _width_noise(theta0, ok_w, sigma, box, noise)
     n = len(E)
     last_counts.clear()
     last_counts.update(boxes=n, active=0, fits=0, extra_emitter_fits=0, passes=0)

@@ -169,7 +169,7 @@ def refit_astig(frames, locs, p, z, first_frame: int = 0, rounds: int = 2, alway
     from .device import fit_device
     from .zcalib import fit_range
     from .zmodel import fit_z_mle, neighbour_light
-    from .zpolicy import cut_boxes, cut_boxes_scmos
+    from .zpolicy import photon_boxes
 
     locs = locs.copy()
     good = np.ones(len(locs), bool)
@@ -189,11 +189,7 @@ def refit_astig(frames, locs, p, z, first_frame: int = 0, rounds: int = 2, alway
         y = np.asarray(locs["y"], float)
         zc = np.asarray(locs["z"], float) / M
         wx, wy = cal.widths(zc)
-        variance = None
-        if camera is None:
-            spots = cut_boxes(frames, locs, first_frame, box, p.baseline, p.sensitivity, p.em_gain)
-        else:
-            spots, variance = cut_boxes_scmos(frames, locs, first_frame, box, camera)
+        spots, variance = photon_boxes(frames, locs, first_frame, box, p, camera)
         bx = np.clip(np.rint(x), r, w - 1 - r)
         by = np.clip(np.rint(y), r, h - 1 - r)
         extra = neighbour_light(locs["frame"], x, y, photons, wx, wy, bx, by, box)

@@ -416,15 +416,17 @@ def iter_localize(movie, p: LocalizeParameters, cancel: CancelToken | None = Non
         # chunk (see core/warmup.py): one process compiles the single fit's kernel, needed first, then the
         # crowded refit's joint fit, needed last; a second, niced, the crowded screening's kernels for this
         # movie's dtype. A third process for the joint fit would cost its own start (~0.9 s of CPU) on two
-        # cores that are already full: the first run took 10.6-11.9 s with it, 9.3-9.8 s without
+        # cores that are already full: the first run took 10.6-11.9 s with it, 9.3-9.8 s without. Deciding
+        # what to compile runs on a thread while the first chunk is read and identified
         from .engine import MODEL_GAUSS, MODEL_MULTI
-        from .warmup import compile_ahead, crowded_job
+        from .warmup import crowded_job, start_compile_ahead
 
         noise = fit_noise(p, camera)
         crowded = p.max_emitters > 1
-        compile_ahead([(MODEL_GAUSS, noise)] + ([(MODEL_MULTI, noise)] if crowded else []))
+        groups = [([(MODEL_GAUSS, noise)] + ([(MODEL_MULTI, noise)] if crowded else []), 0)]
         if crowded:
-            compile_ahead([crowded_job(movie.dtype)], nice=1)
+            groups.append(([crowded_job(movie.dtype)], 1))
+        start_compile_ahead(groups)
     step = chunk_frames or chunk_frames_for(height, width)
     bounds = [(a, min(a + step, stop)) for start, stop in p.frame_spans(n_frames)
               for a in range(start, stop, step)]
@@ -478,6 +480,10 @@ def iter_localize(movie, p: LocalizeParameters, cancel: CancelToken | None = Non
         finally:
             for f in pending:  # cancelled, failed or closed early: no chunk is started after this
                 f.cancel()
+            if localize_fn is None:
+                from .warmup import join_checks
+
+                join_checks()  # a short run may end before its compile-ahead check has
 
 
 def localize(movie, p: LocalizeParameters | None = None, progress=None, cancel: CancelToken | None = None,

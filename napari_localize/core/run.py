@@ -206,17 +206,14 @@ def fit_z_chunk(frames, locs, p: LocalizeParameters, z: ZRun, first_frame: int =
     sCMOS likelihood. ``device``: the run's fit engine (the z MLE runs on the GPU where its box allows)."""
     from .device import fit_device
     from .locs import sane
-    from .zpolicy import cut_boxes, cut_boxes_scmos, fit_z
+    from .zpolicy import fit_z, photon_boxes
 
     options = dataclasses.replace(z.options, filter=0.0)
     frames = np.asarray(frames)
     spots = variance = None
     box = options.z_box(p.box_size)
     if options.method == "mle" and len(locs):
-        if camera is None:
-            spots = cut_boxes(frames, locs, first_frame, box, p.baseline, p.sensitivity, p.em_gain)
-        else:
-            spots, variance = cut_boxes_scmos(frames, locs, first_frame, box, camera)
+        spots, variance = photon_boxes(frames, locs, first_frame, box, p, camera)
     out, _ = fit_z(locs, z.calibration, p.pixelsize, p.fit_method, options, spots, frames.shape[-2:],
                    p.convergence, p.max_iterations, fit_device(device, box), variance)
     return out[sane(out, frames.shape[-1], frames.shape[-2])]

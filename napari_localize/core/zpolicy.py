@@ -233,6 +233,14 @@ def cut_boxes_scmos(frames, locs, first_frame: int, box_size: int, camera):
     return camera.boxes_to_photons(spots, cy, cx)
 
 
+def photon_boxes(frames, locs, first_frame: int, box_size: int, p, camera=None):
+    """The z fit's boxes of ``locs``: ``(photons, variance)``, converted with ``p``'s baseline, sensitivity and
+    EM gain (variance None) or, with per-pixel sCMOS ``camera`` maps, pixel by pixel (:func:`cut_boxes_scmos`)."""
+    if camera is None:
+        return cut_boxes(frames, locs, first_frame, box_size, p.baseline, p.sensitivity, p.em_gain), None
+    return cut_boxes_scmos(frames, locs, first_frame, box_size, camera)
+
+
 def _cut_counts(frames, locs, first_frame, box_size):
     from .spots import cut_spots
 

@@ -114,8 +114,9 @@ def normal_equations(model, noise, data, var, other, i, box, aux, theta, scratch
 
 
 @register_jitable
-def cholesky_solve(A, rhs, L, out, n):
-    """Solve ``A out = rhs`` for the symmetric positive-definite top-left n x n of A; False if it is not."""
+def cholesky_factor(A, L, n):
+    """Lower-triangular ``L`` with ``L L^T`` the symmetric positive-definite top-left n x n of A; False if it
+    is not."""
     for i in range(n):
         for j in range(i + 1):
             s = A[i, j]
@@ -127,6 +128,12 @@ def cholesky_solve(A, rhs, L, out, n):
                 L[i, i] = math.sqrt(s)
             else:
                 L[i, j] = s / L[j, j]
+    return True
+
+
+@register_jitable
+def cholesky_substitute(L, rhs, out, n):
+    """Solve ``L L^T out = rhs`` with the factor of :func:`cholesky_factor`."""
     for i in range(n):
         s = rhs[i]
         for k in range(i):
@@ -137,20 +144,30 @@ def cholesky_solve(A, rhs, L, out, n):
         for k in range(i + 1, n):
             s -= L[k, i] * out[k]
         out[i] = s / L[i, i]
+
+
+@register_jitable
+def cholesky_solve(A, rhs, L, out, n):
+    """Solve ``A out = rhs`` for the symmetric positive-definite top-left n x n of A; False if it is not."""
+    if not cholesky_factor(A, L, n):
+        return False
+    cholesky_substitute(L, rhs, out, n)
     return True
 
 
 @register_jitable
 def inverse_diagonal(F, L, e, col, n, out, i):
-    """``out[i, :n]`` = diagonal of F^-1 (the CRLB when F is the Fisher matrix); NaN if F is singular."""
+    """``out[i, :n]`` = diagonal of F^-1 (the CRLB when F is the Fisher matrix); NaN if F is singular. One
+    factorisation, one substitution per unit vector."""
+    if not cholesky_factor(F, L, n):
+        for a in range(n):
+            out[i, a] = math.nan
+        return
     for j in range(n):
         for a in range(n):
             e[a] = 0.0
         e[j] = 1.0
-        if not cholesky_solve(F, e, L, col, n):
-            for a in range(n):
-                out[i, a] = math.nan
-            return
+        cholesky_substitute(L, e, col, n)
         out[i, j] = col[j]
 
 
