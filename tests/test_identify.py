@@ -104,3 +104,40 @@ def test_frames_and_offsets():
 def test_even_box_rejected():
     with pytest.raises(ValueError, match="odd"):
         identify(np.zeros((10, 10)), 6, 0)
+
+
+@pytest.mark.parametrize("r", [2, 3, 4])
+def test_the_range_bound_never_rejects_a_box_maximum_that_passes(r):
+    """The identification's first test rejects a box maximum ``v`` when ``s * (v - min) + rounding`` cannot
+    exceed the threshold (``range_bound_factors``). It must bound the net gradient of every patch whose centre
+    is the largest pixel of its box, whatever the ring holds: checked against the net gradient written out
+    from its definition on seeded random patches (noise, spots, bright neighbours in the ring, plateaus),
+    and it must reject flat noise maxima (or it saves nothing)."""
+    from napari_localize.core.identify import range_bound_factors
+
+    s, _ = range_bound_factors(r)
+    rng = np.random.default_rng(r)
+    n = 2 * r + 3
+    c = r + 1
+    tight = []
+    for trial in range(400):
+        kind = trial % 4
+        patch = rng.poisson(20.0, (n, n)).astype(float)
+        if kind == 1:  # a spot at the centre
+            patch += expected_image(n, n, [c + rng.uniform(-0.5, 0.5)], [c + rng.uniform(-0.5, 0.5)],
+                                    [rng.uniform(100, 5000)], 1.0, 1.0, 0.0)
+        elif kind == 2:  # bright light in the ring only
+            patch[0, :] += rng.uniform(0, 500, n)
+            patch[:, -1] += rng.uniform(0, 500, n)
+        elif kind == 3:  # a plateau: ties with the centre
+            patch[1:-1, 1:-1] = np.minimum(patch[1:-1, 1:-1], 25.0)
+        box = patch[1:-1, 1:-1]
+        patch[c, c] = max(patch[c, c], box.max())  # the centre is the box maximum
+        v = patch[c, c]
+        ng = hand_net_gradient(patch, c, c, r)
+        bound = s * (v - patch.min())
+        assert ng <= bound + 1e-9 * max(1.0, abs(bound)), (trial, ng, bound)
+        if kind == 0:
+            tight.append(bound)
+    # noise maxima (Poisson 20): the bound sits far below a spot's net gradient of thousands
+    assert np.median(tight) < 50 * s

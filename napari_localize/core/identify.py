@@ -137,6 +137,48 @@ def _net_gradient_estimate(img, i, j, r, kernel, abs_kernel):
     return est, mag
 
 
+@njit(cache=True, nogil=True)
+def _patch_range(img, i, j, r):
+    """Smallest and largest pixel of the box of half-width ``r + 1`` (the box and its ring) centred on (i, j),
+    as float64; the patch must lie inside the frame (NaN pixels are passed over)."""
+    lo = img[i, j]
+    hi = lo
+    n = 2 * r + 3
+    for k in range(i - r - 1, i + r + 2):
+        row = img[k, j - r - 1:j + r + 2]
+        for m in range(n):  # in the image's dtype: integer minima and maxima vectorise
+            v = row[m]
+            lo = v if v < lo else lo
+            hi = v if v > hi else hi
+    return np.float64(lo), np.float64(hi)
+
+
+def range_bound_factors(r):
+    """``(s, a)`` for the cheap first test of a box maximum: if its centre ``v`` is the largest pixel of its box,
+    the net gradient is at most ``s * (v - min)`` with ``min`` the smallest pixel of the box and its ring.
+
+    Why: the net gradient is ``sum(K * patch)`` over the box and its ring (:func:`_net_gradient_kernel`), and
+    ``K`` sums to zero, so it equals ``sum_ring K (x - v) - sum_box K (v - x)``. Every ring weight is <= 0 and
+    ``v - x >= 0`` in the box, so each term is at most ``|K| (v - min)`` where ``K < 0`` and at most 0 where
+    ``K > 0``: ``s`` is the sum of the negative weights' magnitudes (35.06 for a 7-pixel box), computed from the
+    exact weights and rounded up. ``a``: the sum of ``abs_kernel``, so that ``a * max(v - min, max - v)``
+    bounds the magnitudes :func:`estimate_tolerance` scales."""
+    n = 2 * r + 3
+    kernel = np.zeros((n, n))
+    magnitudes = 0.0
+    for dy in range(-r, r + 1):
+        for dx in range(-r, r + 1):
+            if dy == 0 and dx == 0:
+                continue
+            d = np.hypot(dy, dx)
+            wy, wx = -dy / d, -dx / d
+            k, m = r + 1 + dy, r + 1 + dx
+            for (a, c), w in (((k + 1, m), wy), ((k - 1, m), -wy), ((k, m + 1), wx), ((k, m - 1), -wx)):
+                kernel[a, c] += w
+                magnitudes += abs(w)
+    return float(-kernel[kernel < 0].sum()) * (1.0 + 1e-9), magnitudes * (1.0 + 1e-9)
+
+
 def estimate_tolerance(r):
     """``t`` with ``|net_gradient_at - estimate| <= t * mag`` (see :func:`_net_gradient_estimate`).
 
@@ -168,7 +210,7 @@ def _net_gradient_kernel(r):
 
 @njit(cache=True, nogil=True)
 def _identify_blocks(frames, r, i_lo, i_hi, j_lo, j_hi, block_rows, min_ng, kernel, abs_kernel, tolerance,
-                     t_first, t_last, hmax, lines, flags, words, out_y, out_x, out_ng, counts):
+                     range_factors, t_first, t_last, hmax, lines, flags, words, out_y, out_x, out_ng, counts):
     """Box maxima of frames[:, i_lo:i_hi, j_lo:j_hi] with net gradient > min_ng, block of rows by block.
 
     Task ``t`` is block ``t % n_blocks`` of frame ``t // n_blocks``; its spots go to ``out_*[t, :counts[t]]``
@@ -177,10 +219,15 @@ def _identify_blocks(frames, r, i_lo, i_hi, j_lo, j_hi, block_rows, min_ng, kern
     ``width`` rounded up to 8, ``words``: the same memory as uint64); threads run calls on disjoint ranges at
     the same time (the GIL is released).
 
-    Most box maxima are noise, far below the threshold: a vectorised estimate of their net gradient (a linear
-    filter, no divisions) rejects those whose exact value cannot exceed ``min_ng`` whatever the rounding of
-    either; only the rest get :func:`net_gradient_at`, whose value alone decides and is stored.
+    Most box maxima are noise, far below the threshold. Two bounds reject those whose exact net gradient cannot
+    exceed ``min_ng`` whatever the rounding: first the range of the patch (``range_factors``,
+    :func:`range_bound_factors`: a min and max over the patch, which rejects most of the noise maxima of a
+    typical movie), then a vectorised estimate of the net gradient (a linear filter, no divisions); only the
+    rest get :func:`net_gradient_at`, whose value alone decides and is stored.
     """
+    s_neg = range_factors[0]
+    a_mag = range_factors[1]
+    limit = np.float64(min_ng)
     h, w = frames.shape[1], frames.shape[2]
     n_blocks = (i_hi - i_lo + block_rows - 1) // block_rows
     width = j_hi - j_lo
@@ -216,6 +263,11 @@ def _identify_blocks(frames, r, i_lo, i_hi, j_lo, j_hi, block_rows, min_ng, kern
                         continue
                     c = j + j_lo
                     if r < i < h - r - 1 and r < c < w - r - 1:
+                        lo, hi = _patch_range(img, i, c, r)
+                        v = np.float64(img[i, c])
+                        spread = max(v - lo, hi - v)
+                        if s_neg * (v - lo) + tolerance * a_mag * spread <= limit:
+                            continue
                         est, mag = _net_gradient_estimate(img, i, c, r, kernel, abs_kernel)
                         if np.float64(est) + tolerance * np.float64(mag) <= np.float64(min_ng):
                             continue
@@ -302,7 +354,7 @@ def identify(frames, box_size, min_net_gradient, roi=None, first_frame=0):
     counts = np.zeros(n_tasks, np.int64)
     kernel, abs_kernel = _net_gradient_kernel(r)
     args = (stack, r, i_lo, i_hi, j_lo, j_hi, block_rows, np.float32(min_net_gradient), kernel, abs_kernel,
-            estimate_tolerance(r))
+            estimate_tolerance(r), np.array(range_bound_factors(r)))
     threads = identification_threads()
     # a few more shares than threads, handed out in turn, so a thread slowed by other work does not hold up the rest
     shares = min(n_tasks, 1 if threads == 1 or n * h * w < 65536 else 4 * threads)
