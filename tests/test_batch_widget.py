@@ -67,7 +67,7 @@ def test_folder_batch_writes_each_movie_and_reports_the_broken_one(make_napari_v
     # whole movies (ROI and frame range of the session dropped), same as the API with those parameters
     p = LocalizeParameters(**{k: v for k, v in SESSION.items() if k not in ("roi", "frame_range")})
     for i, truth in enumerate(truths):
-        ref_h5, _, _ = localize_file(tmp_path / f"movie{i}.ome.tif", p, suffix="_ref")
+        ref_h5 = localize_file(tmp_path / f"movie{i}.ome.tif", p, suffix="_ref").hdf5_path
         got = _table(tmp_path / f"movie{i}.ome_locs.hdf5")
         np.testing.assert_array_equal(got, _table(ref_h5))
         assert len(got) == len(truth)  # every simulated spot of every frame
@@ -116,7 +116,7 @@ def test_batch_on_a_local_dask_cluster_in_a_thread_worker(make_napari_viewer, qt
     assert w.status.value == "done: 2 localized, 1 failed, 0 skipped", w.status.value
     p = LocalizeParameters(**{k: v for k, v in SESSION.items() if k not in ("roi", "frame_range")})
     for i in range(2):
-        ref_h5, _, _ = localize_file(tmp_path / f"movie{i}.ome.tif", p, suffix="_ref")
+        ref_h5 = localize_file(tmp_path / f"movie{i}.ome.tif", p, suffix="_ref").hdf5_path
         np.testing.assert_array_equal(_table(tmp_path / f"movie{i}.ome_dask_locs.hdf5"), _table(ref_h5))
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from napari_localize import LocalizeParameters
-from napari_localize.api import localize_movie
+from napari_localize.api import localize
 from napari_localize.cli import main, suggested_min_net_gradient
 from napari_localize.core.evaluate import accuracy, nearest_neighbour_distance
 from napari_localize.core.locs import CROWDED_FIELDS, locs_dtype
@@ -59,8 +59,8 @@ def rms(*a):
 @pytest.mark.parametrize("photons", [500.0, 2000.0])
 def test_isolated_spots_at_the_crlb_among_20_per_frame(photons):
     frames, truth, sp = simulate(20, 120, photons)
-    locs, _, _ = localize_movie(frames, params(sp))
-    single, _, _ = localize_movie(frames, params(sp, max_emitters=1))
+    locs = localize(frames, params(sp)).locs
+    single = localize(frames, params(sp, max_emitters=1)).locs
     acc, m, ex, ey = errors(truth, locs)
     nn = nearest_neighbour_distance(truth)[m.truth_index]
     rng = np.random.default_rng(0)
@@ -98,7 +98,7 @@ def test_dense_fields_beat_picasso_by_a_tenth_in_jaccard(tmp_path):
     movie = tmp_path / "dense.ome.tif"
     write_movie(movie, [frames], frames.shape, frames.dtype)
     ng = round(suggested_min_net_gradient(sp))
-    ours, _, _ = localize_movie(frames, params(sp))
+    ours = localize(frames, params(sp)).locs
     theirs = {m: _picasso(movie, m, "_" + m, ng) for m in ("lq", "mle")}
     for truth, lo, hi in ((t80, 0, 30), (t150, 30, 50)):
         def part(locs, lo=lo, hi=hi):
@@ -123,8 +123,8 @@ def test_storm_analysis_frame(data_dir, box):
         truth["x"], truth["y"] = g["x"][...], g["y"][...]
     assert len(truth) == 200
     p = LocalizeParameters(box_size=box, min_net_gradient=1000, baseline=BASELINE)
-    locs, _, _ = localize_movie(frames, p)
-    single, _, _ = localize_movie(frames, p.replace(max_emitters=1))
+    locs = localize(frames, p).locs
+    single = localize(frames, p.replace(max_emitters=1)).locs
     acc, _, ex, ey = errors(truth, locs)
     acc1, _, ex1, ey1 = errors(truth, single)
     assert acc.jaccard >= 0.90, acc.jaccard
@@ -136,8 +136,10 @@ def test_storm_analysis_frame(data_dir, box):
 def test_sparse_spots_give_exactly_the_single_emitter_fit(method):
     # no spot reaches another's box: the crowded run must change nothing
     frames, truth, sp = simulate(6, 60, seed=5, min_separation=16.0)
-    locs, info, _ = localize_movie(frames, params(sp, fit_method=method))
-    single, info1, _ = localize_movie(frames, params(sp, fit_method=method, max_emitters=1))
+    res = localize(frames, params(sp, fit_method=method))
+    locs, info = res.locs, res.info
+    res = localize(frames, params(sp, fit_method=method, max_emitters=1))
+    single, info1 = res.locs, res.info
     assert len(locs) == len(single) > 300
     assert single.dtype == locs_dtype(method)
     assert locs.dtype.names == locs_dtype(method).names + tuple(n for n, _ in CROWDED_FIELDS)
@@ -167,8 +169,8 @@ def test_close_pairs_are_resolved_with_joint_crlb():
         truth["x"][2 * f:2 * f + 2] = xs
         truth["y"][2 * f:2 * f + 2] = ys
     sp = SimulationParameters(photons=2000.0)
-    locs, _, _ = localize_movie(frames, params(sp))
-    single, _, _ = localize_movie(frames, params(sp, max_emitters=1))
+    locs = localize(frames, params(sp)).locs
+    single = localize(frames, params(sp, max_emitters=1)).locs
     acc, m, ex, ey = errors(truth, locs)
     acc1, _, _, _ = errors(truth, single)
     assert acc1.jaccard < 0.6  # one box, one emitter: at most one of each pair
@@ -271,3 +273,32 @@ def test_screening_finds_the_hidden_neighbours_as_the_stored_boxes_do():
                                                       crowded._width_noise(G.theta, conv, sigma, 7))
     assert flagged[at_pair].mean() > 0.9
     assert (screened[~at_pair, 0] > 5.0).mean() < 0.02
+
+
+@pytest.mark.parametrize("method", ["lq", "mle"])
+def test_the_split_gate_uses_the_fitted_widths_real_scatter(method):
+    """A box is tried as two emitters when its single fit is wider than the PSF by ``split_z`` standard
+    deviations of a single spot's fitted width. That standard deviation is the Cramér-Rao bound for the MLE and
+    the least-squares estimator's own (larger) covariance for LQ: both must match how the widths of simulated
+    isolated spots actually scatter, or LQ sends noise to the split test (and MLE misses pairs)."""
+    from napari_localize.core import crowded
+    from napari_localize.core.engine import NOISE_LSQ, NOISE_POISSON
+    from napari_localize.core.pipeline import localize_frames
+
+    frames, _, sp = simulate(25, 200, min_separation=12.0, seed=5)
+    locs = localize_frames(frames, params(sp, fit_method=method, max_emitters=1))
+    assert len(locs) > 4900
+    N, bg, sigma = (float(np.median(locs[k])) for k in ("photons", "bg", "sx"))
+    predicted = crowded._width_sd(N, bg, sigma, 7, method == "lq")
+    crlb_sd = crowded._width_sd(N, bg, sigma, 7, False)
+    measured = float(np.std(locs["sx"]))
+    assert abs(measured / predicted - 1.0) < 0.08  # sampling error of 5000 widths: 1 %
+    if method == "lq":
+        assert predicted > 1.15 * crlb_sd  # least squares does not reach the bound
+    noise = NOISE_LSQ if method == "lq" else NOISE_POISSON
+    theta = np.column_stack([locs["x"], locs["y"], locs["photons"], locs["bg"], locs["sx"], locs["sy"]])
+    ok = np.ones(len(locs), bool)
+    assert crowded._width_noise(theta, ok, sigma, 7, noise)[0] == pytest.approx(predicted, rel=0.02)
+    # so that isolated spots are rarely tried as two: a 3-sd gate on the wider axis of two
+    wide = crowded._wide(theta, sigma, crowded.CrowdedOptions(), crowded._width_noise(theta, ok, sigma, 7, noise))
+    assert wide.mean() < 0.004

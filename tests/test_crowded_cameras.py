@@ -118,11 +118,11 @@ def test_prefilter_crowded_refit_finds_spots_but_not_the_debris(debris_crowd):
 
 
 def test_the_run_records_the_refit_with_a_prefilter(debris_crowd):
-    from napari_localize.api import localize_movie
+    from napari_localize.api import localize as api_localize
 
     movie, truth, sp, _ = debris_crowd
-    locs, info, _ = localize_movie(movie[:60], LocalizeParameters(baseline=100.0, min_net_gradient=2000,
-                                                                  temporal_median=20))
+    res = api_localize(movie[:60], LocalizeParameters(baseline=100.0, min_net_gradient=2000, temporal_median=20))
+    locs, info = res.locs, res.info
     doc = info[2]
     assert doc["Max emitters per box"] == 5 and "Multi-emitter fit" in doc
     assert not any("Crowded fields" in d for d in info), "the refit is no longer recorded as off"

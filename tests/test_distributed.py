@@ -21,7 +21,7 @@ def test_local_cluster_equals_serial(tmp_path):
     p = LocalizeParameters(min_net_gradient=1500, baseline=100, frame_range=(3, 47))
     serial = {}
     for path in paths:
-        h5, _, _ = localize_file(path, p, suffix="_serial")
+        h5 = localize_file(path, p, suffix="_serial").hdf5_path
         serial[path] = load_locs(h5)
     missing = tmp_path / "absent.ome.tif"
     results = localize_files_distributed(paths + [missing], p, "local", workers=2, suffix="_dask",

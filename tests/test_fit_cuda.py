@@ -76,10 +76,12 @@ out["cmp"] = cmp
 sim = SimulationParameters(n_frames=3, height=24, width=24, spots_per_frame=2, photons=2000, bg=20, seed=5)
 frames, _ = simulate_movie(sim)
 p = LocalizeParameters(min_net_gradient=2000, baseline=sim.baseline, sensitivity=sim.sensitivity)
-locs_auto, stats_auto = localize(frames, p)
+res = localize(frames, p)
+locs_auto, stats_auto = res.locs, res.stats
 import os
 os.environ["NAPARI_LOCALIZE_DEVICE"] = "cpu"
-locs_cpu, stats_cpu = localize(frames, p)
+res = localize(frames, p)
+locs_cpu, stats_cpu = res.locs, res.stats
 out["pipeline"] = {"devices": [stats_auto.device, stats_cpu.device], "n": [len(locs_auto), len(locs_cpu)],
                    "max_dx": float(np.max(np.abs(locs_auto["x"] - locs_cpu["x"]))) if len(locs_cpu) else -1.0,
                    "fit_doc": stats_auto.as_dict()["Fit device"]}
@@ -181,9 +183,11 @@ def test_auto_pipeline_equals_cpu_pipeline(monkeypatch, method):
     frames, truth = simulate_movie(SIM)
     p = PARAMS.replace(fit_method=method)
     monkeypatch.setenv(DEVICE_ENV, "cpu")
-    locs_cpu, stats_cpu = localize(frames, p)
+    res = localize(frames, p)
+    locs_cpu, stats_cpu = res.locs, res.stats
     monkeypatch.setenv(DEVICE_ENV, "auto")
-    locs_auto, stats_auto = localize(frames, p)
+    res = localize(frames, p)
+    locs_auto, stats_auto = res.locs, res.stats
     assert stats_cpu.device == "cpu"
     assert stats_auto.device == ("cuda" if _gpu_here() else "cpu")
     assert len(locs_cpu) == len(locs_auto) >= 0.95 * len(truth)

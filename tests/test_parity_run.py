@@ -12,7 +12,7 @@ import tifffile
 import yaml
 
 from napari_localize import LocalizeParameters
-from napari_localize.api import localize_movie
+from napari_localize.api import localize
 from napari_localize.cli import main
 from napari_localize.core.regions import clip_rois
 from napari_localize.core.simulate import SimulationParameters, expected_image, simulate_frames
@@ -53,14 +53,14 @@ def test_several_rois_cli_equals_api_and_whole_frame(movie, tmp_path):
     assert main(["localize", str(path), *COMMON, *args]) == 0
     cli, info = load_locs(tmp_path / "m.ome_locs.hdf5")
     with open_movie(path) as m:
-        api, _, _ = localize_movie(m, P.replace(roi=rois[0], rois=(rois[1],)))
-        whole, _, _ = localize_movie(m, P)
+        api = localize(m, P.replace(roi=rois[0], rois=(rois[1],))).locs
+        whole = localize(m, P).locs
     np.testing.assert_array_equal(_sorted(cli), _sorted(api))
     pieces = clip_rois(rois)
     # the same as each clipped piece localized alone on the whole frame: borders keep their spots (the
     # crop is padded), overlaps count once
     with open_movie(path) as m:
-        ref = np.concatenate([localize_movie(m, P.replace(roi=piece))[0] for piece in pieces])
+        ref = np.concatenate([localize(m, P.replace(roi=piece)).locs for piece in pieces])
     assert len(cli) == len(ref) > 30
     np.testing.assert_array_equal(_sorted(cli), _sorted(ref))
     assert len(whole) > len(cli)
@@ -77,8 +77,8 @@ def test_frame_segments(movie, tmp_path):
     f = cli["frame"]
     assert set(np.unique(f)) <= set(range(0, 15)) | set(range(40, 50))
     with open_movie(path) as m:
-        whole, _, _ = localize_movie(m, P)
-        api, _, _ = localize_movie(m, P.replace(frame_segments=((40, 49), (0, 9), (5, 14))))
+        whole = localize(m, P).locs
+        api = localize(m, P.replace(frame_segments=((40, 49), (0, 9), (5, 14)))).locs
     keep = (whole["frame"] <= 14) | ((whole["frame"] >= 40) & (whole["frame"] <= 49))
     np.testing.assert_array_equal(_sorted(cli), _sorted(whole[keep]))
     np.testing.assert_array_equal(_sorted(cli), _sorted(api))
@@ -101,7 +101,7 @@ def test_regions_separately(movie, tmp_path):
     assert [d for d in ch1_info if "Box Size" in d][0]["Min. Net Gradient"] == 700
     assert ch1["x"].min() >= 0 and ch1["x"].max() < 32  # its own coordinates
     with open_movie(path) as m:
-        whole, _, _ = localize_movie(m, P.replace(min_net_gradient=700, roi=(0, 32, 48, 64)))
+        whole = localize(m, P.replace(min_net_gradient=700, roi=(0, 32, 48, 64))).locs
     whole = whole[whole["x"] >= 32]  # a fit that left the region to its left is outside the region's file
     np.testing.assert_allclose(_sorted(ch1)["x"], _sorted(whole)["x"] - 32, atol=1e-4)
     # Picasso opens a region file without its yaml (the embedded /metadata)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from napari_localize import LocalizeParameters
-from napari_localize.api import localize_file, localize_movie
+from napari_localize.api import localize, localize_file
 from napari_localize.io.locs import get_metadata, load_locs
 from napari_localize.io.movies import open_movie
 
@@ -25,7 +25,7 @@ def test_picasso_test_movie_gives_picassos_30_localizations(data_dir, picasso_re
     p = LocalizeParameters(box_size=get_metadata(ref_info, "Box Size"),
                            min_net_gradient=get_metadata(ref_info, "Min. Net Gradient"), fit_method="mle")
     with open_movie(data_dir / "testdata.raw") as movie:
-        locs, _, _ = localize_movie(movie, p)
+        locs = localize(movie, p).locs
     assert len(locs) == 30
     locs = np.sort(locs, order=["frame", "y", "x"])
     ref = np.sort(ref, order=["frame", "y", "x"])
@@ -48,7 +48,8 @@ def test_picasso_opens_our_files(tmp_path, data_dir, method):
     movie = tmp_path / "testdata.raw"
     movie.write_bytes((data_dir / "testdata.raw").read_bytes())
     (tmp_path / "testdata.yaml").write_bytes((data_dir / "testdata.yaml").read_bytes())
-    hdf5_path, yaml_path, stats = localize_file(movie, LocalizeParameters(fit_method=method))
+    res = localize_file(movie, LocalizeParameters(fit_method=method))
+    (hdf5_path, _), stats = res.paths, res.stats
     assert stats.localized > 0
     code = (
         "import sys, json\n"
@@ -76,7 +77,8 @@ def test_picasso_opens_our_file_without_its_yaml(tmp_path, data_dir):
     movie = tmp_path / "testdata.raw"
     movie.write_bytes((data_dir / "testdata.raw").read_bytes())
     (tmp_path / "testdata.yaml").write_bytes((data_dir / "testdata.yaml").read_bytes())
-    hdf5_path, yaml_path, stats = localize_file(movie, LocalizeParameters(fit_method="mle"))
+    res = localize_file(movie, LocalizeParameters(fit_method="mle"))
+    (hdf5_path, yaml_path), stats = res.paths, res.stats
     import os
 
     os.remove(yaml_path)

@@ -25,7 +25,8 @@ def movie():
 @pytest.mark.parametrize("method", ["mle", "lq", "avg"])
 def test_every_spot_found_and_placed(movie, method):
     frames, truth = movie
-    locs, stats = localize(frames, PARAMS.replace(fit_method=method))
+    res = localize(frames, PARAMS.replace(fit_method=method))
+    locs, stats = res.locs, res.stats
     acc, _ = accuracy(truth, locs, tolerance=1.0)
     assert acc.jaccard > 0.99
     assert stats.frames == SIM.n_frames
@@ -45,16 +46,16 @@ def test_every_spot_found_and_placed(movie, method):
 
 def test_chunked_equals_unchunked(movie):
     frames, _ = movie
-    whole, _ = localize(frames, PARAMS, chunk_frames=10_000)
-    chunked, _ = localize(frames, PARAMS, chunk_frames=7)
+    whole = localize(frames, PARAMS, chunk_frames=10_000).locs
+    chunked = localize(frames, PARAMS, chunk_frames=7).locs
     assert whole.dtype == chunked.dtype
     np.testing.assert_array_equal(whole, chunked)
 
 
 def test_array_types_give_identical_results(movie):
     frames, _ = movie
-    ref, _ = localize(frames, PARAMS)
-    lazy, _ = localize(da.from_array(frames, chunks=(16, -1, -1)), PARAMS)
+    ref = localize(frames, PARAMS).locs
+    lazy = localize(da.from_array(frames, chunks=(16, -1, -1)), PARAMS).locs
     np.testing.assert_array_equal(ref, lazy)
 
 
@@ -90,7 +91,8 @@ def test_cancel_from_another_thread(movie):
 def test_frame_range_and_roi(movie):
     frames, truth = movie
     p = PARAMS.replace(frame_range=(10, 29), roi=(0, 0, 32, 48))
-    locs, stats = localize(frames, p)
+    res = localize(frames, p)
+    locs, stats = res.locs, res.stats
     assert stats.frames == 20
     assert locs["frame"].min() >= 10 and locs["frame"].max() <= 29
     assert np.all(np.round(locs["y"]) < 32) and np.all(np.round(locs["x"]) < 48)
@@ -98,7 +100,7 @@ def test_frame_range_and_roi(movie):
                    & (np.round(truth["x"]) < 48)]
     assert abs(len(locs) - len(inside)) <= 1
     # a range running past the end is clipped to the movie
-    _, stats = localize(frames, PARAMS.replace(frame_range=(100, 10_000)))
+    stats = localize(frames, PARAMS.replace(frame_range=(100, 10_000))).stats
     assert stats.frames == 20
 
 
@@ -124,7 +126,7 @@ def test_photon_conversion_with_em_gain():
                              baseline=200, sensitivity=10.0, em_gain=100.0, seed=2)
     frames, truth = simulate_movie(p)
     lp = LocalizeParameters(min_net_gradient=2000, baseline=200, sensitivity=10.0, em_gain=100.0)
-    locs, _ = localize(frames, lp)
+    locs = localize(frames, lp).locs
     acc, _ = accuracy(truth, locs)
     assert acc.jaccard > 0.97
     assert np.median(locs["photons"]) == pytest.approx(1500, rel=0.05)
@@ -136,9 +138,11 @@ def test_overlapped_chunks_equal_one_at_a_time(movie, monkeypatch):
     import napari_localize.core.pipeline as pipeline
 
     frames, _ = movie
-    overlapped, s2 = localize(frames, PARAMS, chunk_frames=9)
+    res = localize(frames, PARAMS, chunk_frames=9)
+    overlapped, s2 = res.locs, res.stats
     monkeypatch.setattr(pipeline, "PIPELINE_DEPTH", 1)
-    serial, s1 = localize(frames, PARAMS, chunk_frames=9)
+    res = localize(frames, PARAMS, chunk_frames=9)
+    serial, s1 = res.locs, res.stats
     np.testing.assert_array_equal(overlapped, serial)
     assert (s2.frames, s2.identified, s2.localized, s2.not_converged) == \
         (s1.frames, s1.identified, s1.localized, s1.not_converged)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from napari_localize import LocalizeParameters
-from napari_localize.api import localize_movie, localize_movie_3d, localize_to_file
+from napari_localize.api import localize
 from napari_localize.core.pipeline import CancelToken, LocalizeCancelled, LocalizeStats
 from napari_localize.core.run import MemorySink, TeeSink, ZRun, run, run_dtype, run_steps
 from napari_localize.core.simulate import SimulationParameters, simulate_frames
@@ -54,7 +54,7 @@ def test_memory_file_and_tee_sinks_give_one_table(movie3d, tmp_path):
     assert mem.info == res.info == tee.info and info[-1]["Z fit method"] == mem.info[-1]["Z fit method"]
     assert mem.stats.localized == len(mem.locs)
     # the API's 3D call is this run
-    api_locs, api_info, _ = localize_movie_3d(frames, P, cal, ZFitOptions(method="mle", filter=2.0))
+    api_locs = localize(frames, P, calibration=cal, z_options=ZFitOptions(method="mle", filter=2.0)).locs
     np.testing.assert_array_equal(api_locs, mem.locs)
     # z against the simulator's truth: nearest true spot of the frame
     err = []
@@ -102,8 +102,8 @@ def test_dask_and_batch_do_3d_like_a_serial_run(movie3d, tmp_path):
     write_movie(path, [frames], frames.shape, frames.dtype)
     options = ZFitOptions(method="mle", filter=2.0)
     with open_movie(path) as movie:
-        (serial_h5, _), _ = localize_to_file(movie, P, tmp_path / "serial_locs.hdf5", calibration=cal,
-                                            z_options=options)
+        serial_h5, _ = localize(movie, P, output=tmp_path / "serial_locs.hdf5", calibration=cal,
+                                z_options=options).paths
     serial, serial_info = load_locs(serial_h5)
     assert "z" in serial.dtype.names and "z_gof" in serial.dtype.names
     results = localize_files_distributed([path], P, "local", workers=2, suffix="_dask", frames_per_task=9,
@@ -124,7 +124,8 @@ def test_dask_and_batch_do_3d_like_a_serial_run(movie3d, tmp_path):
 
 def test_2d_api_is_the_memory_run(movie3d):
     frames, _, _ = movie3d
-    locs, info, stats = localize_movie(frames, P)
+    res = localize(frames, P)
+    locs, info, stats = res.locs, res.info, res.stats
     mem = run(ArrayMovie(frames), P, MemorySink(run_dtype(P)))
     np.testing.assert_array_equal(locs, mem.locs)
     assert len(info) == 3 and stats.localized == len(locs)

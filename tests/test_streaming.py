@@ -6,7 +6,7 @@ import pytest
 import tifffile
 
 from napari_localize import CancelToken, LocalizeCancelled, LocalizeParameters
-from napari_localize.api import localize_file, localize_movie, localize_to_file
+from napari_localize.api import localize, localize_file
 from napari_localize.core.locs import locs_dtype
 from napari_localize.core.simulate import SimulationParameters, simulate_movie
 from napari_localize.io.locs import LocsFileError, LocsWriter, load_locs, save_locs
@@ -23,11 +23,12 @@ def movie():
 def test_streamed_file_equals_in_memory_result(tmp_path, movie):
     frames, truth = movie
     p = LocalizeParameters(min_net_gradient=1000)
-    in_memory, info, _ = localize_movie(frames, p)
+    in_memory = localize(frames, p).locs
     assert len(in_memory) > 0.9 * len(truth)  # the run finds the simulated spots
     chunks = []
-    (h5, ym), stats = localize_to_file(frames, p, tmp_path / "m_locs.hdf5", chunk_frames=7,
-                                       progress=lambda done, total: chunks.append(done))
+    res = localize(frames, p, output=tmp_path / "m_locs.hdf5", chunk_frames=7,
+                   progress=lambda done, total: chunks.append(done))
+    (h5, _), stats = res.paths, res.stats
     assert len(chunks) == 9  # 60 frames in chunks of 7: the table was appended 9 times
     with h5py.File(h5) as f:
         ds = f["locs"]
@@ -53,7 +54,7 @@ def test_cancelled_stream_keeps_earlier_result(tmp_path, movie):
             cancel.cancel()
 
     with pytest.raises(LocalizeCancelled):
-        localize_to_file(frames, p, target, progress=progress, cancel=cancel, chunk_frames=7)
+        localize(frames, p, output=target, progress=progress, cancel=cancel, chunk_frames=7)
     assert [open(path, "rb").read() for path in earlier] == before
     assert sorted(x.name for x in tmp_path.iterdir()) == ["m_locs.hdf5", "m_locs.yaml"]
 
@@ -80,10 +81,10 @@ def test_many_small_appends_read_back_in_order(tmp_path, movie):
     """A table appended in many pieces reads back in order, whatever the HDF5 chunking."""
     frames, _ = movie
     p = LocalizeParameters(min_net_gradient=1000)
-    whole, _, _ = localize_movie(ArrayMovie(frames), p)
+    whole = localize(ArrayMovie(frames), p).locs
     LocsWriter.CHUNK_ROWS, saved = 5, LocsWriter.CHUNK_ROWS  # many HDF5 chunks, boundaries inside appends
     try:
-        (h5, _), _ = localize_to_file(frames, p, tmp_path / "m_locs.hdf5", chunk_frames=3)
+        h5, _ = localize(frames, p, output=tmp_path / "m_locs.hdf5", chunk_frames=3).paths
     finally:
         LocsWriter.CHUNK_ROWS = saved
     back, _ = load_locs(h5)

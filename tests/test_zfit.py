@@ -11,7 +11,8 @@ import pytest
 import yaml
 from conftest import match_truth
 
-from napari_localize.api import calibrate_z_stack, localize_movie_3d
+from napari_localize.api import calibrate_z_stack
+from napari_localize.api import localize as api_localize
 from napari_localize.cli import main
 from napari_localize.core import zfit
 from napari_localize.core.locs import Z_FIELDS, locs_dtype
@@ -143,7 +144,8 @@ def test_huang_fit_finds_the_global_minimum(calibration):
 def test_z_of_blinking_spots_against_truth(calibration, blinking, method):
     q, frames, truth = blinking
     options = zfit.ZFitOptions(method=method)
-    locs, info, _ = localize_movie_3d(frames, PARAMS, calibration, options)
+    res = api_localize(frames, PARAMS, calibration=calibration, z_options=options)
+    locs, info = res.locs, res.info
     # z_gof: the standardised deviance of the astigmatic MLE (N(0, 1) for clean spots); huang fits no pixels
     extra = ["z_gof"] if method == "mle" else []
     assert list(locs.dtype.names[-3 - len(extra):]) == [f[0] for f in Z_FIELDS] + extra
@@ -169,17 +171,18 @@ def test_magnification_factor_scales_z(calibration, blinking):
     cal_half = zfit.ZCalibration(calibration.x_coefficients, calibration.y_coefficients, calibration.n_frames,
                                  calibration.step_nm, 0.5)
     opts = zfit.ZFitOptions(method="huang")
-    a, _, _ = localize_movie_3d(frames[:10], PARAMS, calibration, opts)
-    b, _, _ = localize_movie_3d(frames[:10], PARAMS, cal_half, opts)
+    a = api_localize(frames[:10], PARAMS, calibration=calibration, z_options=opts).locs
+    b = api_localize(frames[:10], PARAMS, calibration=cal_half, z_options=opts).locs
     assert len(a) == len(b)
     assert np.allclose(b["z"], 0.5 * a["z"], atol=1e-3)
 
 
 def test_outlier_filter_drops_large_d(calibration, blinking):
     _, frames, _ = blinking
-    all_, _, _ = localize_movie_3d(frames, PARAMS, calibration, zfit.ZFitOptions(method="huang"))
-    filt, info, _ = localize_movie_3d(frames, PARAMS, calibration,
-                                      zfit.ZFitOptions(method="huang", filter=1.0))
+    all_ = api_localize(frames, PARAMS, calibration=calibration, z_options=zfit.ZFitOptions(method="huang")).locs
+    res = api_localize(frames, PARAMS, calibration=calibration,
+                       z_options=zfit.ZFitOptions(method="huang", filter=1.0))
+    filt, info = res.locs, res.info
     rms = np.sqrt(np.mean(all_["d_zcalib"].astype(float) ** 2))
     assert len(filt) == int((all_["d_zcalib"] <= rms).sum())
     assert info[-1]["Filter range"] == 1.0
@@ -227,7 +230,8 @@ def test_picasso_reads_our_calibration_and_3d_locs(tmp_path, calibration, blinki
     cal_path = save_calibration(tmp_path / "cal.yaml", calibration)
     with open(cal_path) as fh:
         picasso_cal = yaml.load(fh, Loader=yaml.FullLoader)
-    locs, info, _ = localize_movie_3d(frames, PARAMS, calibration, zfit.ZFitOptions(method="huang"))
+    res = api_localize(frames, PARAMS, calibration=calibration, z_options=zfit.ZFitOptions(method="huang"))
+    locs, info = res.locs, res.info
     info[0].update({"Width": 64, "Height": 64, "Frames": len(frames)})
     h5, _ = save_locs(tmp_path / "m_locs.hdf5", locs, info)
     plocs, pinfo = picasso.io.load_locs(h5)
@@ -315,11 +319,12 @@ def test_spots_beyond_the_calibrated_range_get_their_height(calibration, method)
     truth_n["frame"] += 30
     truth = np.concatenate([truth, truth_n])
     # clamped to the calibrated range (the old behaviour) every spot piles onto the edge: error ~ overshoot
-    clamped, _, _ = localize_movie_3d(frames, PARAMS, calibration,
-                                      zfit.ZFitOptions(method=method, extrapolation=0.0))
+    clamped = api_localize(frames, PARAMS, calibration=calibration,
+                           z_options=zfit.ZFitOptions(method=method, extrapolation=0.0)).locs
     err0, _ = _z_errors(clamped, truth)
     assert np.sqrt(np.mean(err0**2)) > 80.0
-    locs, info, _ = localize_movie_3d(frames, PARAMS, calibration, zfit.ZFitOptions(method=method))
+    res = api_localize(frames, PARAMS, calibration=calibration, z_options=zfit.ZFitOptions(method=method))
+    locs, info = res.locs, res.info
     err, idx = _z_errors(locs, truth)
     assert (idx >= 0).mean() > 0.95 and len(locs) > 0.95 * len(truth)
     assert np.sqrt(np.mean(err**2)) < 0.6 * np.sqrt(np.mean(err0**2))
@@ -330,8 +335,9 @@ def test_spots_beyond_the_calibrated_range_get_their_height(calibration, method)
     flo, fhi = doc["Z fit range in nm"]
     assert flo < lo - 100 and fhi > hi + 100
     # drop_out_of_range removes the extrapolated heights, i.e. (nearly) all of these spots
-    dropped, info_d, _ = localize_movie_3d(frames, PARAMS, calibration,
-                                           zfit.ZFitOptions(method=method, drop_out_of_range=True))
+    res = api_localize(frames, PARAMS, calibration=calibration,
+                       z_options=zfit.ZFitOptions(method=method, drop_out_of_range=True))
+    dropped, info_d = res.locs, res.info
     assert len(dropped) < 0.1 * len(truth)
     assert np.all((dropped["z"] > lo) & (dropped["z"] < hi))
     assert info_d[-1]["Z drop out of calibrated range"] is True
@@ -342,7 +348,8 @@ def test_fits_on_the_fit_range_bound_are_dropped(calibration):
     flo, fhi = zfit.fit_range(calibration)
     frames, truth = _beyond_range((fhi + 300.0, fhi + 400.0), seed=23)
     for method in ("mle", "huang"):
-        locs, info, _ = localize_movie_3d(frames, PARAMS, calibration, zfit.ZFitOptions(method=method))
+        res = api_localize(frames, PARAMS, calibration=calibration, z_options=zfit.ZFitOptions(method=method))
+        locs, info = res.locs, res.info
         # far beyond the fit range a height cannot be measured: no loc reports the bound as its z
         assert np.all(np.abs(locs["z"] - fhi) > 1e-3)
         assert np.all(np.abs(locs["z"] - flo) > 1e-3)
@@ -462,12 +469,13 @@ def test_max_gof_policy_and_z_box(calibration, blinking):
     with pytest.raises(ValueError, match="max_gof"):
         zfit.ZFitOptions(max_gof=-1).validate()
     assert zfit.ZFitOptions().z_box(9) == 13 and zfit.ZFitOptions(box_size=7).z_box(9) == 7
-    all_, _, _ = localize_movie_3d(frames, PARAMS, calibration, zfit.ZFitOptions())
-    cut, info, _ = localize_movie_3d(frames, PARAMS, calibration, zfit.ZFitOptions(max_gof=1.0))
+    all_ = api_localize(frames, PARAMS, calibration=calibration, z_options=zfit.ZFitOptions()).locs
+    res = api_localize(frames, PARAMS, calibration=calibration, z_options=zfit.ZFitOptions(max_gof=1.0))
+    cut, info = res.locs, res.info
     assert len(cut) == int((all_["z_gof"] <= 1.0).sum()) < len(all_)
     assert info[-1]["Z max goodness of fit (z_gof)"] == 1.0 and info[-1]["Z fit box size"] == "2D box + 4"
     # the wider box (default) is at least as accurate as the 2D box on the same spots
-    small, _, _ = localize_movie_3d(frames, PARAMS, calibration, zfit.ZFitOptions(box_size=9))
+    small = api_localize(frames, PARAMS, calibration=calibration, z_options=zfit.ZFitOptions(box_size=9)).locs
     rmse = [np.sqrt(np.mean(_z_errors(v, truth)[0] ** 2)) for v in (all_, small)]
     assert rmse[0] <= 1.02 * rmse[1]
 
@@ -476,15 +484,15 @@ def test_max_gof_policy_and_z_box(calibration, blinking):
 def test_streamed_3d_file_equals_the_in_memory_run_with_a_whole_run_filter(tmp_path, calibration, blinking,
                                                                            method):
     """Written chunk by chunk (7 frames each), the z filter's RMS still comes from the whole run."""
-    from napari_localize.api import localize_to_file
-
     _, frames, _ = blinking
     options = zfit.ZFitOptions(method=method, filter=1.0)
-    whole, info, _ = localize_movie_3d(frames, PARAMS, calibration, options)
-    unfiltered, _, _ = localize_movie_3d(frames, PARAMS, calibration, zfit.ZFitOptions(method=method))
+    whole = api_localize(frames, PARAMS, calibration=calibration, z_options=options).locs
+    unfiltered = api_localize(frames, PARAMS, calibration=calibration,
+                              z_options=zfit.ZFitOptions(method=method)).locs
     assert 0 < len(whole) < len(unfiltered)  # the filter dropped some
-    (h5, _), stats = localize_to_file(frames, PARAMS, tmp_path / "b_locs.hdf5", calibration=calibration,
-                                      z_options=options, chunk_frames=7)
+    res = api_localize(frames, PARAMS, output=tmp_path / "b_locs.hdf5", calibration=calibration,
+                       z_options=options, chunk_frames=7)
+    (h5, _), stats = res.paths, res.stats
     streamed, streamed_info = load_locs(h5)
     assert streamed.dtype == whole.dtype and ("z_gof" in streamed.dtype.names) == (method == "mle")
     np.testing.assert_array_equal(streamed, whole)
@@ -496,11 +504,9 @@ def test_picasso_opens_the_streamed_3d_mle_file(tmp_path, calibration, blinking)
     """The default 3D output (z MLE, with z_gof, appended chunk by chunk) opens in Picasso unchanged."""
     import picasso.io
 
-    from napari_localize.api import localize_to_file
-
     _, frames, _ = blinking
-    (h5, _), stats = localize_to_file(frames, PARAMS, tmp_path / "s_locs.hdf5", calibration=calibration,
-                                      chunk_frames=11)
+    res = api_localize(frames, PARAMS, output=tmp_path / "s_locs.hdf5", calibration=calibration, chunk_frames=11)
+    (h5, _), stats = res.paths, res.stats
     ours, _ = load_locs(h5)
     plocs, pinfo = picasso.io.load_locs(h5)
     assert len(plocs) == len(ours) == stats.localized > 0
@@ -514,8 +520,6 @@ def test_picasso_opens_the_streamed_3d_mle_file(tmp_path, calibration, blinking)
 def test_3d_fits_one_emitter_per_box_whatever_max_emitters(calibration):
     """A defocused astigmatic spot is wide in one axis: the 2D multi-emitter model (one pair of widths per box)
     must not split it into a false pair. A 3D run fits one emitter per box (with neighbours' light) and says so."""
-    from napari_localize.api import localize as api_localize
-
     q = SimulationParameters(n_frames=40, height=64, width=64, spots_per_frame=8, photons=3000, bg=20,
                              baseline=BASELINE, z_range=(-700.0, 700.0), seed=11)
     frames, truth = simulate_frames(q)

@@ -15,7 +15,7 @@ import pytest
 import yaml
 from conftest import match_truth, run_and_wait
 
-from napari_localize.api import calibrate_z_stack, localize_movie_3d
+from napari_localize.api import calibrate_z_stack, localize
 from napari_localize.cli import main as cli_main
 from napari_localize.core.parameters import LocalizeParameters
 from napari_localize.core.simulate import SimulationParameters, simulate_bead_stack, simulate_frames
@@ -165,7 +165,8 @@ def test_fit_z_run_matches_api_and_truth(make_napari_viewer, cli_calibration, bl
     assert docs[-1]["Z Calibration Path"] == os.path.abspath(cli_calibration)
     # the same file through the API, with the same parameters and calibration
     with open_movie(path) as movie:
-        api, _, _ = localize_movie_3d(movie, PARAMS, load_calibration(cli_calibration), ZFitOptions(method="mle"))
+        api = localize(movie, PARAMS, calibration=load_calibration(cli_calibration),
+                       z_options=ZFitOptions(method="mle")).locs
     assert gui.dtype == api.dtype and "z" in gui.dtype.names
     np.testing.assert_array_equal(gui, api)
     # the Points layer carries z and is coloured by it

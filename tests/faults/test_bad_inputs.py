@@ -210,17 +210,17 @@ def test_api_accepts_every_meaningful_input():
     from napari_localize import LocalizeParameters, localize
 
     frames = _frames()
-    ref, _ = localize(frames, LocalizeParameters(**P))
+    ref = localize(frames, LocalizeParameters(**P)).locs
     assert len(ref) > 0
-    one, _ = localize(frames[2], LocalizeParameters(**P))  # one 2D frame
+    one = localize(frames[2], LocalizeParameters(**P)).locs  # one 2D frame
     np.testing.assert_array_equal(one[["x", "y", "photons"]], ref[ref["frame"] == 2][["x", "y", "photons"]])
     for data in (frames.tolist(), frames.astype(">u2"), frames.astype(np.float32), frames.astype(np.float64),
                  frames.astype(np.int32), da.from_array(frames, chunks=(2, 32, 32))):
-        got, _ = localize(data, LocalizeParameters(**P))
+        got = localize(data, LocalizeParameters(**P)).locs
         np.testing.assert_allclose(got["x"], ref["x"], atol=1e-4)
-    half, _ = localize(frames.astype(np.float16), LocalizeParameters(**P))
+    half = localize(frames.astype(np.float16), LocalizeParameters(**P)).locs
     assert abs(len(half) - len(ref)) <= 1  # float16 rounding of counts near 100..400 is below 0.25 ADU
-    box, _ = localize(frames, LocalizeParameters(**P, box_size=7.0))
+    box = localize(frames, LocalizeParameters(**P, box_size=7.0)).locs
     np.testing.assert_array_equal(box, ref)
 
 
