@@ -114,6 +114,31 @@ def normal_equations(model, noise, data, var, other, i, box, aux, theta, scratch
 
 
 @register_jitable
+def objective_and_normal_equations(model, noise, data, var, other, i, box, aux, theta, scratch, jrow, g, F, n):
+    """:func:`objective` and :func:`normal_equations` of box ``i`` at ``theta`` in one pass over its pixels (the
+    same terms in the same order, so the same numbers): returns the objective; ``g`` and ``F`` as there."""
+    for a in range(n):
+        g[a] = 0.0
+        for c in range(n):
+            F[a, c] = 0.0
+    s = 0.0
+    p = 0
+    for k in range(box):
+        for m in range(box):
+            mu = expected(model, theta, k, m, p, aux, scratch, jrow, True, other, i)
+            v = variance(var, i, p)
+            x = data[i, p]
+            s += objective_term(noise, x, mu, v)
+            r, w = gradient_weights(noise, x, mu, v)
+            _accumulate(g, F, jrow, r, w, n)
+            p += 1
+    for a in range(n):
+        for c in range(a):
+            F[c, a] = F[a, c]
+    return s
+
+
+@register_jitable
 def cholesky_factor(A, L, n):
     """Lower-triangular ``L`` with ``L L^T`` the symmetric positive-definite top-left n x n of A; False if it
     is not."""
@@ -207,15 +232,20 @@ def fit_box(model, noise, data, var, other, i, box, aux, lo, hi, guess, eps, max
         for a in range(n):
             var_out[i, a] = math.nan
         return -math.inf, 0, False, math.nan
-    obj = objective(model, noise, data, var, other, i, box, aux, theta, scratch, jrow)
+    # g and F are kept at theta: the first trial step of an iteration gets its objective, gradient and curvature
+    # in one pass (into e and A, free until the next trial and the final CRLB), and an accepted first trial (the
+    # usual case) hands them on, so no pixel is visited twice for the same theta; after a rejected one the
+    # further trials need only the objective
+    obj = objective_and_normal_equations(model, noise, data, var, other, i, box, aux, theta, scratch, jrow, g, F, n)
     lam = LAMBDA_START
     converged = False
     iterations = 0
     for it in range(max_iterations):
         iterations = it + 1
-        normal_equations(model, noise, data, var, other, i, box, aux, theta, scratch, jrow, g, F, n)
         accepted = False
+        fused = False
         obj_try = obj
+        first = True
         while lam < LAMBDA_MAX:
             for a in range(n):
                 for c in range(n):
@@ -225,13 +255,19 @@ def fit_box(model, noise, data, var, other, i, box, aux, lo, hi, guess, eps, max
                 for a in range(n):
                     trial[a] = _lo(_hi(theta[a] + delta[a], lo[a]), hi[a])
                 if prepare(model, trial, box, aux, scratch):
-                    obj_try = objective(model, noise, data, var, other, i, box, aux, trial, scratch, jrow)
+                    if first:
+                        obj_try = objective_and_normal_equations(model, noise, data, var, other, i, box, aux, trial,
+                                                                 scratch, jrow, e, A, n)
+                    else:
+                        obj_try = objective(model, noise, data, var, other, i, box, aux, trial, scratch, jrow)
+                    fused = first
+                    first = False
                     if obj_try >= obj - 1e-12 * abs(obj):
                         accepted = True
                         break
             lam *= 10.0
         if not accepted:
-            # no damping gives an improving step: theta is the optimum (scratch back to theta)
+            # no damping gives an improving step: theta is the optimum (scratch back to theta; g, F are theta's)
             prepare(model, theta, box, aux, scratch)
             converged = True
             break
@@ -242,12 +278,18 @@ def fit_box(model, noise, data, var, other, i, box, aux, lo, hi, guess, eps, max
         for a in range(n):
             theta[a] = trial[a]
         obj = obj_try
+        if fused:
+            for a in range(n):
+                g[a] = e[a]
+                for c in range(n):
+                    F[a, c] = A[a, c]
+        else:
+            normal_equations(model, noise, data, var, other, i, box, aux, theta, scratch, jrow, g, F, n)
         lam = _hi(lam * 0.1, LAMBDA_MIN)
         if small:
             converged = True
             break
-    # scratch holds theta's set-up in every branch
-    normal_equations(model, noise, data, var, other, i, box, aux, theta, scratch, jrow, g, F, n)
+    # scratch holds theta's set-up and F its curvature in every branch
     inverse_diagonal(F, L, e, col, n, var_out, i)
     if not valid(model, theta, box, aux):
         converged = False
