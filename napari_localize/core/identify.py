@@ -137,22 +137,6 @@ def _net_gradient_estimate(img, i, j, r, kernel, abs_kernel):
     return est, mag
 
 
-@njit(cache=True, nogil=True)
-def _patch_range(img, i, j, r):
-    """Smallest and largest pixel of the box of half-width ``r + 1`` (the box and its ring) centred on (i, j),
-    as float64; the patch must lie inside the frame (NaN pixels are passed over)."""
-    lo = img[i, j]
-    hi = lo
-    n = 2 * r + 3
-    for k in range(i - r - 1, i + r + 2):
-        row = img[k, j - r - 1:j + r + 2]
-        for m in range(n):  # in the image's dtype: integer minima and maxima vectorise
-            v = row[m]
-            lo = v if v < lo else lo
-            hi = v if v > hi else hi
-    return np.float64(lo), np.float64(hi)
-
-
 def range_bound_factors(r):
     """``(s, a)`` for the cheap first test of a box maximum: if its centre ``v`` is the largest pixel of its box,
     the net gradient is at most ``s * (v - min)`` with ``min`` the smallest pixel of the box and its ring.
@@ -263,9 +247,20 @@ def _identify_blocks(frames, r, i_lo, i_hi, j_lo, j_hi, block_rows, min_ng, kern
                         continue
                     c = j + j_lo
                     if r < i < h - r - 1 and r < c < w - r - 1:
-                        lo, hi = _patch_range(img, i, c, r)
+                        # the range of the patch (box and ring), in the image's dtype (integer minima and
+                        # maxima vectorise; NaN pixels are passed over), written out here: a function of its
+                        # own cost ~0.5 s more of the first run's compile
+                        lo_ = img[i, c]
+                        hi_ = lo_
+                        for k in range(i - r - 1, i + r + 2):
+                            prow = img[k, c - r - 1:c + r + 2]
+                            for m in range(2 * r + 3):
+                                u = prow[m]
+                                lo_ = u if u < lo_ else lo_
+                                hi_ = u if u > hi_ else hi_
+                        lo = np.float64(lo_)
                         v = np.float64(img[i, c])
-                        spread = max(v - lo, hi - v)
+                        spread = max(v - lo, np.float64(hi_) - v)
                         if s_neg * (v - lo) + tolerance * a_mag * spread <= limit:
                             continue
                         est, mag = _net_gradient_estimate(img, i, c, r, kernel, abs_kernel)
