@@ -114,19 +114,21 @@ def normal_equations(model, noise, data, var, other, i, box, aux, theta, scratch
 
 
 @register_jitable
-def cholesky_solve(A, rhs, L, out, n):
-    """Solve ``A out = rhs`` for the symmetric positive-definite top-left n x n of A; False if it is not."""
-    for i in range(n):
-        for j in range(i + 1):
-            s = A[i, j]
-            for k in range(j):
-                s -= L[i, k] * L[j, k]
-            if i == j:
-                if s <= 0.0 or not math.isfinite(s):
-                    return False
-                L[i, i] = math.sqrt(s)
-            else:
-                L[i, j] = s / L[j, j]
+def cholesky_solve(A, rhs, L, out, n, factored=False):
+    """Solve ``A out = rhs`` for the symmetric positive-definite top-left n x n of A; False if it is not.
+    ``factored``: ``L`` already holds A's factor (an earlier solve with the same A): only substitute."""
+    if not factored:
+        for i in range(n):
+            for j in range(i + 1):
+                s = A[i, j]
+                for k in range(j):
+                    s -= L[i, k] * L[j, k]
+                if i == j:
+                    if s <= 0.0 or not math.isfinite(s):
+                        return False
+                    L[i, i] = math.sqrt(s)
+                else:
+                    L[i, j] = s / L[j, j]
     for i in range(n):
         s = rhs[i]
         for k in range(i):
@@ -145,29 +147,17 @@ def inverse_diagonal(F, L, e, col, n, out, i):
     """``out[i, :n]`` = diagonal of F^-1 (the CRLB when F is the Fisher matrix); NaN if F is singular.
 
     F is factored once (the first unit vector's solve) and each further unit vector only substituted: the
-    same numbers as a full solve per vector, a sixth of the work for a 6 x 6 F (the MLE fit: -9 %). Written
-    out rather than split into factor and substitute functions: two more functions cost ~0.5 s of every fit
-    kernel's first compile."""
+    same numbers as a full solve per vector, a sixth of the work for a 6 x 6 F (the MLE fit: -9 %). A flag of
+    the one solve function rather than separate factor and substitute functions: two more functions cost
+    ~0.5 s of every fit kernel's first compile."""
     for j in range(n):
         for a in range(n):
             e[a] = 0.0
         e[j] = 1.0
-        if j == 0:
-            if not cholesky_solve(F, e, L, col, n):
-                for a in range(n):
-                    out[i, a] = math.nan
-                return
-        else:
+        if not cholesky_solve(F, e, L, col, n, j > 0):
             for a in range(n):
-                s = e[a]
-                for k in range(a):
-                    s -= L[a, k] * col[k]
-                col[a] = s / L[a, a]
-            for a in range(n - 1, -1, -1):
-                s = col[a]
-                for k in range(a + 1, n):
-                    s -= L[k, a] * col[k]
-                col[a] = s / L[a, a]
+                out[i, a] = math.nan
+            return
         out[i, j] = col[j]
 
 
