@@ -35,6 +35,8 @@ the same number, bit for bit, whichever of the two variants ran.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from numba import config, njit
 
@@ -141,26 +143,14 @@ def range_bound_factors(r):
     """``(s, a)`` for the cheap first test of a box maximum: if its centre ``v`` is the largest pixel of its box,
     the net gradient is at most ``s * (v - min)`` with ``min`` the smallest pixel of the box and its ring.
 
-    Why: the net gradient is ``sum(K * patch)`` over the box and its ring (:func:`_net_gradient_kernel`), and
+    Why: the net gradient is ``sum(K * patch)`` over the box and its ring (:func:`_net_gradient_weights`), and
     ``K`` sums to zero, so it equals ``sum_ring K (x - v) - sum_box K (v - x)``. Every ring weight is <= 0 and
     ``v - x >= 0`` in the box, so each term is at most ``|K| (v - min)`` where ``K < 0`` and at most 0 where
-    ``K > 0``: ``s`` is the sum of the negative weights' magnitudes (35.06 for a 7-pixel box), computed from the
-    exact weights and rounded up. ``a``: the sum of ``abs_kernel``, so that ``a * max(v - min, max - v)``
+    ``K > 0``: ``s`` is the sum of the negative weights' magnitudes (35.06 for a 7-pixel box), from the exact
+    weights, rounded up. ``a``: the sum of the contributions' magnitudes, so that ``a * max(v - min, max - v)``
     bounds the magnitudes :func:`estimate_tolerance` scales."""
-    n = 2 * r + 3
-    kernel = np.zeros((n, n))
-    magnitudes = 0.0
-    for dy in range(-r, r + 1):
-        for dx in range(-r, r + 1):
-            if dy == 0 and dx == 0:
-                continue
-            d = np.hypot(dy, dx)
-            wy, wx = -dy / d, -dx / d
-            k, m = r + 1 + dy, r + 1 + dx
-            for (a, c), w in (((k + 1, m), wy), ((k - 1, m), -wy), ((k, m + 1), wx), ((k, m - 1), -wx)):
-                kernel[a, c] += w
-                magnitudes += abs(w)
-    return float(-kernel[kernel < 0].sum()) * (1.0 + 1e-9), magnitudes * (1.0 + 1e-9)
+    kernel, abs_kernel = _net_gradient_weights(r)
+    return float(-kernel[kernel < 0].sum()) * (1.0 + 1e-9), float(abs_kernel.sum()) * (1.0 + 1e-9)
 
 
 def estimate_tolerance(r):
@@ -174,8 +164,15 @@ def estimate_tolerance(r):
 
 
 def _net_gradient_kernel(r):
+    """:func:`_net_gradient_weights` as float32, for the identification kernel's estimate."""
+    kernel, abs_kernel = _net_gradient_weights(r)
+    return kernel.astype(np.float32), abs_kernel.astype(np.float32)
+
+
+@functools.lru_cache(maxsize=16)
+def _net_gradient_weights(r):
     """The net gradient as a linear filter ``(2r + 3, 2r + 3)`` over the box and its ring, and the same with
-    every contribution's weight taken as positive."""
+    every contribution's weight taken as positive (float64; read only)."""
     n = 2 * r + 3
     kernel = np.zeros((n, n))
     abs_kernel = np.zeros((n, n))
@@ -189,7 +186,9 @@ def _net_gradient_kernel(r):
             for (a, c), w in (((k + 1, m), wy), ((k - 1, m), -wy), ((k, m + 1), wx), ((k, m - 1), -wx)):
                 kernel[a, c] += w
                 abs_kernel[a, c] += abs(w)
-    return kernel.astype(np.float32), abs_kernel.astype(np.float32)
+    kernel.flags.writeable = False
+    abs_kernel.flags.writeable = False
+    return kernel, abs_kernel
 
 
 @njit(cache=True, nogil=True)
