@@ -144,16 +144,6 @@ def _drop_weak_and_duplicates(locs, added, o: CrowdedZOptions) -> np.ndarray:
     return keep
 
 
-def _photon_boxes(counts, cy, cx, p, camera):
-    """Boxes of camera counts centred on rows ``cy``, columns ``cx`` in photons, and their readout-variance boxes:
-    with per-pixel sCMOS ``camera`` maps pixel by pixel, else with ``p``'s scalar conversion (variance None)."""
-    from .camera import adu_to_photons
-
-    if camera is None:
-        return adu_to_photons(counts, p.baseline, p.sensitivity, p.em_gain), None
-    return camera.boxes_to_photons(counts, np.asarray(cy, np.int64), np.asarray(cx, np.int64))
-
-
 def refit_astig(frames, locs, p, z, first_frame: int = 0, rounds: int = 2, always=None, camera=None,
                 device: str = "cpu"):
     """The astigmatic z MLE of ``locs`` again, each spot with the light of the others as the 3D fits see it.
@@ -228,11 +218,12 @@ def new_rows_astig(residual_adu, new, like, p, z, first_frame: int = 0, camera=N
     from .spots import cut_spots
     from .zcalib import fit_range
     from .zmodel import fit_z_huang
+    from .zpolicy import counts_to_photons
 
     cal = z.calibration
     spots = cut_spots(residual_adu, np.asarray(new["frame"], np.int64) - first_frame, new["y"], new["x"],
                       p.box_size)
-    photons, variance = _photon_boxes(spots, new["y"], new["x"], p, camera)
+    photons, variance = counts_to_photons(spots, new["y"], new["x"], p, camera)
     fit = fit_spots_by_method(photons, p.replace(fit_method="mle" if p.fit_method == "mle" else "lq"),
                               fit_device(device, p.box_size), variance)
     rows = np.zeros(len(new), like.dtype)
@@ -276,6 +267,7 @@ def refit_spline(frames, locs, p, psf, first_frame: int = 0, rounds: int = 2, al
     from .locs import ellipticity
     from .spline_fit import aux_of, neighbour_light_spline, spline_widths
     from .spots import cut_spots
+    from .zpolicy import counts_to_photons
 
     locs = locs.copy()
     good = np.ones(len(locs), bool)
@@ -306,8 +298,8 @@ def refit_spline(frames, locs, p, psf, first_frame: int = 0, rounds: int = 2, al
         good = np.zeros(len(locs), bool)
         if not sel.any():
             break
-        spots, variance = _photon_boxes(cut_spots(frames, local[sel], cy[sel], cx[sel], box), cy[sel], cx[sel], p,
-                                        camera)
+        spots, variance = counts_to_photons(cut_spots(frames, local[sel], cy[sel], cx[sel], box), cy[sel],
+                                            cx[sel], p, camera)
         theta0 = np.column_stack([x[sel] - cx[sel] + r, y[sel] - cy[sel] + r, locs["photons"][sel],
                                   locs["bg"][sel], locs["z"][sel]]).astype(float)
         res = fit_boxes(spots, MODEL_SPLINE_Z, noise, theta0=theta0, aux=aux_of(psf), bounds=bounds,
@@ -342,10 +334,11 @@ def new_rows_spline(residual_adu, new, like, p, psf, first_frame: int = 0, camer
     from .device import fit_device
     from .spline_fit import fit_spline_boxes, spline_locs
     from .spots import cut_spots
+    from .zpolicy import counts_to_photons
 
     box = int(p.box_size)
     counts = cut_spots(residual_adu, np.asarray(new["frame"], np.int64) - first_frame, new["y"], new["x"], box)
-    spots, variance = _photon_boxes(counts, new["y"], new["x"], p, camera)
+    spots, variance = counts_to_photons(counts, new["y"], new["x"], p, camera)
     res = fit_spline_boxes(spots, psf, "lq" if p.fit_method == "lq" else "mle", eps=p.convergence,
                            max_iterations=p.max_iterations, gof=p.fit_method != "lq", variance=variance,
                            device=fit_device(device, box))

@@ -233,12 +233,21 @@ def cut_boxes_scmos(frames, locs, first_frame: int, box_size: int, camera):
     return camera.boxes_to_photons(spots, cy, cx)
 
 
-def photon_boxes(frames, locs, first_frame: int, box_size: int, p, camera=None):
-    """The z fit's boxes of ``locs``: ``(photons, variance)``, converted with ``p``'s baseline, sensitivity and
-    EM gain (variance None) or, with per-pixel sCMOS ``camera`` maps, pixel by pixel (:func:`cut_boxes_scmos`)."""
+def counts_to_photons(counts, cy, cx, p, camera=None):
+    """Boxes of camera counts centred on rows ``cy``, columns ``cx`` in photons, and their readout-variance
+    boxes: ``(photons, variance)``, with ``p``'s baseline, sensitivity and EM gain (variance None) or, with
+    per-pixel sCMOS ``camera`` maps, pixel by pixel."""
+    from .camera import adu_to_photons
+
     if camera is None:
-        return cut_boxes(frames, locs, first_frame, box_size, p.baseline, p.sensitivity, p.em_gain), None
-    return cut_boxes_scmos(frames, locs, first_frame, box_size, camera)
+        return adu_to_photons(counts, p.baseline, p.sensitivity, p.em_gain), None
+    return camera.boxes_to_photons(counts, np.asarray(cy, np.int64), np.asarray(cx, np.int64))
+
+
+def photon_boxes(frames, locs, first_frame: int, box_size: int, p, camera=None):
+    """The z fit's boxes of ``locs``: ``(photons, variance)`` (:func:`counts_to_photons`)."""
+    counts, cy, cx = _cut_counts(frames, locs, first_frame, box_size)
+    return counts_to_photons(counts, cy, cx, p, camera)
 
 
 def _cut_counts(frames, locs, first_frame, box_size):
