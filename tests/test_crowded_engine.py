@@ -14,7 +14,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_localize.core.engine import MODEL_GAUSS, MODEL_MULTI, NOISE_POISSON, curvature, fit_boxes
+from napari_localize.core.engine import (
+    MODEL_GAUSS,
+    MODEL_GAUSS_FIXED,
+    MODEL_MULTI,
+    NOISE_LSQ,
+    NOISE_POISSON,
+    curvature,
+    fit_boxes,
+)
 from napari_localize.core.simulate import expected_image
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -89,6 +97,25 @@ def test_one_emitter_is_the_single_gaussian_model():
     np.testing.assert_allclose(a.theta, b.theta, rtol=1e-12)
     np.testing.assert_allclose(a.crlb, b.crlb, rtol=1e-9)
     np.testing.assert_array_equal(a.iterations, b.iterations)
+
+
+@pytest.mark.parametrize("with_other", [False, True])
+def test_separable_least_squares_equals_the_per_pixel_accumulation(with_other):
+    # unweighted least squares of one Gaussian builds J^T J from 1D sums (lm._separable_normal_equations);
+    # the one-emitter MULTI model accumulates it pixel by pixel: the same fit to rounding
+    boxes, other, theta0, _ = _pairs(60, 4)
+    oth = other if with_other else None
+    a = fit_boxes(boxes, MODEL_GAUSS, NOISE_LSQ, theta0=theta0[:, :6], other=oth)
+    b = fit_boxes(boxes, MODEL_MULTI, NOISE_LSQ, theta0=theta0[:, :6], aux=[1.0], other=oth)
+    assert a.converged.mean() > 0.9
+    np.testing.assert_allclose(a.theta, b.theta, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(a.crlb, b.crlb, rtol=1e-8)
+    np.testing.assert_array_equal(a.iterations, b.iterations)
+    # fixed widths: the 4 x 4 block of the free-width curvature at the same widths
+    th = np.array([3.3, 2.6, 1500.0, 15.0, 1.1, 0.9])
+    f_fixed = curvature(th[:4], 7, MODEL_GAUSS_FIXED, NOISE_LSQ, aux=[1.1, 0.9], compiled=False)
+    f_multi = curvature(th, 7, MODEL_MULTI, NOISE_LSQ, aux=[1.0], compiled=False)
+    np.testing.assert_allclose(f_fixed[:4, :4], f_multi[:4, :4], rtol=1e-12, atol=1e-12 * np.abs(f_multi).max())
 
 
 def test_joint_fit_of_a_pair_is_unbiased_at_its_joint_crlb():

@@ -13,7 +13,21 @@ import math
 from numba.extending import register_jitable
 
 from .models import (
+    _DEX,
+    _DEY,
+    _DSX,
+    _DSY,
+    _EX,
+    _EY,
+    IB,
+    IN,
+    ISX,
+    ISY,
+    IX,
+    IY,
     MODEL_ASTIG_Z,
+    MODEL_GAUSS,
+    MODEL_GAUSS_FIXED,
     MODEL_SPLINE_2D,
     MODEL_SPLINE_Z,
     _hi,
@@ -25,7 +39,7 @@ from .models import (
     tolerance,
     valid,
 )
-from .noise import NOISE_POISSON, NOISE_SCMOS, deviance_moments, gradient_weights, objective_term
+from .noise import NOISE_LSQ, NOISE_POISSON, NOISE_SCMOS, deviance_moments, gradient_weights, objective_term
 
 #: initial, smallest damping and the damping at which the search for an improving step gives up
 LAMBDA_START = 1e-3
@@ -95,22 +109,114 @@ def _accumulate(g, F, jrow, r, w, n):
 
 
 @register_jitable
-def normal_equations(model, noise, data, var, other, i, box, aux, theta, scratch, jrow, g, F, n):
-    """Gradient ``g`` and curvature ``F`` (n x n) of the objective of box ``i`` at ``theta``."""
-    for a in range(n):
-        g[a] = 0.0
-        for c in range(n):
-            F[a, c] = 0.0
+def _profile_sums(scratch, row, box):
+    # sums over a box axis of the products of a Gaussian's 1D profiles: the pixel integrals (scratch row
+    # ``row``), their derivatives by the centre (row + 1) and by the width (row + 2), and 1
+    s00 = s01 = s02 = s03 = s11 = s12 = s13 = s22 = s23 = 0.0
+    for m in range(box):
+        a = scratch[row, m]
+        d = scratch[row + 1, m]
+        w = scratch[row + 2, m]
+        s00 += a * a
+        s01 += a * d
+        s02 += a * w
+        s03 += a
+        s11 += d * d
+        s12 += d * w
+        s13 += d
+        s22 += w * w
+        s23 += w
+    return s00, s01, s02, s03, s11, s12, s13, s22, s23
+
+
+@register_jitable
+def _separable_normal_equations(data, other, i, box, theta, scratch, g, F, n):
+    """:func:`normal_equations` of least squares (weight 1) and one Gaussian (``MODEL_GAUSS``, n = 6, or
+    ``MODEL_GAUSS_FIXED``, n = 4). Every column of the Jacobian is a coefficient (N or 1) times a profile along
+    x times a profile along y (the pixel integrals ``ex``, ``ey``, their derivatives by centre and width, or 1),
+    so each entry of ``F = J^T J`` is a product of two 1D sums, and ``g = J^T r`` needs only the residual's
+    row sums with the x profiles: ~1/4 of the per-pixel accumulation's work, the same numbers to rounding."""
+    N = theta[IN]
+    b = theta[IB]
+    has_other = other.shape[0] > 0
+    gx = gy = gn = gb = gsx = gsy = 0.0
     p = 0
     for k in range(box):
+        ey = scratch[_EY, k]
+        t0 = t1 = t2 = t3 = 0.0
         for m in range(box):
-            mu = expected(model, theta, k, m, p, aux, scratch, jrow, True, other, i)
-            r, w = gradient_weights(noise, data[i, p], mu, variance(var, i, p))
-            _accumulate(g, F, jrow, r, w, n)
+            ex = scratch[_EX, m]
+            r = float(data[i, p]) - (N * ex * ey + b)
+            if has_other:
+                r -= other[i, p]
+            t0 += ex * r
+            t1 += scratch[_DEX, m] * r
+            t2 += scratch[_DSX, m] * r
+            t3 += r
             p += 1
+        gx += ey * t1
+        gy += scratch[_DEY, k] * t0
+        gn += ey * t0
+        gb += t3
+        gsx += ey * t2
+        gsy += scratch[_DSY, k] * t0
+    X00, X01, X02, X03, X11, X12, X13, X22, X23 = _profile_sums(scratch, _EX, box)
+    Y00, Y01, Y02, Y03, Y11, Y12, Y13, Y22, Y23 = _profile_sums(scratch, _EY, box)
+    N2 = N * N
+    g[IX] = N * gx
+    g[IY] = N * gy
+    g[IN] = gn
+    g[IB] = gb
+    F[IX, IX] = N2 * X11 * Y00
+    F[IY, IX] = N2 * X01 * Y01
+    F[IY, IY] = N2 * X00 * Y11
+    F[IN, IX] = N * X01 * Y00
+    F[IN, IY] = N * X00 * Y01
+    F[IN, IN] = X00 * Y00
+    F[IB, IX] = N * X13 * Y03
+    F[IB, IY] = N * X03 * Y13
+    F[IB, IN] = X03 * Y03
+    F[IB, IB] = float(box * box)
+    if n == 6:
+        g[ISX] = N * gsx
+        g[ISY] = N * gsy
+        F[ISX, IX] = N2 * X12 * Y00
+        F[ISX, IY] = N2 * X02 * Y01
+        F[ISX, IN] = N * X02 * Y00
+        F[ISX, IB] = N * X23 * Y03
+        F[ISX, ISX] = N2 * X22 * Y00
+        F[ISY, IX] = N2 * X01 * Y02
+        F[ISY, IY] = N2 * X00 * Y12
+        F[ISY, IN] = N * X00 * Y02
+        F[ISY, IB] = N * X03 * Y23
+        F[ISY, ISX] = N2 * X02 * Y02
+        F[ISY, ISY] = N2 * X00 * Y22
     for a in range(n):
         for c in range(a):
             F[c, a] = F[a, c]
+
+
+@register_jitable
+def normal_equations(model, noise, data, var, other, i, box, aux, theta, scratch, jrow, g, F, n):
+    """Gradient ``g`` and curvature ``F`` (n x n) of the objective of box ``i`` at ``theta``."""
+    # if / else, not an early return: a specialised twin then keeps only one of the two (the switches fold)
+    if noise == NOISE_LSQ and (model == MODEL_GAUSS or model == MODEL_GAUSS_FIXED):
+        _separable_normal_equations(data, other, i, box, theta, scratch, g, F, n)
+    else:
+        for a in range(n):
+            g[a] = 0.0
+            for c in range(n):
+                F[a, c] = 0.0
+        p = 0
+        for k in range(box):
+            for m in range(box):
+                mu = expected(model, theta, k, m, p, aux, scratch, jrow, True, other, i)
+                r, w = gradient_weights(noise, data[i, p], mu, variance(var, i, p))
+                _accumulate(g, F, jrow, r, w, n)
+                p += 1
+        for a in range(n):
+            for c in range(a):
+                F[c, a] = F[a, c]
 
 
 @register_jitable
