@@ -20,6 +20,8 @@ from napari_localize.core.engine import (
     MODEL_MULTI,
     NOISE_LSQ,
     NOISE_POISSON,
+    NOISE_SCMOS,
+    NOISE_WLSQ,
     curvature,
     fit_boxes,
 )
@@ -116,6 +118,31 @@ def test_separable_least_squares_equals_the_per_pixel_accumulation(with_other):
     f_fixed = curvature(th[:4], 7, MODEL_GAUSS_FIXED, NOISE_LSQ, aux=[1.1, 0.9], compiled=False)
     f_multi = curvature(th, 7, MODEL_MULTI, NOISE_LSQ, aux=[1.0], compiled=False)
     np.testing.assert_allclose(f_fixed[:4, :4], f_multi[:4, :4], rtol=1e-12, atol=1e-12 * np.abs(f_multi).max())
+
+
+@pytest.mark.parametrize("noise", [NOISE_POISSON, NOISE_WLSQ, NOISE_SCMOS])
+@pytest.mark.parametrize("with_other", [False, True])
+def test_weighted_separable_normal_equations_equal_the_per_pixel_accumulation(noise, with_other):
+    # a free-width Gaussian under a per-pixel weight (likelihoods, weighted least squares) builds F from row
+    # sums of the x profiles' products (lm._weighted_separable_normal_equations); the one-emitter MULTI model
+    # accumulates w J J^T pixel by pixel: the same fit to rounding, with other light and sCMOS variance boxes
+    boxes, other, theta0, _ = _pairs(60, 5)
+    oth = other if with_other else None
+    rng = np.random.default_rng(6)
+    var = rng.uniform(0.5, 30.0, boxes.shape) if noise != NOISE_POISSON else None
+    a = fit_boxes(boxes, MODEL_GAUSS, noise, theta0=theta0[:, :6], other=oth, variance=var)
+    b = fit_boxes(boxes, MODEL_MULTI, noise, theta0=theta0[:, :6], aux=[1.0], other=oth, variance=var)
+    assert a.converged.mean() > 0.9
+    np.testing.assert_allclose(a.theta, b.theta, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(a.crlb, b.crlb, rtol=1e-8)
+    np.testing.assert_array_equal(a.iterations, b.iterations)
+    # and the curvature itself, entry by entry, at a point away from the optimum
+    th = np.array([3.3, 2.6, 1500.0, 15.0, 1.1, 0.9])
+    v0 = None if var is None else var[0]
+    o0 = None if oth is None else oth[0]
+    f_gauss = curvature(th, 7, MODEL_GAUSS, noise, other=o0, variance=v0, compiled=False)
+    f_multi = curvature(th, 7, MODEL_MULTI, noise, aux=[1.0], other=o0, variance=v0, compiled=False)
+    np.testing.assert_allclose(f_gauss, f_multi, rtol=1e-12, atol=1e-12 * np.abs(f_multi).max())
 
 
 def test_joint_fit_of_a_pair_is_unbiased_at_its_joint_crlb():

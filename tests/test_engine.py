@@ -257,3 +257,37 @@ def test_engine_edit_changes_every_cache_stamp(tmp_path, monkeypatch):
         assert loc.get_source_stamp() != before
     # functions of other packages keep numba's own locator
     assert _cache.EngineAwareLocator.from_function(np.polyval, np.__file__) is None
+
+
+def test_a_kernel_numba_cannot_cache_still_runs_with_a_warning(tmp_path, monkeypatch):
+    """numba warns (and compiles without caching) a function it cannot cache, naming its file from the
+    locator's private ``_py_file``: the engine-aware locator must pass that through, not crash the run."""
+    import importlib.util
+    import warnings
+
+    from numba.core.errors import NumbaWarning
+
+    from napari_localize.core.engine import _cache
+
+    src = tmp_path / "uncachable_kernel.py"
+    src.write_text(
+        "import ctypes, ctypes.util\n"
+        "from numba import njit\n"
+        "libm = ctypes.CDLL(ctypes.util.find_library('m'))\n"
+        "c_cos = libm.cos\n"
+        "c_cos.argtypes = (ctypes.c_double,)\n"
+        "c_cos.restype = ctypes.c_double\n"
+        "@njit(cache=True)\n"
+        "def f(x):\n"
+        "    return c_cos(x)  # a ctypes function: a dynamic global, which numba cannot cache\n"
+    )
+    monkeypatch.setattr(_cache, "PACKAGE_DIR", tmp_path)  # as if the file were part of this package
+    spec = importlib.util.spec_from_file_location("uncachable_kernel", src)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert isinstance(_cache.EngineAwareLocator.from_function(module.f.py_func, str(src)), _cache.EngineAwareLocator)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert module.f(0.5) == pytest.approx(np.cos(0.5))
+    assert any(issubclass(w.category, NumbaWarning) and "Cannot cache" in str(w.message) for w in caught)
+    assert any(w.filename == str(src) for w in caught)

@@ -34,6 +34,13 @@ class EngineAwareLocator(_CacheLocator):
     def __init__(self, inner):
         self._inner = inner
 
+    def __getattr__(self, name):
+        # what numba reads of its own locators beyond the interface (``_py_file`` and ``_lineno``, for the
+        # warning that a function cannot be cached) comes from the wrapped one
+        if name == "_inner":
+            raise AttributeError(name)
+        return getattr(self._inner, name)
+
     @classmethod
     def from_function(cls, py_func, py_file):
         try:
