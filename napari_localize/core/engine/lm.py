@@ -19,12 +19,14 @@ from .models import (
     _DSY,
     _EX,
     _EY,
+    _SCAL,
     IB,
     IN,
     ISX,
     ISY,
     IX,
     IY,
+    IZ,
     MODEL_ASTIG_Z,
     MODEL_GAUSS,
     MODEL_GAUSS_FIXED,
@@ -309,6 +311,23 @@ def _weighted_separable_normal_equations(noise, data, var, other, i, box, theta,
 
 
 @register_jitable
+def _widths_to_z(scratch, g, F):
+    """Turn the free-width Gaussian's ``g`` and ``F`` (n = 6) into the astigmatic model's (n = 5: x, y, N, bg, z):
+    its z column of the Jacobian is ``a J_sx + c J_sy`` with ``a = dwx/dz``, ``c = dwy/dz`` (``prepare``'s
+    ``_SCAL`` row), so ``g_z = a g_sx + c g_sy`` and ``F`` contracts the same way (``IZ`` is ``ISX``'s slot)."""
+    a = scratch[_SCAL, 0]
+    c = scratch[_SCAL, 1]
+    gz = a * g[ISX] + c * g[ISY]
+    fzz = a * a * F[ISX, ISX] + 2.0 * a * c * F[ISY, ISX] + c * c * F[ISY, ISY]
+    for j in range(4):
+        fz = a * F[ISX, j] + c * F[ISY, j]
+        F[IZ, j] = fz
+        F[j, IZ] = fz
+    g[IZ] = gz
+    F[IZ, IZ] = fzz
+
+
+@register_jitable
 def normal_equations(model, noise, data, var, other, i, box, aux, theta, scratch, jrow, g, F, n):
     """Gradient ``g`` and curvature ``F`` (n x n) of the objective of box ``i`` at ``theta``."""
     # if / else, not an early return: a specialised twin then keeps only one of the two (the switches fold)
@@ -316,6 +335,13 @@ def normal_equations(model, noise, data, var, other, i, box, aux, theta, scratch
         _separable_normal_equations(data, other, i, box, theta, scratch, g, F, n)
     elif model == MODEL_GAUSS:
         _weighted_separable_normal_equations(noise, data, var, other, i, box, theta, scratch, g, F)
+    elif model == MODEL_ASTIG_Z:
+        # the free-width Gaussian's sums at the calibration's widths, contracted to z
+        if noise == NOISE_LSQ:
+            _separable_normal_equations(data, other, i, box, theta, scratch, g, F, 6)
+        else:
+            _weighted_separable_normal_equations(noise, data, var, other, i, box, theta, scratch, g, F)
+        _widths_to_z(scratch, g, F)
     else:
         for a in range(n):
             g[a] = 0.0
