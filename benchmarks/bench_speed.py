@@ -12,8 +12,12 @@
 
 Every number comes from separate processes started by this script, one after the other. On a shared machine
 the CPU times are the steadier ones; the ratios are only meaningful when both tools ran under the same load.
+``--repeats N`` alternates the two tools N times per method (ours, picassosr, ours, ...) and prints each
+round's wall-time ratio and the ratio of the median wall times: Picasso's own time moves by +-20 % from run to
+run on a shared VM, so one pair of runs says little about a ratio near 0.10.
 
     python benchmarks/bench_speed.py [--frames 8000] [--size 256] [--methods lq mle] [--no-picasso] [--workdir DIR]
+                                     [--repeats N]
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from statistics import median
 
 CAMERA = ["--baseline", "100", "--min-net-gradient", "1200"]
 PICASSO_CAMERA = ["-b", "7", "-g", "1200", "-bl", "100", "-s", "1", "-ga", "1", "-d", "0"]
@@ -81,6 +86,7 @@ def main(argv=None):
     ap.add_argument("--no-picasso", action="store_true", help="only napari-localize")
     ap.add_argument("--no-cold", action="store_true", help="skip the cold-start measurement")
     ap.add_argument("--workdir", help="keep files here (default: a temporary folder, removed)")
+    ap.add_argument("--repeats", type=int, default=1, help="rounds of both tools per method, alternating")
     args = ap.parse_args(argv)
     py = sys.executable
     cores = os.cpu_count() or 1
@@ -115,28 +121,37 @@ def main(argv=None):
         print(f"{'method':6} {'tool':16} {'wall s':>7} {'CPU s':>7} {'peak MiB':>8} {'locs':>8} {'wall x':>6} "
               f"{'CPU x':>6} {'mem x':>6}  time split (ours)")
         for method in args.methods:
-            results = {}
             ours = [py, "-m", "napari_localize.cli", "localize", movie, *CAMERA, "--fit-method", method,
                     "--suffix", "_ours"]
             pic = [py, "-m", "picasso", "localize", movie, "-a", method, *PICASSO_CAMERA, "-sf", "_picasso"]
-            for tool, cmd, suffix in (("napari-localize", ours, "_ours"), ("picassosr", pic, "_picasso")):
-                if tool == "picassosr" and args.no_picasso:
-                    continue
-                wall, cpu, rss, out = run(cmd)
-                results[tool] = (wall, cpu, rss, count_locs(os.path.join(work, f"m.ome{suffix}_locs.hdf5")), out)
-            ref = results.get("picassosr")
-            for tool, (wall, cpu, rss, nlocs, out) in results.items():
-                ratio = f"{wall / ref[0]:6.2f} {cpu / ref[1]:6.2f} {rss / ref[2]:6.2f}" if ref else " " * 20
-                detail = ""
-                if tool == "napari-localize":
-                    s = time_split(out)
-                    fitted = spots_fitted(out) or nlocs
-                    rate = fitted / (s["fit"] * cores) if s.get("fit") else float("nan")
-                    detail = (f"  read {s['read']:.2f} identify {s['identify']:.2f} fit {s['fit']:.2f} "
-                              f"write {s['write']:.2f} s; {rate:,.0f} fits/s/core; "
-                              f"identify {s['identify'] / (args.frames * args.size ** 2 / 1e6) * 1e3:.2f} ms/Mpx")
-                print(f"{method:6} {tool:16} {wall:7.2f} {cpu:7.2f} {rss:8.0f} {nlocs:8d} {ratio}{detail}",
-                      flush=True)
+            walls = {"napari-localize": [], "picassosr": []}
+            for _ in range(max(1, args.repeats)):
+                results = {}
+                for tool, cmd, suffix in (("napari-localize", ours, "_ours"), ("picassosr", pic, "_picasso")):
+                    if tool == "picassosr" and args.no_picasso:
+                        continue
+                    wall, cpu, rss, out = run(cmd)
+                    results[tool] = (wall, cpu, rss, count_locs(os.path.join(work, f"m.ome{suffix}_locs.hdf5")),
+                                     out)
+                    walls[tool].append(wall)
+                ref = results.get("picassosr")
+                for tool, (wall, cpu, rss, nlocs, out) in results.items():
+                    ratio = f"{wall / ref[0]:6.3f} {cpu / ref[1]:6.3f} {rss / ref[2]:6.2f}" if ref else " " * 20
+                    detail = ""
+                    if tool == "napari-localize":
+                        s = time_split(out)
+                        fitted = spots_fitted(out) or nlocs
+                        rate = fitted / (s["fit"] * cores) if s.get("fit") else float("nan")
+                        detail = (f"  read {s['read']:.2f} identify {s['identify']:.2f} fit {s['fit']:.2f} "
+                                  f"write {s['write']:.2f} s; {rate:,.0f} fits/s/core; "
+                                  f"identify {s['identify'] / (args.frames * args.size ** 2 / 1e6) * 1e3:.2f} ms/Mpx")
+                    print(f"{method:6} {tool:16} {wall:7.2f} {cpu:7.2f} {rss:8.0f} {nlocs:8d} {ratio}{detail}",
+                          flush=True)
+            if len(walls["picassosr"]) > 1:
+                per_round = [a / b for a, b in zip(walls["napari-localize"], walls["picassosr"], strict=True)]
+                med_ours, med_pic = median(walls["napari-localize"]), median(walls["picassosr"])
+                print(f"{method}: wall-time ratio per round {' '.join(f'{r:.3f}' for r in per_round)}; median "
+                      f"{med_ours:.2f} s / {med_pic:.2f} s = {med_ours / med_pic:.3f}x", flush=True)
     finally:
         if not args.workdir:
             shutil.rmtree(work, ignore_errors=True)
