@@ -21,6 +21,7 @@ from napari_localize.core.engine import (
     MODEL_ASTIG_Z,
     MODEL_GAUSS,
     MODEL_GAUSS_FIXED,
+    NOISE_LSQ,
     NOISE_POISSON,
     NOISE_SCMOS,
     NOISE_WLSQ,
@@ -336,3 +337,40 @@ def test_normal_equations_equal_the_per_pixel_sums(model, noise):
     lm.normal_equations(mod, nz, data, var, other, 0, box, aux, theta, scratch, jrow, g, F, n)
     np.testing.assert_allclose(g[:n], g_ref, rtol=1e-10, atol=1e-10 * np.abs(g_ref).max())
     np.testing.assert_allclose(F[:n, :n], F_ref, rtol=1e-10, atol=1e-12 * np.abs(F_ref).max())
+
+
+def test_inverse_diagonal_is_the_diagonal_of_the_inverse():
+    from napari_localize.core.engine import lm
+    from napari_localize.core.engine.models import MAX_PARAMS
+
+    rng = np.random.default_rng(3)
+    for n in range(1, MAX_PARAMS + 1):
+        M = rng.normal(size=(n, n)) * np.exp(rng.uniform(-3, 3, n))  # badly scaled, as a Fisher matrix is
+        F = np.zeros((MAX_PARAMS, MAX_PARAMS))
+        F[:n, :n] = M @ M.T + 1e-3 * np.eye(n)
+        L = np.zeros_like(F)
+        e, col, out = np.zeros(MAX_PARAMS), np.zeros(MAX_PARAMS), np.zeros((2, MAX_PARAMS))
+        lm.inverse_diagonal(F, L, e, col, n, out, 1)
+        np.testing.assert_allclose(out[1, :n], np.diag(np.linalg.inv(F[:n, :n])), rtol=1e-9)
+        assert not out[0].any()  # only row i written
+    F = np.zeros((MAX_PARAMS, MAX_PARAMS))
+    F[:3, :3] = [[1.0, 1.0, 0.0], [1.0, 1.0, 0.0], [0.0, 0.0, 2.0]]  # singular
+    out = np.zeros((1, MAX_PARAMS))
+    lm.inverse_diagonal(F, np.zeros_like(F), np.zeros(MAX_PARAMS), np.zeros(MAX_PARAMS), 3, out, 0)
+    assert np.isnan(out[0, :3]).all()
+
+
+@pytest.mark.parametrize("noise", [NOISE_POISSON, NOISE_LSQ])
+def test_fits_without_the_bound_are_the_same_fits(noise):
+    # crlb=False skips the curvature at the optimum (least squares with Mortensen's precision needs none)
+    rng = np.random.default_rng(4)
+    spots = rng.poisson(20.0, (300, BOX, BOX)).astype(np.float32)
+    spots[:, 2:5, 2:5] += rng.poisson(150.0, (300, 3, 3)).astype(np.float32)
+    a = fit_boxes(spots, MODEL_GAUSS, noise)
+    b = fit_boxes(spots, MODEL_GAUSS, noise, crlb=False)
+    np.testing.assert_array_equal(a.theta, b.theta)
+    np.testing.assert_array_equal(a.iterations, b.iterations)
+    np.testing.assert_array_equal(a.converged, b.converged)
+    np.testing.assert_array_equal(a.objective, b.objective)
+    assert np.isfinite(a.crlb[a.converged]).all()
+    assert b.crlb.shape == a.crlb.shape and np.isnan(b.crlb).all()

@@ -128,7 +128,7 @@ def fit_device(run_device: str, box_size: int) -> str:
     return "cuda" if run_device == "cuda" and int(box_size) <= MAX_BOX else "cpu"
 
 
-def fit_spots(spots, mode, eps, max_iterations, device: str | None = None, variance=None):
+def fit_spots(spots, mode, eps, max_iterations, device: str | None = None, variance=None, crlb: bool = True):
     """:func:`psf.fit_spots` on the chosen engine (``device`` None: :func:`select_device` decides).
 
     Same arguments and returns as :func:`napari_localize.core.psf.fit_spots`.
@@ -137,7 +137,7 @@ def fit_spots(spots, mode, eps, max_iterations, device: str | None = None, varia
         method = "mle" if mode == psf.MODE_POISSON else "lq"
         device = select_device(int(spots.shape[-1]), method)
     if device == "cuda" and int(spots.shape[-1]) <= MAX_BOX:
-        return psf.fit_spots(spots, mode, eps, max_iterations, device="cuda", variance=variance)
+        return psf.fit_spots(spots, mode, eps, max_iterations, device="cuda", variance=variance, crlb=crlb)
     if device not in ("cpu", "cuda"):
         raise DeviceError(f"device must be 'cpu' or 'cuda', not {device!r}")
-    return psf.fit_spots(spots, mode, eps, max_iterations, variance=variance)
+    return psf.fit_spots(spots, mode, eps, max_iterations, variance=variance, crlb=crlb)

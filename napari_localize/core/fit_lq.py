@@ -38,8 +38,9 @@ def fit_lq(spots, convergence=0.001, max_iterations=100, em=False, device=None, 
     spots = np.asarray(spots)
     box = spots.shape[-1]
     r = box // 2
+    # the precision is Mortensen's formula: no curvature at the optimum needed
     theta, _, obj, iterations, converged = fit_spots(spots, MODE_LSQ, convergence, max_iterations, device,
-                                                     variance)
+                                                     variance, crlb=False)
     photons = theta[:, IN]
     bg = theta[:, IB]
     sx = theta[:, ISX]

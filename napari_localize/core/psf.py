@@ -38,14 +38,15 @@ __all__ = ["N_PARAMS", "IX", "IY", "IN", "IB", "ISX", "ISY", "MODE_POISSON", "MO
 
 
 def fit_spots(spots, mode, eps, max_iterations, device: str = "cpu", batch_spots: int | None = None,
-              variance=None):
+              variance=None, crlb: bool = True):
     """Fit every spot of a ``(n, box, box)`` stack (photons) with the free-width integrated Gaussian.
 
     Returns ``theta`` (n, 6) in box coordinates, the diagonal of the inverse curvature (n, 6), the final
     objective (n), iteration counts (n) and convergence flags (n). ``mode``: :data:`MODE_POISSON` or
     :data:`MODE_LSQ`. ``variance``: per-pixel readout-variance boxes (photons², sCMOS): the Poisson mode
     becomes the sCMOS likelihood of Huang et al. (2013) (its CRLB in the second return), least squares is
-    weighted by the per-pixel variance (data + readout variance).
+    weighted by the per-pixel variance (data + readout variance). ``crlb=False``: the second return is NaN
+    (the CPU engine then skips the curvature at the optimum).
     """
     spots = np.asarray(spots)
     if spots.ndim != 3 or spots.shape[1] != spots.shape[2]:
@@ -54,7 +55,7 @@ def fit_spots(spots, mode, eps, max_iterations, device: str = "cpu", batch_spots
     if variance is not None:
         noise = NOISE_SCMOS if noise == NOISE_POISSON else NOISE_WLSQ
     r = fit_boxes(spots, MODEL_GAUSS, noise, eps=eps, max_iterations=max_iterations, device=device,
-                  batch_boxes=batch_spots, variance=variance)
+                  batch_boxes=batch_spots, variance=variance, crlb=crlb)
     return r.theta, r.crlb, r.objective, r.iterations, r.converged
 
 

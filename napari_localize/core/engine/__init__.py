@@ -105,14 +105,15 @@ def _check_spline_aux(model, aux):
 
 def fit_boxes(spots, model: int = MODEL_GAUSS, noise: int = NOISE_POISSON, theta0=None, aux=None, bounds=None,
               variance=None, other=None, eps: float = 1e-3, max_iterations: int = 100, gof: bool = False,
-              device: str = "cpu", batch_boxes: int | None = None) -> FitResult:
+              device: str = "cpu", batch_boxes: int | None = None, crlb: bool = True) -> FitResult:
     """Fit every box of ``spots`` ((n, box, box) photons) with one PSF model and one noise model.
 
     ``theta0`` (n, n_params) is the start (None: the model's initial guess from each box). ``aux``: model
     constants (see :mod:`.models`). ``bounds``: ``(lo, hi)`` per parameter (default
     :func:`.models.default_bounds`). ``variance``: per-pixel variance boxes (photons^2, sCMOS noise model).
     ``other``: fixed expected photons of other light in each box (neighbours). ``device``: ``"cpu"`` or
-    ``"cuda"``.
+    ``"cuda"``. ``crlb=False``: the caller does not use the bound (a least-squares fit with Mortensen's
+    precision): the CPU engine skips the curvature at the optimum and ``FitResult.crlb`` is NaN.
     """
     spots = np.asarray(spots)
     if spots.ndim != 3 or spots.shape[1] != spots.shape[2]:
@@ -141,7 +142,8 @@ def fit_boxes(spots, model: int = MODEL_GAUSS, noise: int = NOISE_POISSON, theta
     guess = theta0 is None
     if not guess:
         theta[:] = np.asarray(theta0, float).reshape(n, k)
-    crlb = np.empty((n, k))
+    skip_crlb = not crlb and device == "cpu"
+    crlb = np.empty((0 if skip_crlb else n, k))
     obj = np.empty(n)
     iterations = np.zeros(n, np.int64)
     converged = np.zeros(n, np.bool_)
@@ -159,6 +161,8 @@ def fit_boxes(spots, model: int = MODEL_GAUSS, noise: int = NOISE_POISSON, theta
             fit_boxes_cpu(*args, threads=int(numba.config.NUMBA_NUM_THREADS))
         else:
             raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+    if skip_crlb:
+        crlb = np.full((n, k), np.nan)
     return FitResult(theta, crlb, obj, iterations, converged, q)
 
 
