@@ -395,9 +395,10 @@ def inverse_diagonal(F, L, e, col, n, out, i):
     With ``F = L L^T`` (Cholesky), ``F^-1 = L^-T L^-1``, so ``(F^-1)_jj = |L^-1 e_j|^2``: one factorisation and
     one forward substitution per unit vector, starting at its own row, with the reciprocals of L's diagonal
     computed once (no back substitution, no division per element; a sum of squares, so never negative).
-    The same numbers to rounding as a full solve per unit vector, a quarter of its time (6 x 6: ~0.2 against
-    0.76 us). The factor comes from :func:`cholesky_solve` (its solve of a zero vector is the cheap part):
-    a separate factorisation function would cost every fit kernel's first compile ~0.25 s."""
+    The same numbers to rounding as a full solve per unit vector, about a third of its time (6 x 6: 0.28
+    against 0.76 us, measured in a loop). The factor comes from :func:`cholesky_solve` (its solve of a zero
+    vector is the cheap part) rather than a factorisation function of its own: one more function to compile
+    in every fit kernel (a factor / substitute split cost ~0.5 s of first compile for two)."""
     for a in range(n):
         e[a] = 0.0
     if not cholesky_solve(F, e, L, col, n):
