@@ -142,8 +142,9 @@ def start_compile_ahead(groups) -> threading.Thread | None:
 
     thread = threading.Thread(target=check, name="napari-localize-compile-ahead", daemon=True)
     with _LOCK:
+        # started under the lock: join_checks (another thread's run) never sees a thread not yet started
+        thread.start()
         _CHECKS.append(thread)
-    thread.start()
     return thread
 
 
