@@ -328,7 +328,7 @@ def test_the_screening_ignores_only_light_too_faint_to_matter():
     cut = ok & (screened[:, 1] > 0)
     assert ignored.sum() > 0.2 * n and cut.sum() > 0.2 * n  # both kinds occur at these distances
     # ignored light is far below what makes a box be refitted (light_chi2)
-    assert crowded.NEGLIGIBLE_LIGHT <= 1e-3 * crowded.CrowdedOptions().light_chi2
+    assert crowded.NEGLIGIBLE_LIGHT / crowded.CrowdedOptions().light_chi2 <= 1e-3
     assert np.all(light[ignored] < crowded.NEGLIGIBLE_LIGHT)
     np.testing.assert_array_equal(screened[cut, 1], light[cut])
     assert np.all(light[ok & ~cut] < crowded.NEGLIGIBLE_LIGHT)  # no light that matters is ever ignored

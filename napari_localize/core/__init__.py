@@ -9,3 +9,10 @@ layer before any kernel runs: ``threadsafe`` takes TBB (the ``tbb`` dependency) 
 from ._threading import configure_threading_layer
 
 configure_threading_layer()
+
+# numba's typeof of an array looks at ``np.ma``, which numpy 2 imports on first use. Imported that way on a
+# worker thread (a Dask task, the prefetch or identification threads) while another thread builds an AST (an
+# import, ``inspect.signature``), CPython 3.11 can fail with "SystemError: AST constructor recursion depth
+# mismatch" (python/cpython#106905; a Dask batch test lost a movie to it): import it once, here, on the
+# importing thread (~10 ms)
+import numpy.ma  # noqa: E402,F401
