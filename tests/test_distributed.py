@@ -1,5 +1,8 @@
 """Batches on a real Dask cluster (LocalCluster on loopback) give the same files as one-by-one runs."""
 
+import subprocess
+import sys
+
 import numpy as np
 
 from napari_localize import LocalizeParameters
@@ -83,3 +86,13 @@ def test_cli_scheduler_local_with_an_scmos_calibration(tmp_path, capsys):
     np.testing.assert_array_equal(a, b)
     assert any("chip_scmos_calib" in str(v) for doc in info_b for v in doc.values())
     assert not (tmp_path / "small.ome_dask_locs.hdf5").exists()
+
+
+def test_the_core_imports_numpy_ma_before_any_worker_thread():
+    """numba's typeof of an array imports ``numpy.ma`` on first use (numpy 2 loads it lazily, and neither numpy
+    nor numba imports it). Done for the first time on a Dask worker's thread while another thread parsed source,
+    CPython 3.11 raised "SystemError: AST constructor recursion depth mismatch" (python/cpython#106905) and a
+    batch lost a movie: importing the core imports it, on the importing thread."""
+    core = "import sys, napari_localize.core; print('numpy.ma' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", core], capture_output=True, text=True,
+                          check=True).stdout.strip() == "True"
