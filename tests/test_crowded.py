@@ -218,15 +218,42 @@ def test_cli_rejects_bad_max_emitters(tmp_path, capsys, value):
     assert "max emitters" in capsys.readouterr().err
 
 
+def _screened_and_stored(frames, fit_fn):
+    """Identify ``frames`` (box 7), fit the boxes with ``fit_fn`` (``fit_mle`` or ``fit_lq``), screen them, and
+    also cut every box with all other emitters' light rendered and search its residual (the stored boxes' path):
+    ``(ids, fit, G, theta, bad, screened, stored)`` (``screened[g] = (z, light)``, ``stored[g]`` the six
+    columns of ``_residual_peaks``)."""
+    from napari_localize.core import crowded
+    from napari_localize.core.identify import identify
+    from napari_localize.core.spots import cut_spots
+
+    p = params(SimulationParameters(photons=2000.0))
+    ids = identify(frames, 7, p.min_net_gradient)
+    spots = cut_spots(frames, ids["frame"], ids["y"], ids["x"], 7).astype(np.float32) - np.float32(BASELINE)
+    fit = fit_fn(spots, p.convergence, p.max_iterations)
+    sigma = crowded._psf_width(crowded._typical(crowded._single_theta(fit, 7), fit["converged"]), 7)
+    cam = crowded._Camera(frames, BASELINE, 1.0, None, None, 7)
+    E, G, bad = crowded._state(ids, fit, 7, sigma)
+    theta = G.theta.copy()
+    theta[bad, :6] = (3, 3, 100.0, 1.0, sigma, sigma)
+    screened = np.zeros((len(ids), 2))
+    crowded._screen(cam, G, E, theta, screened, spots)
+    order, fstarts = crowded._frame_index(E, len(frames), np.ones(len(E), bool))
+    data, other, var, search = cam.empty(len(ids))
+    every = np.arange(len(ids), dtype=np.int64)
+    cam.cut(every, G, every, order, fstarts, E, data, other, var, search)
+    stored = np.zeros((len(ids), 6))
+    crowded._residual_peaks(search, other, var, G.K, theta, 7, stored, want_ll=False)
+    return ids, fit, G, theta, bad, screened, stored
+
+
 def test_screening_finds_the_hidden_neighbours_as_the_stored_boxes_do():
     # the screening cuts and searches each box in one pass (the photons the single fit saw, a separable
     # filter where no other light falls): its residual significance is the stored boxes' (cut, then searched),
     # and it flags the boxes whose second spot, 1.5-3 px away, identification did not see
     from napari_localize.core import crowded
     from napari_localize.core.fit_mle import fit_mle
-    from napari_localize.core.identify import identify
     from napari_localize.core.simulate import expected_image
-    from napari_localize.core.spots import cut_spots
 
     n = 200
     rng = np.random.default_rng(8)
@@ -243,26 +270,10 @@ def test_screening_finds_the_hidden_neighbours_as_the_stored_boxes_do():
         frames[f] = rng.poisson(mu) + BASELINE
         hidden.append((px, py))
     hidden = np.array(hidden)
-    sp = SimulationParameters(photons=2000.0)
-    p = params(sp)
-    ids = identify(frames, 7, p.min_net_gradient)
-    spots = cut_spots(frames, ids["frame"], ids["y"], ids["x"], 7).astype(np.float32) - np.float32(BASELINE)
-    fit = fit_mle(spots, p.convergence, p.max_iterations)
+    ids, fit, G, theta, bad, screened, stored = _screened_and_stored(frames, fit_mle)
     conv = fit["converged"]
     typical = crowded._typical(crowded._single_theta(fit, 7), conv)
     sigma = crowded._psf_width(typical, 7)
-    cam = crowded._Camera(frames, BASELINE, 1.0, None, None, 7)
-    E, G, bad = crowded._state(ids, fit, 7, sigma)
-    theta = G.theta.copy()
-    theta[bad, :6] = (3, 3, 100.0, 1.0, sigma, sigma)
-    screened = np.zeros((len(ids), 2))
-    crowded._screen(cam, G, E, theta, screened, spots)
-    order, fstarts = crowded._frame_index(E, n, np.ones(len(E), bool))
-    data, other, var, search = cam.empty(len(ids))
-    every = np.arange(len(ids), dtype=np.int64)
-    cam.cut(every, G, every, order, fstarts, E, data, other, var, search)
-    stored = np.zeros((len(ids), 6))
-    crowded._residual_peaks(search, other, var, G.K, theta, 7, stored, want_ll=False)
     # the lone boxes' z uses a 3e-7 erf: the model moves by <= 2 x 3e-7 x 2000 photons a pixel, its filtered sum
     # (weights summing to < 4) by < 5e-3, and z (a noise of sqrt(bg x sum w^2) > 4 photons) by < 1.2e-3
     np.testing.assert_allclose(screened[:, 0], stored[:, 1], rtol=0, atol=1.2e-3)
@@ -288,9 +299,7 @@ def test_the_screening_ignores_only_light_too_faint_to_matter():
     can move it (Cauchy-Schwarz), and every box whose other light is larger is cut exactly as before."""
     from napari_localize.core import crowded
     from napari_localize.core.fit_lq import fit_lq
-    from napari_localize.core.identify import identify
     from napari_localize.core.simulate import expected_image
-    from napari_localize.core.spots import cut_spots
 
     n = 300
     rng = np.random.default_rng(21)
@@ -302,26 +311,8 @@ def test_the_screening_ignores_only_light_too_faint_to_matter():
         mu = expected_image(40, 40, [x0, x0 + d * np.cos(a)], [y0, y0 + d * np.sin(a)], [2000.0, 2000.0], 1.0,
                             1.0, 20.0)
         frames[f] = rng.poisson(mu) + BASELINE
-    sp = SimulationParameters(photons=2000.0)
-    p = params(sp)
-    ids = identify(frames, 7, p.min_net_gradient)
-    spots = cut_spots(frames, ids["frame"], ids["y"], ids["x"], 7).astype(np.float32) - np.float32(BASELINE)
-    fit = fit_lq(spots, p.convergence, p.max_iterations)
-    conv = fit["converged"]
-    assert conv.mean() > 0.99 and len(ids) > 1.9 * n
-    sigma = crowded._psf_width(crowded._typical(crowded._single_theta(fit, 7), conv), 7)
-    cam = crowded._Camera(frames, BASELINE, 1.0, None, None, 7)
-    E, G, bad = crowded._state(ids, fit, 7, sigma)
-    theta = G.theta.copy()
-    theta[bad, :6] = (3, 3, 100.0, 1.0, sigma, sigma)
-    screened = np.zeros((len(ids), 2))
-    crowded._screen(cam, G, E, theta, screened, spots)
-    order, fstarts = crowded._frame_index(E, n, np.ones(len(E), bool))
-    data, other, var, search = cam.empty(len(ids))
-    every = np.arange(len(ids), dtype=np.int64)
-    cam.cut(every, G, every, order, fstarts, E, data, other, var, search)
-    stored = np.zeros((len(ids), 6))
-    crowded._residual_peaks(search, other, var, G.K, theta, 7, stored, want_ll=False)
+    ids, fit, G, theta, bad, screened, stored = _screened_and_stored(frames, fit_lq)
+    assert fit["converged"].mean() > 0.99 and len(ids) > 1.9 * n
     light = stored[:, 5]
     ok = ~bad
     ignored = ok & (screened[:, 1] == 0) & (light > 0)
