@@ -330,6 +330,28 @@ def test_the_screening_ignores_only_light_too_faint_to_matter():
     assert np.all(np.abs(screened[ignored, 0] - z[ignored]) <= bound[ignored])
 
 
+def test_the_psf_width_of_a_chunk_with_failed_or_non_finite_fits():
+    """A chunk whose single fits all failed has no typical spot (the PSF width falls back to 1 px and the width
+    scatter to a nominal spot); non-finite fits are left out of the medians; an extreme bias correction is
+    capped at a tenth of the width."""
+    from napari_localize.core import crowded
+
+    theta = np.tile([3.0, 3.0, 2000.0, 20.0, 1.0, 1.1], (100, 1))
+    assert crowded._typical(theta, np.zeros(100, bool)) is None
+    assert crowded._psf_width(None, 7) == 1.0
+    assert np.isfinite(crowded._width_noise(None, 1.0, 7)[0])
+    theta[::2, 4] = np.nan
+    theta[1::4, 2] = np.inf
+    N, bg, s_min = crowded._typical(theta, np.ones(100, bool))
+    # photons and background rounded to 1/32 octave; the narrower width exact (the NaN rows left out)
+    assert (N, bg, s_min) == (crowded._step(2000.0), crowded._step(20.0), 1.0)
+    assert abs(N / 2000.0 - 1.0) < 0.011 and abs(bg / 20.0 - 1.0) < 0.011
+    psf = crowded._psf_width((N, bg, s_min), 7)
+    sd, rho = crowded._width_stats(N, bg, 1.0, 7)
+    assert psf == pytest.approx(1.0 + sd * math.sqrt((1.0 - rho) / math.pi), rel=1e-12)
+    assert crowded._psf_width((10.0, 500.0, 1.0), 7) <= 1.1  # a dim spot on a bright background: capped
+
+
 def test_the_screenings_erf_is_within_3e7():
     from napari_localize.core.crowded import _erf_approx
 
